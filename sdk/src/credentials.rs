@@ -1,0 +1,16 @@
+//! Credential handles. A handle names a vault credential; the secret stays on the host.
+
+pub use crate::bindings::warden::task::credentials::{Credential, CredentialKind};
+use crate::bindings::warden::task::credentials as raw;
+use crate::Error;
+
+/// Acquires a handle to the named credential, if the run's grant allows it.
+///
+/// ```no_run
+/// let admin = warden_sdk::credentials::acquire("web-admin")?;
+/// println!("acting as {}", admin.username());
+/// # Ok::<(), warden_sdk::Error>(())
+/// ```
+pub fn acquire(name: &str) -> Result<Credential, Error> {
+    raw::acquire(name)
+}

@@ -1,0 +1,253 @@
+//! Append-only, hash-chained, signed audit log in sled.
+//!
+//! Threat: an attacker (or a bug) that edits, deletes, reorders or forges audit records, or a
+//! host call whose record is silently lost. Every record carries the hash of its predecessor;
+//! the head is signed with the host's ed25519 key after each batch; [`verify`] re-walks the
+//! chain and names the first bad record. [`AuditLog::append`] returns only once the record is
+//! flushed to disk, and after any write failure every append fails (fail closed, invariant 2).
+//!
+//! Layout:
+//! - `record`: the record types, canonical encoding, chain hash and field caps.
+//! - `checkpoint`: the signed head.
+//! - `writer`: the single writer thread doing group commit.
+//! - `verify`: chain verification, also used at open to refuse a tampered tail.
+//!
+//! Storage: tree [`RECORDS_TREE`] maps big-endian `seq` to the record's canonical JSON, so sled
+//! iterates in sequence order; tree [`META_TREE`] holds the signed checkpoint. Open one
+//! [`AuditLog`] per database: two writers on the same trees would fork the chain.
+
+mod checkpoint;
+mod record;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use tokio::sync::oneshot;
+
+pub use record::{
+    AuditEntry, AuditRecord, Decision, GENESIS_HASH, MAX_NAME_BYTES, MAX_TEXT_BYTES,
+    TRUNCATION_MARKER,
+};
+pub use verify::{CheckpointProblem, RecordProblem, VerifyError, VerifyReport, verify};
+
+use verify::decode_key;
+use writer::{Pending, Writer};
+
+/// Tree holding the records.
+pub const RECORDS_TREE: &str = "audit";
+/// Tree holding the signed checkpoint.
+pub const META_TREE: &str = "audit_meta";
+
+/// Entries that may wait for the writer. A burst beyond this makes appenders wait
+/// (backpressure) rather than grow memory without bound; nothing is ever dropped.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// Most records one query returns. The limit comes from API requests; without a cap one
+/// request could load the entire (never pruned) log into memory.
+pub const MAX_QUERY_RECORDS: usize = 10_000;
+
+/// Errors from opening, appending to or querying the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log has failed earlier; refusing to act without an audit record")]
+    Failed,
+    #[error("audit record could not be written durably: {0}")]
+    WriteFailed(String),
+    #[error("audit writer thread is gone")]
+    WriterGone,
+    #[error("cannot start the audit writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("audit log failed its integrity check at open: {0}")]
+    Tampered(#[from] VerifyError),
+    #[error("stored audit record {seq} is unreadable")]
+    Corrupt { seq: u64 },
+    #[error("audit storage error: {0}")]
+    Storage(#[from] sled::Error),
+}
+
+/// Which records [`AuditLog::query`] returns; `None` fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditFilter {
+    pub run_id: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Inclusive lower bound on `time_ms`.
+    pub since_ms: Option<u64>,
+    /// Inclusive upper bound on `time_ms`.
+    pub until_ms: Option<u64>,
+    /// At most this many records (the first ones in sequence order), capped at
+    /// [`MAX_QUERY_RECORDS`].
+    pub limit: Option<usize>,
+}
+
+impl AuditFilter {
+    fn matches(&self, record: &AuditRecord) -> bool {
+        let entry = &record.entry;
+        (self.run_id.is_none() || self.run_id == entry.run_id)
+            && self.actor.as_ref().is_none_or(|a| *a == entry.actor)
+            && self.action.as_ref().is_none_or(|a| *a == entry.action)
+            && self.since_ms.is_none_or(|t| record.time_ms >= t)
+            && self.until_ms.is_none_or(|t| record.time_ms <= t)
+    }
+
+    fn effective_limit(&self) -> usize {
+        self.limit
+            .unwrap_or(MAX_QUERY_RECORDS)
+            .min(MAX_QUERY_RECORDS)
+    }
+}
+
+/// Handle to the audit log; cheap to clone, all clones feed the same writer thread.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: SyncSender<Pending>,
+    failed: Arc<AtomicBool>,
+    records: sled::Tree,
+    meta: sled::Tree,
+    verifying_key: VerifyingKey,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("failed", &self.is_failed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log in `db`, continuing the chain, and starts its writer thread.
+    ///
+    /// Refuses ([`AuditError::Tampered`]) a log whose last record is not the head signed by
+    /// this key: continuing it would sign over forged or rewritten records.
+    pub fn open(db: &sled::Db, signing_key: SigningKey) -> Result<Self, AuditError> {
+        let records = db.open_tree(RECORDS_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let verifying_key = signing_key.verifying_key();
+        let head = verify::check_head(&records, &meta, &verifying_key)?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let (queue, receiver) = sync_channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            records: records.clone(),
+            meta: meta.clone(),
+            signing_key,
+            head,
+            failed: failed.clone(),
+            queue: receiver,
+        };
+        std::thread::Builder::new()
+            .name("warden-audit-writer".into())
+            .spawn(move || writer.run())
+            .map_err(AuditError::Spawn)?;
+        let inner = Inner {
+            queue,
+            failed,
+            records,
+            meta,
+            verifying_key,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Appends one record and returns it once it is durably flushed.
+    ///
+    /// Never blocks the async runtime: a full queue is waited out on a blocking-pool thread.
+    pub async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, AuditError> {
+        let (pending, reply) = self.prepare(entry)?;
+        match self.inner.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(TrySendError::Full(pending)) => {
+                let queue = self.inner.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(pending).is_ok()).await;
+                if !matches!(sent, Ok(true)) {
+                    return Err(self.writer_gone());
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(self.writer_gone()),
+        }
+        reply.await.map_err(|_| self.writer_gone())?
+    }
+
+    /// Blocking [`Self::append`] for synchronous callers (CLI).
+    ///
+    /// Must not be called from within an async runtime (tokio panics on `blocking_recv` there).
+    pub fn append_blocking(&self, entry: AuditEntry) -> Result<AuditRecord, AuditError> {
+        let (pending, reply) = self.prepare(entry)?;
+        self.inner
+            .queue
+            .send(pending)
+            .map_err(|_| self.writer_gone())?;
+        reply.blocking_recv().map_err(|_| self.writer_gone())?
+    }
+
+    /// True once a write has failed; from then on every append fails at once.
+    pub fn is_failed(&self) -> bool {
+        self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    /// The key that verifies this log's checkpoints.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.inner.verifying_key
+    }
+
+    /// Verifies the whole chain (see [`verify`]); safe while appends continue.
+    pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
+        verify::verify_trees(
+            &self.inner.records,
+            &self.inner.meta,
+            &self.inner.verifying_key,
+        )
+    }
+
+    /// Records matching `filter`, in sequence order, at most [`MAX_QUERY_RECORDS`].
+    ///
+    /// Scans the log; it does not verify the chain (use [`Self::verify`] for that).
+    pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
+        let limit = filter.effective_limit();
+        let mut found = Vec::new();
+        for item in self.inner.records.iter() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let seq = decode_key(&key).unwrap_or(u64::MAX);
+            let record: AuditRecord =
+                serde_json::from_slice(&value).map_err(|_| AuditError::Corrupt { seq })?;
+            if filter.matches(&record) {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    fn prepare(
+        &self,
+        mut entry: AuditEntry,
+    ) -> Result<(Pending, oneshot::Receiver<Result<AuditRecord, AuditError>>), AuditError> {
+        if self.is_failed() {
+            return Err(AuditError::Failed);
+        }
+        entry.enforce_caps();
+        let (reply, receiver) = oneshot::channel();
+        Ok((Pending { entry, reply }, receiver))
+    }
+
+    /// The writer thread ended unexpectedly (panic): nothing can be recorded any more.
+    fn writer_gone(&self) -> AuditError {
+        self.inner.failed.store(true, Ordering::SeqCst);
+        AuditError::WriterGone
+    }
+}

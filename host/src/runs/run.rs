@@ -1,0 +1,625 @@
+//! Runs: one execution of a process, its persisted state machine, output and recovery.
+//!
+//! Threats: a run lost or stuck "running" after a crash, a transition with no audit record,
+//! two controllers both deciding a run's outcome, and a record that grows without bound.
+//!
+//! A transition happens in this order (invariant 7, with invariant 2's fail-closed audit):
+//! 1. under the run's lock, load the stored bytes and check [`RunState::can_become`];
+//! 2. build the new record (the caller's edit, then the store's own fields) and check its size;
+//! 3. append the audit record `run.<state>` and wait until it is durable; if that fails,
+//!    nothing changes and the caller gets [`RunsError::Audit`];
+//! 4. compare-and-swap the stored value from exactly the bytes loaded in 1 to the new ones,
+//!    then flush. Only now is the transition acknowledged.
+//!
+//! Steps 3 and 4 run on their own task, so a caller that stops waiting (a dropped request
+//! future) cannot leave an audited transition half done.
+//!
+//! The window that remains: a crash after 3 and before 4 is durable leaves an audit record of
+//! a transition the stored state does not show. The stored state is authoritative (nothing was
+//! acknowledged), and [`RunStore::recover`] makes the log say so at the next start:
+//! - a run still `running` becomes `interrupted`, audited `run.interrupted`; so a log reading
+//!   `run.succeeded` then `run.interrupted` for one run means the server died while recording
+//!   the result, and the run's effects on its targets must be checked by hand;
+//! - a run still `queued` or `awaiting-approval` gets a [`RECOVERED_ACTION`] record naming that
+//!   state, superseding any earlier record that claimed it moved on (`run.running`,
+//!   `run.cancelled`, …). Queued runs stay queued for the caller to dispatch again
+//!   ([`RunStore::ids_in_state`]).
+//!
+//! After recovery the last `run.*` record of every stored run names its stored state. A
+//! `run.queued` record for a run that is not stored at all means the server died before
+//! acknowledging the creation; the requester never received that run id.
+//!
+//! The compare-and-swap in step 4 cannot lose to a transition made through the same store
+//! (they hold the run's lock, so the loser fails the check in step 1 without auditing). It
+//! guards against a second store on the same database; if it does lose, the audited
+//! transition did not take effect, a [`LOST_TRANSITION_ACTION`] record says so, and the caller
+//! gets [`RunsError::BadTransition`].
+//!
+//! Storage: tree [`RUNS_TREE`] maps run id to the record's JSON; tree [`RUNS_BY_TIME_TREE`]
+//! maps `created_ms` (big-endian) followed by the id to the id, for newest-first listing. Both
+//! are written together once, at creation; `created_ms` never changes afterwards.
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{RunState, RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal};
+use crate::audit::{AuditEntry, AuditLog, Decision};
+
+/// Tree holding run records by id.
+pub const RUNS_TREE: &str = "runs";
+/// Index tree: `created_ms` big-endian ++ id -> id.
+pub const RUNS_BY_TIME_TREE: &str = "runs_by_time";
+
+/// Largest encoded run record. Inputs, events and output are capped by the caller; this is
+/// the backstop that stops one run from writing an unbounded value into sled (and into
+/// every listing that returns it). A transition that would exceed it fails with
+/// [`RunsError::RecordTooLarge`] and changes nothing: the caller must trim and retry.
+pub const MAX_RUN_RECORD_BYTES: usize = 8 << 20;
+
+/// Most runs one [`RunStore::list`] returns. The limit comes from API requests and each
+/// record can be large (up to [`MAX_RUN_RECORD_BYTES`]); without a cap one request could load
+/// the whole run history into memory.
+pub const MAX_LIST_RUNS: usize = 100;
+
+/// Actor named in the audit records [`RunStore::recover`] writes.
+pub const RECOVERY_ACTOR: &str = "system:recovery";
+
+/// Audit action for a pending run found at start (see the module doc).
+pub const RECOVERED_ACTION: &str = "run.recovered";
+
+/// Audit action written when an audited transition lost its compare-and-swap and so did not
+/// take effect.
+pub const LOST_TRANSITION_ACTION: &str = "run.transition-lost";
+
+/// Error text stored on a run that [`RunStore::recover`] marks interrupted.
+pub const INTERRUPTED_ERROR: &str =
+    "the server stopped while this run was running; its effects on targets are unknown";
+
+/// Transitions of different runs proceed in parallel; runs that hash to the same stripe
+/// wait for each other, which only costs latency.
+const LOCK_STRIPES: usize = 256;
+
+/// One execution of a process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub process_id: String,
+    /// The module the run executes, fixed when the run is created.
+    pub module_digest: String,
+    /// Who started it (a user, or a schedule).
+    pub actor: String,
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    pub state: RunState,
+    pub created_ms: u64,
+    /// Set by the store on the move to `running`.
+    pub started_ms: Option<u64>,
+    /// Set by the store on the move to a terminal state.
+    pub finished_ms: Option<u64>,
+    pub result: Option<String>,
+    /// Why the run failed, was denied or interrupted. Also written to the audit record, so
+    /// it must already be redacted.
+    pub error: Option<String>,
+    /// The runtime's events, serialized; the caller fills these.
+    pub events: Vec<serde_json::Value>,
+    pub stdout: String,
+    pub stderr: String,
+    pub host_calls: u64,
+}
+
+impl RunRecord {
+    /// A new queued run with no output yet; `created_ms` is now.
+    pub fn new_queued(
+        id: String,
+        process_id: String,
+        module_digest: String,
+        actor: String,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> Self {
+        Self {
+            id,
+            process_id,
+            module_digest,
+            actor,
+            inputs,
+            state: RunState::Queued,
+            created_ms: super::now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            result: None,
+            error: None,
+            events: Vec::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            host_calls: 0,
+        }
+    }
+}
+
+/// Which runs [`RunStore::list`] returns; `None` fields match every run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFilter {
+    pub process_id: Option<String>,
+    pub actor: Option<String>,
+    pub state: Option<RunState>,
+    /// At most this many runs, capped at (and defaulting to) [`MAX_LIST_RUNS`].
+    pub limit: Option<usize>,
+}
+
+/// The fields a filter looks at; decoding only these skips building events and output for
+/// runs that do not match.
+#[derive(Deserialize)]
+struct RunHead {
+    process_id: String,
+    actor: String,
+    state: RunState,
+}
+
+impl RunFilter {
+    fn matches(&self, head: &RunHead) -> bool {
+        self.process_id
+            .as_ref()
+            .is_none_or(|p| *p == head.process_id)
+            && self.actor.as_ref().is_none_or(|a| *a == head.actor)
+            && self.state.is_none_or(|s| s == head.state)
+    }
+}
+
+/// Persistent runs. Cheap to clone; clones share the per-run locks.
+///
+/// Open one per database (see the module doc for what a second one can and cannot break).
+#[derive(Clone)]
+pub struct RunStore {
+    runs: sled::Tree,
+    by_time: sled::Tree,
+    audit: AuditLog,
+    locks: Arc<Locks>,
+}
+
+struct Locks {
+    stripes: Vec<Arc<Mutex<()>>>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for RunStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunStore").finish_non_exhaustive()
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<RunsError>>;
+
+impl RunStore {
+    /// Opens (creating if needed) the run trees in `db`; transitions are audited to `audit`.
+    pub fn open(db: &sled::Db, audit: AuditLog) -> Result<Self, RunsError> {
+        let locks = Locks {
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| Arc::new(Mutex::new(())))
+                .collect(),
+            hasher: RandomState::new(),
+        };
+        Ok(Self {
+            runs: db.open_tree(RUNS_TREE)?,
+            by_time: db.open_tree(RUNS_BY_TIME_TREE)?,
+            audit,
+            locks: Arc::new(locks),
+        })
+    }
+
+    /// Stores a new run (state `queued` or `awaiting-approval`, not started), audited as
+    /// `run.<state>` by its actor. Returns once both the audit record and the run are durable.
+    pub async fn create(&self, run: RunRecord) -> Result<RunRecord, RunsError> {
+        check_new(&run)?;
+        let bytes = encode(&run)?;
+        let guard = self.lock(&run.id).await;
+        if self.runs.contains_key(run.id.as_bytes())? {
+            return Err(RunsError::RunExists(run.id));
+        }
+        let entry = created_entry(&run);
+        let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
+        finish_detached(guard, async move {
+            store.audit.append(entry).await?;
+            store.insert_new(&id, created_ms, &bytes).await
+        })
+        .await?;
+        Ok(run)
+    }
+
+    /// Moves a run to `next`, after `edit` has filled its result, error or output.
+    ///
+    /// `edit` may change the output fields (`result`, `error`, `events`, `stdout`, `stderr`,
+    /// `host_calls`); the store sets `state`, `started_ms` and `finished_ms` itself, and a
+    /// change to the run's identity (`id`, `process_id`, `module_digest`, `actor`, `inputs`,
+    /// `created_ms`) is refused. Audited as `run.<next>` by `actor`; durable before it returns.
+    pub async fn transition(
+        &self,
+        id: &str,
+        next: RunState,
+        actor: &str,
+        edit: impl FnOnce(&mut RunRecord),
+    ) -> Result<RunRecord, RunsError> {
+        if !is_valid_principal(actor) {
+            return Err(invalid("actor", "not a valid user name"));
+        }
+        let guard = self.lock(id).await;
+        let (old_bytes, old) = self
+            .load(id)?
+            .ok_or_else(|| RunsError::NotFound(id.into()))?;
+        let new = next_record(&old, next, edit)?;
+        let new_bytes = encode(&new)?;
+        let entry = transition_entry(&old, &new, actor);
+        let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
+        finish_detached(guard, async move {
+            store.audit.append(entry).await?;
+            store.swap(&id, old_bytes, new_bytes, next, &actor).await
+        })
+        .await?;
+        Ok(new)
+    }
+
+    /// The run with this id.
+    pub fn get(&self, id: &str) -> Result<Option<RunRecord>, RunsError> {
+        Ok(self.load(id)?.map(|(_, run)| run))
+    }
+
+    /// Runs matching `filter`, newest first (ties in `created_ms` by id, descending), at most
+    /// [`MAX_LIST_RUNS`].
+    pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, RunsError> {
+        let limit = filter.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
+        let mut found = Vec::new();
+        for item in self.by_time.iter().rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (_, id) = item?;
+            let Some(bytes) = self.runs.get(&id)? else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&id);
+            let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
+            if filter.matches(&head) {
+                found.push(decode(&id, &bytes)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Ids of every run in `state`, oldest first, uncapped: what a dispatcher re-queues at
+    /// start (`queued`). Scans the whole run history.
+    pub fn ids_in_state(&self, state: RunState) -> Result<Vec<String>, RunsError> {
+        Ok(self
+            .scan_states()?
+            .into_iter()
+            .filter(|(_, s)| *s == state)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// At server start, before any run is dispatched: every run left `running` becomes
+    /// `interrupted` (audited `run.interrupted` by [`RECOVERY_ACTOR`]); every run left
+    /// `queued` or `awaiting-approval` stays so and gets a [`RECOVERED_ACTION`] record. The
+    /// caller re-dispatches queued runs ([`Self::ids_in_state`]). Terminal runs are left
+    /// alone. Returns the ids of the interrupted runs, oldest first.
+    ///
+    /// Any audit failure stops recovery with an error: the server must not start serving
+    /// with runs whose state it could not record.
+    pub async fn recover(&self) -> Result<Vec<String>, RunsError> {
+        let mut interrupted = Vec::new();
+        for (id, state) in self.scan_states()? {
+            if state == RunState::Running {
+                if self.interrupt(&id).await? {
+                    interrupted.push(id);
+                }
+            } else if !state.is_terminal() {
+                self.audit.append(recovered_entry(&id, state)).await?;
+            }
+        }
+        Ok(interrupted)
+    }
+
+    /// Marks one running run interrupted; false if it moved on since the scan.
+    async fn interrupt(&self, id: &str) -> Result<bool, RunsError> {
+        let edit = |run: &mut RunRecord| run.error = Some(INTERRUPTED_ERROR.to_string());
+        match self
+            .transition(id, RunState::Interrupted, RECOVERY_ACTOR, edit)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(RunsError::BadTransition { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// (id, state) of every run, oldest first.
+    fn scan_states(&self) -> Result<Vec<(String, RunState)>, RunsError> {
+        let mut states = Vec::new();
+        for item in self.by_time.iter() {
+            let (_, id) = item?;
+            let Some(bytes) = self.runs.get(&id)? else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
+            states.push((id, head.state));
+        }
+        Ok(states)
+    }
+
+    /// Stores a new run and its index entry together, unless the id is already taken.
+    async fn insert_new(&self, id: &str, created_ms: u64, bytes: &[u8]) -> Result<(), RunsError> {
+        let index_key = time_key(created_ms, id);
+        (&self.runs, &self.by_time).transaction(|(runs, by_time)| -> TxResult<()> {
+            if runs.get(id.as_bytes())?.is_some() {
+                let exists = RunsError::RunExists(id.to_string());
+                return Err(ConflictableTransactionError::Abort(exists));
+            }
+            runs.insert(id.as_bytes(), bytes)?;
+            by_time.insert(index_key.as_slice(), id.as_bytes())?;
+            Ok(())
+        })?;
+        // sled flushes the whole database log, so this also covers the index tree.
+        self.runs.flush_async().await?;
+        Ok(())
+    }
+
+    /// Step 4 of a transition: swap in the new bytes only if the stored ones are unchanged.
+    async fn swap(
+        &self,
+        id: &str,
+        old_bytes: sled::IVec,
+        new_bytes: Vec<u8>,
+        next: RunState,
+        actor: &str,
+    ) -> Result<(), RunsError> {
+        let swapped =
+            self.runs
+                .compare_and_swap(id.as_bytes(), Some(old_bytes), Some(new_bytes))?;
+        let Err(lost) = swapped else {
+            self.runs.flush_async().await?;
+            return Ok(());
+        };
+        let current = lost
+            .current
+            .as_deref()
+            .map(|bytes| serde_json::from_slice::<RunHead>(bytes).map(|head| head.state));
+        let found = match &current {
+            Some(Ok(state)) => state.as_str(),
+            Some(Err(_)) => "unreadable",
+            None => "missing",
+        };
+        if let Err(error) = self.audit.append(lost_entry(id, actor, next, found)).await {
+            // The audit log is now closed for everyone; the caller still learns the truth.
+            tracing::error!(run_id = id, %error, "cannot audit a lost run transition");
+        }
+        Err(match current {
+            Some(Ok(from)) => RunsError::BadTransition { from, to: next },
+            Some(Err(_)) => corrupt(id),
+            None => RunsError::NotFound(id.to_string()),
+        })
+    }
+
+    fn load(&self, id: &str) -> Result<Option<(sled::IVec, RunRecord)>, RunsError> {
+        let Some(bytes) = self.runs.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let run = decode(id, &bytes)?;
+        Ok(Some((bytes, run)))
+    }
+
+    /// The run's lock, owned so that it can move into [`finish_detached`].
+    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let stripe = self.locks.hasher.hash_one(id) as usize % LOCK_STRIPES;
+        // `stripes` has exactly LOCK_STRIPES entries, so the index is in range.
+        self.locks.stripes[stripe].clone().lock_owned().await
+    }
+}
+
+/// Runs the audited half of a write (audit record, then state) on its own task while holding
+/// the run's lock, and waits for it.
+///
+/// Why a task: if the caller's future is dropped (an HTTP client disconnects mid-request),
+/// stopping between the audit record and the state write would leave the log claiming a
+/// transition that never happens, and unlike a crash nothing would run recovery afterwards.
+/// Once the audit record is requested the write always runs to completion.
+async fn finish_detached(
+    guard: OwnedMutexGuard<()>,
+    work: impl Future<Output = Result<(), RunsError>> + Send + 'static,
+) -> Result<(), RunsError> {
+    let task = tokio::spawn(async move {
+        let result = work.await;
+        drop(guard);
+        result
+    });
+    task.await.map_err(|_| RunsError::TaskFailed)?
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> RunsError {
+    RunsError::Invalid {
+        field,
+        why: why.into(),
+    }
+}
+
+/// What `create` accepts: a well-formed run that has not started.
+fn check_new(run: &RunRecord) -> Result<(), RunsError> {
+    if !matches!(run.state, RunState::Queued | RunState::AwaitingApproval) {
+        return Err(invalid(
+            "state",
+            "a new run must be queued or awaiting-approval",
+        ));
+    }
+    if run.started_ms.is_some() || run.finished_ms.is_some() {
+        return Err(invalid("started_ms", "a new run has not started"));
+    }
+    if !is_valid_name(&run.id) {
+        return Err(invalid("id", "use 1-64 of A-Z a-z 0-9 . _ -"));
+    }
+    if !is_valid_name(&run.process_id) {
+        return Err(invalid("process_id", "use 1-64 of A-Z a-z 0-9 . _ -"));
+    }
+    if !is_valid_principal(&run.actor) {
+        return Err(invalid("actor", "not a valid user name"));
+    }
+    if !is_sha256_hex(&run.module_digest) {
+        return Err(invalid(
+            "module_digest",
+            "expected 64 lowercase hex characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The record after moving `old` to `next` with the caller's `edit` applied.
+fn next_record(
+    old: &RunRecord,
+    next: RunState,
+    edit: impl FnOnce(&mut RunRecord),
+) -> Result<RunRecord, RunsError> {
+    if !old.state.can_become(next) {
+        return Err(RunsError::BadTransition {
+            from: old.state,
+            to: next,
+        });
+    }
+    let mut new = old.clone();
+    edit(&mut new);
+    check_identity(old, &new)?;
+    let now = super::now_ms();
+    new.state = next;
+    new.started_ms = old.started_ms;
+    new.finished_ms = old.finished_ms;
+    if next == RunState::Running {
+        new.started_ms = Some(now.max(old.created_ms));
+    }
+    if next.is_terminal() {
+        new.finished_ms = Some(now.max(old.started_ms.unwrap_or(old.created_ms)));
+    }
+    Ok(new)
+}
+
+fn check_identity(old: &RunRecord, new: &RunRecord) -> Result<(), RunsError> {
+    let changed = [
+        ("id", old.id != new.id),
+        ("process_id", old.process_id != new.process_id),
+        ("module_digest", old.module_digest != new.module_digest),
+        ("actor", old.actor != new.actor),
+        ("inputs", old.inputs != new.inputs),
+        ("created_ms", old.created_ms != new.created_ms),
+    ];
+    match changed.into_iter().find(|(_, changed)| *changed) {
+        Some((field, _)) => Err(invalid(field, "cannot be changed after the run is created")),
+        None => Ok(()),
+    }
+}
+
+fn created_entry(run: &RunRecord) -> AuditEntry {
+    AuditEntry {
+        run_id: Some(run.id.clone()),
+        actor: run.actor.clone(),
+        action: format!("run.{}", run.state),
+        target: None,
+        credential: None,
+        decision: Decision::Allowed,
+        outcome: run.state.as_str().to_string(),
+        duration_us: 0,
+        detail: Some(format!(
+            "process {} module sha256:{}",
+            run.process_id, run.module_digest
+        )),
+    }
+}
+
+fn transition_entry(old: &RunRecord, new: &RunRecord, actor: &str) -> AuditEntry {
+    let mut detail = format!("{} -> {}", old.state, new.state);
+    if let Some(error) = &new.error {
+        detail.push_str(": ");
+        detail.push_str(error);
+    }
+    let decision = match new.state {
+        // The policy that denied is audited by the caller that asked it.
+        RunState::Denied => Decision::Denied {
+            reason: new.error.clone().unwrap_or_else(|| "run denied".into()),
+            policy: None,
+        },
+        _ => Decision::Allowed,
+    };
+    let duration_ms = match (new.started_ms, new.finished_ms) {
+        (Some(start), Some(end)) => end.saturating_sub(start),
+        _ => 0,
+    };
+    AuditEntry {
+        run_id: Some(new.id.clone()),
+        actor: actor.to_string(),
+        action: format!("run.{}", new.state),
+        target: None,
+        credential: None,
+        decision,
+        outcome: new.state.as_str().to_string(),
+        duration_us: duration_ms.saturating_mul(1000),
+        detail: Some(detail),
+    }
+}
+
+fn recovered_entry(id: &str, state: RunState) -> AuditEntry {
+    AuditEntry {
+        run_id: Some(id.to_string()),
+        actor: RECOVERY_ACTOR.to_string(),
+        action: RECOVERED_ACTION.to_string(),
+        target: None,
+        credential: None,
+        decision: Decision::Allowed,
+        outcome: state.as_str().to_string(),
+        duration_us: 0,
+        detail: Some(format!("server restarted; the run is still {state}")),
+    }
+}
+
+/// `found` names the state the run was in instead (or `missing` / `unreadable`).
+fn lost_entry(id: &str, actor: &str, next: RunState, found: &str) -> AuditEntry {
+    AuditEntry {
+        run_id: Some(id.to_string()),
+        actor: actor.to_string(),
+        action: LOST_TRANSITION_ACTION.to_string(),
+        target: None,
+        credential: None,
+        decision: Decision::Denied {
+            reason: format!("run.{next} did not take effect: the run changed concurrently"),
+            policy: None,
+        },
+        outcome: found.to_string(),
+        duration_us: 0,
+        detail: None,
+    }
+}
+
+/// Index key: `created_ms` big-endian, so byte order is time order, then the id.
+fn time_key(created_ms: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&created_ms.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn encode(run: &RunRecord) -> Result<Vec<u8>, RunsError> {
+    let bytes = serde_json::to_vec(run)?;
+    check_size(&bytes, MAX_RUN_RECORD_BYTES)?;
+    Ok(bytes)
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<RunRecord, RunsError> {
+    serde_json::from_slice(bytes).map_err(|_| corrupt(id))
+}
+
+fn corrupt(id: &str) -> RunsError {
+    RunsError::Corrupt(format!("run {id}"))
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -1,0 +1,4 @@
+//! The module registry: task manifests (and, with signing, trusted task modules).
+
+pub mod manifest;
+pub mod signing;

@@ -1,0 +1,106 @@
+//! The bridge: executes runs. It ties one prepared task, its inputs, its grant and its
+//! limits to the runtime, and brackets every run with `run.start` and `run.end` audit
+//! records. The server embeds one bridge; remote bridges will use the same type.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::{AuditEntry, Decision};
+use crate::capabilities::grant::Grant;
+use crate::capabilities::{HostContext, RunIdentity, Services};
+use crate::runtime::bindings::params::Param;
+use crate::runtime::cache::PreparedTask;
+use crate::runtime::limits::RunLimits;
+use crate::runtime::{RunOutcome, RunReport, Runtime};
+
+/// Everything needed to execute one run.
+pub struct RunSpec {
+    /// Who runs what.
+    pub identity: RunIdentity,
+    /// The compiled task.
+    pub task: Arc<PreparedTask>,
+    /// Validated inputs.
+    pub params: Vec<Param>,
+    /// What the run may touch.
+    pub grant: Grant,
+    /// Its limits.
+    pub limits: RunLimits,
+}
+
+/// Why a run could not be executed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The `run.start` record could not be written, so the run did not start.
+    #[error("audit log unavailable, run not started: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Executes runs on one runtime with one set of services.
+#[derive(Clone)]
+pub struct Bridge {
+    runtime: Arc<Runtime>,
+    services: Services,
+}
+
+impl Bridge {
+    /// A bridge over `runtime` acting through `services`.
+    pub fn new(runtime: Arc<Runtime>, services: Services) -> Self {
+        Bridge { runtime, services }
+    }
+
+    /// The runtime (to prepare modules).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The services (audit, vault, targets, SSH).
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Runs `spec` to completion. The run starts only once `run.start` is durable, and
+    /// its report is returned only once `run.end` is.
+    pub async fn execute(&self, spec: RunSpec) -> Result<RunReport, BridgeError> {
+        let started = Instant::now();
+        let start_detail = format!(
+            "module {} ({}); inputs: [{}]; credentials: [{}]; targets: [{}]",
+            spec.identity.module,
+            spec.task.digest,
+            spec.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            spec.grant.credentials.iter().cloned().collect::<Vec<_>>().join(", "),
+            spec.grant.targets.iter().cloned().collect::<Vec<_>>().join(", "),
+        );
+        self.services.audit.append(self.entry(&spec.identity, "run.start", "started", start_detail, started)).await?;
+        let host = HostContext::new(
+            spec.identity.clone(),
+            spec.grant,
+            spec.params,
+            self.services.clone(),
+            spec.limits.clone(),
+        );
+        let report = self.runtime.run(&spec.task, host, &spec.limits).await;
+        let (outcome, detail) = match &report.outcome {
+            RunOutcome::Succeeded { .. } => ("succeeded".to_string(), String::new()),
+            RunOutcome::Failed { error } => ("failed".to_string(), error.clone()),
+            RunOutcome::Stopped { reason } => ("stopped".to_string(), reason.to_string()),
+            RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
+        };
+        let detail = format!("{detail}; host calls: {}", report.host_calls);
+        self.services.audit.append(self.entry(&spec.identity, "run.end", &outcome, detail, started)).await?;
+        Ok(report)
+    }
+
+    fn entry(&self, id: &RunIdentity, action: &str, outcome: &str, detail: String, started: Instant) -> AuditEntry {
+        AuditEntry {
+            run_id: Some(id.run_id.clone()),
+            actor: id.actor.clone(),
+            action: action.to_string(),
+            target: None,
+            credential: None,
+            decision: Decision::Allowed,
+            outcome: outcome.to_string(),
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            detail: Some(detail),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `credentials`: opaque handles to vault credentials.
+//!
+//! Threat: a task that tries to read a secret. The guest gets a [`CredentialHandle`] that
+//! holds the credential's name and username only; the secret is fetched from the vault by
+//! [`HostContext::ssh_credential`] at the moment the host authenticates, registered with
+//! the run's redactor, and never written to guest memory.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use wasmtime::component::Resource;
+
+use crate::audit::Decision;
+use crate::runtime::RunStop;
+use crate::runtime::bindings::credentials::{CredentialKind, Host, HostCredential};
+use crate::runtime::bindings::types::Error;
+use crate::runtime::limits::LimitExceeded;
+use crate::ssh::{SshAuth, SshCredential};
+use crate::vault::{self, VaultError};
+
+use super::grant::Request;
+use super::types::internal;
+use super::{HostContext, Subject};
+
+/// What the guest's `credential` resource stands for on the host. No secret inside.
+#[derive(Clone, Debug)]
+pub struct CredentialHandle {
+    name: String,
+    username: String,
+    kind: vault::CredentialKind,
+}
+
+impl CredentialHandle {
+    /// The credential's vault name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl HostContext {
+    /// The handle behind a guest resource. The component model only lets a guest pass
+    /// handles it owns, so a missing entry is a host bug: trap.
+    pub(crate) fn handle(&self, r: &Resource<CredentialHandle>) -> wasmtime::Result<CredentialHandle> {
+        Ok(self.handles.get(r)?.clone())
+    }
+
+    /// Fetches the handle's secret from the vault for the SSH layer, registering it (and
+    /// its encodings) with the run's redactor first. This is the one place a secret
+    /// leaves the vault on behalf of a run.
+    pub(crate) fn ssh_credential(&mut self, handle: &CredentialHandle) -> Result<Arc<SshCredential>, Error> {
+        let secret = self.services.vault.secret(&handle.name).map_err(|e| match e {
+            VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
+            other => internal("reading the credential", other),
+        })?;
+        // Registered before use, so no output of this call can carry it unredacted.
+        self.redactor
+            .add_secret(secret.expose())
+            .map_err(|e| internal("registering the secret for redaction", e))?;
+        let text = String::from_utf8(secret.expose().to_vec())
+            .map_err(|_| Error::InvalidArgument("the credential's secret is not UTF-8 text".into()))?;
+        let text = SecretString::from(text);
+        let auth = match handle.kind {
+            vault::CredentialKind::Password => SshAuth::Password(text),
+            vault::CredentialKind::SshKey => SshAuth::PrivateKey(text),
+        };
+        Ok(Arc::new(SshCredential {
+            id: handle.name.clone(),
+            username: handle.username.clone(),
+            auth,
+        }))
+    }
+
+    async fn acquire_checked(&mut self, name: &str) -> Result<CredentialHandle, Error> {
+        match self.services.vault.info(name) {
+            Ok(Some(info)) => Ok(CredentialHandle {
+                name: info.name,
+                username: info.username,
+                kind: info.kind,
+            }),
+            Ok(None) => Err(Error::NotFound(format!("no credential named '{name}'"))),
+            Err(e) => Err(internal("looking up the credential", e)),
+        }
+    }
+
+    /// Audits a call on a handle (its name, username or kind) and returns `value`.
+    async fn handle_query<T>(&mut self, action: &'static str, r: &Resource<CredentialHandle>, value: impl FnOnce(&CredentialHandle) -> T) -> wasmtime::Result<T> {
+        let call = self.begin(action, 0).await?;
+        let handle = self.handle(r)?;
+        let subject = Subject { credential: Some(handle.name.clone()), ..Subject::default() };
+        let out = value(&handle);
+        self.finish(call, subject, Decision::Allowed, Ok(())).await?.ok();
+        Ok(out)
+    }
+}
+
+impl Host for HostContext {
+    async fn acquire(&mut self, name: String) -> wasmtime::Result<Result<Resource<CredentialHandle>, Error>> {
+        let call = self.begin("credentials.acquire", name.len()).await?;
+        let subject = Subject { credential: Some(name.clone()), ..Subject::default() };
+        if let Err(denial) = self.grant.authorize(&Request::Acquire { credential: &name }) {
+            return self.deny(call, subject, denial).await;
+        }
+        if self.live_handles >= self.limits.handles {
+            let exceeded = LimitExceeded::Handles { limit: self.limits.handles };
+            let denial = super::grant::Denial { rule: "limits", detail: exceeded.to_string() };
+            let _ = self.deny::<()>(call, subject, denial).await?;
+            return Err(self.end_run(RunStop::Limit(exceeded)));
+        }
+        let result = match self.acquire_checked(&name).await {
+            Ok(handle) => {
+                self.live_handles += 1;
+                Ok(self.handles.push(handle)?)
+            }
+            Err(e) => Err(e),
+        };
+        self.finish(call, subject, Decision::Allowed, result).await
+    }
+}
+
+impl HostCredential for HostContext {
+    async fn name(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<String> {
+        self.handle_query("credentials.credential.name", &r, |h| h.name.clone()).await
+    }
+
+    async fn username(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<String> {
+        self.handle_query("credentials.credential.username", &r, |h| h.username.clone()).await
+    }
+
+    async fn kind(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<CredentialKind> {
+        self.handle_query("credentials.credential.kind", &r, |h| match h.kind {
+            vault::CredentialKind::Password => CredentialKind::Password,
+            vault::CredentialKind::SshKey => CredentialKind::SshKey,
+        })
+        .await
+    }
+
+    async fn drop(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<()> {
+        self.handles.delete(r)?;
+        self.live_handles = self.live_handles.saturating_sub(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! `warden exec`: run a task locally in the sandbox, print its events and result.
+//!
+//! Everything is checked before the run starts — the component compiles, the inputs match
+//! the manifest, every granted credential and target exists — so a bad invocation changes
+//! nothing in the data directory. Exit codes: 0 the task succeeded, 1 it returned an
+//! error, 3 the host stopped it (a limit, fail-closed audit), 4 it trapped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::DataArg;
+use crate::audit::AuditLog;
+use crate::bridge::{Bridge, RunSpec};
+use crate::capabilities::grant::Grant;
+use crate::capabilities::{RunIdentity, Services};
+use crate::registry::manifest::Manifest;
+use crate::runtime::bindings::params::{Param, Value};
+use crate::runtime::engine::EngineConfig;
+use crate::runtime::limits::RunLimits;
+use crate::runtime::{RunOutcome, RunReport, Runtime};
+use crate::ssh::{SshConfig, SshPool};
+use crate::store::DataDir;
+use crate::targets::TargetStore;
+use crate::vault::Vault;
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// The task component (`.wasm`).
+    task: PathBuf,
+    /// The task's manifest; its inputs type and check `--param`. Without one, params are
+    /// passed as text.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// An input, `key=value`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// A credential the run may acquire.
+    #[arg(long = "allow-credential", value_name = "NAME")]
+    credentials: Vec<String>,
+    /// A target the run may act on.
+    #[arg(long = "allow-target", value_name = "NAME")]
+    targets: Vec<String>,
+    /// A command pattern the run may execute (`*` wildcard); none means any command.
+    #[arg(long = "allow-command", value_name = "PATTERN")]
+    commands: Vec<String>,
+    /// A path prefix the run may transfer files under.
+    #[arg(long = "allow-path", value_name = "PREFIX")]
+    paths: Vec<String>,
+    /// Wall-time limit in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    wall_time: Option<u64>,
+    /// Linear-memory limit in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<usize>,
+    /// Print the run report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
+    let component = std::fs::read(&args.task)
+        .with_context(|| format!("reading {}", args.task.display()))?;
+    let manifest = match &args.manifest {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(Manifest::parse(&text).with_context(|| path.display().to_string())?)
+        }
+        None => None,
+    };
+    let params = resolve_params(manifest.as_ref(), &args.params)?;
+    let limits = limits_from(&args);
+
+    let dir = DataDir::open(&args.data.data)?;
+    let runtime = Runtime::new(&EngineConfig::default(), &dir.artifacts())?;
+    let task = runtime.prepare(&component).with_context(|| args.task.display().to_string())?;
+    let DataDir { db, master_key, server_key, .. } = dir;
+    let vault = Vault::open(&db, master_key)?;
+    let targets = TargetStore::open(&db)?;
+    for name in &args.credentials {
+        if vault.info(name)?.is_none() {
+            anyhow::bail!("unknown credential '{name}' (see `warden credential list`)");
+        }
+    }
+    for name in &args.targets {
+        if targets.get(name)?.is_none() {
+            anyhow::bail!("unknown target '{name}' (see `warden target list`)");
+        }
+    }
+    let audit = AuditLog::open(&db, server_key)?;
+    let services = Services { audit, vault, targets, ssh: SshPool::new(SshConfig::default()) };
+    let bridge = Bridge::new(runtime, services);
+    let grant = Grant {
+        credentials: args.credentials.into_iter().collect(),
+        targets: args.targets.into_iter().collect(),
+        commands: args.commands,
+        paths: args.paths,
+    };
+    let module = manifest.as_ref().map_or_else(
+        || args.task.file_stem().map_or("task".into(), |s| s.to_string_lossy().into_owned()),
+        |m| format!("{}@{}", m.name, m.version),
+    );
+    let identity = RunIdentity {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        actor: local_actor(),
+        module,
+    };
+    let spec = RunSpec { identity, task: Arc::clone(&task), params, grant, limits };
+    let report = bridge.execute(spec).await?;
+    print_report(&report, args.json)?;
+    Ok(exit_code(&report.outcome))
+}
+
+fn limits_from(args: &ExecArgs) -> RunLimits {
+    let mut limits = RunLimits::default();
+    if let Some(secs) = args.wall_time {
+        limits.wall_time = Duration::from_secs(secs);
+    }
+    if let Some(mib) = args.memory {
+        limits.memory_bytes = mib << 20;
+    }
+    limits
+}
+
+/// Turns `key=value` strings into the task's params, typed by the manifest if any.
+fn resolve_params(manifest: Option<&Manifest>, raw: &[String]) -> anyhow::Result<Vec<Param>> {
+    let mut given = BTreeMap::new();
+    for pair in raw {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--param '{pair}' is not KEY=VALUE"))?;
+        if given.contains_key(key) {
+            anyhow::bail!("--param '{key}' given twice");
+        }
+        let value = match manifest {
+            Some(m) => m.parse_cli_value(key, value)?,
+            None => toml::Value::String(value.to_string()),
+        };
+        given.insert(key.to_string(), value);
+    }
+    match manifest {
+        Some(m) => Ok(m.resolve_inputs(&given)?),
+        None => Ok(given
+            .into_iter()
+            .map(|(name, v)| Param { name, value: Value::Text(v.as_str().unwrap_or_default().into()) })
+            .collect()),
+    }
+}
+
+fn local_actor() -> String {
+    format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
+
+fn exit_code(outcome: &RunOutcome) -> i32 {
+    match outcome {
+        RunOutcome::Succeeded { .. } => 0,
+        RunOutcome::Failed { .. } => 1,
+        RunOutcome::Stopped { .. } => 3,
+        RunOutcome::Trapped { .. } => 4,
+    }
+}
+
+fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for event in &report.events {
+        println!("[{:>6} ms] {:<5} {}", event.at_ms, event.level, event.message);
+    }
+    for (name, text) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        if !text.is_empty() {
+            println!("--- {name} ---\n{}", text.trim_end());
+        }
+    }
+    match &report.outcome {
+        RunOutcome::Succeeded { result } => println!("result: {result}"),
+        RunOutcome::Failed { error } => println!("task failed: {error}"),
+        RunOutcome::Stopped { reason } => println!("run stopped: {reason}"),
+        RunOutcome::Trapped { error } => println!("task trapped: {error}"),
+    }
+    println!("({} host calls, {} ms)", report.host_calls, report.duration_ms);
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The `warden` binary.
+
+fn main() {
+    warden_host::cli::main();
+}

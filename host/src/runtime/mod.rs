@@ -1,0 +1,258 @@
+//! The sandbox: runs one task component per run in wasmtime, with nothing granted but the
+//! Warden capabilities and the limits of [`limits::RunLimits`].
+//!
+//! Threat: a guest reaching the host's files, environment, network or stdio, or starving
+//! the host of CPU, memory or output space. WASI p2 is linked because Rust `std` guests
+//! import it, but with an empty context: no preopened directories, no environment, no
+//! arguments, no sockets, no name lookup, stdin closed; stdout and stderr go to capped
+//! in-memory buffers that become the run's output. Clocks and randomness are allowed.
+//!
+//! One [`Runtime`] owns the shared engine, the linker and the compiled-module cache; every
+//! run gets a fresh `Store` (a trapped instance cannot be re-entered).
+
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod limits;
+pub mod output;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capabilities::HostContext;
+use cache::{ModuleCache, PrepareError, PreparedTask};
+use engine::{EngineConfig, EpochTicker};
+use limits::{LimitExceeded, RunLimiter, RunLimits};
+use output::CappedOutput;
+
+/// Why a run was stopped by the host rather than finishing on its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RunStop {
+    /// The run broke one of its limits.
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    /// An audit record could not be written durably, so the run was ended (fail closed).
+    #[error("audit log unavailable, run ended (fail closed): {0}")]
+    AuditFailed(String),
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// One entry of a run's event log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunEvent {
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The message, already redacted.
+    pub message: String,
+}
+
+/// A run's event log, capped in bytes.
+pub struct EventLog {
+    started: Instant,
+    events: Vec<RunEvent>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl EventLog {
+    /// An empty log holding at most `cap` message bytes.
+    pub fn new(cap: usize) -> Self {
+        EventLog { started: Instant::now(), events: Vec::new(), bytes: 0, cap }
+    }
+
+    /// Appends an event; false (and nothing stored) when the cap would be passed.
+    pub fn push(&mut self, level: &str, message: String) -> bool {
+        if self.bytes + message.len() > self.cap {
+            return false;
+        }
+        self.bytes += message.len();
+        let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.events.push(RunEvent { at_ms, level: level.to_string(), message });
+        true
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// `run` returned `ok`.
+    Succeeded { result: String },
+    /// `run` returned `err`.
+    Failed { error: String },
+    /// The host stopped the run.
+    Stopped { reason: RunStop },
+    /// The guest trapped (a panic, an unreachable, a bad memory access).
+    Trapped { error: String },
+}
+
+impl RunOutcome {
+    /// True for a run whose task returned `ok`.
+    pub fn is_success(&self) -> bool {
+        matches!(self, RunOutcome::Succeeded { .. })
+    }
+}
+
+/// Everything a finished run produced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// The event log.
+    pub events: Vec<RunEvent>,
+    /// Captured stdout (lossy UTF-8, redacted).
+    pub stdout: String,
+    /// Captured stderr (lossy UTF-8, redacted).
+    pub stderr: String,
+    /// Host calls made.
+    pub host_calls: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A store's data: WASI's empty context plus Warden's per-run state.
+pub struct RunState {
+    wasi: WasiCtx,
+    wasi_table: ResourceTable,
+    limiter: RunLimiter,
+    host: HostContext,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.wasi_table }
+    }
+}
+
+/// Selects the Warden part of the store as the data the generated host traits see.
+struct WardenView;
+
+impl HasData for WardenView {
+    type Data<'a> = &'a mut HostContext;
+}
+
+/// The shared engine, linker and module cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RunState>,
+    cache: ModuleCache,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and linker; artifacts are cached under `artifact_dir`.
+    pub fn new(config: &EngineConfig, artifact_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let engine = engine::build_engine(config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        bindings::Task::add_to_linker::<RunState, WardenView>(&mut linker, |s| &mut s.host)
+            .map_err(|e| anyhow::anyhow!("linking Warden capabilities: {e}"))?;
+        let cache = ModuleCache::open(&engine, artifact_dir)?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(Arc::new(Runtime { engine, linker, cache, _ticker: ticker }))
+    }
+
+    /// Compiles (or loads from cache) a component, refusing anything that is not a
+    /// component this host can run.
+    pub fn prepare(&self, component: &[u8]) -> Result<Arc<PreparedTask>, PrepareError> {
+        self.cache.prepare(&self.engine, &self.linker, component)
+    }
+
+    /// Components compiled by this process (cache misses).
+    pub fn compiles(&self) -> u64 {
+        self.cache.compiles()
+    }
+
+    /// Runs `task` to completion in a fresh store and reports how it went. Never panics
+    /// or returns early on guest misbehaviour: every ending is a [`RunOutcome`].
+    pub async fn run(&self, task: &PreparedTask, host: HostContext, limits: &RunLimits) -> RunReport {
+        let started = Instant::now();
+        let stdout = CappedOutput::new(limits.output_bytes);
+        let stderr = CappedOutput::new(limits.output_bytes);
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let state = RunState {
+            wasi,
+            wasi_table: ResourceTable::new(),
+            limiter: RunLimiter::new(limits.clone()),
+            host,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let deadline = started + limits.wall_time;
+        let wall_ms = u64::try_from(limits.wall_time.as_millis()).unwrap_or(u64::MAX);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() < deadline {
+                // Yield so one busy guest cannot monopolise an executor thread.
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            let stop = RunStop::Limit(LimitExceeded::WallTime { limit_ms: wall_ms });
+            ctx.data_mut().host.stop.get_or_insert(stop);
+            Ok(UpdateDeadline::Interrupt)
+        });
+
+        let call = async {
+            let instance = task.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store).await
+        };
+        // Epochs cannot interrupt host code (an SSH call that hangs), so the whole call is
+        // also bounded by a timer.
+        let result = tokio::time::timeout(limits.wall_time + EPOCH_GRACE, call).await;
+        let state = store.into_data();
+        let host = state.host;
+        let stop = host.stop.clone().or(state.limiter.exceeded.clone().map(RunStop::Limit));
+        let outcome = match (result, stop) {
+            (Err(_), _) => RunOutcome::Stopped {
+                reason: RunStop::Limit(LimitExceeded::WallTime { limit_ms: wall_ms }),
+            },
+            (Ok(_), Some(reason)) => RunOutcome::Stopped { reason },
+            (Ok(Ok(Ok(result))), None) => RunOutcome::Succeeded { result },
+            (Ok(Ok(Err(error))), None) => RunOutcome::Failed { error },
+            (Ok(Err(trap)), None) => classify_trap(&trap, &stdout, &stderr, limits),
+        };
+        let redactor = host.redactor();
+        RunReport {
+            outcome,
+            events: host.events.events.clone(),
+            stdout: redactor.redact_str(&String::from_utf8_lossy(&stdout.contents())),
+            stderr: redactor.redact_str(&String::from_utf8_lossy(&stderr.contents())),
+            host_calls: host.host_calls(),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Extra time the outer timer allows past the epoch deadline, so a guest stuck in wasm is
+/// stopped (and named) by the epoch, and the timer only catches hung host code.
+const EPOCH_GRACE: Duration = Duration::from_millis(250);
+
+/// Names a trap: an overflowed output stream is the output limit, anything else is the
+/// guest's own fault (a panic, an unreachable, a failed allocation).
+fn classify_trap(
+    trap: &wasmtime::Error,
+    stdout: &CappedOutput,
+    stderr: &CappedOutput,
+    limits: &RunLimits,
+) -> RunOutcome {
+    let limit = limits.output_bytes;
+    for (stream, output) in [("stdout", stdout), ("stderr", stderr)] {
+        if output.overflowed() {
+            return RunOutcome::Stopped {
+                reason: RunStop::Limit(LimitExceeded::Output { stream: stream.into(), limit }),
+            };
+        }
+    }
+    RunOutcome::Trapped { error: format!("{trap:#}") }
+}

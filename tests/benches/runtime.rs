@@ -1,0 +1,102 @@
+//! Runtime benchmarks (a bench binary that prints its figures; run with
+//! `cargo bench -p warden-tests --bench runtime`):
+//!
+//! - instantiate + call of a trivial precompiled task (`noop`), median over 1,000 runs;
+//! - audited host calls per second, every record durably flushed (group commit), with
+//!   several runs making calls concurrently.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use warden_host::audit::AuditLog;
+use warden_host::bridge::{Bridge, RunSpec};
+use warden_host::capabilities::grant::Grant;
+use warden_host::capabilities::{HostContext, RunIdentity, Services};
+use warden_host::runtime::Runtime;
+use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::runtime::engine::EngineConfig;
+use warden_host::runtime::limits::RunLimits;
+use warden_host::ssh::{SshConfig, SshPool};
+use warden_host::store::DataDir;
+use warden_host::targets::TargetStore;
+use warden_host::vault::Vault;
+use warden_tests::guests;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = TempDir::new()?;
+    let data = DataDir::init(&dir.path().join("data"))?;
+    let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
+    let services = Services {
+        audit: AuditLog::open(&data.db, data.server_key.clone())?,
+        vault: Vault::open(&data.db, data.master_key)?,
+        targets: TargetStore::open(&data.db)?,
+        ssh: SshPool::new(SshConfig::default()),
+    };
+    let noop = runtime.prepare(&std::fs::read(guests::component("noop"))?)?;
+    let probe = runtime.prepare(&std::fs::read(guests::component("probe"))?)?;
+
+    // 1. Instantiate + call, no host calls, no audit: the sandbox's own overhead.
+    let limits = RunLimits::default();
+    let identity = RunIdentity { run_id: "bench".into(), actor: "bench".into(), module: "noop".into() };
+    let mut samples = Vec::with_capacity(1000);
+    rt.block_on(async {
+        for i in 0..1100 {
+            let host = HostContext::new(identity.clone(), Grant::default(), vec![], services.clone(), limits.clone());
+            let started = Instant::now();
+            let report = runtime.run(&noop, host, &limits).await;
+            let elapsed = started.elapsed();
+            assert!(report.outcome.is_success(), "{:?}", report.outcome);
+            if i >= 100 {
+                samples.push(elapsed); // the first 100 warm the pool
+            }
+        }
+    });
+    samples.sort();
+    println!(
+        "instantiate+call (noop, precompiled, pooling): median {:?}  p99 {:?}  over {} runs",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.len()
+    );
+
+    // 2. Audited host calls per second: `concurrency` runs each make `per_run` calls.
+    let bridge = Bridge::new(Arc::clone(&runtime), services.clone());
+    for concurrency in [1usize, 8, 32] {
+        let per_run: i64 = 2_000;
+        let started = Instant::now();
+        let calls: u64 = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..concurrency {
+                let (bridge, probe) = (bridge.clone(), probe.clone());
+                tasks.push(tokio::spawn(async move {
+                    let params = vec![
+                        Param { name: "mode".into(), value: Value::Text("calls".into()) },
+                        Param { name: "n".into(), value: Value::Integer(per_run) },
+                    ];
+                    let identity = RunIdentity { run_id: format!("bench-{i}"), actor: "bench".into(), module: "probe".into() };
+                    let spec = RunSpec { identity, task: probe, params, grant: Grant::default(), limits: RunLimits::default() };
+                    bridge.execute(spec).await.map(|r| r.host_calls).unwrap_or(0)
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap_or(0);
+            }
+            total
+        });
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "audited host calls/s (durable, group commit), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
+            calls as f64 / secs
+        );
+    }
+    let verified = warden_host::audit::verify(&data.db, &data.server_key.verifying_key())?;
+    println!("audit chain verifies: {} records", verified.count);
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Warden's integration tests: one binary (faster to link), one module per area.
+//!
+//! Every test uses real parts: guest components built from `guest-examples/` and
+//! `tests/fixtures/`, sled files in a temporary data directory, OpenSSH `sshd` on
+//! loopback, and the real `warden` command line.
+
+mod cli;
+mod sandbox;
+mod ssh;
+mod support;

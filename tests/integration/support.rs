@@ -1,0 +1,104 @@
+//! In-process test environment: a data directory, its services and a bridge.
+
+use std::sync::{Arc, OnceLock};
+
+use tempfile::TempDir;
+use warden_host::audit::{AuditFilter, AuditLog, AuditRecord};
+use warden_host::bridge::{Bridge, RunSpec};
+use warden_host::capabilities::grant::Grant;
+use warden_host::capabilities::{RunIdentity, Services};
+use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::runtime::cache::PreparedTask;
+use warden_host::runtime::engine::EngineConfig;
+use warden_host::runtime::limits::RunLimits;
+use warden_host::runtime::{RunReport, Runtime};
+use warden_host::ssh::{SshConfig, SshPool};
+use warden_host::store::DataDir;
+use warden_host::targets::TargetStore;
+use warden_host::vault::{CredentialKind, Secret, Vault};
+use warden_tests::guests;
+
+/// One runtime for the whole test process: compiling a component is the slow part.
+pub fn runtime() -> Arc<Runtime> {
+    static RUNTIME: OnceLock<(TempDir, Arc<Runtime>)> = OnceLock::new();
+    let (_, rt) = RUNTIME.get_or_init(|| {
+        let dir = TempDir::new().expect("temp dir");
+        let rt = Runtime::new(&EngineConfig::default(), dir.path()).expect("runtime");
+        (dir, rt)
+    });
+    rt.clone()
+}
+
+/// A data directory with its services and a bridge over the shared runtime.
+pub struct Env {
+    _dir: TempDir,
+    pub vault: Vault,
+    pub audit: AuditLog,
+    pub targets: TargetStore,
+    pub bridge: Bridge,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = TempDir::new().expect("temp dir");
+        let data = DataDir::init(&dir.path().join("data")).expect("init");
+        let vault = Vault::open(&data.db, data.master_key).expect("vault");
+        let audit = AuditLog::open(&data.db, data.server_key).expect("audit");
+        let targets = TargetStore::open(&data.db).expect("targets");
+        let services = Services {
+            audit: audit.clone(),
+            vault: vault.clone(),
+            targets: targets.clone(),
+            ssh: SshPool::new(SshConfig::default()),
+        };
+        let bridge = Bridge::new(runtime(), services);
+        Env { _dir: dir, vault, audit, targets, bridge }
+    }
+
+    pub fn add_password(&self, name: &str, username: &str, secret: &str) {
+        self.vault
+            .add(name, username, CredentialKind::Password, Secret::from_bytes(secret.as_bytes().to_vec()))
+            .expect("add credential");
+    }
+
+    pub fn prepare(&self, component: &str) -> Arc<PreparedTask> {
+        let bytes = std::fs::read(guests::component(component)).expect("component built");
+        self.bridge.runtime().prepare(&bytes).expect("prepare")
+    }
+
+    pub async fn run(
+        &self,
+        task: &Arc<PreparedTask>,
+        params: Vec<Param>,
+        grant: Grant,
+        limits: RunLimits,
+    ) -> (String, RunReport) {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let identity = RunIdentity { run_id: run_id.clone(), actor: "test".into(), module: "probe".into() };
+        let spec = RunSpec { identity, task: task.clone(), params, grant, limits };
+        let report = self.bridge.execute(spec).await.expect("run executes");
+        (run_id, report)
+    }
+
+    /// The audit records of one run, minus its `run.start` and `run.end`.
+    pub fn host_call_records(&self, run_id: &str) -> Vec<AuditRecord> {
+        let filter = AuditFilter { run_id: Some(run_id.into()), ..AuditFilter::default() };
+        let records = self.audit.query(&filter).expect("query");
+        records.into_iter().filter(|r| !r.entry.action.starts_with("run.")).collect()
+    }
+}
+
+/// `name=text` params.
+pub fn text_params(pairs: &[(&str, &str)]) -> Vec<Param> {
+    pairs.iter().map(|(k, v)| Param { name: k.to_string(), value: Value::Text(v.to_string()) }).collect()
+}
+
+/// A grant of credentials (and targets) by name.
+pub fn grant(credentials: &[&str], targets: &[&str]) -> Grant {
+    Grant {
+        credentials: credentials.iter().map(|s| s.to_string()).collect(),
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        commands: vec![],
+        paths: vec!["/tmp".into()],
+    }
+}

@@ -1,0 +1,42 @@
+//! Builds the guest components once per test process and hands out their paths.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::repo_root;
+
+/// The directory the guests are built into.
+fn out_dir() -> PathBuf {
+    repo_root().join("target/guests/wasm32-wasip2/release")
+}
+
+fn build(manifest: &str) -> Result<(), String> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(repo_root().join(manifest))
+        .env("CARGO_TARGET_DIR", repo_root().join("target/guests"))
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("building {manifest} failed: {status}")) }
+}
+
+/// Builds `guest-examples/` and `tests/fixtures/` (once) and returns the path of the
+/// component named `name` (e.g. `hello`, `probe`).
+pub fn component(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        build("guest-examples/Cargo.toml")?;
+        build("tests/fixtures/Cargo.toml")
+    });
+    if let Err(e) = built {
+        panic!("guest build failed (is the wasm32-wasip2 target installed?): {e}");
+    }
+    out_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// The manifest (`warden.toml`) of a guest example or fixture.
+pub fn manifest(name: &str) -> PathBuf {
+    let example = repo_root().join("guest-examples").join(name).join("warden.toml");
+    if example.exists() { example } else { repo_root().join("tests/fixtures").join(name).join("warden.toml") }
+}

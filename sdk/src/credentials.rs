@@ -1,8 +1,8 @@
 //! Credential handles. A handle names a vault credential; the secret stays on the host.
 
-pub use crate::bindings::warden::task::credentials::{Credential, CredentialKind};
-use crate::bindings::warden::task::credentials as raw;
 use crate::Error;
+use crate::bindings::warden::task::credentials as raw;
+pub use crate::bindings::warden::task::credentials::{Credential, CredentialKind};
 
 /// Acquires a handle to the named credential, if the run's grant allows it.
 ///

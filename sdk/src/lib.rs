@@ -50,8 +50,8 @@ pub mod params;
 pub mod ssh;
 pub mod transfer;
 
+/// The trait a task implements: `run` returns the result text or the reason it failed.
+pub use bindings::Guest as Task;
 pub use bindings::export_task;
 /// The error every fallible host function returns; [`Error::Denied`] is a policy denial.
 pub use bindings::warden::task::types::Error;
-/// The trait a task implements: `run` returns the result text or the reason it failed.
-pub use bindings::Guest as Task;

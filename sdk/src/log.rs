@@ -1,7 +1,7 @@
 //! Leveled messages into the run's event log. The host redacts secrets and caps sizes.
 
-pub use crate::bindings::warden::task::log::Level;
 use crate::bindings::warden::task::log as raw;
+pub use crate::bindings::warden::task::log::Level;
 
 /// Writes a message at the given level.
 ///

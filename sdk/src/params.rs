@@ -1,8 +1,8 @@
 //! Typed access to the run's inputs. The host validated them against the module's
 //! manifest before the run started, so a declared input has its declared type.
 
-pub use crate::bindings::warden::task::params::{Param, Value};
 use crate::bindings::warden::task::params as raw;
+pub use crate::bindings::warden::task::params::{Param, Value};
 
 /// Every input of the run, in name order.
 pub fn all() -> Vec<Param> {

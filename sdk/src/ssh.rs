@@ -1,14 +1,18 @@
 //! SSH commands on targets. The host authenticates with the credential, verifies the
 //! target's pinned host key and redacts secrets from the output.
 
-pub use crate::bindings::warden::task::ssh::{ExecOptions, ExecOutput, TargetResult};
-use crate::bindings::warden::task::ssh as raw;
-use crate::credentials::Credential;
 use crate::Error;
+use crate::bindings::warden::task::ssh as raw;
+pub use crate::bindings::warden::task::ssh::{ExecOptions, ExecOutput, TargetResult};
+use crate::credentials::Credential;
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { sudo: false, stdin: None, timeout_ms: None }
+        ExecOptions {
+            sudo: false,
+            stdin: None,
+            timeout_ms: None,
+        }
     }
 }
 
@@ -20,7 +24,10 @@ impl ExecOptions {
     /// assert!(opts.sudo);
     /// ```
     pub fn sudo() -> Self {
-        ExecOptions { sudo: true, ..Self::default() }
+        ExecOptions {
+            sudo: true,
+            ..Self::default()
+        }
     }
 
     /// Sets the bytes written to the command's stdin.

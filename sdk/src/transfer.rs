@@ -1,8 +1,8 @@
 //! Files on targets over SFTP, within the path prefixes the run's grant allows.
 
+use crate::Error;
 use crate::bindings::warden::task::transfer as raw;
 use crate::credentials::Credential;
-use crate::Error;
 
 /// Writes `contents` to the absolute `path` on the target with permission bits `mode`.
 ///

@@ -35,7 +35,10 @@ const ROUNDS: usize = 5;
 const LATENCY_CALLS: usize = 200;
 
 fn text(name: &str, value: &str) -> Param {
-    Param { name: name.into(), value: Value::Text(value.into()) }
+    Param {
+        name: name.into(),
+        value: Value::Text(value.into()),
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -44,16 +47,31 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let size: usize = std::env::var("WARDEN_FLEET").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let size: usize = std::env::var("WARDEN_FLEET")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let user = TestUser::create("wdb")?;
     let fleet = Sshd::fleet(size)?;
     let dir = TempDir::new()?;
     let data = DataDir::init(&dir.path().join("data"))?;
     let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
-    let DataDir { db, master_key, server_key, .. } = data;
+    let DataDir {
+        db,
+        master_key,
+        server_key,
+        ..
+    } = data;
     let vault = Vault::open(&db, master_key)?;
-    vault.add("key", &user.name, CredentialKind::SshKey, Secret::from_bytes(user.private_key_openssh.as_bytes().to_vec()))?;
+    vault.add(
+        "key",
+        &user.name,
+        CredentialKind::SshKey,
+        Secret::from_bytes(user.private_key_openssh.as_bytes().to_vec()),
+    )?;
     let targets = TargetStore::open(&db)?;
     let names: Vec<String> = (0..size).map(|i| format!("h{i}")).collect();
     for (name, sshd) in names.iter().zip(&fleet) {
@@ -74,23 +92,49 @@ fn main() -> anyhow::Result<()> {
         commands: vec![],
         paths: vec![],
     };
-    let config = SshConfig { max_concurrency: size.max(1), ..SshConfig::default() };
+    let config = SshConfig {
+        max_concurrency: size.max(1),
+        ..SshConfig::default()
+    };
     let bridge_with = |pool: SshPool| {
-        Bridge::new(runtime.clone(), Services { audit: audit.clone(), vault: vault.clone(), targets: targets.clone(), ssh: pool })
+        Bridge::new(
+            runtime.clone(),
+            Services {
+                audit: audit.clone(),
+                vault: vault.clone(),
+                targets: targets.clone(),
+                ssh: pool,
+            },
+        )
     };
     let fan_out = |bridge: &Bridge| -> anyhow::Result<Duration> {
         let params = vec![
             text("mode", "exec-many"),
             text("credential", "key"),
-            Param { name: "targets".into(), value: Value::TextList(names.clone()) },
+            Param {
+                name: "targets".into(),
+                value: Value::TextList(names.clone()),
+            },
             text("command", "true"),
         ];
-        let identity = RunIdentity { run_id: uuid::Uuid::new_v4().to_string(), actor: "bench".into(), module: "probe".into() };
-        let spec = RunSpec { identity, task: probe.clone(), params, grant: grant.clone(), limits: RunLimits::default() };
+        let identity = RunIdentity {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            actor: "bench".into(),
+            module: "probe".into(),
+        };
+        let spec = RunSpec {
+            identity,
+            task: probe.clone(),
+            params,
+            grant: grant.clone(),
+            limits: RunLimits::default(),
+        };
         let started = Instant::now();
         let report = rt.block_on(bridge.execute(spec))?;
         let elapsed = started.elapsed();
-        let RunOutcome::Succeeded { result } = &report.outcome else { anyhow::bail!("run failed: {:?}", report.outcome) };
+        let RunOutcome::Succeeded { result } = &report.outcome else {
+            anyhow::bail!("run failed: {:?}", report.outcome)
+        };
         let ok = serde_json::from_str::<serde_json::Value>(result)?
             .as_array()
             .map_or(0, |a| a.iter().filter(|r| r["exit"] == 0).count());
@@ -99,11 +143,15 @@ fn main() -> anyhow::Result<()> {
     };
 
     // Warden, fresh connections: a new pool for every round.
-    let fresh = (0..ROUNDS).map(|_| fan_out(&bridge_with(SshPool::new(config.clone())))).collect::<anyhow::Result<Vec<_>>>()?;
+    let fresh = (0..ROUNDS)
+        .map(|_| fan_out(&bridge_with(SshPool::new(config.clone()))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Warden, pooled: one pool, warmed by a first round.
     let pooled_bridge = bridge_with(SshPool::new(config.clone()));
     fan_out(&pooled_bridge)?;
-    let pooled = (0..ROUNDS).map(|_| fan_out(&pooled_bridge)).collect::<anyhow::Result<Vec<_>>>()?;
+    let pooled = (0..ROUNDS)
+        .map(|_| fan_out(&pooled_bridge))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     // OpenSSH, N clients in parallel, host keys checked against known_hosts.
     let key_path = dir.path().join("id_ed25519");
@@ -116,12 +164,18 @@ fn main() -> anyhow::Result<()> {
     drop(kh);
     let ssh_args = |sshd: &Sshd| -> Vec<String> {
         vec![
-            "-i".into(), key_path.display().to_string(),
-            "-o".into(), "StrictHostKeyChecking=yes".into(),
-            "-o".into(), format!("UserKnownHostsFile={}", known_hosts.display()),
-            "-o".into(), "BatchMode=yes".into(),
-            "-o".into(), "IdentitiesOnly=yes".into(),
-            "-p".into(), sshd.port.to_string(),
+            "-i".into(),
+            key_path.display().to_string(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", known_hosts.display()),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-p".into(),
+            sshd.port.to_string(),
             format!("{}@{}", user.name, sshd.ip),
         ]
     };
@@ -130,7 +184,14 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let children = fleet
             .iter()
-            .map(|s| Command::new("ssh").args(ssh_args(s)).arg("true").stdout(Stdio::null()).stderr(Stdio::null()).spawn())
+            .map(|s| {
+                Command::new("ssh")
+                    .args(ssh_args(s))
+                    .arg("true")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ok = 0;
         for mut c in children {
@@ -140,10 +201,21 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(ok == size, "OpenSSH: only {ok}/{size} hosts answered");
     }
 
-    println!("fleet of {size} loopback sshd hosts, one command (`true`) on every host, median of {ROUNDS} rounds:");
-    println!("  Warden, fresh connections (host keys pinned):   {:>8.1} ms", ms(median(fresh)));
-    println!("  Warden, pooled connections:                     {:>8.1} ms", ms(median(pooled)));
-    println!("  OpenSSH, {size} clients in parallel (known_hosts): {:>8.1} ms", ms(median(openssh)));
+    println!(
+        "fleet of {size} loopback sshd hosts, one command (`true`) on every host, median of {ROUNDS} rounds:"
+    );
+    println!(
+        "  Warden, fresh connections (host keys pinned):   {:>8.1} ms",
+        ms(median(fresh))
+    );
+    println!(
+        "  Warden, pooled connections:                     {:>8.1} ms",
+        ms(median(pooled))
+    );
+    println!(
+        "  OpenSSH, {size} clients in parallel (known_hosts): {:>8.1} ms",
+        ms(median(openssh))
+    );
 
     // Per-command latency on one reused connection.
     let target = &fleet[0];
@@ -153,10 +225,23 @@ fn main() -> anyhow::Result<()> {
             text("credential", "key"),
             text("target", "h0"),
             text("command", "true"),
-            Param { name: "n".into(), value: Value::Integer(n as i64) },
+            Param {
+                name: "n".into(),
+                value: Value::Integer(n as i64),
+            },
         ];
-        let identity = RunIdentity { run_id: uuid::Uuid::new_v4().to_string(), actor: "bench".into(), module: "probe".into() };
-        let spec = RunSpec { identity, task: probe.clone(), params, grant: grant.clone(), limits: RunLimits::default() };
+        let identity = RunIdentity {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            actor: "bench".into(),
+            module: "probe".into(),
+        };
+        let spec = RunSpec {
+            identity,
+            task: probe.clone(),
+            params,
+            grant: grant.clone(),
+            limits: RunLimits::default(),
+        };
         let started = Instant::now();
         let report = rt.block_on(pooled_bridge.execute(spec))?;
         anyhow::ensure!(report.outcome.is_success(), "{:?}", report.outcome);
@@ -181,7 +266,12 @@ fn main() -> anyhow::Result<()> {
     let control = |n: usize| -> anyhow::Result<Duration> {
         let started = Instant::now();
         for _ in 0..n {
-            let status = Command::new("ssh").args(ssh_args(target)).arg("-S").arg(&socket).arg("true").status()?;
+            let status = Command::new("ssh")
+                .args(ssh_args(target))
+                .arg("-S")
+                .arg(&socket)
+                .arg("true")
+                .status()?;
             anyhow::ensure!(status.success(), "ControlMaster command failed");
         }
         Ok(started.elapsed())
@@ -192,9 +282,18 @@ fn main() -> anyhow::Result<()> {
     master.wait().ok();
 
     println!("per-command latency on a reused connection, {LATENCY_CALLS} sequential commands:");
-    println!("  Warden (pooled, audited):  {:>7.2} ms", ms(warden_per_call));
-    println!("  OpenSSH ControlMaster:     {:>7.2} ms", ms(control_per_call));
-    println!("  ratio Warden/ControlMaster: {:.2}", warden_per_call.as_secs_f64() / control_per_call.as_secs_f64());
+    println!(
+        "  Warden (pooled, audited):  {:>7.2} ms",
+        ms(warden_per_call)
+    );
+    println!(
+        "  OpenSSH ControlMaster:     {:>7.2} ms",
+        ms(control_per_call)
+    );
+    println!(
+        "  ratio Warden/ControlMaster: {:.2}",
+        warden_per_call.as_secs_f64() / control_per_call.as_secs_f64()
+    );
     let verified = audit.verify()?;
     println!("audit chain verifies: {} records", verified.count);
     Ok(())
@@ -206,6 +305,10 @@ fn ms(d: Duration) -> f64 {
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)
 }

@@ -28,7 +28,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let dir = TempDir::new()?;
     let data = DataDir::init(&dir.path().join("data"))?;
     let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
@@ -43,11 +45,21 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Instantiate + call, no host calls, no audit: the sandbox's own overhead.
     let limits = RunLimits::default();
-    let identity = RunIdentity { run_id: "bench".into(), actor: "bench".into(), module: "noop".into() };
+    let identity = RunIdentity {
+        run_id: "bench".into(),
+        actor: "bench".into(),
+        module: "noop".into(),
+    };
     let mut samples = Vec::with_capacity(1000);
     rt.block_on(async {
         for i in 0..1100 {
-            let host = HostContext::new(identity.clone(), Grant::default(), vec![], services.clone(), limits.clone());
+            let host = HostContext::new(
+                identity.clone(),
+                Grant::default(),
+                vec![],
+                services.clone(),
+                limits.clone(),
+            );
             let started = Instant::now();
             let report = runtime.run(&noop, host, &limits).await;
             let elapsed = started.elapsed();
@@ -76,12 +88,32 @@ fn main() -> anyhow::Result<()> {
                 let (bridge, probe) = (bridge.clone(), probe.clone());
                 tasks.push(tokio::spawn(async move {
                     let params = vec![
-                        Param { name: "mode".into(), value: Value::Text("calls".into()) },
-                        Param { name: "n".into(), value: Value::Integer(per_run) },
+                        Param {
+                            name: "mode".into(),
+                            value: Value::Text("calls".into()),
+                        },
+                        Param {
+                            name: "n".into(),
+                            value: Value::Integer(per_run),
+                        },
                     ];
-                    let identity = RunIdentity { run_id: format!("bench-{i}"), actor: "bench".into(), module: "probe".into() };
-                    let spec = RunSpec { identity, task: probe, params, grant: Grant::default(), limits: RunLimits::default() };
-                    bridge.execute(spec).await.map(|r| r.host_calls).unwrap_or(0)
+                    let identity = RunIdentity {
+                        run_id: format!("bench-{i}"),
+                        actor: "bench".into(),
+                        module: "probe".into(),
+                    };
+                    let spec = RunSpec {
+                        identity,
+                        task: probe,
+                        params,
+                        grant: Grant::default(),
+                        limits: RunLimits::default(),
+                    };
+                    bridge
+                        .execute(spec)
+                        .await
+                        .map(|r| r.host_calls)
+                        .unwrap_or(0)
                 }));
             }
             let mut total = 0;

@@ -32,7 +32,11 @@ impl Cli {
 
     fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.run(args, stdin);
-        assert!(out.status.success(), "warden {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "warden {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -40,12 +44,17 @@ impl Cli {
     fn fails(&self, args: &[&str]) -> (i32, String) {
         let out = self.run(args, None);
         assert!(!out.status.success(), "warden {args:?} should fail");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     fn audit_count(&self) -> usize {
         let out = self.ok(&["audit", "verify"], None);
-        out.split_whitespace().find_map(|w| w.parse().ok()).expect("count in verify output")
+        out.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .expect("count in verify output")
     }
 }
 
@@ -58,14 +67,34 @@ fn exec_hello_prints_events_and_result_and_audits_it() {
     let cli = Cli::init();
     let hello = path(&guests::component("hello"));
     let manifest = path(&guests::manifest("hello"));
-    let out = cli.ok(&["exec", &hello, "--manifest", &manifest, "--param", "name=Ada", "--param", "times=2"], None);
+    let out = cli.ok(
+        &[
+            "exec",
+            &hello,
+            "--manifest",
+            &manifest,
+            "--param",
+            "name=Ada",
+            "--param",
+            "times=2",
+        ],
+        None,
+    );
     assert!(out.contains("greeting 2 of 2 for Ada"), "{out}");
     assert!(out.contains("result: hello, Ada"), "{out}");
     let shown = cli.ok(&["audit", "show"], None);
-    let actions: Vec<serde_json::Value> =
-        shown.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    assert_eq!(actions.first().and_then(|r| r["action"].as_str()), Some("run.start"));
-    assert_eq!(actions.last().and_then(|r| r["action"].as_str()), Some("run.end"));
+    let actions: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(
+        actions.first().and_then(|r| r["action"].as_str()),
+        Some("run.start")
+    );
+    assert_eq!(
+        actions.last().and_then(|r| r["action"].as_str()),
+        Some("run.end")
+    );
     assert!(cli.audit_count() >= 4);
 }
 
@@ -82,19 +111,43 @@ fn exit_code_reflects_a_failing_task() {
 fn credential_secret_is_read_from_stdin_and_never_stored_in_plaintext() {
     let cli = Cli::init();
     let secret = random_secret(32);
-    cli.ok(&["credential", "add", "web-admin", "--username", "admin"], Some(format!("{secret}\n").as_bytes()));
+    cli.ok(
+        &["credential", "add", "web-admin", "--username", "admin"],
+        Some(format!("{secret}\n").as_bytes()),
+    );
     let list = cli.ok(&["credential", "list"], None);
-    assert!(list.contains("web-admin") && list.contains("admin"), "{list}");
+    assert!(
+        list.contains("web-admin") && list.contains("admin"),
+        "{list}"
+    );
     assert!(!list.contains(&secret));
     // Use it in a run so the vault decrypts it at least once, then look for it on disk.
     let probe = path(&guests::component("probe"));
     let needle = hex::encode(secret.as_bytes());
-    let out = cli.ok(&["exec", &probe, "--param", "mode=memscan", "--param", "credential=web-admin", "--param", &format!("needle={needle}"), "--allow-credential", "web-admin"], None);
+    let out = cli.ok(
+        &[
+            "exec",
+            &probe,
+            "--param",
+            "mode=memscan",
+            "--param",
+            "credential=web-admin",
+            "--param",
+            &format!("needle={needle}"),
+            "--allow-credential",
+            "web-admin",
+        ],
+        None,
+    );
     assert!(out.contains("\"found\":0"), "{out}");
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(secret.as_bytes());
     for form in [secret.as_bytes(), needle.as_bytes(), b64.as_bytes()] {
-        assert_eq!(grep_dir(&cli.data, form).expect("grep"), 0, "plaintext secret on disk");
+        assert_eq!(
+            grep_dir(&cli.data, form).expect("grep"),
+            0,
+            "plaintext secret on disk"
+        );
     }
     assert!(!cli.ok(&["audit", "show"], None).contains(&secret));
 }
@@ -124,11 +177,16 @@ fn audit_verify_names_a_deleted_record() {
     let hello = path(&guests::component("hello"));
     cli.ok(&["exec", &hello], None);
     tamper(&cli.data, |tree| {
-        tree.remove(2u64.to_be_bytes()).expect("remove").expect("record 2 existed");
+        tree.remove(2u64.to_be_bytes())
+            .expect("remove")
+            .expect("record 2 existed");
     });
     let (code, err) = cli.fails(&["audit", "verify"]);
     assert_eq!(code, 1);
-    assert!(err.contains("audit record 2: missing"), "must name record 2: {err}");
+    assert!(
+        err.contains("audit record 2: missing"),
+        "must name record 2: {err}"
+    );
 }
 
 #[test]
@@ -138,11 +196,16 @@ fn audit_verify_detects_a_truncated_tail() {
     cli.ok(&["exec", &hello], None);
     let count = cli.audit_count() as u64;
     tamper(&cli.data, |tree| {
-        tree.remove((count - 1).to_be_bytes()).expect("remove").expect("last record existed");
+        tree.remove((count - 1).to_be_bytes())
+            .expect("remove")
+            .expect("last record existed");
     });
     let (code, err) = cli.fails(&["audit", "verify"]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("audit record {}", count - 1)), "must name the lost tail: {err}");
+    assert!(
+        err.contains(&format!("audit record {}", count - 1)),
+        "must name the lost tail: {err}"
+    );
 }
 
 /// Edits the audit tree directly, as an attacker with access to the database would.
@@ -156,7 +219,10 @@ fn tamper(data: &Path, edit: impl FnOnce(&sled::Tree)) {
 #[test]
 fn bad_components_params_and_credentials_give_clear_errors_and_change_nothing() {
     let cli = Cli::init();
-    cli.ok(&["credential", "add", "ops", "--username", "ops"], Some(b"correct horse battery"));
+    cli.ok(
+        &["credential", "add", "ops", "--username", "ops"],
+        Some(b"correct horse battery"),
+    );
     let hello = path(&guests::component("hello"));
     let manifest = path(&guests::manifest("hello"));
     cli.ok(&["exec", &hello, "--manifest", &manifest], None);
@@ -171,20 +237,70 @@ fn bad_components_params_and_credentials_give_clear_errors_and_change_nothing() 
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
 
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["exec".into(), path(&garbage)], "not a WebAssembly file"),
+        (
+            vec!["exec".into(), path(&garbage)],
+            "not a WebAssembly file",
+        ),
         (vec!["exec".into(), path(&core)], "core WebAssembly module"),
-        (vec!["exec".into(), path(&truncated)], "invalid WebAssembly component"),
-        (vec!["exec".into(), hello.clone(), "--manifest".into(), manifest.clone(), "--param".into(), "nmae=x".into()], "unknown input 'nmae'"),
-        (vec!["exec".into(), hello.clone(), "--manifest".into(), manifest.clone(), "--param".into(), "times=lots".into()], "input 'times' must be an integer"),
-        (vec!["exec".into(), hello.clone(), "--allow-credential".into(), "nosuch".into()], "unknown credential 'nosuch'"),
-        (vec!["exec".into(), dir.path().join("missing.wasm").to_string_lossy().into_owned()], "missing.wasm"),
+        (
+            vec!["exec".into(), path(&truncated)],
+            "invalid WebAssembly component",
+        ),
+        (
+            vec![
+                "exec".into(),
+                hello.clone(),
+                "--manifest".into(),
+                manifest.clone(),
+                "--param".into(),
+                "nmae=x".into(),
+            ],
+            "unknown input 'nmae'",
+        ),
+        (
+            vec![
+                "exec".into(),
+                hello.clone(),
+                "--manifest".into(),
+                manifest.clone(),
+                "--param".into(),
+                "times=lots".into(),
+            ],
+            "input 'times' must be an integer",
+        ),
+        (
+            vec![
+                "exec".into(),
+                hello.clone(),
+                "--allow-credential".into(),
+                "nosuch".into(),
+            ],
+            "unknown credential 'nosuch'",
+        ),
+        (
+            vec![
+                "exec".into(),
+                dir.path()
+                    .join("missing.wasm")
+                    .to_string_lossy()
+                    .into_owned(),
+            ],
+            "missing.wasm",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, err) = cli.fails(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(err.contains(expected), "{args:?}: expected '{expected}' in: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "one clear line, no backtrace: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected '{expected}' in: {err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "one clear line, no backtrace: {err}"
+        );
     }
     assert_eq!(cli.audit_count(), before, "no run started, nothing audited");
     assert!(cli.ok(&["credential", "list"], None).contains("ops"));
@@ -193,11 +309,27 @@ fn bad_components_params_and_credentials_give_clear_errors_and_change_nothing() 
 #[test]
 fn credential_add_refuses_duplicates_and_open_refuses_uninitialised_dirs() {
     let cli = Cli::init();
-    cli.ok(&["credential", "add", "ops", "--username", "ops"], Some(b"pw-one-two-three"));
-    let out = cli.run(&["credential", "add", "ops", "--username", "ops"], Some(b"pw-two"));
+    cli.ok(
+        &["credential", "add", "ops", "--username", "ops"],
+        Some(b"pw-one-two-three"),
+    );
+    let out = cli.run(
+        &["credential", "add", "ops", "--username", "ops"],
+        Some(b"pw-two"),
+    );
     assert!(!out.status.success());
     let dir = TempDir::new().expect("temp");
-    let out = warden(BIN, &["credential", "list", "--data", &path(&dir.path().join("nope"))], None).expect("runs");
+    let out = warden(
+        BIN,
+        &[
+            "credential",
+            "list",
+            "--data",
+            &path(&dir.path().join("nope")),
+        ],
+        None,
+    )
+    .expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a Warden data directory"));
     let out = warden(BIN, &["init", "--data", &path(&cli.data)], None).expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already initialised"));

@@ -52,12 +52,23 @@ impl Env {
             ssh: SshPool::new(SshConfig::default()),
         };
         let bridge = Bridge::new(runtime(), services);
-        Env { _dir: dir, vault, audit, targets, bridge }
+        Env {
+            _dir: dir,
+            vault,
+            audit,
+            targets,
+            bridge,
+        }
     }
 
     pub fn add_password(&self, name: &str, username: &str, secret: &str) {
         self.vault
-            .add(name, username, CredentialKind::Password, Secret::from_bytes(secret.as_bytes().to_vec()))
+            .add(
+                name,
+                username,
+                CredentialKind::Password,
+                Secret::from_bytes(secret.as_bytes().to_vec()),
+            )
             .expect("add credential");
     }
 
@@ -74,23 +85,45 @@ impl Env {
         limits: RunLimits,
     ) -> (String, RunReport) {
         let run_id = uuid::Uuid::new_v4().to_string();
-        let identity = RunIdentity { run_id: run_id.clone(), actor: "test".into(), module: "probe".into() };
-        let spec = RunSpec { identity, task: task.clone(), params, grant, limits };
+        let identity = RunIdentity {
+            run_id: run_id.clone(),
+            actor: "test".into(),
+            module: "probe".into(),
+        };
+        let spec = RunSpec {
+            identity,
+            task: task.clone(),
+            params,
+            grant,
+            limits,
+        };
         let report = self.bridge.execute(spec).await.expect("run executes");
         (run_id, report)
     }
 
     /// The audit records of one run, minus its `run.start` and `run.end`.
     pub fn host_call_records(&self, run_id: &str) -> Vec<AuditRecord> {
-        let filter = AuditFilter { run_id: Some(run_id.into()), ..AuditFilter::default() };
+        let filter = AuditFilter {
+            run_id: Some(run_id.into()),
+            ..AuditFilter::default()
+        };
         let records = self.audit.query(&filter).expect("query");
-        records.into_iter().filter(|r| !r.entry.action.starts_with("run.")).collect()
+        records
+            .into_iter()
+            .filter(|r| !r.entry.action.starts_with("run."))
+            .collect()
     }
 }
 
 /// `name=text` params.
 pub fn text_params(pairs: &[(&str, &str)]) -> Vec<Param> {
-    pairs.iter().map(|(k, v)| Param { name: k.to_string(), value: Value::Text(v.to_string()) }).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| Param {
+            name: k.to_string(),
+            value: Value::Text(v.to_string()),
+        })
+        .collect()
 }
 
 /// A grant of credentials (and targets) by name.

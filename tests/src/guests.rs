@@ -13,12 +13,23 @@ fn out_dir() -> PathBuf {
 
 fn build(manifest: &str) -> Result<(), String> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(repo_root().join(manifest))
         .env("CARGO_TARGET_DIR", repo_root().join("target/guests"))
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("building {manifest} failed: {status}")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building {manifest} failed: {status}"))
+    }
 }
 
 /// Builds `guest-examples/` and `tests/fixtures/` (once) and returns the path of the
@@ -37,6 +48,16 @@ pub fn component(name: &str) -> PathBuf {
 
 /// The manifest (`warden.toml`) of a guest example or fixture.
 pub fn manifest(name: &str) -> PathBuf {
-    let example = repo_root().join("guest-examples").join(name).join("warden.toml");
-    if example.exists() { example } else { repo_root().join("tests/fixtures").join(name).join("warden.toml") }
+    let example = repo_root()
+        .join("guest-examples")
+        .join(name)
+        .join("warden.toml");
+    if example.exists() {
+        example
+    } else {
+        repo_root()
+            .join("tests/fixtures")
+            .join(name)
+            .join("warden.toml")
+    }
 }

@@ -38,7 +38,11 @@ pub fn warden(bin: &str, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<
 pub fn random_secret(len: usize) -> String {
     use rand::Rng;
     use rand::distributions::Alphanumeric;
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// Every occurrence count of `needle` in the files under `dir` (recursively).

@@ -66,11 +66,34 @@ impl Bridge {
             "module {} ({}); inputs: [{}]; credentials: [{}]; targets: [{}]",
             spec.identity.module,
             spec.task.digest,
-            spec.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-            spec.grant.credentials.iter().cloned().collect::<Vec<_>>().join(", "),
-            spec.grant.targets.iter().cloned().collect::<Vec<_>>().join(", "),
+            spec.params
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            spec.grant
+                .credentials
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            spec.grant
+                .targets
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         );
-        self.services.audit.append(self.entry(&spec.identity, "run.start", "started", start_detail, started)).await?;
+        self.services
+            .audit
+            .append(self.entry(
+                &spec.identity,
+                "run.start",
+                "started",
+                start_detail,
+                started,
+            ))
+            .await?;
         let host = HostContext::new(
             spec.identity.clone(),
             spec.grant,
@@ -86,11 +109,21 @@ impl Bridge {
             RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
         };
         let detail = format!("{detail}; host calls: {}", report.host_calls);
-        self.services.audit.append(self.entry(&spec.identity, "run.end", &outcome, detail, started)).await?;
+        self.services
+            .audit
+            .append(self.entry(&spec.identity, "run.end", &outcome, detail, started))
+            .await?;
         Ok(report)
     }
 
-    fn entry(&self, id: &RunIdentity, action: &str, outcome: &str, detail: String, started: Instant) -> AuditEntry {
+    fn entry(
+        &self,
+        id: &RunIdentity,
+        action: &str,
+        outcome: &str,
+        detail: String,
+        started: Instant,
+    ) -> AuditEntry {
         AuditEntry {
             run_id: Some(id.run_id.clone()),
             actor: id.actor.clone(),

@@ -40,24 +40,35 @@ impl CredentialHandle {
 impl HostContext {
     /// The handle behind a guest resource. The component model only lets a guest pass
     /// handles it owns, so a missing entry is a host bug: trap.
-    pub(crate) fn handle(&self, r: &Resource<CredentialHandle>) -> wasmtime::Result<CredentialHandle> {
+    pub(crate) fn handle(
+        &self,
+        r: &Resource<CredentialHandle>,
+    ) -> wasmtime::Result<CredentialHandle> {
         Ok(self.handles.get(r)?.clone())
     }
 
     /// Fetches the handle's secret from the vault for the SSH layer, registering it (and
     /// its encodings) with the run's redactor first. This is the one place a secret
     /// leaves the vault on behalf of a run.
-    pub(crate) fn ssh_credential(&mut self, handle: &CredentialHandle) -> Result<Arc<SshCredential>, Error> {
-        let secret = self.services.vault.secret(&handle.name).map_err(|e| match e {
-            VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
-            other => internal("reading the credential", other),
-        })?;
+    pub(crate) fn ssh_credential(
+        &mut self,
+        handle: &CredentialHandle,
+    ) -> Result<Arc<SshCredential>, Error> {
+        let secret = self
+            .services
+            .vault
+            .secret(&handle.name)
+            .map_err(|e| match e {
+                VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
+                other => internal("reading the credential", other),
+            })?;
         // Registered before use, so no output of this call can carry it unredacted.
         self.redactor
             .add_secret(secret.expose())
             .map_err(|e| internal("registering the secret for redaction", e))?;
-        let text = String::from_utf8(secret.expose().to_vec())
-            .map_err(|_| Error::InvalidArgument("the credential's secret is not UTF-8 text".into()))?;
+        let text = String::from_utf8(secret.expose().to_vec()).map_err(|_| {
+            Error::InvalidArgument("the credential's secret is not UTF-8 text".into())
+        })?;
         let text = SecretString::from(text);
         let auth = match handle.kind {
             vault::CredentialKind::Password => SshAuth::Password(text),
@@ -83,26 +94,50 @@ impl HostContext {
     }
 
     /// Audits a call on a handle (its name, username or kind) and returns `value`.
-    async fn handle_query<T>(&mut self, action: &'static str, r: &Resource<CredentialHandle>, value: impl FnOnce(&CredentialHandle) -> T) -> wasmtime::Result<T> {
+    async fn handle_query<T>(
+        &mut self,
+        action: &'static str,
+        r: &Resource<CredentialHandle>,
+        value: impl FnOnce(&CredentialHandle) -> T,
+    ) -> wasmtime::Result<T> {
         let call = self.begin(action, 0).await?;
         let handle = self.handle(r)?;
-        let subject = Subject { credential: Some(handle.name.clone()), ..Subject::default() };
+        let subject = Subject {
+            credential: Some(handle.name.clone()),
+            ..Subject::default()
+        };
         let out = value(&handle);
-        self.finish(call, subject, Decision::Allowed, Ok(())).await?.ok();
+        self.finish(call, subject, Decision::Allowed, Ok(()))
+            .await?
+            .ok();
         Ok(out)
     }
 }
 
 impl Host for HostContext {
-    async fn acquire(&mut self, name: String) -> wasmtime::Result<Result<Resource<CredentialHandle>, Error>> {
+    async fn acquire(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<CredentialHandle>, Error>> {
         let call = self.begin("credentials.acquire", name.len()).await?;
-        let subject = Subject { credential: Some(name.clone()), ..Subject::default() };
-        if let Err(denial) = self.grant.authorize(&Request::Acquire { credential: &name }) {
+        let subject = Subject {
+            credential: Some(name.clone()),
+            ..Subject::default()
+        };
+        if let Err(denial) = self
+            .grant
+            .authorize(&Request::Acquire { credential: &name })
+        {
             return self.deny(call, subject, denial).await;
         }
         if self.live_handles >= self.limits.handles {
-            let exceeded = LimitExceeded::Handles { limit: self.limits.handles };
-            let denial = super::grant::Denial { rule: "limits", detail: exceeded.to_string() };
+            let exceeded = LimitExceeded::Handles {
+                limit: self.limits.handles,
+            };
+            let denial = super::grant::Denial {
+                rule: "limits",
+                detail: exceeded.to_string(),
+            };
             let _ = self.deny::<()>(call, subject, denial).await?;
             return Err(self.end_run(RunStop::Limit(exceeded)));
         }
@@ -119,11 +154,15 @@ impl Host for HostContext {
 
 impl HostCredential for HostContext {
     async fn name(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<String> {
-        self.handle_query("credentials.credential.name", &r, |h| h.name.clone()).await
+        self.handle_query("credentials.credential.name", &r, |h| h.name.clone())
+            .await
     }
 
     async fn username(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<String> {
-        self.handle_query("credentials.credential.username", &r, |h| h.username.clone()).await
+        self.handle_query("credentials.credential.username", &r, |h| {
+            h.username.clone()
+        })
+        .await
     }
 
     async fn kind(&mut self, r: Resource<CredentialHandle>) -> wasmtime::Result<CredentialKind> {

@@ -28,9 +28,17 @@ pub enum Request<'a> {
     /// Acquire a credential handle.
     Acquire { credential: &'a str },
     /// Run a command on a target.
-    Exec { target: &'a str, credential: &'a str, command: &'a str },
+    Exec {
+        target: &'a str,
+        credential: &'a str,
+        command: &'a str,
+    },
     /// Move a file to or from a target. `path` is already normalised.
-    Transfer { target: &'a str, credential: &'a str, path: &'a str },
+    Transfer {
+        target: &'a str,
+        credential: &'a str,
+        path: &'a str,
+    },
 }
 
 /// Why the grant refused; `rule` names it for the guest and the audit log.
@@ -48,12 +56,20 @@ impl Grant {
     pub fn authorize(&self, request: &Request<'_>) -> Result<(), Denial> {
         match *request {
             Request::Acquire { credential } => self.check_credential(credential),
-            Request::Exec { target, credential, command } => {
+            Request::Exec {
+                target,
+                credential,
+                command,
+            } => {
                 self.check_credential(credential)?;
                 self.check_target(target)?;
                 self.check_command(command)
             }
-            Request::Transfer { target, credential, path } => {
+            Request::Transfer {
+                target,
+                credential,
+                path,
+            } => {
                 self.check_credential(credential)?;
                 self.check_target(target)?;
                 self.check_path(path)
@@ -126,11 +142,16 @@ pub fn normalize_path(path: &str) -> Option<String> {
 /// True when normalised `path` equals `prefix` or lies below it, on component boundaries
 /// (`/var/log` allows `/var/log/syslog`, not `/var/logs`).
 fn path_under(path: &str, prefix: &str) -> bool {
-    let Some(prefix) = normalize_path(prefix) else { return false };
+    let Some(prefix) = normalize_path(prefix) else {
+        return false;
+    };
     if prefix == "/" {
         return true;
     }
-    path == prefix || path.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with('/'))
+    path == prefix
+        || path
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Matches `text` against `pattern`, where `*` matches any run of characters (including
@@ -174,29 +195,62 @@ mod tests {
     fn denies_credential_outside_grant() {
         let d = grant().authorize(&Request::Acquire { credential: "root" });
         assert_eq!(d.map_err(|d| d.rule), Err("grant.credentials"));
-        assert!(grant().authorize(&Request::Acquire { credential: "ops" }).is_ok());
+        assert!(
+            grant()
+                .authorize(&Request::Acquire { credential: "ops" })
+                .is_ok()
+        );
     }
 
     #[test]
     fn denies_exec_on_target_outside_grant() {
-        let r = Request::Exec { target: "db-1", credential: "ops", command: "uptime" };
-        assert_eq!(grant().authorize(&r).map_err(|d| d.rule), Err("grant.targets"));
+        let r = Request::Exec {
+            target: "db-1",
+            credential: "ops",
+            command: "uptime",
+        };
+        assert_eq!(
+            grant().authorize(&r).map_err(|d| d.rule),
+            Err("grant.targets")
+        );
     }
 
     #[test]
     fn denies_command_matching_no_pattern() {
-        let ok = Request::Exec { target: "web-1", credential: "ops", command: "apt list --upgradable" };
+        let ok = Request::Exec {
+            target: "web-1",
+            credential: "ops",
+            command: "apt list --upgradable",
+        };
         assert!(grant().authorize(&ok).is_ok());
-        let bad = Request::Exec { target: "web-1", credential: "ops", command: "rm -rf /" };
-        assert_eq!(grant().authorize(&bad).map_err(|d| d.rule), Err("grant.commands"));
-        let sneaky = Request::Exec { target: "web-1", credential: "ops", command: "uptime; id" };
+        let bad = Request::Exec {
+            target: "web-1",
+            credential: "ops",
+            command: "rm -rf /",
+        };
+        assert_eq!(
+            grant().authorize(&bad).map_err(|d| d.rule),
+            Err("grant.commands")
+        );
+        let sneaky = Request::Exec {
+            target: "web-1",
+            credential: "ops",
+            command: "uptime; id",
+        };
         assert!(grant().authorize(&sneaky).is_err());
     }
 
     #[test]
     fn empty_command_list_allows_any_command() {
-        let g = Grant { commands: vec![], ..grant() };
-        let r = Request::Exec { target: "web-1", credential: "ops", command: "id" };
+        let g = Grant {
+            commands: vec![],
+            ..grant()
+        };
+        let r = Request::Exec {
+            target: "web-1",
+            credential: "ops",
+            command: "id",
+        };
         assert!(g.authorize(&r).is_ok());
     }
 
@@ -204,8 +258,15 @@ mod tests {
     fn dotdot_never_escapes_the_granted_prefix() {
         let p = normalize_path("/var/log/../../etc/shadow").unwrap_or_default();
         assert_eq!(p, "/etc/shadow");
-        let r = Request::Transfer { target: "web-1", credential: "ops", path: &p };
-        assert_eq!(grant().authorize(&r).map_err(|d| d.rule), Err("grant.paths"));
+        let r = Request::Transfer {
+            target: "web-1",
+            credential: "ops",
+            path: &p,
+        };
+        assert_eq!(
+            grant().authorize(&r).map_err(|d| d.rule),
+            Err("grant.paths")
+        );
         assert_eq!(normalize_path("/../../etc").as_deref(), Some("/etc"));
     }
 

@@ -1,7 +1,7 @@
 //! `log`: leveled messages into the run's event log, redacted and size-capped.
 
-use crate::runtime::bindings::log::{Host, Level};
 use crate::runtime::RunStop;
+use crate::runtime::bindings::log::{Host, Level};
 use crate::runtime::limits::LimitExceeded;
 
 use super::{HostContext, Subject};
@@ -11,12 +11,20 @@ impl Host for HostContext {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let call = self.begin("log.write", message.len()).await?;
         let message = self.redactor.redact_str(&message);
-        let subject = Subject { detail: Some(format!("{} bytes", message.len())), ..Subject::default() };
+        let subject = Subject {
+            detail: Some(format!("{} bytes", message.len())),
+            ..Subject::default()
+        };
         let accepted = self.events.push(level_name(level), message);
-        self.finish(call, subject, Decision::Allowed, Ok(())).await?.ok();
+        self.finish(call, subject, Decision::Allowed, Ok(()))
+            .await?
+            .ok();
         if !accepted {
             let limit = self.limits.output_bytes;
-            let stop = RunStop::Limit(LimitExceeded::Output { stream: "event log".into(), limit });
+            let stop = RunStop::Limit(LimitExceeded::Output {
+                stream: "event log".into(),
+                limit,
+            });
             return Err(self.end_run(stop));
         }
         Ok(())

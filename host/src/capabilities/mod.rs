@@ -124,21 +124,35 @@ impl HostContext {
     /// Starts a host call: counts it and checks its argument bytes. A call that breaks a
     /// limit is still audited (as denied), then ends the run.
     async fn begin(&mut self, action: &'static str, arg_bytes: usize) -> wasmtime::Result<Call> {
-        let call = Call { action, started: Instant::now() };
+        let call = Call {
+            action,
+            started: Instant::now(),
+        };
         if self.services.audit.is_failed() {
             return Err(self.end_run(RunStop::AuditFailed("audit log is failed".into())));
         }
         self.host_calls += 1;
         let exceeded = if self.host_calls > self.limits.host_calls {
-            Some(LimitExceeded::HostCalls { limit: self.limits.host_calls })
+            Some(LimitExceeded::HostCalls {
+                limit: self.limits.host_calls,
+            })
         } else if arg_bytes > self.limits.call_bytes {
             let limit = self.limits.call_bytes;
-            Some(LimitExceeded::CallBytes { call: action.into(), bytes: arg_bytes, limit })
+            Some(LimitExceeded::CallBytes {
+                call: action.into(),
+                bytes: arg_bytes,
+                limit,
+            })
         } else {
             None
         };
-        let Some(exceeded) = exceeded else { return Ok(call) };
-        let denial = Denial { rule: "limits", detail: exceeded.to_string() };
+        let Some(exceeded) = exceeded else {
+            return Ok(call);
+        };
+        let denial = Denial {
+            rule: "limits",
+            detail: exceeded.to_string(),
+        };
         let _ = self.deny::<()>(call, Subject::default(), denial).await?;
         Err(self.end_run(RunStop::Limit(exceeded)))
     }
@@ -150,9 +164,17 @@ impl HostContext {
         subject: Subject,
         denial: Denial,
     ) -> wasmtime::Result<Result<T, Error>> {
-        let decision =
-            Decision::Denied { reason: denial.detail.clone(), policy: Some(denial.rule.into()) };
-        self.finish(call, subject, decision, Err(Error::Denied(denial.to_string()))).await
+        let decision = Decision::Denied {
+            reason: denial.detail.clone(),
+            policy: Some(denial.rule.into()),
+        };
+        self.finish(
+            call,
+            subject,
+            decision,
+            Err(Error::Denied(denial.to_string())),
+        )
+        .await
     }
 
     /// Writes the call's audit record and only then hands the result to the guest. If

@@ -16,8 +16,17 @@ impl Host for HostContext {
 
     async fn get(&mut self, name: String) -> wasmtime::Result<Option<Value>> {
         let call = self.begin("params.get", name.len()).await?;
-        let value = self.params.iter().find(|p| p.name == name).map(|p| p.value.clone());
-        let subject = Subject { detail: Some(format!("param: {name}")), ..Subject::default() };
-        self.finish(call, subject, Decision::Allowed, Ok(value)).await.map(|r| r.ok().flatten())
+        let value = self
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone());
+        let subject = Subject {
+            detail: Some(format!("param: {name}")),
+            ..Subject::default()
+        };
+        self.finish(call, subject, Decision::Allowed, Ok(value))
+            .await
+            .map(|r| r.ok().flatten())
     }
 }

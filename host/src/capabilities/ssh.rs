@@ -34,7 +34,9 @@ impl HostContext {
     fn exec_request(&self, command: &str, options: &ExecOptions) -> ExecRequest {
         let timeout = options
             .timeout_ms
-            .map_or(DEFAULT_COMMAND_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)))
+            .map_or(DEFAULT_COMMAND_TIMEOUT, |ms| {
+                Duration::from_millis(u64::from(ms))
+            })
             .min(MAX_COMMAND_TIMEOUT);
         ExecRequest {
             command: command.to_string(),
@@ -60,7 +62,9 @@ async fn exec_on(
         Err(e) => return Err(internal("looking up the target", e)),
     };
     let result = services.ssh.exec(&target, credential, request).await;
-    result.map(|r| redact_output(redactor, r)).map_err(|e| redact_error(redactor, from_ssh(e)))
+    result
+        .map(|r| redact_output(redactor, r))
+        .map_err(|e| redact_error(redactor, from_ssh(e)))
 }
 
 fn redact_output(redactor: &Redactor, r: ExecResult) -> ExecOutput {
@@ -76,7 +80,11 @@ fn redact_output(redactor: &Redactor, r: ExecResult) -> ExecOutput {
 
 /// A cut stream may end in the first half of a secret; that fragment is redacted too.
 fn redact_stream(redactor: &Redactor, data: &[u8], truncated: bool) -> Vec<u8> {
-    if truncated { redactor.redact_truncated(data) } else { redactor.redact(data) }
+    if truncated {
+        redactor.redact_truncated(data)
+    } else {
+        redactor.redact(data)
+    }
 }
 
 /// Error messages can quote remote output; they get the same redaction as output.
@@ -118,14 +126,24 @@ impl Host for HostContext {
         options: ExecOptions,
     ) -> wasmtime::Result<Result<ExecOutput, Error>> {
         let stdin_len = options.stdin.as_ref().map_or(0, Vec::len);
-        let call = self.begin("ssh.exec", target.len() + command.len() + stdin_len).await?;
+        let call = self
+            .begin("ssh.exec", target.len() + command.len() + stdin_len)
+            .await?;
         let handle = self.handle(&credential)?;
         let mut subject = Subject {
             target: Some(target.clone()),
             credential: Some(handle.name().to_string()),
-            detail: Some(exec_detail(&command, &options, &Err(Error::Internal(String::new())))),
+            detail: Some(exec_detail(
+                &command,
+                &options,
+                &Err(Error::Internal(String::new())),
+            )),
         };
-        let request = Request::Exec { target: &target, credential: handle.name(), command: &command };
+        let request = Request::Exec {
+            target: &target,
+            credential: handle.name(),
+            command: &command,
+        };
         if let Err(denial) = self.grant.authorize(&request) {
             return self.deny(call, subject, denial).await;
         }
@@ -153,8 +171,13 @@ impl Host for HostContext {
         let mut call_bytes = names_len + command.len() + options.stdin.as_ref().map_or(0, Vec::len);
         if targets.is_empty() {
             let call = self.begin("ssh.exec-many", call_bytes).await?;
-            let subject = Subject { detail: Some("no targets".into()), ..Subject::default() };
-            self.finish(call, subject, Decision::Allowed, Ok(())).await?.ok();
+            let subject = Subject {
+                detail: Some("no targets".into()),
+                ..Subject::default()
+            };
+            self.finish(call, subject, Decision::Allowed, Ok(()))
+                .await?
+                .ok();
             return Ok(Vec::new());
         }
         let handle = self.handle(&credential)?;
@@ -164,16 +187,29 @@ impl Host for HostContext {
         let mut pending = Vec::with_capacity(targets.len());
         let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
         for (i, target) in targets.iter().enumerate() {
-            let call = self.begin("ssh.exec-many", std::mem::take(&mut call_bytes)).await?;
+            let call = self
+                .begin("ssh.exec-many", std::mem::take(&mut call_bytes))
+                .await?;
             let subject = Subject {
                 target: Some(target.clone()),
                 credential: Some(handle.name().to_string()),
-                detail: Some(exec_detail(&command, &options, &Err(Error::Internal(String::new())))),
+                detail: Some(exec_detail(
+                    &command,
+                    &options,
+                    &Err(Error::Internal(String::new())),
+                )),
             };
-            let request = Request::Exec { target, credential: handle.name(), command: &command };
+            let request = Request::Exec {
+                target,
+                credential: handle.name(),
+                command: &command,
+            };
             if let Err(denial) = self.grant.authorize(&request) {
                 let outcome = self.deny(call, subject, denial).await?;
-                results[i] = Some(TargetResult { target: target.clone(), outcome });
+                results[i] = Some(TargetResult {
+                    target: target.clone(),
+                    outcome,
+                });
                 continue;
             }
             let cred = match &fetched {
@@ -183,8 +219,13 @@ impl Host for HostContext {
             let cred = match cred {
                 Ok(c) => c,
                 Err(e) => {
-                    let outcome = self.finish(call, subject, Decision::Allowed, Err(e)).await?;
-                    results[i] = Some(TargetResult { target: target.clone(), outcome });
+                    let outcome = self
+                        .finish(call, subject, Decision::Allowed, Err(e))
+                        .await?;
+                    results[i] = Some(TargetResult {
+                        target: target.clone(),
+                        outcome,
+                    });
                     continue;
                 }
             };
@@ -194,20 +235,37 @@ impl Host for HostContext {
         let services = self.services.clone();
         let redactor = self.redactor.clone();
         let identity = self.identity.clone();
-        let fanned = futures::stream::iter(pending.into_iter().map(|(i, target, cred, started)| {
-            let (services, redactor, identity, req) =
-                (services.clone(), redactor.clone(), identity.clone(), req.clone());
-            let (command, options) = (command.clone(), options.clone());
-            async move {
-                let outcome = exec_on(&services, &redactor, &target, &cred, &req).await;
-                let entry = fanout_entry(&identity, &redactor, &target, cred.id.as_str(), started, exec_detail(&command, &options, &outcome), &outcome);
-                let audited = services.audit.append(entry).await.map_err(|e| e.to_string());
-                (i, TargetResult { target, outcome }, audited)
-            }
-        }))
-        .buffer_unordered(bound)
-        .collect::<Vec<_>>()
-        .await;
+        let fanned =
+            futures::stream::iter(pending.into_iter().map(|(i, target, cred, started)| {
+                let (services, redactor, identity, req) = (
+                    services.clone(),
+                    redactor.clone(),
+                    identity.clone(),
+                    req.clone(),
+                );
+                let (command, options) = (command.clone(), options.clone());
+                async move {
+                    let outcome = exec_on(&services, &redactor, &target, &cred, &req).await;
+                    let entry = fanout_entry(
+                        &identity,
+                        &redactor,
+                        &target,
+                        cred.id.as_str(),
+                        started,
+                        exec_detail(&command, &options, &outcome),
+                        &outcome,
+                    );
+                    let audited = services
+                        .audit
+                        .append(entry)
+                        .await
+                        .map_err(|e| e.to_string());
+                    (i, TargetResult { target, outcome }, audited)
+                }
+            }))
+            .buffer_unordered(bound)
+            .collect::<Vec<_>>()
+            .await;
         for (i, result, audited) in fanned {
             if let Err(e) = audited {
                 return Err(self.end_run(RunStop::AuditFailed(e)));

@@ -38,10 +38,12 @@ impl HostContext {
         path: String,
         direction: Direction<'_>,
     ) -> wasmtime::Result<Result<(u64, Vec<u8>), Error>> {
-        let arg_bytes = target.len() + path.len() + match &direction {
-            Direction::Upload { contents, .. } => contents.len(),
-            Direction::Download => 0,
-        };
+        let arg_bytes = target.len()
+            + path.len()
+            + match &direction {
+                Direction::Upload { contents, .. } => contents.len(),
+                Direction::Download => 0,
+            };
         let call = self.begin(action, arg_bytes).await?;
         let handle = self.handle(&credential)?;
         let mut subject = Subject {
@@ -54,7 +56,11 @@ impl HostContext {
             return self.finish(call, subject, Decision::Allowed, Err(e)).await;
         };
         subject.detail = Some(format!("path: {normal}"));
-        let request = Request::Transfer { target: &target, credential: handle.name(), path: &normal };
+        let request = Request::Transfer {
+            target: &target,
+            credential: handle.name(),
+            path: &normal,
+        };
         if let Err(denial) = self.grant.authorize(&request) {
             return self.deny(call, subject, denial).await;
         }
@@ -86,14 +92,15 @@ impl HostContext {
         let cred = self.ssh_credential(handle)?;
         let ssh = &self.services.ssh;
         let result = match direction {
-            Direction::Upload { contents, mode } => {
-                ssh.upload(&target, &cred, path, contents, mode).await.map(|n| (n, Vec::new()))
-            }
+            Direction::Upload { contents, mode } => ssh
+                .upload(&target, &cred, path, contents, mode)
+                .await
+                .map(|n| (n, Vec::new())),
             Direction::Download => {
                 let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
-                ssh.download(&target, &cred, path, cap).await.map(|data| {
-                    (data.len() as u64, self.redactor.redact(&data))
-                })
+                ssh.download(&target, &cred, path, cap)
+                    .await
+                    .map(|data| (data.len() as u64, self.redactor.redact(&data)))
             }
         };
         result.map_err(|e| redact_error(&self.redactor, from_ssh(e)))
@@ -109,8 +116,13 @@ impl Host for HostContext {
         contents: Vec<u8>,
         mode: u32,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let direction = Direction::Upload { contents: &contents, mode };
-        let r = self.transfer("transfer.upload", target, credential, path, direction).await?;
+        let direction = Direction::Upload {
+            contents: &contents,
+            mode,
+        };
+        let r = self
+            .transfer("transfer.upload", target, credential, path, direction)
+            .await?;
         Ok(r.map(|(n, _)| n))
     }
 
@@ -120,7 +132,15 @@ impl Host for HostContext {
         credential: Resource<CredentialHandle>,
         path: String,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        let r = self.transfer("transfer.download", target, credential, path, Direction::Download).await?;
+        let r = self
+            .transfer(
+                "transfer.download",
+                target,
+                credential,
+                path,
+                Direction::Download,
+            )
+            .await?;
         Ok(r.map(|(_, data)| data))
     }
 }

@@ -44,7 +44,11 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
         AuditCommand::Show { run, action, data } => {
             let dir = DataDir::open(&data.data)?;
             let log = AuditLog::open(&dir.db, dir.server_key)?;
-            let filter = AuditFilter { run_id: run, action, ..AuditFilter::default() };
+            let filter = AuditFilter {
+                run_id: run,
+                action,
+                ..AuditFilter::default()
+            };
             for record in log.query(&filter)? {
                 println!("{}", serde_json::to_string(&record)?);
             }

@@ -36,7 +36,12 @@ pub enum CredentialCommand {
 
 pub fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
     match cmd {
-        CredentialCommand::Add { name, username, kind, data } => {
+        CredentialCommand::Add {
+            name,
+            username,
+            kind,
+            data,
+        } => {
             let kind: CredentialKind = kind.parse()?;
             let dir = DataDir::open(&data.data)?;
             let vault = Vault::open(&dir.db, dir.master_key)?;
@@ -61,12 +66,16 @@ fn read_secret(kind: CredentialKind) -> anyhow::Result<Secret> {
     if std::io::stdin().is_terminal() {
         let prompt = match kind {
             CredentialKind::Password => "password: ",
-            CredentialKind::SshKey => "private key (one line per prompt is not supported; pipe it on stdin): ",
+            CredentialKind::SshKey => {
+                "private key (one line per prompt is not supported; pipe it on stdin): "
+            }
         };
         let line = zeroize::Zeroizing::new(rpassword::prompt_password(prompt)?);
         bytes.extend_from_slice(line.as_bytes());
     } else {
-        std::io::stdin().take(MAX_SECRET_INPUT + 1).read_to_end(&mut bytes)?;
+        std::io::stdin()
+            .take(MAX_SECRET_INPUT + 1)
+            .read_to_end(&mut bytes)?;
         if bytes.len() as u64 > MAX_SECRET_INPUT {
             anyhow::bail!("secret on stdin is over {MAX_SECRET_INPUT} bytes");
         }

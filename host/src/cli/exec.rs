@@ -65,8 +65,8 @@ pub struct ExecArgs {
 }
 
 pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
-    let component = std::fs::read(&args.task)
-        .with_context(|| format!("reading {}", args.task.display()))?;
+    let component =
+        std::fs::read(&args.task).with_context(|| format!("reading {}", args.task.display()))?;
     let manifest = match &args.manifest {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -80,8 +80,15 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
 
     let dir = DataDir::open(&args.data.data)?;
     let runtime = Runtime::new(&EngineConfig::default(), &dir.artifacts())?;
-    let task = runtime.prepare(&component).with_context(|| args.task.display().to_string())?;
-    let DataDir { db, master_key, server_key, .. } = dir;
+    let task = runtime
+        .prepare(&component)
+        .with_context(|| args.task.display().to_string())?;
+    let DataDir {
+        db,
+        master_key,
+        server_key,
+        ..
+    } = dir;
     let vault = Vault::open(&db, master_key)?;
     let targets = TargetStore::open(&db)?;
     for name in &args.credentials {
@@ -95,7 +102,12 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         }
     }
     let audit = AuditLog::open(&db, server_key)?;
-    let services = Services { audit, vault, targets, ssh: SshPool::new(SshConfig::default()) };
+    let services = Services {
+        audit,
+        vault,
+        targets,
+        ssh: SshPool::new(SshConfig::default()),
+    };
     let bridge = Bridge::new(runtime, services);
     let grant = Grant {
         credentials: args.credentials.into_iter().collect(),
@@ -104,7 +116,11 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         paths: args.paths,
     };
     let module = manifest.as_ref().map_or_else(
-        || args.task.file_stem().map_or("task".into(), |s| s.to_string_lossy().into_owned()),
+        || {
+            args.task
+                .file_stem()
+                .map_or("task".into(), |s| s.to_string_lossy().into_owned())
+        },
         |m| format!("{}@{}", m.name, m.version),
     );
     let identity = RunIdentity {
@@ -112,7 +128,13 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         actor: local_actor(),
         module,
     };
-    let spec = RunSpec { identity, task: Arc::clone(&task), params, grant, limits };
+    let spec = RunSpec {
+        identity,
+        task: Arc::clone(&task),
+        params,
+        grant,
+        limits,
+    };
     let report = bridge.execute(spec).await?;
     print_report(&report, args.json)?;
     Ok(exit_code(&report.outcome))
@@ -149,13 +171,19 @@ fn resolve_params(manifest: Option<&Manifest>, raw: &[String]) -> anyhow::Result
         Some(m) => Ok(m.resolve_inputs(&given)?),
         None => Ok(given
             .into_iter()
-            .map(|(name, v)| Param { name, value: Value::Text(v.as_str().unwrap_or_default().into()) })
+            .map(|(name, v)| Param {
+                name,
+                value: Value::Text(v.as_str().unwrap_or_default().into()),
+            })
             .collect()),
     }
 }
 
 fn local_actor() -> String {
-    format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    format!(
+        "local:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 fn exit_code(outcome: &RunOutcome) -> i32 {
@@ -173,7 +201,10 @@ fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for event in &report.events {
-        println!("[{:>6} ms] {:<5} {}", event.at_ms, event.level, event.message);
+        println!(
+            "[{:>6} ms] {:<5} {}",
+            event.at_ms, event.level, event.message
+        );
     }
     for (name, text) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
         if !text.is_empty() {
@@ -186,6 +217,9 @@ fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
         RunOutcome::Stopped { reason } => println!("run stopped: {reason}"),
         RunOutcome::Trapped { error } => println!("task trapped: {error}"),
     }
-    println!("({} host calls, {} ms)", report.host_calls, report.duration_ms);
+    println!(
+        "({} host calls, {} ms)",
+        report.host_calls, report.duration_ms
+    );
     Ok(())
 }

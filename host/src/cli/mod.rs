@@ -50,7 +50,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(data) => {
             DataDir::init(&data.data)?;
-            println!("initialised {} (master key: master.key, mode 0600)", data.data.display());
+            println!(
+                "initialised {} (master key: master.key, mode 0600)",
+                data.data.display()
+            );
             Ok(0)
         }
         Command::Credential(cmd) => credential::run(cmd),

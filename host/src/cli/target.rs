@@ -45,9 +45,23 @@ pub enum TargetCommand {
 
 pub async fn run(cmd: TargetCommand) -> anyhow::Result<i32> {
     match cmd {
-        TargetCommand::Add { name, address, host_key, zone, tags, data } => {
+        TargetCommand::Add {
+            name,
+            address,
+            host_key,
+            zone,
+            tags,
+            data,
+        } => {
             let (host, port) = targets::parse_address(&address)?;
-            let target = Target { name: name.clone(), address: host, port, host_key, zone, tags };
+            let target = Target {
+                name: name.clone(),
+                address: host,
+                port,
+                host_key,
+                zone,
+                tags,
+            };
             let dir = DataDir::open(&data.data)?;
             TargetStore::open(&dir.db)?.add(target)?;
             println!("added target '{name}'");
@@ -58,13 +72,22 @@ pub async fn run(cmd: TargetCommand) -> anyhow::Result<i32> {
             let key = crate::ssh::scan_host_key(&host, port, Duration::from_secs(10)).await?;
             println!("{key}");
             eprintln!("fingerprint: {}", targets::fingerprint(&key)?);
-            eprintln!("check it out of band, then: warden target add NAME --address {address} --host-key '{key}'");
+            eprintln!(
+                "check it out of band, then: warden target add NAME --address {address} --host-key '{key}'"
+            );
             Ok(0)
         }
         TargetCommand::List { data } => {
             let dir = DataDir::open(&data.data)?;
             for t in TargetStore::open(&dir.db)?.list()? {
-                println!("{}\t{}:{}\t{}\t{}", t.name, t.address, t.port, t.zone, t.tags.join(","));
+                println!(
+                    "{}\t{}:{}\t{}\t{}",
+                    t.name,
+                    t.address,
+                    t.port,
+                    t.zone,
+                    t.tags.join(",")
+                );
             }
             Ok(0)
         }

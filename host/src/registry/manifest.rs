@@ -98,7 +98,11 @@ pub enum ManifestError {
     MissingInput(String),
     /// An input of the wrong type.
     #[error("input '{name}' must be {expected}: {why}")]
-    BadInput { name: String, expected: String, why: String },
+    BadInput {
+        name: String,
+        expected: String,
+        why: String,
+    },
 }
 
 /// The interfaces a manifest may name.
@@ -108,7 +112,9 @@ impl Manifest {
     /// Parses and validates a manifest.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         if text.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::Parse(format!("over {MAX_MANIFEST_BYTES} bytes")));
+            return Err(ManifestError::Parse(format!(
+                "over {MAX_MANIFEST_BYTES} bytes"
+            )));
         }
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| ManifestError::Parse(e.message().to_string()))?;
@@ -122,13 +128,23 @@ impl Manifest {
         let valid_name = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         };
         if !valid_name(&manifest.name) {
-            return Err(ManifestError::Parse(format!("bad module name '{}'", manifest.name)));
+            return Err(ManifestError::Parse(format!(
+                "bad module name '{}'",
+                manifest.name
+            )));
         }
-        if let Some(unknown) = manifest.capabilities.iter().find(|c| !INTERFACES.contains(&c.as_str())) {
-            return Err(ManifestError::Parse(format!("unknown capability '{unknown}'")));
+        if let Some(unknown) = manifest
+            .capabilities
+            .iter()
+            .find(|c| !INTERFACES.contains(&c.as_str()))
+        {
+            return Err(ManifestError::Parse(format!(
+                "unknown capability '{unknown}'"
+            )));
         }
         for (name, spec) in &manifest.inputs {
             if let Some(default) = &spec.default {
@@ -153,7 +169,10 @@ impl Manifest {
         }
         if let Some(name) = given.keys().find(|k| !self.inputs.contains_key(*k)) {
             let declared = self.inputs.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(ManifestError::UnknownInput { name: name.clone(), declared });
+            return Err(ManifestError::UnknownInput {
+                name: name.clone(),
+                declared,
+            });
         }
         let mut params = Vec::new();
         for (name, spec) in &self.inputs {
@@ -164,7 +183,10 @@ impl Manifest {
                 }
                 (None, None) => continue,
             };
-            params.push(Param { name: name.clone(), value });
+            params.push(Param {
+                name: name.clone(),
+                value,
+            });
         }
         Ok(params)
     }
@@ -173,7 +195,10 @@ impl Manifest {
     pub fn parse_cli_value(&self, key: &str, text: &str) -> Result<toml::Value, ManifestError> {
         let Some(spec) = self.inputs.get(key) else {
             let declared = self.inputs.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(ManifestError::UnknownInput { name: key.into(), declared });
+            return Err(ManifestError::UnknownInput {
+                name: key.into(),
+                declared,
+            });
         };
         let bad = |why: String| ManifestError::BadInput {
             name: key.into(),
@@ -186,7 +211,10 @@ impl Manifest {
             InputKind::Float => toml::Value::Float(text.parse().map_err(|e| bad(format!("{e}")))?),
             InputKind::Bool => toml::Value::Boolean(text.parse().map_err(|e| bad(format!("{e}")))?),
             InputKind::StringList => toml::Value::Array(
-                text.split(',').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+                text.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.into()))
+                    .collect(),
             ),
         })
     }
@@ -218,7 +246,11 @@ fn convert(name: &str, kind: InputKind, value: &toml::Value) -> Result<Value, Ma
         (InputKind::StringList, toml::Value::Array(items)) => Value::TextList(
             items
                 .iter()
-                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| bad("an item is not a string")))
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("an item is not a string"))
+                })
                 .collect::<Result<_, _>>()?,
         ),
         _ => return Err(bad(&format!("got {}", value.type_str()))),
@@ -229,7 +261,9 @@ fn convert(name: &str, kind: InputKind, value: &toml::Value) -> Result<Value, Ma
         _ => 0,
     };
     if size > MAX_INPUT_BYTES {
-        return Err(bad(&format!("{size} bytes, over the limit of {MAX_INPUT_BYTES}")));
+        return Err(bad(&format!(
+            "{size} bytes, over the limit of {MAX_INPUT_BYTES}"
+        )));
     }
     Ok(converted)
 }
@@ -251,7 +285,10 @@ mod tests {
     "#;
 
     fn given(pairs: &[(&str, toml::Value)]) -> BTreeMap<String, toml::Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl TrustedPublishers {
 /// Signs `component` with `manifest`, returning the one file that travels.
 pub fn sign(component: &[u8], manifest: &Manifest, key: &SigningKey) -> Result<Vec<u8>, SignError> {
     let sections = parse_sections(component)?;
-    if sections.iter().any(|s| matches!(s.custom, Some(MANIFEST_SECTION | SIGNATURE_SECTION))) {
+    if sections
+        .iter()
+        .any(|s| matches!(s.custom, Some(MANIFEST_SECTION | SIGNATURE_SECTION)))
+    {
         return Err(SignError::AlreadySigned);
     }
     let manifest_json =
@@ -114,39 +117,59 @@ pub fn sign(component: &[u8], manifest: &Manifest, key: &SigningKey) -> Result<V
 /// Verifies a signed module against the trusted publishers.
 pub fn verify(signed: &[u8], trusted: &TrustedPublishers) -> Result<VerifiedModule, SignError> {
     let sections = parse_sections(signed)?;
-    let Some(sig_index) = sections.iter().position(|s| s.custom == Some(SIGNATURE_SECTION)) else {
+    let Some(sig_index) = sections
+        .iter()
+        .position(|s| s.custom == Some(SIGNATURE_SECTION))
+    else {
         return Err(SignError::Unsigned);
     };
     let signature_section = &sections[sig_index];
     if sig_index != sections.len() - 1 {
-        return Err(SignError::Malformed("the signature section must be last".into()));
+        return Err(SignError::Malformed(
+            "the signature section must be last".into(),
+        ));
     }
     let covered = &signed[..signature_section.start];
     let (hash, key_id, signature) = parse_signature(signature_section.payload(signed))?;
-    let (publisher, key) =
-        trusted.keys.get(&key_id).ok_or_else(|| SignError::UnknownPublisher(key_id.clone()))?;
+    let (publisher, key) = trusted
+        .keys
+        .get(&key_id)
+        .ok_or_else(|| SignError::UnknownPublisher(key_id.clone()))?;
     let actual = Sha256::digest(covered);
     if actual.as_slice() != hash.as_slice() {
         return Err(SignError::BadSignature);
     }
     key.verify(&[DOMAIN, hash.as_slice()].concat(), &signature)
         .map_err(|_| SignError::BadSignature)?;
-    let manifest_sections: Vec<_> =
-        sections.iter().filter(|s| s.custom == Some(MANIFEST_SECTION)).collect();
+    let manifest_sections: Vec<_> = sections
+        .iter()
+        .filter(|s| s.custom == Some(MANIFEST_SECTION))
+        .collect();
     let [manifest_section] = manifest_sections.as_slice() else {
-        return Err(SignError::Manifest("expected exactly one manifest section".into()));
+        return Err(SignError::Manifest(
+            "expected exactly one manifest section".into(),
+        ));
     };
     let manifest: Manifest = serde_json::from_slice(manifest_section.payload(signed))
         .map_err(|e| SignError::Manifest(e.to_string()))?;
-    manifest.validate().map_err(|e| SignError::Manifest(e.to_string()))?;
-    Ok(VerifiedModule { digest: component_digest(signed, &sections), manifest, publisher: publisher.clone() })
+    manifest
+        .validate()
+        .map_err(|e| SignError::Manifest(e.to_string()))?;
+    Ok(VerifiedModule {
+        digest: component_digest(signed, &sections),
+        manifest,
+        publisher: publisher.clone(),
+    })
 }
 
 /// SHA-256 of the file with Warden's sections left out: the component as built.
 fn component_digest(bytes: &[u8], sections: &[Section<'_>]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(&bytes[..8]);
-    for s in sections.iter().filter(|s| !matches!(s.custom, Some(MANIFEST_SECTION | SIGNATURE_SECTION))) {
+    for s in sections
+        .iter()
+        .filter(|s| !matches!(s.custom, Some(MANIFEST_SECTION | SIGNATURE_SECTION)))
+    {
         hasher.update(&bytes[s.start..s.end]);
     }
     hex::encode(hasher.finalize())
@@ -177,15 +200,20 @@ fn parse_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, SignError> {
         let id = bytes[at];
         at += 1;
         let size = read_leb(bytes, &mut at)? as usize;
-        let end = at.checked_add(size).filter(|e| *e <= bytes.len()).ok_or_else(|| {
-            SignError::Malformed(format!("section at byte {start} runs past the end"))
-        })?;
+        let end = at
+            .checked_add(size)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| {
+                SignError::Malformed(format!("section at byte {start} runs past the end"))
+            })?;
         let mut payload_start = at;
         let custom = if id == 0 {
             let name_len = read_leb(bytes, &mut payload_start)? as usize;
             let name_end = payload_start + name_len;
             if name_end > end {
-                return Err(SignError::Malformed("custom section name runs past its section".into()));
+                return Err(SignError::Malformed(
+                    "custom section name runs past its section".into(),
+                ));
             }
             let name = std::str::from_utf8(&bytes[payload_start..name_end])
                 .map_err(|_| SignError::Malformed("custom section name is not UTF-8".into()))?;
@@ -194,7 +222,12 @@ fn parse_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, SignError> {
         } else {
             None
         };
-        sections.push(Section { start, end, payload_start, custom });
+        sections.push(Section {
+            start,
+            end,
+            payload_start,
+            custom,
+        });
         at = end;
     }
     Ok(sections)
@@ -213,12 +246,15 @@ fn parse_signature(payload: &[u8]) -> Result<(Vec<u8>, String, Signature), SignE
     if read_leb(payload, &mut at)? != 1 {
         return Err(bad("expected one signature"));
     }
-    let key_id = String::from_utf8(read_bytes(payload, &mut at)?.to_vec()).map_err(|_| bad("key id"))?;
+    let key_id =
+        String::from_utf8(read_bytes(payload, &mut at)?.to_vec()).map_err(|_| bad("key id"))?;
     if payload.get(at) != Some(&1) {
         return Err(bad("unsupported signature algorithm"));
     }
     at += 1;
-    let sig: [u8; 64] = read_bytes(payload, &mut at)?.try_into().map_err(|_| bad("signature length"))?;
+    let sig: [u8; 64] = read_bytes(payload, &mut at)?
+        .try_into()
+        .map_err(|_| bad("signature length"))?;
     if at != payload.len() {
         return Err(bad("trailing bytes"));
     }
@@ -228,11 +264,14 @@ fn parse_signature(payload: &[u8]) -> Result<(Vec<u8>, String, Signature), SignE
 fn read_leb(bytes: &[u8], at: &mut usize) -> Result<u32, SignError> {
     let mut value: u64 = 0;
     for shift in (0..35).step_by(7) {
-        let byte = *bytes.get(*at).ok_or_else(|| SignError::Malformed("truncated LEB128".into()))?;
+        let byte = *bytes
+            .get(*at)
+            .ok_or_else(|| SignError::Malformed("truncated LEB128".into()))?;
         *at += 1;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
-            return u32::try_from(value).map_err(|_| SignError::Malformed("LEB128 overflow".into()));
+            return u32::try_from(value)
+                .map_err(|_| SignError::Malformed("LEB128 overflow".into()));
         }
     }
     Err(SignError::Malformed("LEB128 too long".into()))
@@ -284,7 +323,8 @@ mod tests {
     }
 
     fn manifest() -> Manifest {
-        Manifest::parse("name = 'demo'\nversion = '1.0.0'\ncapabilities = ['log']").unwrap_or_else(|e| panic!("{e}"))
+        Manifest::parse("name = 'demo'\nversion = '1.0.0'\ncapabilities = ['log']")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn setup() -> (SigningKey, TrustedPublishers, Vec<u8>) {
@@ -308,10 +348,16 @@ mod tests {
     #[test]
     fn rejects_unsigned_and_unknown_publisher() {
         let (_, _, signed) = setup();
-        assert_eq!(verify(&component(), &TrustedPublishers::default()).err(), Some(SignError::Unsigned));
+        assert_eq!(
+            verify(&component(), &TrustedPublishers::default()).err(),
+            Some(SignError::Unsigned)
+        );
         let mut other = TrustedPublishers::default();
         other.trust("evil", SigningKey::from_bytes(&[9u8; 32]).verifying_key());
-        assert!(matches!(verify(&signed, &other), Err(SignError::UnknownPublisher(_))));
+        assert!(matches!(
+            verify(&signed, &other),
+            Err(SignError::UnknownPublisher(_))
+        ));
     }
 
     #[test]
@@ -322,15 +368,24 @@ mod tests {
         for i in 0..sig_start {
             let mut tampered = signed.clone();
             tampered[i] ^= 0x01;
-            assert!(verify(&tampered, &trusted).is_err(), "flipped byte {i} accepted");
+            assert!(
+                verify(&tampered, &trusted).is_err(),
+                "flipped byte {i} accepted"
+            );
         }
     }
 
     #[test]
     fn refuses_to_sign_twice_and_rejects_garbage() {
         let (key, trusted, signed) = setup();
-        assert_eq!(sign(&signed, &manifest(), &key).err(), Some(SignError::AlreadySigned));
-        assert!(matches!(verify(b"nope", &trusted), Err(SignError::Malformed(_))));
+        assert_eq!(
+            sign(&signed, &manifest(), &key).err(),
+            Some(SignError::AlreadySigned)
+        );
+        assert!(matches!(
+            verify(b"nope", &trusted),
+            Err(SignError::Malformed(_))
+        ));
         let mut truncated = signed.clone();
         truncated.truncate(signed.len() - 3);
         assert!(verify(&truncated, &trusted).is_err());

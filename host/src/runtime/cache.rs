@@ -90,15 +90,22 @@ impl ModuleCache {
             return Ok(task.clone());
         }
         let component = self.load_or_compile(engine, &digest, bytes)?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = TaskPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let task = Arc::new(PreparedTask { digest: digest.clone(), pre });
+        let task = Arc::new(PreparedTask {
+            digest: digest.clone(),
+            pre,
+        });
         self.lock().insert(digest, task.clone());
         Ok(task)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PreparedTask>>> {
-        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn load_or_compile(
@@ -117,8 +124,11 @@ impl ModuleCache {
         }
         let component =
             Component::new(engine, bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
-        self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let artifact = component.serialize().map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        self.compiles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let artifact = component
+            .serialize()
+            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
         write_atomically(&path, &artifact)?;
         Ok(component)
     }
@@ -161,7 +171,10 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -170,7 +183,10 @@ mod tests {
 
     #[test]
     fn refuses_garbage_core_modules_and_oversize_input() {
-        assert!(matches!(check_header(b"hello world"), Err(PrepareError::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(PrepareError::NotWasm)
+        ));
         let core = b"\0asm\x01\0\0\0";
         assert!(matches!(check_header(core), Err(PrepareError::CoreModule)));
         let big = vec![0u8; MAX_COMPONENT_BYTES + 1];

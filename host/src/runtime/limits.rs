@@ -70,7 +70,11 @@ pub enum LimitExceeded {
     TableElements { limit: usize },
     /// One host call carried more guest bytes than allowed.
     #[error("host call {call} passed {bytes} bytes, over the per-call limit of {limit} bytes")]
-    CallBytes { call: String, bytes: usize, limit: usize },
+    CallBytes {
+        call: String,
+        bytes: usize,
+        limit: usize,
+    },
     /// The run made more host calls than allowed.
     #[error("host call limit of {limit} calls exceeded")]
     HostCalls { limit: u64 },
@@ -92,7 +96,10 @@ pub struct RunLimiter {
 impl RunLimiter {
     /// A limiter enforcing `limits`.
     pub fn new(limits: RunLimits) -> Self {
-        RunLimiter { limits, exceeded: None }
+        RunLimiter {
+            limits,
+            exceeded: None,
+        }
     }
 
     fn refuse(&mut self, why: LimitExceeded) -> wasmtime::Result<bool> {
@@ -111,7 +118,10 @@ impl wasmtime::ResourceLimiter for RunLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.limits.memory_bytes {
             let limit = self.limits.memory_bytes;
-            return self.refuse(LimitExceeded::Memory { limit, requested: desired });
+            return self.refuse(LimitExceeded::Memory {
+                limit,
+                requested: desired,
+            });
         }
         Ok(true)
     }

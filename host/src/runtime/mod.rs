@@ -68,7 +68,12 @@ pub struct EventLog {
 impl EventLog {
     /// An empty log holding at most `cap` message bytes.
     pub fn new(cap: usize) -> Self {
-        EventLog { started: Instant::now(), events: Vec::new(), bytes: 0, cap }
+        EventLog {
+            started: Instant::now(),
+            events: Vec::new(),
+            bytes: 0,
+            cap,
+        }
     }
 
     /// Appends an event; false (and nothing stored) when the cap would be passed.
@@ -78,7 +83,11 @@ impl EventLog {
         }
         self.bytes += message.len();
         let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.events.push(RunEvent { at_ms, level: level.to_string(), message });
+        self.events.push(RunEvent {
+            at_ms,
+            level: level.to_string(),
+            message,
+        });
         true
     }
 }
@@ -131,7 +140,10 @@ pub struct RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.wasi_table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.wasi_table,
+        }
     }
 }
 
@@ -161,7 +173,12 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("linking Warden capabilities: {e}"))?;
         let cache = ModuleCache::open(&engine, artifact_dir)?;
         let ticker = EpochTicker::start(engine.clone())?;
-        Ok(Arc::new(Runtime { engine, linker, cache, _ticker: ticker }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            _ticker: ticker,
+        }))
     }
 
     /// Compiles (or loads from cache) a component, refusing anything that is not a
@@ -177,11 +194,19 @@ impl Runtime {
 
     /// Runs `task` to completion in a fresh store and reports how it went. Never panics
     /// or returns early on guest misbehaviour: every ending is a [`RunOutcome`].
-    pub async fn run(&self, task: &PreparedTask, host: HostContext, limits: &RunLimits) -> RunReport {
+    pub async fn run(
+        &self,
+        task: &PreparedTask,
+        host: HostContext,
+        limits: &RunLimits,
+    ) -> RunReport {
         let started = Instant::now();
         let stdout = CappedOutput::new(limits.output_bytes);
         let stderr = CappedOutput::new(limits.output_bytes);
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let state = RunState {
             wasi,
             wasi_table: ResourceTable::new(),
@@ -212,7 +237,10 @@ impl Runtime {
         let result = tokio::time::timeout(limits.wall_time + EPOCH_GRACE, call).await;
         let state = store.into_data();
         let host = state.host;
-        let stop = host.stop.clone().or(state.limiter.exceeded.clone().map(RunStop::Limit));
+        let stop = host
+            .stop
+            .clone()
+            .or(state.limiter.exceeded.clone().map(RunStop::Limit));
         let outcome = match (result, stop) {
             (Err(_), _) => RunOutcome::Stopped {
                 reason: RunStop::Limit(LimitExceeded::WallTime { limit_ms: wall_ms }),
@@ -250,9 +278,14 @@ fn classify_trap(
     for (stream, output) in [("stdout", stdout), ("stderr", stderr)] {
         if output.overflowed() {
             return RunOutcome::Stopped {
-                reason: RunStop::Limit(LimitExceeded::Output { stream: stream.into(), limit }),
+                reason: RunStop::Limit(LimitExceeded::Output {
+                    stream: stream.into(),
+                    limit,
+                }),
             };
         }
     }
-    RunOutcome::Trapped { error: format!("{trap:#}") }
+    RunOutcome::Trapped {
+        error: format!("{trap:#}"),
+    }
 }

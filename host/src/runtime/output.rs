@@ -25,12 +25,19 @@ pub struct CappedOutput {
 impl CappedOutput {
     /// An empty buffer holding at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
-        CappedOutput { buffer: Arc::default(), overflowed: Arc::default(), cap }
+        CappedOutput {
+            buffer: Arc::default(),
+            overflowed: Arc::default(),
+            cap,
+        }
     }
 
     /// What the guest wrote (at most `cap` bytes).
     pub fn contents(&self) -> Vec<u8> {
-        self.buffer.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// True once the guest tried to write past the cap.
@@ -52,14 +59,21 @@ impl CappedOutput {
 
     fn full_trap(&self) -> StreamError {
         self.overflowed.store(true, Ordering::Relaxed);
-        StreamError::Trap(wasmtime::Error::msg(format!("output limit of {} bytes exceeded", self.cap)))
+        StreamError::Trap(wasmtime::Error::msg(format!(
+            "output limit of {} bytes exceeded",
+            self.cap
+        )))
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl OutputStream for CappedOutput {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        if self.append(&bytes) { Ok(()) } else { Err(self.full_trap()) }
+        if self.append(&bytes) {
+            Ok(())
+        } else {
+            Err(self.full_trap())
+        }
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -67,7 +81,11 @@ impl OutputStream for CappedOutput {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        let used = self.buffer.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let used = self
+            .buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         if used >= self.cap {
             return Err(self.full_trap());
         }
@@ -81,7 +99,11 @@ impl Pollable for CappedOutput {
 }
 
 impl tokio::io::AsyncWrite for CappedOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.append(buf) {
             Poll::Ready(Ok(buf.len()))
         } else {
@@ -123,7 +145,10 @@ mod tests {
         let mut out = CappedOutput::new(8);
         assert!(out.write(Bytes::from_static(b"12345")).is_ok());
         assert!(!out.overflowed());
-        assert!(matches!(out.write(Bytes::from_static(b"6789")), Err(StreamError::Trap(_))));
+        assert!(matches!(
+            out.write(Bytes::from_static(b"6789")),
+            Err(StreamError::Trap(_))
+        ));
         assert_eq!(out.contents(), b"12345678");
         assert!(out.overflowed());
         assert!(matches!(out.check_write(), Err(StreamError::Trap(_))));

@@ -62,7 +62,10 @@ impl DataDir {
         if root.join("master.key").exists() || root.join("db").exists() {
             return Err(DataDirError::AlreadyInitialised(root.to_path_buf()));
         }
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
         MasterKey::create(&root.join("master.key"))?;
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -80,7 +83,12 @@ impl DataDir {
         let master_key = MasterKey::load(&key_path)?;
         let server_key = load_signing_key(&root.join("server.key"))?;
         let db = sled::Config::new().path(root.join("db")).open()?;
-        Ok(DataDir { root: root.to_path_buf(), db, master_key, server_key })
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            db,
+            master_key,
+            server_key,
+        })
     }
 
     /// The directory itself.
@@ -95,18 +103,28 @@ impl DataDir {
 }
 
 fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
 
 fn load_signing_key(path: &Path) -> Result<SigningKey, DataDirError> {
-    let bad = |why: &str| DataDirError::BadKeyFile { path: path.to_path_buf(), why: why.into() };
+    let bad = |why: &str| DataDirError::BadKeyFile {
+        path: path.to_path_buf(),
+        why: why.into(),
+    };
     let mode = fs::metadata(path)?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(bad("readable by group or others; chmod 600 it"));
     }
     let bytes = Zeroizing::new(fs::read(path)?);
-    let seed: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| bad("not a 32-byte key"))?;
+    let seed: &[u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("not a 32-byte key"))?;
     Ok(SigningKey::from_bytes(seed))
 }

@@ -25,10 +25,8 @@ pub fn warden(bin: &str, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<
         .stderr(Stdio::piped())
         .env_remove("WARDEN_DATA")
         .spawn()?;
-    if let Some(mut pipe) = child.stdin.take() {
-        if let Some(bytes) = stdin {
-            pipe.write_all(bytes)?;
-        }
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+        pipe.write_all(bytes)?;
     }
     Ok(child.wait_with_output()?)
 }

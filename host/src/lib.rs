@@ -20,6 +20,8 @@
 //! - [`registry`]: task manifests; signing and verifying task modules.
 //! - [`runs`]: processes and runs: persistence and the run state machine.
 //! - [`store`]: the data directory and its keys.
+//! - [`users`]: users, custom roles and API tokens (stored hashed, checked in constant time).
+//! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
 //! - [`cli`]: the `warden` command line.
 
 pub mod audit;
@@ -34,4 +36,5 @@ pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod targets;
+pub mod users;
 pub mod vault;

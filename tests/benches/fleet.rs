@@ -128,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             params,
             grant: grant.clone(),
             limits: RunLimits::default(),
+            control: warden_host::runtime::RunControl::new(),
         };
         let started = Instant::now();
         let report = rt.block_on(bridge.execute(spec))?;
@@ -241,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             params,
             grant: grant.clone(),
             limits: RunLimits::default(),
+            control: warden_host::runtime::RunControl::new(),
         };
         let started = Instant::now();
         let report = rt.block_on(pooled_bridge.execute(spec))?;

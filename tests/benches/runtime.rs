@@ -53,15 +53,17 @@ fn main() -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(1000);
     rt.block_on(async {
         for i in 0..1100 {
+            let control = warden_host::runtime::RunControl::new();
             let host = HostContext::new(
                 identity.clone(),
                 Grant::default(),
                 vec![],
                 services.clone(),
                 limits.clone(),
+                &control,
             );
             let started = Instant::now();
-            let report = runtime.run(&noop, host, &limits).await;
+            let report = runtime.run(&noop, host, &limits, &control).await;
             let elapsed = started.elapsed();
             assert!(report.outcome.is_success(), "{:?}", report.outcome);
             if i >= 100 {
@@ -108,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                         params,
                         grant: Grant::default(),
                         limits: RunLimits::default(),
+                        control: warden_host::runtime::RunControl::new(),
                     };
                     bridge
                         .execute(spec)

@@ -96,6 +96,7 @@ impl Env {
             params,
             grant,
             limits,
+            control: warden_host::runtime::RunControl::new(),
         };
         let report = self.bridge.execute(spec).await.expect("run executes");
         (run_id, report)

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use crate::audit::{AuditEntry, Decision};
 use crate::capabilities::grant::Grant;
-use crate::capabilities::{HostContext, RunIdentity, Services};
+use crate::capabilities::{HostCallPolicy, HostContext, RunIdentity, Services};
 use crate::runtime::bindings::params::Param;
 use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::RunLimits;
-use crate::runtime::{RunOutcome, RunReport, Runtime};
+use crate::runtime::{RunControl, RunOutcome, RunReport, Runtime};
 
 /// Everything needed to execute one run.
 pub struct RunSpec {
@@ -25,6 +25,8 @@ pub struct RunSpec {
     pub grant: Grant,
     /// Its limits.
     pub limits: RunLimits,
+    /// Cancel switch and live events.
+    pub control: Arc<RunControl>,
 }
 
 /// Why a run could not be executed at all.
@@ -61,6 +63,24 @@ impl Bridge {
     /// Runs `spec` to completion. The run starts only once `run.start` is durable, and
     /// its report is returned only once `run.end` is.
     pub async fn execute(&self, spec: RunSpec) -> Result<RunReport, BridgeError> {
+        self.execute_inner(spec, None).await
+    }
+
+    /// [`Bridge::execute`] with every host call also checked against the module's signed
+    /// manifest and the policies (how the server runs processes).
+    pub async fn execute_with_policy(
+        &self,
+        spec: RunSpec,
+        policy: HostCallPolicy,
+    ) -> Result<RunReport, BridgeError> {
+        self.execute_inner(spec, Some(policy)).await
+    }
+
+    async fn execute_inner(
+        &self,
+        spec: RunSpec,
+        policy: Option<HostCallPolicy>,
+    ) -> Result<RunReport, BridgeError> {
         let started = Instant::now();
         let start_detail = format!(
             "module {} ({}); inputs: [{}]; credentials: [{}]; targets: [{}]",
@@ -100,8 +120,16 @@ impl Bridge {
             spec.params,
             self.services.clone(),
             spec.limits.clone(),
+            &spec.control,
         );
-        let report = self.runtime.run(&spec.task, host, &spec.limits).await;
+        let host = match policy {
+            Some(policy) => host.with_policy(policy),
+            None => host,
+        };
+        let report = self
+            .runtime
+            .run(&spec.task, host, &spec.limits, &spec.control)
+            .await;
         let (outcome, detail) = match &report.outcome {
             RunOutcome::Succeeded { .. } => ("succeeded".to_string(), String::new()),
             RunOutcome::Failed { error } => ("failed".to_string(), error.clone()),

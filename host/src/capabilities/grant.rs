@@ -25,6 +25,8 @@ pub struct Grant {
 /// One thing a host call wants to do, as the grant sees it.
 #[derive(Debug)]
 pub enum Request<'a> {
+    /// A call that touches no target or credential (inputs, logging, a handle's name).
+    Interface,
     /// Acquire a credential handle.
     Acquire { credential: &'a str },
     /// Run a command on a target.
@@ -41,20 +43,41 @@ pub enum Request<'a> {
     },
 }
 
-/// Why the grant refused; `rule` names it for the guest and the audit log.
+/// Why a call was refused; `rule` names it for the guest and the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{rule}: {detail}")]
 pub struct Denial {
-    /// The rule that refused, e.g. `grant.credentials`.
+    /// The rule that refused, e.g. `grant.credentials`, `limits` or `policy`.
     pub rule: &'static str,
     /// What was asked for.
     pub detail: String,
+}
+
+impl Request<'_> {
+    /// (target, credential, command, path) named by the request, for policies and audit.
+    pub fn parts(&self) -> (Option<&str>, Option<&str>, Option<&str>, Option<&str>) {
+        match *self {
+            Request::Interface => (None, None, None, None),
+            Request::Acquire { credential } => (None, Some(credential), None, None),
+            Request::Exec {
+                target,
+                credential,
+                command,
+            } => (Some(target), Some(credential), Some(command), None),
+            Request::Transfer {
+                target,
+                credential,
+                path,
+            } => (Some(target), Some(credential), None, Some(path)),
+        }
+    }
 }
 
 impl Grant {
     /// Decides whether the run may make `request`.
     pub fn authorize(&self, request: &Request<'_>) -> Result<(), Denial> {
         match *request {
+            Request::Interface => Ok(()),
             Request::Acquire { credential } => self.check_credential(credential),
             Request::Exec {
                 target,

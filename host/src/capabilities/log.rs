@@ -5,7 +5,6 @@ use crate::runtime::bindings::log::{Host, Level};
 use crate::runtime::limits::LimitExceeded;
 
 use super::{HostContext, Subject};
-use crate::audit::Decision;
 
 impl Host for HostContext {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
@@ -15,10 +14,10 @@ impl Host for HostContext {
             detail: Some(format!("{} bytes", message.len())),
             ..Subject::default()
         };
+        if !self.interface_call(call, "log", subject).await? {
+            return Ok(());
+        }
         let accepted = self.events.push(level_name(level), message);
-        self.finish(call, subject, Decision::Allowed, Ok(()))
-            .await?
-            .ok();
         if !accepted {
             let limit = self.limits.output_bytes;
             let stop = RunStop::Limit(LimitExceeded::Output {

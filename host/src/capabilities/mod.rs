@@ -21,16 +21,19 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 
+use std::collections::BTreeSet;
+
 use crate::audit::{AuditEntry, AuditLog, Decision};
+use crate::policy::{HostCallRequest, PolicyEngine};
 use crate::redact::Redactor;
 use crate::runtime::bindings::params::Param;
 use crate::runtime::bindings::types::Error;
 use crate::runtime::limits::{LimitExceeded, RunLimits};
-use crate::runtime::{EventLog, RunStop};
+use crate::runtime::{EventLog, RunControl, RunStop};
 use crate::ssh::SshPool;
 use crate::targets::TargetStore;
 use crate::vault::Vault;
-use grant::{Denial, Grant};
+use grant::{Denial, Grant, Request};
 
 /// The long-lived services host calls act through. Cheap to clone.
 #[derive(Clone)]
@@ -43,6 +46,16 @@ pub struct Services {
     pub targets: TargetStore,
     /// SSH connections, pooled per (target, credential).
     pub ssh: SshPool,
+}
+
+/// The server's checks on every host call beyond the grant: the interfaces the module's
+/// signed manifest requested, and the Cedar policies.
+#[derive(Clone)]
+pub struct HostCallPolicy {
+    /// The policy engine.
+    pub engine: PolicyEngine,
+    /// Interfaces the signed manifest lists under `capabilities`.
+    pub requested: BTreeSet<String>,
 }
 
 /// Who runs what: identifies a run in audit records.
@@ -68,6 +81,7 @@ pub struct HostContext {
     live_handles: usize,
     host_calls: u64,
     redactor: Redactor,
+    policy: Option<HostCallPolicy>,
     pub(crate) events: EventLog,
     pub(crate) stop: Option<RunStop>,
 }
@@ -94,8 +108,9 @@ impl HostContext {
         params: Vec<Param>,
         services: Services,
         limits: RunLimits,
+        control: &RunControl,
     ) -> Self {
-        let events = EventLog::new(limits.output_bytes);
+        let events = EventLog::new(limits.output_bytes, control);
         HostContext {
             identity,
             grant,
@@ -106,9 +121,49 @@ impl HostContext {
             live_handles: 0,
             host_calls: 0,
             redactor: Redactor::new(),
+            policy: None,
             events,
             stop: None,
         }
+    }
+
+    /// Also checks every host call against the module's manifest and the policies.
+    pub fn with_policy(mut self, policy: HostCallPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Decides one host call: the grant must permit it and, on a server, the module must
+    /// have requested the interface and the policies must permit it. A policy denial
+    /// names the policy that refused.
+    fn authorize(&self, capability: &str, request: &Request<'_>) -> Result<(), Denial> {
+        let grant = self.grant.authorize(request);
+        let Some(policy) = &self.policy else {
+            return grant;
+        };
+        let (target, credential, command, path) = request.parts();
+        let decision = policy.engine.authorize_host_call(&HostCallRequest {
+            run_id: &self.identity.run_id,
+            module: &self.identity.module,
+            capability,
+            target,
+            credential,
+            command,
+            path,
+            module_requested: policy.requested.contains(capability),
+            grant_permits: grant.is_ok(),
+        });
+        if decision.allowed {
+            return grant;
+        }
+        let detail = match grant {
+            Err(denial) => format!("{} (policy {})", denial.detail, decision.policy()),
+            Ok(()) => format!("{capability} call refused by policy {}", decision.policy()),
+        };
+        Err(Denial {
+            rule: "policy",
+            detail,
+        })
     }
 
     /// Host calls the guest has made so far.
@@ -155,6 +210,28 @@ impl HostContext {
         };
         let _ = self.deny::<()>(call, Subject::default(), denial).await?;
         Err(self.end_run(RunStop::Limit(exceeded)))
+    }
+
+    /// Decides and audits a call that touches no target or credential (inputs, logging, a
+    /// handle's name). Returns whether it was allowed; a denial is audited, not trapped.
+    async fn interface_call(
+        &mut self,
+        call: Call,
+        capability: &str,
+        subject: Subject,
+    ) -> wasmtime::Result<bool> {
+        match self.authorize(capability, &Request::Interface) {
+            Ok(()) => {
+                self.finish(call, subject, Decision::Allowed, Ok(()))
+                    .await?
+                    .ok();
+                Ok(true)
+            }
+            Err(denial) => {
+                self.deny::<()>(call, subject, denial).await?.ok();
+                Ok(false)
+            }
+        }
     }
 
     /// Records a denial and returns it to the guest as `error::denied`.

@@ -3,30 +3,33 @@
 use crate::runtime::bindings::params::{Host, Param, Value};
 
 use super::{HostContext, Subject};
-use crate::audit::Decision;
 
 impl Host for HostContext {
     async fn all(&mut self) -> wasmtime::Result<Vec<Param>> {
         let call = self.begin("params.all", 0).await?;
-        let params = self.params.clone();
-        self.finish(call, Subject::default(), Decision::Allowed, Ok(params))
-            .await
-            .map(|r| r.unwrap_or_default())
+        let allowed = self
+            .interface_call(call, "params", Subject::default())
+            .await?;
+        Ok(if allowed {
+            self.params.clone()
+        } else {
+            Vec::new()
+        })
     }
 
     async fn get(&mut self, name: String) -> wasmtime::Result<Option<Value>> {
         let call = self.begin("params.get", name.len()).await?;
-        let value = self
-            .params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.value.clone());
         let subject = Subject {
             detail: Some(format!("param: {name}")),
             ..Subject::default()
         };
-        self.finish(call, subject, Decision::Allowed, Ok(value))
-            .await
-            .map(|r| r.ok().flatten())
+        if !self.interface_call(call, "params", subject).await? {
+            return Ok(None);
+        }
+        Ok(self
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone()))
     }
 }

@@ -6,6 +6,9 @@
 //! password on stdin, never argv), redacts every secret the run has touched from the
 //! output, and audits one record per target.
 
+/// The WIT interface this file implements, as the manifest and policies name it.
+const CAPABILITY: &str = "ssh";
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,7 +147,7 @@ impl Host for HostContext {
             credential: handle.name(),
             command: &command,
         };
-        if let Err(denial) = self.grant.authorize(&request) {
+        if let Err(denial) = self.authorize(CAPABILITY, &request) {
             return self.deny(call, subject, denial).await;
         }
         let result = match self.ssh_credential(&handle) {
@@ -204,7 +207,7 @@ impl Host for HostContext {
                 credential: handle.name(),
                 command: &command,
             };
-            if let Err(denial) = self.grant.authorize(&request) {
+            if let Err(denial) = self.authorize(CAPABILITY, &request) {
                 let outcome = self.deny(call, subject, denial).await?;
                 results[i] = Some(TargetResult {
                     target: target.clone(),

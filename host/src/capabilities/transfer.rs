@@ -6,6 +6,9 @@
 //! prefix. Sizes are capped both ways by the per-call byte limit; downloads stream and
 //! stop at the cap. Downloaded bytes are redacted like command output.
 
+/// The WIT interface this file implements, as the manifest and policies name it.
+const CAPABILITY: &str = "transfer";
+
 use wasmtime::component::Resource;
 
 use crate::audit::Decision;
@@ -61,7 +64,7 @@ impl HostContext {
             credential: handle.name(),
             path: &normal,
         };
-        if let Err(denial) = self.grant.authorize(&request) {
+        if let Err(denial) = self.authorize(CAPABILITY, &request) {
             return self.deny(call, subject, denial).await;
         }
         if let Direction::Upload { mode, .. } = direction

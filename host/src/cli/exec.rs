@@ -134,6 +134,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         params,
         grant,
         limits,
+        control: crate::runtime::RunControl::new(),
     };
     let report = bridge.execute(spec).await?;
     print_report(&report, args.json)?;

@@ -4,6 +4,7 @@
 mod audit;
 mod credential;
 mod exec;
+pub mod sign;
 mod target;
 
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ enum Command {
     Target(target::TargetCommand),
     /// Run a task locally in the sandbox and print its events and result.
     Exec(exec::ExecArgs),
+    /// Make a publisher key pair.
+    Keygen(sign::KeygenArgs),
+    /// Sign a task module with its manifest.
+    Sign(sign::SignArgs),
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -60,6 +65,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Sign(args) => sign::sign(args),
     }
 }
 

@@ -28,6 +28,7 @@
 //! written before them still decode. A scheduled run is an ordinary run whose `actor` names
 //! the schedule (any [`is_valid_principal`] string, e.g. `schedule:rotate-monthly`).
 
+pub mod dispatch;
 mod process;
 mod run;
 mod state;

@@ -47,6 +47,9 @@ pub enum PrepareError {
 pub struct PreparedTask {
     /// Lowercase hex SHA-256 of the component bytes.
     pub digest: String,
+    /// The component's import names (e.g. `warden:task/ssh@0.1.0`), to check against the
+    /// interfaces its manifest declares.
+    pub imports: Vec<String>,
     pub(crate) pre: TaskPre<RunState>,
 }
 
@@ -90,14 +93,13 @@ impl ModuleCache {
             return Ok(task.clone());
         }
         let component = self.load_or_compile(engine, &digest, bytes)?;
+        let imports =
+            component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect();
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = TaskPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let task = Arc::new(PreparedTask {
-            digest: digest.clone(),
-            pre,
-        });
+        let task = Arc::new(PreparedTask { digest: digest.clone(), imports, pre });
         self.lock().insert(digest, task.clone());
         Ok(task)
     }

@@ -57,8 +57,56 @@ pub struct RunEvent {
     pub message: String,
 }
 
+/// Lets the outside world watch and cancel a run while it executes.
+pub struct RunControl {
+    cancelled: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+    live: tokio::sync::broadcast::Sender<RunEvent>,
+}
+
+/// Events a slow live subscriber may fall behind by before it misses some (it can still
+/// read the full log from the finished run).
+const LIVE_EVENT_BUFFER: usize = 256;
+
+impl RunControl {
+    /// A control for a new run.
+    pub fn new() -> Arc<Self> {
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_EVENT_BUFFER);
+        Arc::new(RunControl {
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+            live,
+        })
+    }
+
+    /// Asks the run to stop; it ends as `cancelled` at its next instruction or host call.
+    pub fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Receives the run's events as they are logged.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.live.subscribe()
+    }
+
+    async fn cancelled(&self) {
+        let notified = self.notify.notified();
+        if !self.is_cancelled() {
+            notified.await;
+        }
+    }
+}
+
 /// A run's event log, capped in bytes.
 pub struct EventLog {
+    live: tokio::sync::broadcast::Sender<RunEvent>,
     started: Instant,
     events: Vec<RunEvent>,
     bytes: usize,
@@ -66,9 +114,11 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// An empty log holding at most `cap` message bytes.
-    pub fn new(cap: usize) -> Self {
+    /// An empty log holding at most `cap` message bytes; events are also sent to `control`'s
+    /// live subscribers.
+    pub fn new(cap: usize, control: &RunControl) -> Self {
         EventLog {
+            live: control.live.clone(),
             started: Instant::now(),
             events: Vec::new(),
             bytes: 0,
@@ -83,11 +133,14 @@ impl EventLog {
         }
         self.bytes += message.len();
         let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.events.push(RunEvent {
+        let event = RunEvent {
             at_ms,
             level: level.to_string(),
             message,
-        });
+        };
+        // Having no live subscriber is not an error.
+        let _ = self.live.send(event.clone());
+        self.events.push(event);
         true
     }
 }
@@ -199,6 +252,7 @@ impl Runtime {
         task: &PreparedTask,
         host: HostContext,
         limits: &RunLimits,
+        control: &Arc<RunControl>,
     ) -> RunReport {
         let started = Instant::now();
         let stdout = CappedOutput::new(limits.output_bytes);
@@ -218,7 +272,12 @@ impl Runtime {
         let deadline = started + limits.wall_time;
         let wall_ms = u64::try_from(limits.wall_time.as_millis()).unwrap_or(u64::MAX);
         store.set_epoch_deadline(1);
+        let watched = Arc::clone(control);
         store.epoch_deadline_callback(move |mut ctx| {
+            if watched.is_cancelled() {
+                ctx.data_mut().host.stop.get_or_insert(RunStop::Cancelled);
+                return Ok(UpdateDeadline::Interrupt);
+            }
             if Instant::now() < deadline {
                 // Yield so one busy guest cannot monopolise an executor thread.
                 return Ok(UpdateDeadline::Yield(1));
@@ -234,9 +293,20 @@ impl Runtime {
         };
         // Epochs cannot interrupt host code (an SSH call that hangs), so the whole call is
         // also bounded by a timer.
-        let result = tokio::time::timeout(limits.wall_time + EPOCH_GRACE, call).await;
+        // A cancel also has to reach a run that is blocked in a host call.
+        let result = tokio::select! {
+            r = tokio::time::timeout(limits.wall_time + EPOCH_GRACE, call) => Some(r),
+            () = control.cancelled() => None,
+        };
         let state = store.into_data();
-        let host = state.host;
+        let mut host = state.host;
+        let result = match result {
+            Some(r) => r,
+            None => {
+                host.stop.get_or_insert(RunStop::Cancelled);
+                Ok(Err(wasmtime::Error::msg("cancelled")))
+            }
+        };
         let stop = host
             .stop
             .clone()

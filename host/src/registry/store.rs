@@ -1,0 +1,344 @@
+//! The module registry on disk: uploaded task modules and the publishers this server trusts,
+//! in sled.
+//!
+//! Threat: running a module no trusted publisher signed, or one whose stored bytes are not
+//! the ones whose signature was checked. Publisher keys are kept per server and only an
+//! admin adds them ([`ModuleStore::trust_publisher`]); every upload is verified against
+//! them; [`ModuleStore::store`] verifies the bytes it stores again, so the record and the
+//! blob written together always describe a module that verified. A module's identity is
+//! its component digest; re-uploading the same component with a different manifest or
+//! publisher is refused rather than silently keeping either.
+//!
+//! Also here: [`check_imports`], the check that a component imports no Warden interface its
+//! signed manifest did not declare.
+//!
+//! Trees: `modules` (digest → JSON [`ModuleInfo`]), `module_blobs` (digest → signed file
+//! bytes), `publishers` (name → 32-byte ed25519 public key).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::manifest::Manifest;
+use super::signing::{self, SignError, TrustedPublishers, VerifiedModule};
+
+/// Sled tree of module records.
+pub const MODULES_TREE: &str = "modules";
+/// Sled tree of signed module files.
+pub const BLOBS_TREE: &str = "module_blobs";
+/// Sled tree of trusted publisher keys.
+pub const PUBLISHERS_TREE: &str = "publishers";
+
+/// Largest signed module accepted. An upload is held in memory, hashed and compiled; this
+/// bounds the memory and CPU one upload can cost.
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+/// Longest publisher name. Names reach sled keys, API responses and audit records.
+pub const MAX_PUBLISHER_NAME_LEN: usize = 64;
+/// Most trusted publishers. Bounds the key set loaded for every verification.
+pub const MAX_PUBLISHERS: usize = 256;
+
+/// The WIT package whose interfaces are capabilities.
+const WARDEN_PACKAGE: &str = "warden:task/";
+/// The one Warden interface that grants nothing (shared type definitions).
+const TYPES_INTERFACE: &str = "types";
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Signature verification failed (unsigned, unknown publisher, tampered, malformed).
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error("module {0} not found")]
+    NotFound(String),
+    #[error("module is {0} bytes; the limit is {MAX_MODULE_BYTES}")]
+    TooLarge(usize),
+    #[error(
+        "module {0} is already stored with a different manifest or publisher; \
+         bump the version to publish a change"
+    )]
+    Conflict(String),
+    #[error("the module imports capability '{0}' that its manifest does not declare")]
+    UndeclaredCapability(String),
+    #[error("invalid publisher name {0:?}: use 1-{MAX_PUBLISHER_NAME_LEN} of a-z 0-9 . _ -")]
+    InvalidName(String),
+    #[error("this key is already trusted as publisher {0:?}")]
+    KeyInUse(String),
+    #[error("at most {MAX_PUBLISHERS} publishers may be trusted")]
+    TooManyPublishers,
+    #[error("stored {0} is corrupt")]
+    Encode(String),
+    #[error("module storage failed: {0}")]
+    Storage(#[from] sled::Error),
+}
+
+/// A stored module, as listed and shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// SHA-256 (hex) of the component: the module's identity.
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// The trusted publisher whose key signed it.
+    pub publisher: String,
+    /// The user who uploaded it.
+    pub uploaded_by: String,
+    pub uploaded_ms: u64,
+    /// Size of the signed file in bytes.
+    pub size: u64,
+    /// Retired modules stay for audit and existing runs but start no new runs.
+    pub retired: bool,
+}
+
+/// Uploaded modules and trusted publishers; cheap to clone.
+#[derive(Clone)]
+pub struct ModuleStore {
+    modules: sled::Tree,
+    blobs: sled::Tree,
+    publishers: sled::Tree,
+}
+
+impl std::fmt::Debug for ModuleStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleStore").finish_non_exhaustive()
+    }
+}
+
+impl ModuleStore {
+    /// Opens (creating if needed) the three trees.
+    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
+        Ok(ModuleStore {
+            modules: db.open_tree(MODULES_TREE)?,
+            blobs: db.open_tree(BLOBS_TREE)?,
+            publishers: db.open_tree(PUBLISHERS_TREE)?,
+        })
+    }
+
+    /// Trusts `key` as publisher `name`, replacing the key `name` had (key rotation). A key
+    /// already trusted under another name is refused: one key must map to one publisher,
+    /// or a module's recorded publisher would depend on load order.
+    pub fn trust_publisher(&self, name: &str, key: &VerifyingKey) -> Result<(), RegistryError> {
+        if !is_valid_name(name) {
+            return Err(RegistryError::InvalidName(name.to_string()));
+        }
+        let mut count = 0;
+        for (other, other_key) in self.publisher_keys()? {
+            if other_key == *key && other != name {
+                return Err(RegistryError::KeyInUse(other));
+            }
+            count += usize::from(other != name);
+        }
+        if count >= MAX_PUBLISHERS {
+            return Err(RegistryError::TooManyPublishers);
+        }
+        self.publishers.insert(name, key.as_bytes().as_slice())?;
+        self.publishers.flush()?;
+        Ok(())
+    }
+
+    /// Stops trusting publisher `name`; `false` if it was not trusted. Modules it signed
+    /// stay stored but no longer verify (re-checked when fetched by a bridge).
+    pub fn distrust_publisher(&self, name: &str) -> Result<bool, RegistryError> {
+        let removed = self.publishers.remove(name)?.is_some();
+        self.publishers.flush()?;
+        Ok(removed)
+    }
+
+    /// The trusted publisher keys, for [`signing::verify`].
+    pub fn publishers(&self) -> Result<TrustedPublishers, RegistryError> {
+        let mut trusted = TrustedPublishers::default();
+        for (name, key) in self.publisher_keys()? {
+            trusted.trust(&name, key);
+        }
+        Ok(trusted)
+    }
+
+    /// Trusted publishers as `(name, key id)`, by name.
+    pub fn list_publishers(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        Ok(self
+            .publisher_keys()?
+            .into_iter()
+            .map(|(name, key)| (name, signing::key_id(&key)))
+            .collect())
+    }
+
+    /// Checks the size and the signature against the trusted publishers. Does not compile
+    /// the component or check its imports: the caller does that with the runtime (and
+    /// [`check_imports`]) before calling [`ModuleStore::store`].
+    pub fn verify(&self, signed: &[u8]) -> Result<VerifiedModule, RegistryError> {
+        if signed.len() > MAX_MODULE_BYTES {
+            return Err(RegistryError::TooLarge(signed.len()));
+        }
+        Ok(signing::verify(signed, &self.publishers()?)?)
+    }
+
+    /// Stores a verified module. Idempotent: storing the same digest with the same manifest
+    /// and publisher returns the record already stored (retired or not).
+    pub fn store(
+        &self,
+        verified: &VerifiedModule,
+        signed: &[u8],
+        uploaded_by: &str,
+    ) -> Result<ModuleInfo, RegistryError> {
+        // Verify the exact bytes being stored, so a caller mixing up two uploads cannot
+        // store a blob under another module's record.
+        let again = self.verify(signed)?;
+        if again.digest != verified.digest
+            || again.manifest != verified.manifest
+            || again.publisher != verified.publisher
+        {
+            return Err(RegistryError::Conflict(verified.digest.clone()));
+        }
+        let info = new_info(again, signed.len(), uploaded_by);
+        let stored = self.insert_if_absent(&info, signed)?;
+        if stored.manifest != info.manifest || stored.publisher != info.publisher {
+            return Err(RegistryError::Conflict(info.digest));
+        }
+        Ok(stored)
+    }
+
+    /// The module with `digest`, if stored.
+    pub fn get(&self, digest: &str) -> Result<Option<ModuleInfo>, RegistryError> {
+        self.modules
+            .get(digest)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// The signed file of module `digest`, if stored.
+    pub fn bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        Ok(self.blobs.get(digest)?.map(|b| b.to_vec()))
+    }
+
+    /// Every stored module, by digest.
+    pub fn list(&self) -> Result<Vec<ModuleInfo>, RegistryError> {
+        self.modules.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    /// Marks module `digest` retired and returns its record. Idempotent.
+    pub fn retire(&self, digest: &str) -> Result<ModuleInfo, RegistryError> {
+        loop {
+            let old = self
+                .modules
+                .get(digest)?
+                .ok_or_else(|| RegistryError::NotFound(digest.to_string()))?;
+            let mut info: ModuleInfo = decode(&old)?;
+            info.retired = true;
+            // Compare-and-swap: a concurrent change is re-read, never overwritten.
+            let swapped =
+                self.modules
+                    .compare_and_swap(digest, Some(&old), Some(encode(&info)?))?;
+            if swapped.is_ok() {
+                self.modules.flush()?;
+                return Ok(info);
+            }
+        }
+    }
+
+    /// Writes record and blob in one transaction unless the digest is already stored;
+    /// returns what is stored afterwards.
+    fn insert_if_absent(
+        &self,
+        info: &ModuleInfo,
+        signed: &[u8],
+    ) -> Result<ModuleInfo, RegistryError> {
+        let record = encode(info)?;
+        let result = (&self.modules, &self.blobs).transaction(
+            |(modules, blobs)| -> Result<sled::IVec, ConflictableTransactionError<()>> {
+                if let Some(existing) = modules.get(&info.digest)? {
+                    return Ok(existing);
+                }
+                modules.insert(info.digest.as_str(), record.as_slice())?;
+                blobs.insert(info.digest.as_str(), signed)?;
+                Ok(sled::IVec::from(record.as_slice()))
+            },
+        );
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => {
+                return Err(RegistryError::Encode("module (aborted)".into()));
+            }
+        };
+        self.modules.flush()?;
+        decode(&stored)
+    }
+
+    fn publisher_keys(&self) -> Result<Vec<(String, VerifyingKey)>, RegistryError> {
+        let corrupt = || RegistryError::Encode("publisher key".into());
+        self.publishers
+            .iter()
+            .map(|entry| {
+                let (name, key) = entry?;
+                let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt())?;
+                let key: [u8; 32] = key.as_ref().try_into().map_err(|_| corrupt())?;
+                let key = VerifyingKey::from_bytes(&key).map_err(|_| corrupt())?;
+                Ok((name, key))
+            })
+            .collect()
+    }
+}
+
+/// Checks a component's imports against its manifest: every `warden:task/<iface>` import
+/// other than `types` must be a declared capability. `imports` are the component's import
+/// names, such as `warden:task/ssh@0.1.0` or `wasi:cli/stdout@0.2.3`; non-Warden imports are
+/// left to the linker, which satisfies none of them beyond what the sandbox grants.
+pub fn check_imports(manifest: &Manifest, imports: &[String]) -> Result<(), RegistryError> {
+    for import in imports {
+        let Some(rest) = import.strip_prefix(WARDEN_PACKAGE) else {
+            continue;
+        };
+        let iface = rest.split_once('@').map_or(rest, |(iface, _)| iface);
+        if iface != TYPES_INTERFACE && !manifest.capabilities.iter().any(|c| c == iface) {
+            return Err(RegistryError::UndeclaredCapability(iface.to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn new_info(verified: VerifiedModule, size: usize, uploaded_by: &str) -> ModuleInfo {
+    ModuleInfo {
+        digest: verified.digest,
+        name: verified.manifest.name.clone(),
+        version: verified.manifest.version.clone(),
+        description: verified.manifest.description.clone(),
+        manifest: verified.manifest,
+        publisher: verified.publisher,
+        uploaded_by: uploaded_by.to_string(),
+        uploaded_ms: now_ms(),
+        size: u64::try_from(size).unwrap_or(u64::MAX),
+        retired: false,
+    }
+}
+
+/// True for 1..=64 characters of `[a-z0-9._-]`.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PUBLISHER_NAME_LEN
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+fn encode(info: &ModuleInfo) -> Result<Vec<u8>, RegistryError> {
+    serde_json::to_vec(info).map_err(|_| RegistryError::Encode("module (encoding)".into()))
+}
+
+fn decode(bytes: &[u8]) -> Result<ModuleInfo, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|_| RegistryError::Encode("module".into()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

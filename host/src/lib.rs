@@ -24,6 +24,7 @@
 //! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
 //! - [`cli`]: the `warden` command line.
 
+pub mod api;
 pub mod audit;
 pub mod bridge;
 pub mod capabilities;

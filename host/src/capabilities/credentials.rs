@@ -123,7 +123,9 @@ impl Host for HostContext {
             credential: Some(name.clone()),
             ..Subject::default()
         };
-        if let Err(denial) = self.authorize("credentials", &Request::Acquire { credential: &name })
+        if let Err(denial) = self
+            .authorize("credentials", &Request::Acquire { credential: &name })
+            .await
         {
             return self.deny(call, subject, denial).await;
         }

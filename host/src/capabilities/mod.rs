@@ -136,29 +136,57 @@ impl HostContext {
     /// Decides one host call: the grant must permit it and, on a server, the module must
     /// have requested the interface and the policies must permit it. A policy denial
     /// names the policy that refused.
-    fn authorize(&self, capability: &str, request: &Request<'_>) -> Result<(), Denial> {
+    async fn authorize(&mut self, capability: &str, request: &Request<'_>) -> Result<(), Denial> {
         let grant = self.grant.authorize(request);
         let Some(policy) = &self.policy else {
             return grant;
         };
         let (target, credential, command, path) = request.parts();
-        let decision = policy.engine.authorize_host_call(&HostCallRequest {
-            run_id: &self.identity.run_id,
-            module: &self.identity.module,
-            capability,
-            target,
-            credential,
-            command,
-            path,
-            module_requested: policy.requested.contains(capability),
-            grant_permits: grant.is_ok(),
-        });
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        let (engine, run_id, module) = (
+            policy.engine.clone(),
+            self.identity.run_id.clone(),
+            self.identity.module.clone(),
+        );
+        let (capability, module_requested, grant_permits) = (
+            capability.to_string(),
+            policy.requested.contains(capability),
+            grant.is_ok(),
+        );
+        let (target, credential, command, path) = (
+            owned(target),
+            owned(credential),
+            owned(command),
+            owned(path),
+        );
+        // Host calls run on the guest's fiber stack, where Cedar's stack-depth guard cannot
+        // measure the stack and refuses every request; evaluate on a blocking-pool thread.
+        let decision = tokio::task::spawn_blocking(move || {
+            engine.authorize_host_call(&HostCallRequest {
+                run_id: &run_id,
+                module: &module,
+                capability: &capability,
+                target: target.as_deref(),
+                credential: credential.as_deref(),
+                command: command.as_deref(),
+                path: path.as_deref(),
+                module_requested,
+                grant_permits,
+            })
+        })
+        .await;
+        let Ok(decision) = decision else {
+            return Err(Denial {
+                rule: "policy",
+                detail: "policy evaluation failed".into(),
+            });
+        };
         if decision.allowed {
             return grant;
         }
         let detail = match grant {
             Err(denial) => format!("{} (policy {})", denial.detail, decision.policy()),
-            Ok(()) => format!("{capability} call refused by policy {}", decision.policy()),
+            Ok(()) => format!("call refused by policy {}", decision.policy()),
         };
         Err(Denial {
             rule: "policy",
@@ -220,7 +248,7 @@ impl HostContext {
         capability: &str,
         subject: Subject,
     ) -> wasmtime::Result<bool> {
-        match self.authorize(capability, &Request::Interface) {
+        match self.authorize(capability, &Request::Interface).await {
             Ok(()) => {
                 self.finish(call, subject, Decision::Allowed, Ok(()))
                     .await?

@@ -147,7 +147,7 @@ impl Host for HostContext {
             credential: handle.name(),
             command: &command,
         };
-        if let Err(denial) = self.authorize(CAPABILITY, &request) {
+        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
             return self.deny(call, subject, denial).await;
         }
         let result = match self.ssh_credential(&handle) {
@@ -207,7 +207,7 @@ impl Host for HostContext {
                 credential: handle.name(),
                 command: &command,
             };
-            if let Err(denial) = self.authorize(CAPABILITY, &request) {
+            if let Err(denial) = self.authorize(CAPABILITY, &request).await {
                 let outcome = self.deny(call, subject, denial).await?;
                 results[i] = Some(TargetResult {
                     target: target.clone(),

@@ -64,7 +64,7 @@ impl HostContext {
             credential: handle.name(),
             path: &normal,
         };
-        if let Err(denial) = self.authorize(CAPABILITY, &request) {
+        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
             return self.deny(call, subject, denial).await;
         }
         if let Direction::Upload { mode, .. } = direction

@@ -2,8 +2,10 @@
 //! Handlers return `anyhow::Result`; `main` prints one clear line on error.
 
 mod audit;
+mod client;
 mod credential;
 mod exec;
+mod serve;
 pub mod sign;
 mod target;
 
@@ -41,6 +43,19 @@ enum Command {
     Target(target::TargetCommand),
     /// Run a task locally in the sandbox and print its events and result.
     Exec(exec::ExecArgs),
+    /// Run the server (HTTP API) with its embedded bridge.
+    Serve(serve::ServeArgs),
+    /// Set up a demo module and process (once), print how to run it, and serve.
+    Demo(serve::DemoArgs),
+    /// Task modules on a server.
+    #[command(subcommand)]
+    Module(client::ModuleCommand),
+    /// Processes on a server.
+    #[command(subcommand)]
+    Process(client::ProcessCommand),
+    /// Runs on a server.
+    #[command(subcommand)]
+    Run(client::RunCommand),
     /// Make a publisher key pair.
     Keygen(sign::KeygenArgs),
     /// Sign a task module with its manifest.
@@ -54,13 +69,19 @@ enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(data) => {
-            DataDir::init(&data.data)?;
+            let token = init_data_dir(&data.data)?;
             println!(
                 "initialised {} (master key: master.key, mode 0600)",
                 data.data.display()
             );
+            println!("admin token (shown once, keep it): {token}");
             Ok(0)
         }
+        Command::Serve(args) => serve::run_serve(args).await,
+        Command::Demo(args) => serve::run_demo(args).await,
+        Command::Module(cmd) => client::module(cmd).await,
+        Command::Process(cmd) => client::process(cmd).await,
+        Command::Run(cmd) => client::run(cmd).await,
         Command::Credential(cmd) => credential::run(cmd),
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
@@ -68,6 +89,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
     }
+}
+
+/// Creates a data directory with the first Privileged Administrator; returns its token.
+fn init_data_dir(root: &std::path::Path) -> anyhow::Result<String> {
+    let dir = DataDir::init(root)?;
+    serve::bootstrap_admin(&dir)
 }
 
 /// The whole program: logging to stderr, parse, run, one line on error, exit code.

@@ -57,7 +57,14 @@ impl Dispatcher {
         policy: PolicyEngine,
         limits: RunLimits,
     ) -> Self {
-        Dispatcher { bridge, modules, runs, policy, limits, live: Arc::default() }
+        Dispatcher {
+            bridge,
+            modules,
+            runs,
+            policy,
+            limits,
+            live: Arc::default(),
+        }
     }
 
     /// The control of a run in progress (to cancel it or watch its events).
@@ -85,15 +92,21 @@ impl Dispatcher {
             .ok_or_else(|| StartError::ModuleUnavailable(process.module_digest.clone()))?;
         let mut merged = process.default_inputs.clone();
         merged.extend(inputs);
-        let given: BTreeMap<String, toml::Value> =
-            merged.iter().map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?))).collect::<Result<_, ManifestError>>()?;
+        let given: BTreeMap<String, toml::Value> = merged
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
+            .collect::<Result<_, ManifestError>>()?;
         let params = module.manifest.resolve_inputs(&given)?;
         let bytes = self
             .modules
             .bytes(&module.digest)
             .map_err(|e| StartError::Registry(e.to_string()))?
             .ok_or_else(|| StartError::ModuleUnavailable(module.digest.clone()))?;
-        let task = self.bridge.runtime().prepare(&bytes).map_err(|e| StartError::Prepare(e.to_string()))?;
+        let task = self
+            .bridge
+            .runtime()
+            .prepare(&bytes)
+            .map_err(|e| StartError::Prepare(e.to_string()))?;
         let run_id = uuid::Uuid::new_v4().to_string();
         let record = RunRecord::new_queued(
             run_id.clone(),
@@ -129,7 +142,11 @@ impl Dispatcher {
     async fn execute(&self, spec: RunSpec, policy: HostCallPolicy) {
         let run_id = spec.identity.run_id.clone();
         let actor = spec.identity.actor.clone();
-        if let Err(e) = self.runs.transition(&run_id, RunState::Running, &actor, |_| {}).await {
+        if let Err(e) = self
+            .runs
+            .transition(&run_id, RunState::Running, &actor, |_| {})
+            .await
+        {
             // Cancelled while queued, or storage failure: nothing to run.
             tracing::warn!(run = %run_id, error = %e, "run not started");
             self.lock().remove(&run_id);
@@ -137,10 +154,16 @@ impl Dispatcher {
         }
         let report = self.bridge.execute_with_policy(spec, policy).await;
         let (state, apply): (RunState, Box<dyn FnOnce(&mut RunRecord) + Send>) = match report {
-            Ok(report) => (final_state(&report.outcome), Box::new(move |r| fill(r, report))),
+            Ok(report) => (
+                final_state(&report.outcome),
+                Box::new(move |r| fill(r, report)),
+            ),
             Err(e) => {
                 let message = e.to_string();
-                (RunState::Failed, Box::new(move |r: &mut RunRecord| r.error = Some(message)))
+                (
+                    RunState::Failed,
+                    Box::new(move |r: &mut RunRecord| r.error = Some(message)),
+                )
             }
         };
         if let Err(e) = self.runs.transition(&run_id, state, &actor, apply).await {
@@ -154,13 +177,21 @@ impl Dispatcher {
         if let Some(control) = self.control(run_id) {
             control.cancel();
         }
-        match self.runs.transition(run_id, RunState::Cancelled, actor, |r| {
-            r.error = Some("cancelled".into());
-        }).await {
+        match self
+            .runs
+            .transition(run_id, RunState::Cancelled, actor, |r| {
+                r.error = Some("cancelled".into());
+            })
+            .await
+        {
             // A running run records its own end (as cancelled) when it stops.
-            Err(RunsError::BadTransition { from: RunState::Running, .. }) => {
-                self.runs.get(run_id)?.ok_or_else(|| RunsError::NotFound(run_id.into()))
-            }
+            Err(RunsError::BadTransition {
+                from: RunState::Running,
+                ..
+            }) => self
+                .runs
+                .get(run_id)?
+                .ok_or_else(|| RunsError::NotFound(run_id.into())),
             other => other,
         }
     }
@@ -177,8 +208,11 @@ fn fill(record: &mut RunRecord, report: RunReport) {
         RunOutcome::Stopped { reason } => record.error = Some(reason.to_string()),
         RunOutcome::Trapped { error } => record.error = Some(format!("trapped: {error}")),
     }
-    record.events =
-        report.events.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    record.events = report
+        .events
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
     record.stdout = truncate(report.stdout);
     record.stderr = truncate(report.stderr);
     record.host_calls = report.host_calls;
@@ -198,10 +232,12 @@ fn truncate(mut text: String) -> String {
 fn final_state(outcome: &RunOutcome) -> RunState {
     match outcome {
         RunOutcome::Succeeded { .. } => RunState::Succeeded,
-        RunOutcome::Stopped { reason: RunStop::Cancelled } => RunState::Cancelled,
-        RunOutcome::Stopped { reason: RunStop::Limit(LimitExceeded::WallTime { .. }) } => {
-            RunState::TimedOut
-        }
+        RunOutcome::Stopped {
+            reason: RunStop::Cancelled,
+        } => RunState::Cancelled,
+        RunOutcome::Stopped {
+            reason: RunStop::Limit(LimitExceeded::WallTime { .. }),
+        } => RunState::TimedOut,
         _ => RunState::Failed,
     }
 }
@@ -216,9 +252,12 @@ fn json_to_toml(name: &str, value: &serde_json::Value) -> Result<toml::Value, Ma
             Some(i) => toml::Value::Integer(i),
             None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        J::Array(items) => {
-            toml::Value::Array(items.iter().map(|i| json_to_toml(name, i)).collect::<Result<_, _>>()?)
-        }
+        J::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .map(|i| json_to_toml(name, i))
+                .collect::<Result<_, _>>()?,
+        ),
         J::Null | J::Object(_) => {
             return Err(ManifestError::BadInput {
                 name: name.into(),

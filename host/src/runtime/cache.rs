@@ -93,13 +93,20 @@ impl ModuleCache {
             return Ok(task.clone());
         }
         let component = self.load_or_compile(engine, &digest, bytes)?;
-        let imports =
-            component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect();
+        let imports = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = TaskPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let task = Arc::new(PreparedTask { digest: digest.clone(), imports, pre });
+        let task = Arc::new(PreparedTask {
+            digest: digest.clone(),
+            imports,
+            pre,
+        });
         self.lock().insert(digest, task.clone());
         Ok(task)
     }

@@ -1,0 +1,146 @@
+//! The one error type of the HTTP API: a status, a stable machine-readable `code`, and a
+//! message. A 5xx body says nothing internal; the detail goes to the server log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 403, naming the policy that refused.
+    pub fn forbidden(policy: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("denied by policy {policy}"),
+        )
+    }
+
+    /// 401.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid API token",
+        )
+    }
+
+    /// 500: logs `detail`, returns nothing of it.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+macro_rules! internal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError::internal(e)
+            }
+        }
+    )*};
+}
+
+internal_from!(sled::Error, crate::audit::AuditError);
+
+impl From<crate::users::UserError> for ApiError {
+    fn from(e: crate::users::UserError) -> Self {
+        use crate::users::UserError as E;
+        match e {
+            E::Storage(_) | E::Corrupt(_) => ApiError::internal(e),
+            E::UserExists(_) | E::RoleExists(_) => ApiError::conflict(e.to_string()),
+            E::UnknownUser(_) => ApiError::not_found(e.to_string()),
+            other => ApiError::bad_request("invalid", other.to_string()),
+        }
+    }
+}
+
+impl From<crate::runs::RunsError> for ApiError {
+    fn from(e: crate::runs::RunsError) -> Self {
+        use crate::runs::RunsError as E;
+        match e {
+            E::NotFound(what) => ApiError::not_found(what),
+            E::NameTaken(name) => ApiError::conflict(format!("name '{name}' is taken")),
+            e @ (E::InvalidName(..) | E::Invalid { .. } | E::RecordTooLarge { .. }) => {
+                ApiError::bad_request("invalid", e.to_string())
+            }
+            e @ (E::BadTransition { .. } | E::Conflict(_)) => ApiError::conflict(e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::vault::VaultError> for ApiError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        use crate::vault::VaultError as E;
+        match e {
+            E::NotFound(name) => ApiError::not_found(format!("credential '{name}'")),
+            E::AlreadyExists(name) => ApiError::conflict(format!("credential '{name}' exists")),
+            e @ (E::InvalidName(_) | E::InvalidUsername(_) | E::InvalidSecret(_)) => {
+                ApiError::bad_request("invalid", e.to_string())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::targets::TargetError> for ApiError {
+    fn from(e: crate::targets::TargetError) -> Self {
+        use crate::targets::TargetError as E;
+        match e {
+            E::Storage(_) | E::Corrupt(_) => ApiError::internal(e),
+            E::Duplicate(name) => ApiError::conflict(format!("target '{name}' exists")),
+            E::NotFound(name) => ApiError::not_found(format!("target '{name}'")),
+            other => ApiError::bad_request("invalid", other.to_string()),
+        }
+    }
+}

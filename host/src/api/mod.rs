@@ -1,0 +1,194 @@
+//! The HTTP API (axum), versioned under `/v1`, plus `/healthz`, `/metrics` and
+//! `/openapi.json`.
+//!
+//! Layout: [`error`] (one `IntoResponse` error type with a stable `code`), [`auth`] (the
+//! bearer-token [`auth::Caller`] extractor and policy checks), `routes/` (one file per
+//! resource). Every route is registered through utoipa's router, so the OpenAPI document
+//! and the router are built from the same list and cannot drift apart.
+//!
+//! Threat: unauthenticated or oversized requests, and internals leaking in errors. Bodies
+//! are capped ([`MAX_JSON_BODY`], module uploads at [`crate::runtime::cache::MAX_COMPONENT_BYTES`]);
+//! 5xx bodies carry no detail.
+
+pub mod auth;
+pub mod error;
+mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::audit::AuditLog;
+use crate::bridge::Bridge;
+use crate::policy::PolicyEngine;
+use crate::registry::store::ModuleStore;
+use crate::runs::dispatch::Dispatcher;
+use crate::runs::{ProcessStore, RunStore};
+use crate::targets::TargetStore;
+use crate::users::UserStore;
+use crate::vault::Vault;
+
+/// Largest JSON request body. Blocks memory exhaustion through request bodies.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    /// Runs started over the API.
+    pub runs_started: AtomicU64,
+    /// Modules accepted.
+    pub modules_uploaded: AtomicU64,
+    /// Module uploads rejected.
+    pub modules_rejected: AtomicU64,
+    /// Requests refused by policy.
+    pub denials: AtomicU64,
+}
+
+impl Metrics {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The embedded bridge.
+    pub bridge: Bridge,
+    /// Starts and tracks runs.
+    pub dispatcher: Dispatcher,
+    /// Task modules and trusted publishers.
+    pub modules: ModuleStore,
+    /// Processes.
+    pub processes: ProcessStore,
+    /// Runs.
+    pub runs: RunStore,
+    /// Users, roles, tokens.
+    pub users: UserStore,
+    /// Cedar policies.
+    pub policy: PolicyEngine,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// The vault.
+    pub vault: Vault,
+    /// Targets.
+    pub targets: TargetStore,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Warden API",
+    description = "Privileged automation without handing credentials to scripts."
+))]
+struct ApiDoc;
+
+/// The router and its OpenAPI document, built from one route list.
+pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::system::routes())
+        .merge(routes::modules::routes())
+        .merge(routes::targets::routes())
+        .merge(routes::credentials::routes())
+        .merge(routes::processes::routes())
+        .merge(routes::runs::routes())
+        .merge(routes::audit::routes())
+        .merge(routes::users::routes())
+        .split_for_parts();
+    let doc = api.clone();
+    let router = router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        )
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state);
+    (router, api)
+}
+
+impl AppState {
+    /// Opens every store in the data directory, loads the policies, recovers runs a
+    /// previous process left unfinished, and builds the embedded bridge.
+    pub async fn open(
+        dir: crate::store::DataDir,
+        policies: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use crate::runs::RunState;
+        let runtime = crate::runtime::Runtime::new(
+            &crate::runtime::engine::EngineConfig::default(),
+            &dir.artifacts(),
+        )?;
+        let crate::store::DataDir {
+            db,
+            master_key,
+            server_key,
+            ..
+        } = dir;
+        let policy = PolicyEngine::load(policies)
+            .map_err(|e| anyhow::anyhow!("loading policies from {}: {e}", policies.display()))?;
+        let audit = AuditLog::open(&db, server_key)?;
+        let vault = Vault::open(&db, master_key)?;
+        let targets = TargetStore::open(&db)?;
+        let services = crate::capabilities::Services {
+            audit: audit.clone(),
+            vault: vault.clone(),
+            targets: targets.clone(),
+            ssh: crate::ssh::SshPool::new(crate::ssh::SshConfig::default()),
+        };
+        let bridge = Bridge::new(runtime, services);
+        let modules = ModuleStore::open(&db)?;
+        let runs = RunStore::open(&db, audit.clone())?;
+        let interrupted = runs.recover().await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(count = interrupted.len(), "runs interrupted by a restart");
+        }
+        // Queued runs lived in the previous process's memory only: they never started.
+        for id in runs.ids_in_state(RunState::Queued)? {
+            runs.transition(&id, RunState::Cancelled, crate::runs::RECOVERY_ACTOR, |r| {
+                r.error = Some("the server restarted before the run started".into());
+            })
+            .await?;
+        }
+        let dispatcher = Dispatcher::new(
+            bridge.clone(),
+            modules.clone(),
+            runs.clone(),
+            policy.clone(),
+            crate::runtime::limits::RunLimits::default(),
+        );
+        Ok(AppState {
+            bridge,
+            dispatcher,
+            modules,
+            processes: ProcessStore::open(&db)?,
+            runs,
+            users: UserStore::open(&db)?,
+            policy,
+            audit,
+            vault,
+            targets,
+            metrics: Arc::default(),
+        })
+    }
+}
+
+/// The application router.
+pub fn app(state: AppState) -> Router {
+    router_and_openapi(state).0
+}
+
+/// Serves `app` on an already-bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

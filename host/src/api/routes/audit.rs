@@ -1,0 +1,118 @@
+//! `/v1/audit`: query the log and verify its chain (full audit), and the Password
+//! Auditor's resource view (records about targets and credentials only, projected).
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::AppState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::audit::{AuditFilter, AuditRecord};
+use crate::policy::{Action, Resource};
+use crate::policy::{ResourceAuditRecord, resource_audit_view};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(query_audit))
+        .routes(routes!(verify_audit))
+        .routes(routes!(resource_audit))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    run: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl From<AuditQuery> for AuditFilter {
+    fn from(q: AuditQuery) -> Self {
+        AuditFilter {
+            run_id: q.run,
+            actor: q.actor,
+            action: q.action,
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+            limit: q.limit,
+        }
+    }
+}
+
+/// Audit records matching the filters, in sequence order.
+#[utoipa::path(get, path = "/v1/audit", params(
+    ("run" = Option<String>, Query, description = "run id"),
+    ("actor" = Option<String>, Query, description = "actor"),
+    ("action" = Option<String>, Query, description = "action, e.g. ssh.exec"),
+    ("since_ms" = Option<u64>, Query, description = "from this time (Unix ms)"),
+    ("until_ms" = Option<u64>, Query, description = "until this time (Unix ms)"),
+    ("limit" = Option<usize>, Query, description = "at most this many")),
+    responses((status = 200, description = "records")))]
+async fn query_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    state
+        .authorize(&caller, Action::ViewAudit, Resource::System, "audit")
+        .await?;
+    Ok(Json(state.audit.query(&q.into())?))
+}
+
+/// Re-walks the hash chain and checks the signed checkpoint.
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the verdict")))]
+async fn verify_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&caller, Action::ViewAudit, Resource::System, "audit")
+        .await?;
+    Ok(Json(match state.audit.verify() {
+        Ok(report) => json!({ "ok": true, "count": report.count, "head_hash": report.head_hash }),
+        Err(e) => json!({ "ok": false, "error": e.to_string(), "seq": e.seq() }),
+    }))
+}
+
+/// The resource view: records about targets and credentials, without run ids, details or
+/// hashes (see `policies/README.md`).
+#[utoipa::path(get, path = "/v1/audit/resources", params(
+    ("since_ms" = Option<u64>, Query, description = "from this time (Unix ms)"),
+    ("limit" = Option<usize>, Query, description = "at most this many")),
+    responses((status = 200, description = "projected records")))]
+async fn resource_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<ResourceAuditRecord>>, ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ViewResourceAudit,
+            Resource::System,
+            "resource audit",
+        )
+        .await?;
+    let limit = q.limit;
+    let filter = AuditFilter {
+        limit: None,
+        ..q.into()
+    };
+    let mut view: Vec<_> = state
+        .audit
+        .query(&filter)?
+        .iter()
+        .filter_map(resource_audit_view)
+        .collect();
+    if let Some(limit) = limit {
+        view.truncate(limit);
+    }
+    Ok(Json(view))
+}

@@ -1,0 +1,102 @@
+//! `/v1/credentials`: create credentials and list their metadata. No endpoint ever returns
+//! a secret; a secret arrives only in a request body and goes straight into the vault.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use zeroize::Zeroizing;
+
+use super::Body;
+use crate::api::AppState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::policy::{Action, Resource};
+use crate::vault::{CredentialInfo, CredentialKind, Secret};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_credentials, add_credential))
+        .routes(routes!(get_credential))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredential {
+    name: String,
+    username: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    /// The secret; wiped from memory once stored.
+    secret: Zeroizing<String>,
+}
+
+fn default_kind() -> String {
+    "password".into()
+}
+
+/// List credentials' metadata (never secrets).
+#[utoipa::path(get, path = "/v1/credentials", responses((status = 200, description = "metadata")))]
+async fn list_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<CredentialInfo>>, ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageCredentials,
+            Resource::System,
+            "credentials",
+        )
+        .await?;
+    Ok(Json(state.vault.list()?))
+}
+
+/// Create a credential.
+#[utoipa::path(post, path = "/v1/credentials", responses((status = 201, description = "created (metadata only)"), (status = 409, description = "exists")))]
+async fn add_credential(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<NewCredential>,
+) -> Result<(StatusCode, Json<CredentialInfo>), ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageCredentials,
+            Resource::System,
+            "credentials",
+        )
+        .await?;
+    let kind: CredentialKind = req
+        .kind
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid", "kind must be password or ssh-key"))?;
+    let secret = Secret::from_bytes(req.secret.as_bytes().to_vec());
+    let info = state.vault.add(&req.name, &req.username, kind, secret)?;
+    state
+        .audit_credential(&caller.user.name, "credential.create", &info.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// One credential's metadata.
+#[utoipa::path(get, path = "/v1/credentials/{name}", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "metadata"), (status = 404, description = "unknown")))]
+async fn get_credential(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<CredentialInfo>, ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageCredentials,
+            Resource::System,
+            "credentials",
+        )
+        .await?;
+    Ok(Json(state.vault.info(&name)?.ok_or_else(|| {
+        ApiError::not_found(format!("credential '{name}'"))
+    })?))
+}

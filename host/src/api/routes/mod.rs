@@ -1,0 +1,38 @@
+//! Route handlers, one file per resource.
+
+pub mod audit;
+pub mod credentials;
+pub mod modules;
+pub mod processes;
+pub mod runs;
+pub mod system;
+pub mod targets;
+pub mod users;
+
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON body whose rejection (bad JSON, wrong type, too large) is an [`ApiError`] with a
+/// stable code rather than axum's plain-text reply.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "invalid_json"
+                };
+                Err(ApiError::new(status, code, rejection.body_text()))
+            }
+        }
+    }
+}

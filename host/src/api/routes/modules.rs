@@ -1,0 +1,259 @@
+//! `/v1/modules` and `/v1/publishers`: upload (signed), list, get and retire task modules;
+//! trust publishers.
+//!
+//! An upload is accepted only if its signature verifies against a trusted publisher, the
+//! component compiles, and it imports no Warden interface its signed manifest did not
+//! declare. Every rejection has its own error code and is audited.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Body;
+use crate::api::AppState;
+use crate::api::Metrics;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::audit::{AuditEntry, Decision};
+use crate::policy::{Action, Resource};
+use crate::registry::signing::SignError;
+use crate::registry::store::{ModuleInfo, RegistryError, check_imports};
+use crate::runtime::cache::MAX_COMPONENT_BYTES;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    let upload = OpenApiRouter::new()
+        .routes(routes!(upload_module, list_modules))
+        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+    OpenApiRouter::new()
+        .merge(upload)
+        .routes(routes!(get_module))
+        .routes(routes!(retire_module))
+        .routes(routes!(list_publishers, trust_publisher))
+}
+
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::Sign(SignError::Unsigned) => {
+            ApiError::bad_request("unsigned", "module is not signed")
+        }
+        RegistryError::Sign(SignError::UnknownPublisher(id)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "untrusted_publisher",
+            format!("module is signed by a publisher this server does not trust (key id {id})"),
+        ),
+        RegistryError::Sign(SignError::BadSignature) => ApiError::bad_request(
+            "bad_signature",
+            "signature does not verify: the module or its manifest was changed after signing",
+        ),
+        RegistryError::Sign(e @ (SignError::Malformed(_) | SignError::AlreadySigned)) => {
+            ApiError::bad_request("malformed_module", e.to_string())
+        }
+        RegistryError::Sign(SignError::Manifest(m)) => ApiError::bad_request("bad_manifest", m),
+        RegistryError::TooLarge(n) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("module is {n} bytes, over the limit of {MAX_COMPONENT_BYTES}"),
+        ),
+        RegistryError::UndeclaredCapability(iface) => ApiError::bad_request(
+            "undeclared_capability",
+            format!(
+                "the component imports warden:task/{iface}, which its manifest does not declare"
+            ),
+        ),
+        RegistryError::Conflict(d) => ApiError::conflict(format!(
+            "module {d} is already registered with a different manifest"
+        )),
+        RegistryError::NotFound(d) => ApiError::not_found(format!("module {d}")),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Upload a signed task module (the raw `.wasm` bytes as the body).
+#[utoipa::path(post, path = "/v1/modules", request_body(content = Vec<u8>, content_type = "application/wasm", description = "the signed module"), responses(
+    (status = 201, description = "accepted"),
+    (status = 400, description = "unsigned, bad signature, malformed, bad manifest, invalid component or undeclared capability"),
+    (status = 403, description = "untrusted publisher, or the caller may not manage modules"),
+    (status = 413, description = "over the upload limit")))]
+async fn upload_module(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<ModuleInfo>), ApiError> {
+    state
+        .authorize(&caller, Action::ManageModules, Resource::System, "modules")
+        .await?;
+    let result = accept(&state, &caller, body).await;
+    let (decision, outcome, detail) = match &result {
+        Ok(info) => (
+            Decision::Allowed,
+            "ok".to_string(),
+            format!("{}@{} ({})", info.name, info.version, info.digest),
+        ),
+        Err(e) => (
+            Decision::Denied {
+                reason: e.code().to_string(),
+                policy: Some("registry".into()),
+            },
+            e.code().to_string(),
+            String::new(),
+        ),
+    };
+    state
+        .audit
+        .append(AuditEntry {
+            run_id: None,
+            actor: caller.user.name.clone(),
+            action: "module.upload".into(),
+            target: None,
+            credential: None,
+            decision,
+            outcome,
+            duration_us: 0,
+            detail: Some(detail),
+        })
+        .await?;
+    match result {
+        Ok(info) => {
+            Metrics::bump(&state.metrics.modules_uploaded);
+            Ok((StatusCode::CREATED, Json(info)))
+        }
+        Err(e) => {
+            Metrics::bump(&state.metrics.modules_rejected);
+            Err(e)
+        }
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<ModuleInfo, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("over the upload limit of {MAX_COMPONENT_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", r.body_text())
+        }
+    })?;
+    let verified = state.modules.verify(&bytes).map_err(registry_error)?;
+    let task = state
+        .bridge
+        .runtime()
+        .prepare(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_component", e.to_string()))?;
+    check_imports(&verified.manifest, &task.imports).map_err(registry_error)?;
+    state
+        .modules
+        .store(&verified, &bytes, &caller.user.name)
+        .map_err(registry_error)
+}
+
+/// List task modules.
+#[utoipa::path(get, path = "/v1/modules", responses((status = 200, description = "modules")))]
+async fn list_modules(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<ModuleInfo>>, ApiError> {
+    Ok(Json(state.modules.list().map_err(registry_error)?))
+}
+
+/// One task module by digest.
+#[utoipa::path(get, path = "/v1/modules/{digest}", params(("digest" = String, Path, description = "SHA-256 of the component")), responses((status = 200, description = "the module"), (status = 404, description = "unknown")))]
+async fn get_module(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(digest): Path<String>,
+) -> Result<Json<ModuleInfo>, ApiError> {
+    let info = state.modules.get(&digest).map_err(registry_error)?;
+    Ok(Json(info.ok_or_else(|| {
+        ApiError::not_found(format!("module {digest}"))
+    })?))
+}
+
+/// Retire a module: no new runs of it start.
+#[utoipa::path(post, path = "/v1/modules/{digest}/retire", params(("digest" = String, Path, description = "SHA-256 of the component")), responses((status = 200, description = "retired")))]
+async fn retire_module(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(digest): Path<String>,
+) -> Result<Json<ModuleInfo>, ApiError> {
+    state
+        .authorize(&caller, Action::ManageModules, Resource::System, "modules")
+        .await?;
+    let info = state.modules.retire(&digest).map_err(registry_error)?;
+    state
+        .audit_ok(&caller.user.name, "module.retire", digest)
+        .await?;
+    Ok(Json(info))
+}
+
+/// Trusted publishers: name and key id.
+#[utoipa::path(get, path = "/v1/publishers", responses((status = 200, description = "publishers")))]
+async fn list_publishers(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let list = state.modules.list_publishers().map_err(registry_error)?;
+    Ok(Json(json!(
+        list.into_iter()
+            .map(|(name, key_id)| json!({ "name": name, "key_id": key_id }))
+            .collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Deserialize)]
+struct TrustRequest {
+    name: String,
+    /// Hex of the 32-byte ed25519 public key.
+    public_key: String,
+}
+
+/// Trust a publisher's key.
+#[utoipa::path(post, path = "/v1/publishers", responses((status = 201, description = "trusted")))]
+async fn trust_publisher(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<TrustRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageModules,
+            Resource::System,
+            "publishers",
+        )
+        .await?;
+    // Only the hex key itself: never a path, which would let a request read server files.
+    let bytes: [u8; 32] = hex::decode(req.public_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid", "public_key must be 64 hex digits"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| ApiError::bad_request("invalid", "public_key is not an ed25519 key"))?;
+    state
+        .modules
+        .trust_publisher(&req.name, &key)
+        .map_err(|e| match e {
+            RegistryError::Storage(_) | RegistryError::Encode(_) => ApiError::internal(e),
+            other => ApiError::bad_request("invalid", other.to_string()),
+        })?;
+    state
+        .audit_ok(&caller.user.name, "publisher.trust", req.name.clone())
+        .await?;
+    let key_id = crate::registry::signing::key_id(&key);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": req.name, "key_id": key_id })),
+    ))
+}

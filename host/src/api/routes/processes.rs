@@ -1,0 +1,326 @@
+//! `/v1/processes`: create, read, update, share and delete processes, and start runs of
+//! them. Who may do what is the policies' call ([`crate::policy`]); a Super Administrator,
+//! for one, does not see another administrator's process until it is shared.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Body;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::{AppState, Metrics};
+use crate::capabilities::grant::Grant;
+use crate::policy::{Action, ProcessRef, Resource};
+use crate::runs::dispatch::StartError;
+use crate::runs::{NewProcess, Process, RunRecord};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_processes, create_process))
+        .routes(routes!(get_process, update_process, delete_process))
+        .routes(routes!(share_process))
+        .routes(routes!(start_run))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessRequest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// The task module's digest.
+    module_digest: String,
+    #[serde(default)]
+    grant: Grant,
+    #[serde(default)]
+    default_inputs: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    required_approvals: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareRequest {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    #[serde(default)]
+    inputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl AppState {
+    /// Whether a process's owner holds an administrator role (the Super Administrator rule).
+    fn owner_is_admin(&self, process: &Process) -> Result<bool, ApiError> {
+        Ok(match self.users.get_user(&process.owner)? {
+            Some(owner) => self.users.principal(&owner)?.is_administrator(),
+            None => false,
+        })
+    }
+
+    /// Authorizes `action` on `process`. A caller who may not even view it gets 404, so
+    /// unshared processes do not reveal that they exist.
+    pub(crate) async fn authorize_process(
+        &self,
+        caller: &Caller,
+        action: Action,
+        process: &Process,
+    ) -> Result<(), ApiError> {
+        let owner_is_admin = self.owner_is_admin(process)?;
+        let can_see = [Action::ViewProcess, Action::ExecuteProcess]
+            .into_iter()
+            .any(|a| {
+                self.policy
+                    .authorize(
+                        &caller.principal,
+                        a,
+                        Resource::Process(process_ref(process, owner_is_admin)),
+                    )
+                    .allowed
+            });
+        let what = format!("process {}", process.id);
+        let decided = self
+            .authorize(
+                caller,
+                action,
+                Resource::Process(process_ref(process, owner_is_admin)),
+                &what,
+            )
+            .await;
+        match decided {
+            // Audited as denied either way; one that may not even see it learns nothing.
+            Err(_) if !can_see => Err(ApiError::not_found(what)),
+            other => other,
+        }
+    }
+
+    pub(crate) fn load_process(&self, id: &str) -> Result<Process, ApiError> {
+        self.processes
+            .get(id)?
+            .ok_or_else(|| ApiError::not_found(format!("process {id}")))
+    }
+}
+
+fn process_ref(p: &Process, owner_is_admin: bool) -> ProcessRef<'_> {
+    ProcessRef {
+        id: &p.id,
+        owner: &p.owner,
+        owner_is_admin,
+        shared_users: &p.shared_users,
+        shared_roles: &p.shared_roles,
+    }
+}
+
+/// The processes the caller may view.
+#[utoipa::path(get, path = "/v1/processes", responses((status = 200, description = "visible processes")))]
+async fn list_processes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Process>>, ApiError> {
+    let mut visible = Vec::new();
+    for p in state.processes.list()? {
+        let owner_is_admin = state.owner_is_admin(&p)?;
+        if state
+            .policy
+            .authorize(
+                &caller.principal,
+                Action::ViewProcess,
+                Resource::Process(process_ref(&p, owner_is_admin)),
+            )
+            .allowed
+        {
+            visible.push(p);
+        }
+    }
+    Ok(Json(visible))
+}
+
+/// Create a process bound to a registered module.
+#[utoipa::path(post, path = "/v1/processes", responses((status = 201, description = "created"), (status = 400, description = "invalid"), (status = 409, description = "name taken")))]
+async fn create_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<ProcessRequest>,
+) -> Result<(StatusCode, Json<Process>), ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageProcess,
+            Resource::System,
+            "processes",
+        )
+        .await?;
+    let module = state
+        .modules
+        .get(&req.module_digest)
+        .map_err(ApiError::internal)?
+        .filter(|m| !m.retired)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_module",
+                format!("no active module {}", req.module_digest),
+            )
+        })?;
+    let process = state.processes.create(NewProcess {
+        name: req.name,
+        description: req.description,
+        owner: caller.user.name.clone(),
+        module_digest: module.digest.clone(),
+        module: format!("{}@{}", module.name, module.version),
+        grant: req.grant,
+        default_inputs: req.default_inputs,
+        shared_users: BTreeSet::new(),
+        shared_roles: BTreeSet::new(),
+        required_approvals: req.required_approvals,
+    })?;
+    state
+        .audit_ok(
+            &caller.user.name,
+            "process.create",
+            format!("{} ({})", process.name, process.id),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(process)))
+}
+
+/// One process.
+#[utoipa::path(get, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "the process"), (status = 404, description = "unknown or not visible")))]
+async fn get_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Process>, ApiError> {
+    let process = state.load_process(&id)?;
+    state
+        .authorize_process(&caller, Action::ViewProcess, &process)
+        .await?;
+    Ok(Json(process))
+}
+
+/// Replace a process's definition (name, module, grant, inputs, approvals).
+#[utoipa::path(put, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "updated")))]
+async fn update_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<ProcessRequest>,
+) -> Result<Json<Process>, ApiError> {
+    let process = state.load_process(&id)?;
+    state
+        .authorize_process(&caller, Action::ManageProcess, &process)
+        .await?;
+    let module = state
+        .modules
+        .get(&req.module_digest)
+        .map_err(ApiError::internal)?
+        .filter(|m| !m.retired)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_module",
+                format!("no active module {}", req.module_digest),
+            )
+        })?;
+    let updated = state.processes.update(&id, |p| {
+        p.name = req.name;
+        p.description = req.description;
+        p.module_digest = module.digest.clone();
+        p.module = format!("{}@{}", module.name, module.version);
+        p.grant = req.grant;
+        p.default_inputs = req.default_inputs;
+        p.required_approvals = req.required_approvals;
+    })?;
+    state
+        .audit_ok(
+            &caller.user.name,
+            "process.update",
+            format!("{} revision {}", updated.id, updated.revision),
+        )
+        .await?;
+    Ok(Json(updated))
+}
+
+/// Delete a process.
+#[utoipa::path(delete, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 204, description = "deleted")))]
+async fn delete_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let process = state.load_process(&id)?;
+    state
+        .authorize_process(&caller, Action::ManageProcess, &process)
+        .await?;
+    state.processes.delete(&id)?;
+    state
+        .audit_ok(&caller.user.name, "process.delete", id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Share a process with users and roles (who may then execute it).
+#[utoipa::path(post, path = "/v1/processes/{id}/share", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "shared")))]
+async fn share_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<ShareRequest>,
+) -> Result<Json<Process>, ApiError> {
+    let process = state.load_process(&id)?;
+    state
+        .authorize_process(&caller, Action::ManageProcess, &process)
+        .await?;
+    let updated = state.processes.share(&id, &req.users, &req.roles)?;
+    state
+        .audit_ok(
+            &caller.user.name,
+            "process.share",
+            format!(
+                "{id}: users [{}] roles [{}]",
+                req.users.join(", "),
+                req.roles.join(", ")
+            ),
+        )
+        .await?;
+    Ok(Json(updated))
+}
+
+/// Start a run of a process with inputs; the run executes asynchronously.
+#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "queued"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
+async fn start_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<StartRequest>,
+) -> Result<(StatusCode, Json<RunRecord>), ApiError> {
+    let process = state.load_process(&id)?;
+    state
+        .authorize_process(&caller, Action::ExecuteProcess, &process)
+        .await?;
+    let inputs = body.inputs;
+    let run = state
+        .dispatcher
+        .start(&process, inputs, &caller.user.name)
+        .await
+        .map_err(|e| match e {
+            StartError::Inputs(e) => ApiError::bad_request("invalid_inputs", e.to_string()),
+            StartError::ModuleUnavailable(d) => ApiError::bad_request(
+                "module_unavailable",
+                format!("module {d} is unknown or retired"),
+            ),
+            StartError::Runs(e) => e.into(),
+            other => ApiError::internal(other),
+        })?;
+    Metrics::bump(&state.metrics.runs_started);
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}

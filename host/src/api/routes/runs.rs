@@ -1,0 +1,200 @@
+//! `/v1/runs`: run state, output, live events (SSE) and cancellation.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::AppState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::policy::Action;
+use crate::runs::{RunFilter, RunRecord, RunState};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(run_events))
+        .routes(routes!(cancel_run))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunQuery {
+    process: Option<String>,
+    state: Option<RunState>,
+    limit: Option<usize>,
+}
+
+impl AppState {
+    /// A run the caller may see: its own, or one of a process it may view.
+    async fn visible_run(&self, caller: &Caller, id: &str) -> Result<RunRecord, ApiError> {
+        let run = self
+            .runs
+            .get(id)?
+            .ok_or_else(|| ApiError::not_found(format!("run {id}")))?;
+        if run.actor != caller.user.name {
+            let process = self.load_process(&run.process_id)?;
+            self.authorize_process(caller, Action::ViewProcess, &process)
+                .await?;
+        }
+        Ok(run)
+    }
+}
+
+/// Runs the caller may see, newest first.
+#[utoipa::path(get, path = "/v1/runs", params(
+    ("process" = Option<String>, Query, description = "only this process's runs"),
+    ("state" = Option<String>, Query, description = "only runs in this state"),
+    ("limit" = Option<usize>, Query, description = "at most this many")),
+    responses((status = 200, description = "runs")))]
+async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RunQuery>,
+) -> Result<Json<Vec<RunRecord>>, ApiError> {
+    let filter = RunFilter {
+        process_id: q.process,
+        actor: None,
+        state: q.state,
+        limit: q.limit,
+    };
+    let mut visible = Vec::new();
+    for run in state.runs.list(&filter)? {
+        if run.actor == caller.user.name {
+            visible.push(run);
+            continue;
+        }
+        let Ok(process) = state.load_process(&run.process_id) else {
+            continue;
+        };
+        let owner_is_admin = match state.users.get_user(&process.owner)? {
+            Some(o) => state.users.principal(&o)?.is_administrator(),
+            None => false,
+        };
+        let pref = crate::policy::ProcessRef {
+            id: &process.id,
+            owner: &process.owner,
+            owner_is_admin,
+            shared_users: &process.shared_users,
+            shared_roles: &process.shared_roles,
+        };
+        if state
+            .policy
+            .authorize(
+                &caller.principal,
+                Action::ViewProcess,
+                crate::policy::Resource::Process(pref),
+            )
+            .allowed
+        {
+            visible.push(run);
+        }
+    }
+    Ok(Json(visible))
+}
+
+/// A run: state, result, events and output.
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run"), (status = 404, description = "unknown")))]
+async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    Ok(Json(state.visible_run(&caller, &id).await?))
+}
+
+/// Server-sent events: `log` events as the task logs them, then one `state` event with the
+/// final run record when it ends.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "text/event-stream")))]
+async fn run_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let run = state.visible_run(&caller, &id).await?;
+    // Subscribe before reading the stored state, so no event falls between the two.
+    let live = state.dispatcher.control(&id).map(|c| c.subscribe());
+    let stream = async_stream(state, run, live);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// How long an SSE stream may stay open. Blocks clients that hold streams forever.
+const MAX_STREAM: Duration = Duration::from_secs(3600);
+
+fn async_stream(
+    state: AppState,
+    run: RunRecord,
+    live: Option<tokio::sync::broadcast::Receiver<crate::runtime::RunEvent>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + MAX_STREAM;
+        let replay_stored = match live {
+            Some(mut live) if !run.state.is_terminal() => {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let event = match tokio::time::timeout_at(deadline, live.recv()).await {
+                        Ok(Ok(event)) => {
+                            log_event(&serde_json::to_string(&event).unwrap_or_default())
+                        }
+                        Ok(Err(RecvError::Lagged(n))) => {
+                            Event::default().event("lagged").data(n.to_string())
+                        }
+                        // The run is over (its sender is gone) or the stream is too old.
+                        Ok(Err(RecvError::Closed)) | Err(_) => break,
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                false
+            }
+            _ => true,
+        };
+        let Ok(Some(record)) = state.runs.get(&run.id) else {
+            return;
+        };
+        if replay_stored {
+            for event in &record.events {
+                if tx.send(log_event(&event.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let data = serde_json::to_string(&record).unwrap_or_default();
+        let _ = tx.send(Event::default().event("state").data(data)).await;
+    });
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}
+
+fn log_event(json: &str) -> Event {
+    Event::default().event("log").data(json)
+}
+
+/// Cancel a queued or running run.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "cancelled (or ending)")))]
+async fn cancel_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let run = state.visible_run(&caller, &id).await?;
+    if run.actor != caller.user.name {
+        let process = state.load_process(&run.process_id)?;
+        state
+            .authorize_process(&caller, Action::ManageProcess, &process)
+            .await?;
+    }
+    Ok(Json(state.dispatcher.cancel(&id, &caller.user.name).await?))
+}

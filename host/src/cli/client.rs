@@ -1,0 +1,360 @@
+//! The CLI as an HTTP client of a Warden server: push modules, create and share
+//! processes, start runs (and wait for them), follow a run's events.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Which server, as whom.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "WARDEN_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// An API token (prefer the WARDEN_TOKEN environment variable: argv is visible to
+    /// other local users).
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModuleCommand {
+    /// Upload a signed module.
+    Push {
+        /// The signed `.wasm`.
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List modules.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProcessCommand {
+    /// Create a process bound to a module.
+    Create {
+        /// The process name.
+        name: String,
+        /// The module's digest.
+        #[arg(long)]
+        module: String,
+        /// A credential the process may use.
+        #[arg(long = "credential")]
+        credentials: Vec<String>,
+        /// A target the process may act on.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// A command pattern the process may run.
+        #[arg(long = "command")]
+        commands: Vec<String>,
+        /// A path prefix the process may transfer files under.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// A default input, `key=value` (JSON values are parsed as JSON).
+        #[arg(long = "input")]
+        inputs: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Share a process with users and roles.
+    Share {
+        /// Process name or id.
+        process: String,
+        #[arg(long = "user")]
+        users: Vec<String>,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the processes you may see.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Start a run of a process.
+    Start {
+        /// Process name or id.
+        process: String,
+        /// An input, `key=value` (JSON values are parsed as JSON).
+        #[arg(long = "input")]
+        inputs: Vec<String>,
+        /// Wait for the run to end, print its events and result; the exit code reflects it.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Follow a run's events (server-sent events) until it ends.
+    Logs {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a run.
+    Get {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            http,
+            base: args.server.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("contacting the server")?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("error");
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            bail!("server answered {status}: {code}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// A process id from a name or an id.
+    async fn process_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let all = self.get("/v1/processes").await?;
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == name_or_id || p["name"] == name_or_id)
+            .and_then(|p| p["id"].as_str().map(str::to_string))
+            .with_context(|| format!("no process '{name_or_id}' visible to you"))
+    }
+}
+
+fn parse_inputs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("'{pair}' is not KEY=VALUE"))?;
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            Ok((k.to_string(), value))
+        })
+        .collect()
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn module(cmd: ModuleCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ModuleCommand::Push { file, server } => {
+            let client = Client::new(&server)?;
+            let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let req = client
+                .http
+                .post(format!("{}/v1/modules", client.base))
+                .header("content-type", "application/wasm")
+                .body(bytes);
+            let info = client.send(req).await?;
+            println!(
+                "pushed {}@{} digest {}",
+                info["name"].as_str().unwrap_or("?"),
+                info["version"].as_str().unwrap_or("?"),
+                info["digest"].as_str().unwrap_or("?")
+            );
+        }
+        ModuleCommand::List { server } => {
+            print_json(&Client::new(&server)?.get("/v1/modules").await?)?
+        }
+    }
+    Ok(0)
+}
+
+pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ProcessCommand::Create {
+            name,
+            module,
+            credentials,
+            targets,
+            commands,
+            paths,
+            inputs,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let body = json!({
+                "name": name,
+                "module_digest": module,
+                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths },
+                "default_inputs": parse_inputs(&inputs)?,
+            });
+            let p = client.post("/v1/processes", &body).await?;
+            println!(
+                "created process {} ({})",
+                p["name"].as_str().unwrap_or("?"),
+                p["id"].as_str().unwrap_or("?")
+            );
+        }
+        ProcessCommand::Share {
+            process,
+            users,
+            roles,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let id = client.process_id(&process).await?;
+            client
+                .post(
+                    &format!("/v1/processes/{id}/share"),
+                    &json!({ "users": users, "roles": roles }),
+                )
+                .await?;
+            println!("shared {process}");
+        }
+        ProcessCommand::List { server } => {
+            print_json(&Client::new(&server)?.get("/v1/processes").await?)?
+        }
+    }
+    Ok(0)
+}
+
+pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
+    match cmd {
+        RunCommand::Start {
+            process,
+            inputs,
+            wait,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let id = client.process_id(&process).await?;
+            let run = client
+                .post(
+                    &format!("/v1/processes/{id}/runs"),
+                    &json!({ "inputs": parse_inputs(&inputs)? }),
+                )
+                .await?;
+            let run_id = run["id"]
+                .as_str()
+                .context("no run id in the answer")?
+                .to_string();
+            if !wait {
+                println!("{run_id}");
+                return Ok(0);
+            }
+            follow(&client, &run_id).await
+        }
+        RunCommand::Logs { run, server } => follow(&Client::new(&server)?, &run).await,
+        RunCommand::Get { run, server } => {
+            print_json(
+                &Client::new(&server)?
+                    .get(&format!("/v1/runs/{run}"))
+                    .await?,
+            )?;
+            Ok(0)
+        }
+        RunCommand::Cancel { run, server } => {
+            print_json(
+                &Client::new(&server)?
+                    .post(&format!("/v1/runs/{run}/cancel"), &json!({}))
+                    .await?,
+            )?;
+            Ok(0)
+        }
+    }
+}
+
+/// Streams a run's events until its final state; exit code 0 only if it succeeded.
+async fn follow(client: &Client, run_id: &str) -> anyhow::Result<i32> {
+    use futures::StreamExt;
+    let req = client
+        .http
+        .get(format!("{}/v1/runs/{run_id}/events", client.base))
+        .bearer_auth(&client.token);
+    let resp = req.send().await.context("contacting the server")?;
+    if !resp.status().is_success() {
+        bail!("server answered {}", resp.status());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buffer = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buffer.find('\n') {
+            let line = buffer[..end].trim_end_matches('\r').to_string();
+            buffer.drain(..=end);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let value: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if event == "log" {
+                    println!(
+                        "[{:>6} ms] {:<5} {}",
+                        value["at_ms"],
+                        value["level"].as_str().unwrap_or(""),
+                        value["message"].as_str().unwrap_or("")
+                    );
+                } else if event == "state" {
+                    let state = value["state"].as_str().unwrap_or("?");
+                    match (value["result"].as_str(), value["error"].as_str()) {
+                        (Some(result), _) => println!("{state}: {result}"),
+                        (None, Some(error)) => println!("{state}: {error}"),
+                        _ => println!("{state}"),
+                    }
+                    return Ok(if state == "succeeded" { 0 } else { 1 });
+                }
+            }
+        }
+    }
+    bail!("the event stream ended before the run did")
+}

@@ -1,0 +1,140 @@
+//! `warden serve` (the server with its embedded bridge) and `warden demo` (set up a demo
+//! publisher, a signed demo module and a demo process, then serve).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use secrecy::ExposeSecret;
+
+use super::DataArg;
+use crate::api::{AppState, serve};
+use crate::registry::manifest::Manifest;
+use crate::registry::signing;
+use crate::runs::NewProcess;
+use crate::store::DataDir;
+
+/// Where the policies are by default (the repository's `policies/`).
+const DEFAULT_POLICIES: &str = "policies";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Directory with the Cedar schema and policies.
+    #[arg(long, env = "WARDEN_POLICIES", default_value = DEFAULT_POLICIES)]
+    policies: PathBuf,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The demo task component (e.g. the built `hello.wasm`).
+    #[arg(long)]
+    module: PathBuf,
+    /// Its manifest.
+    #[arg(long)]
+    manifest: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let dir = DataDir::open(&args.data.data)?;
+    let state = AppState::open(dir, &args.policies).await?;
+    listen(args.listen, state).await
+}
+
+async fn listen(addr: SocketAddr, state: AppState) -> anyhow::Result<i32> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    eprintln!("warden: listening on http://{}", listener.local_addr()?);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve(listener, state, shutdown).await?;
+    Ok(0)
+}
+
+/// Sets up (once) a demo publisher, signs and registers the demo module, creates the
+/// `hello-demo` process, prints how to run it, and serves.
+pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
+    let root = &args.serve.data.data;
+    let fresh = !root.join("master.key").exists();
+    let admin_token = if fresh {
+        Some(super::init_data_dir(root)?)
+    } else {
+        None
+    };
+    let dir = DataDir::open(root)?;
+    let state = AppState::open(dir, &args.serve.policies).await?;
+    let publisher = root.join("demo-publisher.key");
+    let key = if publisher.exists() {
+        super::sign::load_signing_key(&publisher)?
+    } else {
+        super::sign::keygen(super::sign::KeygenArgs {
+            out: root.join("demo-publisher"),
+        })?;
+        super::sign::load_signing_key(&publisher)?
+    };
+    state
+        .modules
+        .trust_publisher("demo", &key.verifying_key())?;
+    let manifest = Manifest::parse(
+        &std::fs::read_to_string(&args.manifest)
+            .with_context(|| args.manifest.display().to_string())?,
+    )?;
+    let component =
+        std::fs::read(&args.module).with_context(|| args.module.display().to_string())?;
+    let signed = signing::sign(&component, &manifest, &key)?;
+    let verified = state.modules.verify(&signed)?;
+    let task = state.bridge.runtime().prepare(&signed)?;
+    crate::registry::store::check_imports(&verified.manifest, &task.imports)?;
+    let module = state.modules.store(&verified, &signed, "admin")?;
+    if state.processes.get_by_name("hello-demo")?.is_none() {
+        state.processes.create(NewProcess {
+            name: "hello-demo".into(),
+            description: "The demo: greets someone in the run's event log.".into(),
+            owner: "admin".into(),
+            module_digest: module.digest.clone(),
+            module: format!("{}@{}", module.name, module.version),
+            grant: Default::default(),
+            default_inputs: Default::default(),
+            shared_users: Default::default(),
+            shared_roles: Default::default(),
+            required_approvals: 0,
+        })?;
+    }
+    let token = admin_token
+        .as_deref()
+        .unwrap_or("<the admin token printed when this data directory was created>");
+    let server = format!("http://{}", args.serve.listen);
+    println!(
+        "demo ready: module {}@{} ({}), process hello-demo",
+        module.name, module.version, module.digest
+    );
+    if admin_token.is_some() {
+        println!("admin token (shown once, keep it): {token}");
+    }
+    println!("run the demo from another shell:");
+    println!(
+        "  ./target/release/warden run start hello-demo --input name=Ada --wait --server {server} --token {token}"
+    );
+    listen(args.serve.listen, state).await
+}
+
+/// Creates the data directory and the first Privileged Administrator; returns its token.
+pub(super) fn bootstrap_admin(dir: &DataDir) -> anyhow::Result<String> {
+    let users = crate::users::UserStore::open(&dir.db)?;
+    let roles = [crate::policy::BuiltinRole::PrivilegedAdministrator
+        .as_str()
+        .to_string()]
+    .into();
+    users.create_user("admin", roles)?;
+    let issued = users.issue_token("admin", "created by warden init")?;
+    Ok(issued.token.expose_secret().to_string())
+}

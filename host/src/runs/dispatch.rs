@@ -153,7 +153,7 @@ impl Dispatcher {
             return;
         }
         let report = self.bridge.execute_with_policy(spec, policy).await;
-        let (state, apply): (RunState, Box<dyn FnOnce(&mut RunRecord) + Send>) = match report {
+        let (state, apply): (RunState, RecordUpdate) = match report {
             Ok(report) => (
                 final_state(&report.outcome),
                 Box::new(move |r| fill(r, report)),
@@ -196,6 +196,9 @@ impl Dispatcher {
         }
     }
 }
+
+/// A change to a run record, applied with its final transition.
+type RecordUpdate = Box<dyn FnOnce(&mut RunRecord) + Send>;
 
 /// Caps on what a run record keeps of a run's output, so one run cannot exceed the
 /// record size limit.

@@ -26,10 +26,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Ok(axum::Json(value)) => Ok(Body(value)),
             Err(rejection) => {
                 let status = rejection.status();
-                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "invalid_json"
+                let code = match status {
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "invalid_json",
                 };
                 Err(ApiError::new(status, code, rejection.body_text()))
             }

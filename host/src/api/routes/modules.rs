@@ -159,12 +159,30 @@ async fn accept(
         .map_err(registry_error)
 }
 
+impl AppState {
+    /// Module metadata (manifests, publishers) is for those who manage modules or build
+    /// processes from them; anyone else (a Password Auditor, a plain user) gets 403.
+    async fn authorize_module_read(&self, caller: &Caller) -> Result<(), ApiError> {
+        let principal = &caller.principal;
+        if self
+            .policy
+            .authorize(principal, Action::ManageProcess, Resource::System)
+            .allowed
+        {
+            return Ok(());
+        }
+        self.authorize(caller, Action::ManageModules, Resource::System, "modules")
+            .await
+    }
+}
+
 /// List task modules.
 #[utoipa::path(get, path = "/v1/modules", responses((status = 200, description = "modules")))]
 async fn list_modules(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Vec<ModuleInfo>>, ApiError> {
+    state.authorize_module_read(&caller).await?;
     Ok(Json(state.modules.list().map_err(registry_error)?))
 }
 
@@ -172,9 +190,10 @@ async fn list_modules(
 #[utoipa::path(get, path = "/v1/modules/{digest}", params(("digest" = String, Path, description = "SHA-256 of the component")), responses((status = 200, description = "the module"), (status = 404, description = "unknown")))]
 async fn get_module(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(digest): Path<String>,
 ) -> Result<Json<ModuleInfo>, ApiError> {
+    state.authorize_module_read(&caller).await?;
     let info = state.modules.get(&digest).map_err(registry_error)?;
     Ok(Json(info.ok_or_else(|| {
         ApiError::not_found(format!("module {digest}"))
@@ -202,8 +221,9 @@ async fn retire_module(
 #[utoipa::path(get, path = "/v1/publishers", responses((status = 200, description = "publishers")))]
 async fn list_publishers(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    state.authorize_module_read(&caller).await?;
     let list = state.modules.list_publishers().map_err(registry_error)?;
     Ok(Json(json!(
         list.into_iter()

@@ -149,8 +149,8 @@ async fn list_roles(
     Ok(Json(state.users.list_roles()?))
 }
 
-/// Create a custom role from privileges (`manage-privileged-process`,
-/// `execute-privileged-process`, `approve-run`).
+/// Create a custom role from privileges (`ManagePrivilegedProcess`,
+/// `ExecutePrivilegedProcess`, `ApproveRun`).
 #[utoipa::path(post, path = "/v1/roles", responses((status = 201, description = "created")))]
 async fn create_role(
     State(state): State<AppState>,

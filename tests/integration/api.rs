@@ -836,6 +836,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/credentials"),
     ("post", "/v1/credentials"),
     ("get", "/v1/credentials/{name}"),
+    ("put", "/v1/credentials/{name}/secret"),
     ("get", "/v1/processes"),
     ("post", "/v1/processes"),
     ("get", "/v1/processes/{id}"),
@@ -959,6 +960,50 @@ fn dummy_params(path: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // 5. Error bodies
 // ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_secrets_go_in_and_never_come_out() {
+    let server = Server::start().await;
+    let old = warden_tests::random_secret(32);
+    let new = warden_tests::random_secret(32);
+    let body = json!({ "name": "db-admin", "username": "dba", "secret": old });
+    let created = server.post("/v1/credentials", &server.admin, body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let put = server
+        .request(
+            Method::PUT,
+            "/v1/credentials/db-admin/secret",
+            Some(&server.admin),
+            Some(&json!({ "secret": new })),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let missing = server
+        .request(
+            Method::PUT,
+            "/v1/credentials/nope/secret",
+            Some(&server.admin),
+            Some(&json!({ "secret": "x" })),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let listed = server.get("/v1/credentials", &server.admin).await;
+    let one = server.get("/v1/credentials/db-admin", &server.admin).await;
+    let audit = server.get("/v1/audit", &server.admin).await;
+    for reply in [&created, &put, &listed, &one, &audit] {
+        assert!(
+            !reply.text.contains(&old) && !reply.text.contains(&new),
+            "a secret came back: {}",
+            reply.text
+        );
+    }
+    assert!(audit.text.contains("credential.update-secret"));
+    let state = server._state.as_ref().expect("in-process");
+    assert_eq!(
+        state.vault.secret("db-admin").expect("secret").expose(),
+        new.as_bytes()
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_stable_codes() {

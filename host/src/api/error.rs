@@ -125,6 +125,7 @@ impl From<crate::vault::VaultError> for ApiError {
         match e {
             E::NotFound(name) => ApiError::not_found(format!("credential '{name}'")),
             E::AlreadyExists(name) => ApiError::conflict(format!("credential '{name}' exists")),
+            e @ E::Conflict(_) => ApiError::conflict(e.to_string()),
             e @ (E::InvalidName(_) | E::InvalidUsername(_) | E::InvalidSecret(_)) => {
                 ApiError::bad_request("invalid", e.to_string())
             }

@@ -73,6 +73,8 @@ pub enum VaultError {
     InvalidSecret(&'static str),
     #[error("credential {0:?} already exists")]
     AlreadyExists(String),
+    #[error("credential {0:?} changed while it was being updated; retry")]
+    Conflict(String),
     #[error("credential {0:?} not found")]
     NotFound(String),
     #[error("decryption failed")]
@@ -207,6 +209,34 @@ impl Vault {
             .is_err()
         {
             return Err(VaultError::AlreadyExists(name.to_owned()));
+        }
+        self.tree.flush()?;
+        Ok(info)
+    }
+
+    /// Replaces the credential's secret (same name, username and kind), durably and
+    /// atomically: a concurrent change makes this fail rather than be lost. Keeping older
+    /// versions is the versioned vault's job; this keeps only the new one.
+    pub fn replace_secret(&self, name: &str, secret: Secret) -> Result<CredentialInfo, VaultError> {
+        validate_name(name)?;
+        validate_secret(&secret)?;
+        let Some(old) = self.tree.get(name)? else {
+            return Err(VaultError::NotFound(name.to_owned()));
+        };
+        let current = self.authenticated_info(name.as_bytes(), &old)?;
+        let info = CredentialInfo {
+            created_ms: now_ms(),
+            ..current
+        };
+        let stored = StoredCredential::seal(&self.key, &info, &secret)
+            .map_err(|_| VaultError::EncryptionFailed)?;
+        let bytes = serde_json::to_vec(&stored).map_err(VaultError::Encode)?;
+        if self
+            .tree
+            .compare_and_swap(name, Some(old), Some(bytes))?
+            .is_err()
+        {
+            return Err(VaultError::Conflict(name.to_owned()));
         }
         self.tree.flush()?;
         Ok(info)

@@ -475,3 +475,30 @@ fn credential_kind_parses_and_serializes_as_documented() {
         r#"{"name":"n","username":"u","kind":"password","created_ms":1}"#
     );
 }
+
+#[test]
+fn replace_secret_keeps_metadata_and_only_the_new_secret_opens() {
+    let fixture = Fixture::new();
+    let vault = &fixture.vault;
+    let before = fixture.add("db.admin", b"old-secret-value");
+    let after = vault
+        .replace_secret("db.admin", secret(b"new-secret-value"))
+        .unwrap();
+    assert_eq!(
+        (after.name.as_str(), after.username.as_str(), after.kind),
+        ("db.admin", "root", before.kind)
+    );
+    assert_eq!(
+        vault.secret("db.admin").unwrap().expose(),
+        b"new-secret-value"
+    );
+    assert!(matches!(
+        vault.replace_secret("nope", secret(b"x")),
+        Err(VaultError::NotFound(_))
+    ));
+    assert!(matches!(
+        vault.replace_secret("db.admin", secret(b"")),
+        Err(VaultError::InvalidSecret(_))
+    ));
+    assert_eq!(vault.list().unwrap().len(), 1);
+}

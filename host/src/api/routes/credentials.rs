@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_credentials, add_credential))
         .routes(routes!(get_credential))
+        .routes(routes!(update_secret))
 }
 
 #[derive(Deserialize)]
@@ -99,4 +100,36 @@ async fn get_credential(
     Ok(Json(state.vault.info(&name)?.ok_or_else(|| {
         ApiError::not_found(format!("credential '{name}'"))
     })?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretUpdate {
+    /// The new secret; wiped from memory once stored.
+    secret: Zeroizing<String>,
+}
+
+/// Replace a credential's secret. The answer carries metadata only.
+#[utoipa::path(put, path = "/v1/credentials/{name}/secret", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "updated (metadata only)"), (status = 404, description = "unknown")))]
+async fn update_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Body(req): Body<SecretUpdate>,
+) -> Result<Json<CredentialInfo>, ApiError> {
+    state
+        .authorize(
+            &caller,
+            Action::ManageCredentials,
+            Resource::System,
+            "credentials",
+        )
+        .await?;
+    let info = state
+        .vault
+        .replace_secret(&name, Secret::from_bytes(req.secret.as_bytes().to_vec()))?;
+    state
+        .audit_credential(&caller.user.name, "credential.update-secret", &name)
+        .await?;
+    Ok(Json(info))
 }

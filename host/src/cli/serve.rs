@@ -53,11 +53,28 @@ async fn listen(addr: SocketAddr, state: AppState) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     eprintln!("warden: listening on http://{}", listener.local_addr()?);
+    reload_policies_on_sighup(&state)?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     serve(listener, state, shutdown).await?;
     Ok(0)
+}
+
+/// `kill -HUP` reloads the Cedar policies; a broken policy set keeps the old one.
+fn reload_policies_on_sighup(state: &AppState) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let policy = state.policy.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match policy.reload() {
+                Ok(()) => eprintln!("warden: policies reloaded"),
+                Err(e) => eprintln!("warden: policies NOT reloaded, keeping the old set: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Sets up (once) a demo publisher, signs and registers the demo module, creates the

@@ -27,7 +27,12 @@ const CLIENTS: usize = 50;
 const RUNS_PER_CLIENT: usize = 20;
 
 /// Starts a run and waits for its final state; returns whether it succeeded.
-async fn run_once(client: &reqwest::Client, base: &str, token: &str, process: &str) -> anyhow::Result<bool> {
+async fn run_once(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    process: &str,
+) -> anyhow::Result<bool> {
     let started: serde_json::Value = client
         .post(format!("{base}/v1/processes/{process}/runs"))
         .bearer_auth(token)
@@ -36,8 +41,16 @@ async fn run_once(client: &reqwest::Client, base: &str, token: &str, process: &s
         .await?
         .json()
         .await?;
-    let id = started["id"].as_str().ok_or_else(|| anyhow::anyhow!("no run id: {started}"))?;
-    let events = client.get(format!("{base}/v1/runs/{id}/events")).bearer_auth(token).send().await?.text().await?;
+    let id = started["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no run id: {started}"))?;
+    let events = client
+        .get(format!("{base}/v1/runs/{id}/events"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(events.contains("event: state") && events.contains("\"state\":\"succeeded\""))
 }
 
@@ -46,7 +59,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let dir = TempDir::new()?;
         let data = DataDir::init(&dir.path().join("data"))?;

@@ -334,3 +334,97 @@ fn credential_add_refuses_duplicates_and_open_refuses_uninitialised_dirs() {
     let out = warden(BIN, &["init", "--data", &path(&cli.data)], None).expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already initialised"));
 }
+
+#[test]
+fn target_scan_add_list_and_an_ssh_run_whose_logs_hold_no_secret() {
+    use warden_tests::sshd::{Sshd, TestUser};
+    let cli = Cli::init();
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let user = TestUser::create("wdc").expect("user");
+    let address = format!("127.0.0.1:{}", sshd.port);
+    // scan prints the key for a person to check; it pins nothing.
+    let scanned = warden(BIN, &["target", "scan", &address], None).expect("runs");
+    assert!(
+        scanned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scanned.stderr)
+    );
+    let key_line = String::from_utf8_lossy(&scanned.stdout).trim().to_string();
+    let sshd_key: Vec<&str> = sshd.host_key_line.split_whitespace().take(2).collect();
+    assert_eq!(
+        key_line.split_whitespace().take(2).collect::<Vec<_>>(),
+        sshd_key
+    );
+    assert!(String::from_utf8_lossy(&scanned.stderr).contains("SHA256:"));
+    assert!(
+        !cli.ok(&["target", "list"], None).contains("web-1"),
+        "scan must not pin"
+    );
+    cli.ok(
+        &[
+            "target",
+            "add",
+            "web-1",
+            "--address",
+            &address,
+            "--host-key",
+            &key_line,
+            "--tag",
+            "web",
+        ],
+        None,
+    );
+    let list = cli.ok(&["target", "list"], None);
+    assert!(
+        list.contains("web-1") && list.contains(&address) && list.contains("web"),
+        "{list}"
+    );
+    let bad = cli.run(
+        &[
+            "target",
+            "add",
+            "web-2",
+            "--address",
+            &address,
+            "--host-key",
+            "ssh-ed25519 not-a-key",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+
+    cli.ok(
+        &["credential", "add", "ops", "--username", &user.name],
+        Some(user.password.as_bytes()),
+    );
+    let probe = path(&guests::component("probe"));
+    let manifest = path(&guests::manifest("probe"));
+    let data = cli.data.to_string_lossy().into_owned();
+    let out = std::process::Command::new(BIN)
+        .args(["exec", &probe, "--manifest", &manifest, "--data", &data])
+        .args([
+            "--param",
+            "mode=exec",
+            "--param",
+            "credential=ops",
+            "--param",
+            "target=web-1",
+        ])
+        .args(["--param", &format!("command=echo {}", user.password)])
+        .args(["--allow-credential", "ops", "--allow-target", "web-1"])
+        .env("WARDEN_LOG", "trace")
+        .output()
+        .expect("exec runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("[REDACTED]"), "{stdout}");
+    assert!(
+        !stdout.contains(&user.password),
+        "secret in run output: {stdout}"
+    );
+    assert!(!stderr.contains(&user.password), "secret in the trace log");
+    assert!(!cli.ok(&["audit", "show"], None).contains(&user.password));
+}

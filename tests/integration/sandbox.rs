@@ -377,3 +377,52 @@ async fn stdout_and_stderr_are_captured_not_inherited() {
     assert!(report.stdout.contains("to-stdout"), "{report:?}");
     assert!(report.stderr.contains("to-stderr"), "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_call_to_an_interface_the_manifest_did_not_request_is_denied_by_policy() {
+    let env = Env::new();
+    env.add_password("ops", "ops", "a-password-of-sorts");
+    let probe = env.prepare("probe");
+    let engine =
+        warden_host::policy::PolicyEngine::load(&warden_tests::repo_root().join("policies"))
+            .expect("policies load");
+    // The manifest asked for params and log only: acquiring a credential must be refused
+    // by policy even though the grant names the credential.
+    let requested = ["params".to_string(), "log".to_string()].into();
+    let policy = warden_host::capabilities::HostCallPolicy { engine, requested };
+    let params = text_params(&[("mode", "ungranted"), ("credential", "ops")]);
+    let (run_id, report) = env
+        .run_with_policy(
+            &probe,
+            params,
+            grant(&["ops"], &[]),
+            RunLimits::default(),
+            Some(policy),
+        )
+        .await;
+    match &report.outcome {
+        RunOutcome::Succeeded { result } => assert!(result.contains("Denied"), "{result}"),
+        other => panic!("denial must be guest-visible: {other:?}"),
+    }
+    let records = env.host_call_records(&run_id);
+    let acquire = records
+        .iter()
+        .find(|r| r.entry.action == "credentials.acquire")
+        .expect("audited");
+    match &acquire.entry.decision {
+        Decision::Denied { policy, .. } => {
+            assert_eq!(
+                policy.as_deref(),
+                Some("host-call-requires-module-request"),
+                "names the policy"
+            );
+        }
+        other => panic!("expected a denial: {other:?}"),
+    }
+    // The params and log calls the manifest did request went through.
+    assert!(
+        records
+            .iter()
+            .any(|r| r.entry.action == "params.get" && r.entry.decision == Decision::Allowed)
+    );
+}

@@ -84,6 +84,20 @@ impl Env {
         grant: Grant,
         limits: RunLimits,
     ) -> (String, RunReport) {
+        self.run_with_policy(task, params, grant, limits, None)
+            .await
+    }
+
+    /// [`Env::run`] the way the server runs processes: every host call is also checked
+    /// against the interfaces the manifest requested and the Cedar policies.
+    pub async fn run_with_policy(
+        &self,
+        task: &Arc<PreparedTask>,
+        params: Vec<Param>,
+        grant: Grant,
+        limits: RunLimits,
+        policy: Option<warden_host::capabilities::HostCallPolicy>,
+    ) -> (String, RunReport) {
         let run_id = uuid::Uuid::new_v4().to_string();
         let identity = RunIdentity {
             run_id: run_id.clone(),
@@ -98,8 +112,11 @@ impl Env {
             limits,
             control: warden_host::runtime::RunControl::new(),
         };
-        let report = self.bridge.execute(spec).await.expect("run executes");
-        (run_id, report)
+        let report = match policy {
+            Some(policy) => self.bridge.execute_with_policy(spec, policy).await,
+            None => self.bridge.execute(spec).await,
+        };
+        (run_id, report.expect("run executes"))
     }
 
     /// The audit records of one run, minus its `run.start` and `run.end`.

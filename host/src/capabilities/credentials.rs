@@ -136,6 +136,7 @@ impl Host for HostContext {
             let denial = super::grant::Denial {
                 rule: "limits",
                 detail: exceeded.to_string(),
+                policy: None,
             };
             let _ = self.deny::<()>(call, subject, denial).await?;
             return Err(self.end_run(RunStop::Limit(exceeded)));

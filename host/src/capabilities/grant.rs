@@ -51,6 +51,8 @@ pub struct Denial {
     pub rule: &'static str,
     /// What was asked for.
     pub detail: String,
+    /// The Cedar policies that refused, when a policy did (for the audit record).
+    pub policy: Option<String>,
 }
 
 impl Request<'_> {
@@ -107,6 +109,7 @@ impl Grant {
         Err(Denial {
             rule: "grant.credentials",
             detail: format!("credential '{name}' is not granted to this run"),
+            policy: None,
         })
     }
 
@@ -117,6 +120,7 @@ impl Grant {
         Err(Denial {
             rule: "grant.targets",
             detail: format!("target '{name}' is not granted to this run"),
+            policy: None,
         })
     }
 
@@ -127,6 +131,7 @@ impl Grant {
         Err(Denial {
             rule: "grant.commands",
             detail: "command matches none of the granted command patterns".to_string(),
+            policy: None,
         })
     }
 
@@ -137,6 +142,7 @@ impl Grant {
         Err(Denial {
             rule: "grant.paths",
             detail: format!("path '{path}' is outside the granted path prefixes"),
+            policy: None,
         })
     }
 }

@@ -179,6 +179,7 @@ impl HostContext {
             return Err(Denial {
                 rule: "policy",
                 detail: "policy evaluation failed".into(),
+                policy: None,
             });
         };
         if decision.allowed {
@@ -191,6 +192,7 @@ impl HostContext {
         Err(Denial {
             rule: "policy",
             detail,
+            policy: Some(decision.policy()),
         })
     }
 
@@ -235,6 +237,7 @@ impl HostContext {
         let denial = Denial {
             rule: "limits",
             detail: exceeded.to_string(),
+            policy: None,
         };
         let _ = self.deny::<()>(call, Subject::default(), denial).await?;
         Err(self.end_run(RunStop::Limit(exceeded)))
@@ -269,9 +272,14 @@ impl HostContext {
         subject: Subject,
         denial: Denial,
     ) -> wasmtime::Result<Result<T, Error>> {
+        // The audit names the Cedar policies that refused, or else the grant/limit rule.
+        let policy = denial
+            .policy
+            .clone()
+            .unwrap_or_else(|| denial.rule.to_string());
         let decision = Decision::Denied {
             reason: denial.detail.clone(),
-            policy: Some(denial.rule.into()),
+            policy: Some(policy),
         };
         self.finish(
             call,

@@ -108,6 +108,16 @@ pub(crate) fn redact_error(redactor: &Redactor, error: Error) -> Error {
     }
 }
 
+/// What an exec call acts on, before its outcome is known.
+fn exec_subject(target: &str, credential: &str, command: &str, options: &ExecOptions) -> Subject {
+    let sudo = if options.sudo { " (sudo)" } else { "" };
+    Subject {
+        target: Some(target.to_string()),
+        credential: Some(credential.to_string()),
+        detail: Some(format!("command{sudo}: {command}")),
+    }
+}
+
 fn exec_detail(command: &str, options: &ExecOptions, result: &Result<ExecOutput, Error>) -> String {
     let sudo = if options.sudo { " (sudo)" } else { "" };
     match result {
@@ -133,15 +143,7 @@ impl Host for HostContext {
             .begin("ssh.exec", target.len() + command.len() + stdin_len)
             .await?;
         let handle = self.handle(&credential)?;
-        let mut subject = Subject {
-            target: Some(target.clone()),
-            credential: Some(handle.name().to_string()),
-            detail: Some(exec_detail(
-                &command,
-                &options,
-                &Err(Error::Internal(String::new())),
-            )),
-        };
+        let mut subject = exec_subject(&target, handle.name(), &command, &options);
         let request = Request::Exec {
             target: &target,
             credential: handle.name(),
@@ -193,15 +195,7 @@ impl Host for HostContext {
             let call = self
                 .begin("ssh.exec-many", std::mem::take(&mut call_bytes))
                 .await?;
-            let subject = Subject {
-                target: Some(target.clone()),
-                credential: Some(handle.name().to_string()),
-                detail: Some(exec_detail(
-                    &command,
-                    &options,
-                    &Err(Error::Internal(String::new())),
-                )),
-            };
+            let subject = exec_subject(target, handle.name(), &command, &options);
             let request = Request::Exec {
                 target,
                 credential: handle.name(),

@@ -17,6 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::{AppState, Metrics};
 use crate::capabilities::grant::Grant;
 use crate::policy::{Action, ProcessRef, Resource};
+use crate::registry::store::ModuleInfo;
 use crate::runs::dispatch::StartError;
 use crate::runs::{NewProcess, Process, RunRecord};
 
@@ -112,6 +113,18 @@ impl AppState {
     }
 }
 
+/// A registered, not retired module, or 400 `unknown_module`.
+fn active_module(state: &AppState, digest: &str) -> Result<ModuleInfo, ApiError> {
+    state
+        .modules
+        .get(digest)
+        .map_err(ApiError::internal)?
+        .filter(|m| !m.retired)
+        .ok_or_else(|| {
+            ApiError::bad_request("unknown_module", format!("no active module {digest}"))
+        })
+}
+
 fn process_ref(p: &Process, owner_is_admin: bool) -> ProcessRef<'_> {
     ProcessRef {
         id: &p.id,
@@ -161,17 +174,7 @@ async fn create_process(
             "processes",
         )
         .await?;
-    let module = state
-        .modules
-        .get(&req.module_digest)
-        .map_err(ApiError::internal)?
-        .filter(|m| !m.retired)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_module",
-                format!("no active module {}", req.module_digest),
-            )
-        })?;
+    let module = active_module(&state, &req.module_digest)?;
     let process = state.processes.create(NewProcess {
         name: req.name,
         description: req.description,
@@ -220,17 +223,7 @@ async fn update_process(
     state
         .authorize_process(&caller, Action::ManageProcess, &process)
         .await?;
-    let module = state
-        .modules
-        .get(&req.module_digest)
-        .map_err(ApiError::internal)?
-        .filter(|m| !m.retired)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_module",
-                format!("no active module {}", req.module_digest),
-            )
-        })?;
+    let module = active_module(&state, &req.module_digest)?;
     let updated = state.processes.update(&id, |p| {
         p.name = req.name;
         p.description = req.description;

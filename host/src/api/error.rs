@@ -125,7 +125,11 @@ impl From<crate::vault::VaultError> for ApiError {
         match e {
             E::NotFound(name) => ApiError::not_found(format!("credential '{name}'")),
             E::AlreadyExists(name) => ApiError::conflict(format!("credential '{name}' exists")),
-            e @ E::Conflict(_) => ApiError::conflict(e.to_string()),
+            e @ (E::Conflict(_) | E::VersionState { .. } | E::TooManyPending(..)) => {
+                ApiError::conflict(e.to_string())
+            }
+            e @ E::VersionNotFound { .. } => ApiError::not_found(e.to_string()),
+            e @ E::InvalidAttribution(..) => ApiError::bad_request("invalid", e.to_string()),
             e @ (E::InvalidName(_) | E::InvalidUsername(_) | E::InvalidSecret(_)) => {
                 ApiError::bad_request("invalid", e.to_string())
             }

@@ -1,16 +1,29 @@
-//! Encrypted credential store in sled.
+//! Encrypted, versioned credential store in sled.
 //!
 //! Threat: theft of the data directory must not reveal any secret, and secrets must not linger
-//! in memory or leak through logs, `Debug` or errors. Every secret is sealed with
-//! ChaCha20-Poly1305 under its own data key, itself wrapped under a [`MasterKey`] kept in a
-//! separate 0600 file; records authenticate their metadata. Plaintext exists only inside
-//! [`Secret`] (zeroized on drop, redacted in `Debug`, not `Serialize`, not `Clone`). Failures to
-//! decrypt are deliberately vague ([`VaultError::DecryptionFailed`]).
+//! in memory or leak through logs, `Debug` or errors. Every version of every secret is sealed
+//! with ChaCha20-Poly1305 under its own data key, itself wrapped under a [`MasterKey`] kept
+//! outside the database (file, environment or external command); records authenticate all of
+//! their metadata, including which version is current. Plaintext exists only inside
+//! [`Secret`] (zeroized on drop, redacted in `Debug`, not `Serialize`, not `Clone`); version
+//! metadata ([`VersionInfo`]) never carries a value. Failures to decrypt are deliberately vague
+//! ([`VaultError::DecryptionFailed`]).
+//!
+//! Versions: an update adds a version and keeps the previous ones up to a [`Retention`]. A
+//! rotation stores its new secret as a *pending* version, which [`Vault::secret`] ignores until
+//! [`Vault::promote`]; a rotation that fails marks it *failed*, and a failed version is never
+//! made current.
+//!
+//! Rekey ([`Vault::rekey`]): switches writes to the new master key, then rewraps each record's
+//! data keys (never its secrets) one record at a time with compare-and-swap. Every record is
+//! whole under one key at every instant, so after a crash midway each record opens with the old
+//! or the new key; [`Vault::open_with_keys`] with both, then `rekey` again, finishes the job.
 //!
 //! Layout:
-//! - `master_key`: creating and loading the key file.
+//! - `master_key`: creating and loading the key (file, environment variable, command).
 //! - `crypto`: AEAD seal/open and associated data.
-//! - `record`: the stored envelope of one credential.
+//! - `record`: the stored envelope of one credential and its versions (and format 1).
+//! - `rekey`: re-wrapping every record under a new master key.
 //!
 //! Removal deletes the record; sled may keep the old (encrypted) bytes in its log until
 //! compaction, which is harmless because they remain sealed under the master key.
@@ -18,21 +31,23 @@
 mod crypto;
 mod master_key;
 mod record;
+mod rekey;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use master_key::MasterKey;
+pub use master_key::{MasterKey, MasterKeySource};
+pub use rekey::RekeyReport;
 
-use record::StoredCredential;
+use record::{Envelope, RecordMeta, Stored};
 
 /// Tree holding the credential records, keyed by name.
 pub const CREDENTIALS_TREE: &str = "credentials";
@@ -47,6 +62,33 @@ pub const MAX_USERNAME_BYTES: usize = 256;
 /// Largest secret, in bytes: ample for a password or an SSH private key, and stops a request
 /// from filling the database (and host memory on every decryption) with one "credential".
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+
+/// Longest "created by" of a version, in bytes. Request-controlled and shown in the API and
+/// audit; capped so it cannot bloat either (or the record, which every read authenticates).
+pub const MAX_CREATED_BY_BYTES: usize = 256;
+
+/// Longest reason of a version, in bytes; request-controlled, capped like
+/// [`MAX_CREATED_BY_BYTES`].
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Most versions a [`Retention`] may keep. Every read authenticates and unwraps all of a
+/// record's versions, so an unbounded history would make each use of a credential slower and
+/// let a stream of updates grow one record without limit.
+pub const MAX_RETAINED_VERSIONS: usize = 100;
+
+/// Most pending versions one credential may hold. A rotation that keeps failing before it
+/// can mark its version failed (e.g. crashing) would otherwise pile pending versions up,
+/// since retention never drops one (a pending secret may already be live on a target).
+pub const MAX_PENDING_VERSIONS: usize = 4;
+
+/// Compare-and-swap attempts before an update gives up with [`VaultError::Conflict`]. Each
+/// retry recomputes the change from the record as it now is, so retrying loses nothing; the
+/// cap only stops a pathological livelock.
+const MAX_CAS_RETRIES: usize = 16;
+
+/// Attribution of versions written through the unattributed calls ([`Vault::add`],
+/// [`Vault::replace_secret`]) and of secrets stored before versioning existed.
+pub const UNATTRIBUTED: &str = record::MIGRATED_BY;
 
 /// Errors from the vault. None of them carries secret material.
 #[derive(Debug, thiserror::Error)]
@@ -65,18 +107,36 @@ pub enum VaultError {
     KeyFileNotRegular(PathBuf),
     #[error("master key file {0} must contain exactly 32 bytes")]
     KeyFileLength(PathBuf),
+    #[error("master key environment variable {var}: {reason}")]
+    KeyEnv { var: String, reason: &'static str },
+    #[error("master key command {program:?}: {reason}")]
+    KeyCommand { program: String, reason: String },
     #[error("invalid credential name: {0}")]
     InvalidName(&'static str),
     #[error("invalid username: {0}")]
     InvalidUsername(&'static str),
     #[error("invalid secret: {0}")]
     InvalidSecret(&'static str),
+    #[error("invalid version attribution: {0}")]
+    InvalidAttribution(&'static str),
     #[error("credential {0:?} already exists")]
     AlreadyExists(String),
     #[error("credential {0:?} changed while it was being updated; retry")]
     Conflict(String),
     #[error("credential {0:?} not found")]
     NotFound(String),
+    #[error("credential {name:?} has no version {version}")]
+    VersionNotFound { name: String, version: u32 },
+    #[error("version {version} of credential {name:?} is {state}, which does not allow this")]
+    VersionState {
+        name: String,
+        version: u32,
+        state: VersionState,
+    },
+    #[error("credential {0:?} already has the most pending versions allowed")]
+    TooManyPending(String),
+    #[error("rekey did not converge: records kept being written under another key; run it again")]
+    RekeyIncomplete,
     #[error("decryption failed")]
     DecryptionFailed,
     #[error("encryption failed")]
@@ -160,29 +220,142 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The credential store; cheap to clone.
+/// Where a version stands in its credential's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VersionState {
+    /// The one version [`Vault::secret`] returns.
+    Current,
+    /// A superseded version, kept for audit and recovery.
+    Previous,
+    /// Stored by a rotation that has not finished; may or may not be live on the target yet.
+    Pending,
+    /// A rotation gave up on it; never made current.
+    Failed,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Previous => "previous",
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for VersionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One version's metadata (never its value); safe to show and serialize.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// 1 for the first version; increases by one per version and is never reused.
+    pub version: u32,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    pub created_by: String,
+    pub reason: String,
+    pub state: VersionState,
+}
+
+/// How many versions a credential keeps: the current one plus the newest previous or failed
+/// ones, `keep` in all. Pending versions are not counted and never dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: usize,
+}
+
+impl Retention {
+    pub const DEFAULT_KEEP: usize = 10;
+
+    /// `keep` clamped to `1..=MAX_RETAINED_VERSIONS`: the current version is always kept.
+    fn clamped(self) -> Self {
+        Self {
+            keep: self.keep.clamp(1, MAX_RETAINED_VERSIONS),
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: Self::DEFAULT_KEEP,
+        }
+    }
+}
+
+/// The master keys a vault can open records with: `current` (which every write uses) and
+/// older keys of a rekey that may not have finished.
+#[derive(Clone)]
+struct KeyRing {
+    current: Arc<MasterKey>,
+    older: Vec<Arc<MasterKey>>,
+}
+
+impl KeyRing {
+    fn find(&self, id: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(&self.older)
+            .find(|k| k.id() == id)
+            .map(|k| &**k)
+    }
+}
+
+/// The credential store; cheap to clone. Clones share one key ring, so a rekey through any
+/// of them switches the writes of all.
 #[derive(Clone)]
 pub struct Vault {
     tree: sled::Tree,
-    key: Arc<MasterKey>,
+    keys: Arc<RwLock<KeyRing>>,
+    retention: Retention,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
     }
 }
 
 impl Vault {
     /// Opens the vault in `db` (tree [`CREDENTIALS_TREE`]).
     pub fn open(db: &sled::Db, key: MasterKey) -> Result<Self, VaultError> {
+        Self::open_with_keys(db, key, None)
+    }
+
+    /// Opens the vault with `current` for writing and reading, and `previous` for reading
+    /// records a crashed rekey left under it; run [`Vault::rekey`] with `current` to finish.
+    pub fn open_with_keys(
+        db: &sled::Db,
+        current: MasterKey,
+        previous: Option<MasterKey>,
+    ) -> Result<Self, VaultError> {
+        let ring = KeyRing {
+            current: Arc::new(current),
+            older: previous.map(Arc::new).into_iter().collect(),
+        };
         Ok(Self {
             tree: db.open_tree(CREDENTIALS_TREE)?,
-            key: Arc::new(key),
+            keys: Arc::new(RwLock::new(ring)),
+            retention: Retention::default(),
         })
     }
 
-    /// Stores a new credential durably; refuses an existing name.
+    /// Sets how many versions each credential keeps (clamped to `1..=MAX_RETAINED_VERSIONS`);
+    /// applied whenever a credential is next written.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention.clamped();
+        self
+    }
+
+    /// Stores a new credential durably (version 1, unattributed); refuses an existing name.
     pub fn add(
         &self,
         name: &str,
@@ -190,18 +363,35 @@ impl Vault {
         kind: CredentialKind,
         secret: Secret,
     ) -> Result<CredentialInfo, VaultError> {
+        self.add_attributed(name, username, kind, secret, UNATTRIBUTED, "created")
+    }
+
+    /// Stores a new credential durably, its first version attributed to `created_by` for
+    /// `reason`; refuses an existing name.
+    pub fn add_attributed(
+        &self,
+        name: &str,
+        username: &str,
+        kind: CredentialKind,
+        secret: Secret,
+        created_by: &str,
+        reason: &str,
+    ) -> Result<CredentialInfo, VaultError> {
         validate_name(name)?;
         validate_username(username)?;
         validate_secret(&secret)?;
-        let info = CredentialInfo {
+        validate_attribution(created_by, reason)?;
+        let created_ms = now_ms();
+        let meta = RecordMeta {
             name: name.to_owned(),
             username: username.to_owned(),
             kind,
-            created_ms: now_ms(),
+            created_ms,
         };
-        let stored = StoredCredential::seal(&self.key, &info, &secret)
-            .map_err(|_| VaultError::EncryptionFailed)?;
-        let bytes = serde_json::to_vec(&stored).map_err(VaultError::Encode)?;
+        let first = new_version(1, created_by, reason, VersionState::Current);
+        let envelope =
+            Envelope::new(meta, first, &secret).map_err(|_| VaultError::EncryptionFailed)?;
+        let bytes = self.encode(&envelope, &self.keyring().current)?;
         // Compare-and-swap from "absent" makes the duplicate check and the insert one step.
         if self
             .tree
@@ -211,35 +401,119 @@ impl Vault {
             return Err(VaultError::AlreadyExists(name.to_owned()));
         }
         self.tree.flush()?;
-        Ok(info)
+        Ok(envelope.info())
     }
 
-    /// Replaces the credential's secret (same name, username and kind), durably and
-    /// atomically: a concurrent change makes this fail rather than be lost. Keeping older
-    /// versions is the versioned vault's job; this keeps only the new one.
+    /// Stores `secret` as a new current version (unattributed), keeping the previous ones
+    /// within the retention. Same name, username and kind; `created_ms` is the new version's.
     pub fn replace_secret(&self, name: &str, secret: Secret) -> Result<CredentialInfo, VaultError> {
         validate_name(name)?;
         validate_secret(&secret)?;
-        let Some(old) = self.tree.get(name)? else {
-            return Err(VaultError::NotFound(name.to_owned()));
+        let new = NewVersion {
+            secret: &secret,
+            created_by: UNATTRIBUTED,
+            reason: "secret replaced",
+            state: VersionState::Current,
         };
-        let current = self.authenticated_info(name.as_bytes(), &old)?;
-        let info = CredentialInfo {
-            created_ms: now_ms(),
-            ..current
+        let retention = self.retention;
+        self.update(name, |env| {
+            push_version(env, new, retention)?;
+            Ok(env.info())
+        })
+    }
+
+    /// Stores `secret` as a new version that becomes current; the old current one becomes
+    /// previous, and versions beyond the retention are dropped, oldest first.
+    pub fn add_version(
+        &self,
+        name: &str,
+        secret: Secret,
+        created_by: &str,
+        reason: &str,
+    ) -> Result<VersionInfo, VaultError> {
+        validate_name(name)?;
+        validate_secret(&secret)?;
+        validate_attribution(created_by, reason)?;
+        let new = NewVersion {
+            secret: &secret,
+            created_by,
+            reason,
+            state: VersionState::Current,
         };
-        let stored = StoredCredential::seal(&self.key, &info, &secret)
-            .map_err(|_| VaultError::EncryptionFailed)?;
-        let bytes = serde_json::to_vec(&stored).map_err(VaultError::Encode)?;
-        if self
-            .tree
-            .compare_and_swap(name, Some(old), Some(bytes))?
-            .is_err()
-        {
-            return Err(VaultError::Conflict(name.to_owned()));
-        }
-        self.tree.flush()?;
-        Ok(info)
+        let retention = self.retention;
+        self.update(name, |env| push_version(env, new, retention))
+    }
+
+    /// Stores `secret` as a pending version: readable through [`Vault::secret_version`], but
+    /// [`Vault::secret`] keeps returning the current one until [`Vault::promote`].
+    pub fn add_pending(
+        &self,
+        name: &str,
+        secret: Secret,
+        created_by: &str,
+        reason: &str,
+    ) -> Result<VersionInfo, VaultError> {
+        validate_name(name)?;
+        validate_secret(&secret)?;
+        validate_attribution(created_by, reason)?;
+        let new = NewVersion {
+            secret: &secret,
+            created_by,
+            reason,
+            state: VersionState::Pending,
+        };
+        let retention = self.retention;
+        self.update(name, |env| {
+            let pending = env
+                .versions
+                .iter()
+                .filter(|v| v.info.state == VersionState::Pending)
+                .count();
+            if pending >= MAX_PENDING_VERSIONS {
+                return Err(VaultError::TooManyPending(env.meta.name.clone()));
+            }
+            push_version(env, new, retention)
+        })
+    }
+
+    /// Makes a pending version current (the old current one becomes previous). Promoting the
+    /// version that is already current succeeds, so a retried rotation step is harmless; any
+    /// other state is refused.
+    pub fn promote(&self, name: &str, version: u32) -> Result<VersionInfo, VaultError> {
+        validate_name(name)?;
+        let retention = self.retention;
+        self.update(name, |env| {
+            let state = state_of(env, version)?;
+            match state {
+                VersionState::Current => {}
+                VersionState::Pending => {
+                    set_state(env, VersionState::Current, VersionState::Previous);
+                    set_version_state(env, version, VersionState::Current);
+                    retain(env, retention);
+                }
+                VersionState::Previous | VersionState::Failed => {
+                    return Err(version_state_error(env, version, state));
+                }
+            }
+            version_info(env, version)
+        })
+    }
+
+    /// Marks a pending version failed, so it can never become current. Marking an already
+    /// failed version succeeds; any other state is refused.
+    pub fn mark_failed(&self, name: &str, version: u32) -> Result<VersionInfo, VaultError> {
+        validate_name(name)?;
+        self.update(name, |env| {
+            let state = state_of(env, version)?;
+            match state {
+                VersionState::Failed => {}
+                VersionState::Pending => set_version_state(env, version, VersionState::Failed),
+                VersionState::Current | VersionState::Previous => {
+                    return Err(version_state_error(env, version, state));
+                }
+            }
+            version_info(env, version)
+        })
     }
 
     /// The credential's metadata, authenticated; `None` if there is no such credential.
@@ -248,7 +522,7 @@ impl Vault {
         let Some(value) = self.tree.get(name)? else {
             return Ok(None);
         };
-        self.authenticated_info(name.as_bytes(), &value).map(Some)
+        Ok(Some(self.authenticated(name.as_bytes(), &value)?.info()))
     }
 
     /// All credentials' metadata, in name order, each authenticated.
@@ -256,24 +530,46 @@ impl Vault {
         let mut infos = Vec::new();
         for item in self.tree.iter() {
             let (key, value) = item?;
-            infos.push(self.authenticated_info(&key, &value)?);
+            infos.push(self.authenticated(&key, &value)?.info());
         }
         Ok(infos)
     }
 
-    /// Decrypts the credential's secret. Only the capability layer should call this.
-    pub fn secret(&self, name: &str) -> Result<Secret, VaultError> {
+    /// Every retained version's metadata, oldest first; never any value.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionInfo>, VaultError> {
         validate_name(name)?;
         let Some(value) = self.tree.get(name)? else {
             return Err(VaultError::NotFound(name.to_owned()));
         };
-        let stored = parse(name.as_bytes(), &value).ok_or(VaultError::DecryptionFailed)?;
-        stored
-            .open_secret(&self.key)
+        let envelope = self.authenticated(name.as_bytes(), &value)?;
+        Ok(envelope.versions.iter().map(|v| v.info.clone()).collect())
+    }
+
+    /// Decrypts the current version's secret. Only the capability layer should call this.
+    pub fn secret(&self, name: &str) -> Result<Secret, VaultError> {
+        let envelope = self.decryptable(name)?;
+        let current = envelope.current().ok_or(VaultError::DecryptionFailed)?;
+        envelope
+            .open_secret(current)
             .map_err(|_| VaultError::DecryptionFailed)
     }
 
-    /// Deletes the credential durably; `false` if it did not exist.
+    /// Decrypts one retained version's secret, whatever its state (a rotation sets a pending
+    /// one on its target; a reconcile tries pending and current ones).
+    pub fn secret_version(&self, name: &str, version: u32) -> Result<Secret, VaultError> {
+        let envelope = self.decryptable(name)?;
+        let found = envelope
+            .version(version)
+            .ok_or_else(|| VaultError::VersionNotFound {
+                name: name.to_owned(),
+                version,
+            })?;
+        envelope
+            .open_secret(found)
+            .map_err(|_| VaultError::DecryptionFailed)
+    }
+
+    /// Deletes the credential and all its versions durably; `false` if it did not exist.
     pub fn remove(&self, name: &str) -> Result<bool, VaultError> {
         validate_name(name)?;
         let existed = self.tree.remove(name)?.is_some();
@@ -283,22 +579,177 @@ impl Vault {
         Ok(existed)
     }
 
-    /// Parses a record and checks its metadata against the master key, so `info`/`list` never
-    /// show metadata an attacker edited in the database.
-    fn authenticated_info(&self, key: &[u8], value: &[u8]) -> Result<CredentialInfo, VaultError> {
-        let corrupt = || VaultError::CorruptRecord {
+    fn keyring(&self) -> KeyRing {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads, changes and writes back one record under the current key, atomically: if the
+    /// record changed meanwhile, the change is recomputed from the new state.
+    fn update<T>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut Envelope) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let Some(old) = self.tree.get(name)? else {
+                return Err(VaultError::NotFound(name.to_owned()));
+            };
+            let ring = self.keyring();
+            let mut envelope = open_record(name.as_bytes(), &old, &ring).ok_or_else(|| {
+                VaultError::CorruptRecord {
+                    name: name.to_owned(),
+                }
+            })?;
+            let result = change(&mut envelope)?;
+            let bytes = self.encode(&envelope, &ring.current)?;
+            if self
+                .tree
+                .compare_and_swap(name, Some(old), Some(bytes))?
+                .is_ok()
+            {
+                self.tree.flush()?;
+                return Ok(result);
+            }
+        }
+        Err(VaultError::Conflict(name.to_owned()))
+    }
+
+    fn encode(&self, envelope: &Envelope, key: &MasterKey) -> Result<Vec<u8>, VaultError> {
+        let stored = envelope
+            .seal(key)
+            .map_err(|_| VaultError::EncryptionFailed)?;
+        serde_json::to_vec(&stored).map_err(VaultError::Encode)
+    }
+
+    /// Opens a record for its metadata, so `info`/`list`/`versions` never show metadata an
+    /// attacker edited in the database.
+    fn authenticated(&self, key: &[u8], value: &[u8]) -> Result<Envelope, VaultError> {
+        open_record(key, value, &self.keyring()).ok_or_else(|| VaultError::CorruptRecord {
             name: String::from_utf8_lossy(key).into_owned(),
+        })
+    }
+
+    /// Opens a record for decryption; every failure is the same vague error.
+    fn decryptable(&self, name: &str) -> Result<Envelope, VaultError> {
+        validate_name(name)?;
+        let Some(value) = self.tree.get(name)? else {
+            return Err(VaultError::NotFound(name.to_owned()));
         };
-        let stored = parse(key, value).ok_or_else(corrupt)?;
-        stored.unwrap_data_key(&self.key).map_err(|_| corrupt())?;
-        Ok(stored.info())
+        open_record(name.as_bytes(), &value, &self.keyring()).ok_or(VaultError::DecryptionFailed)
     }
 }
 
-/// A record that parses and is stored under its own name (the name is also authenticated).
-fn parse(key: &[u8], value: &[u8]) -> Option<StoredCredential> {
-    let stored: StoredCredential = serde_json::from_slice(value).ok()?;
-    (stored.name.as_bytes() == key).then_some(stored)
+/// Parses and authenticates a record with whichever known key wrapped it.
+fn open_record(key: &[u8], value: &[u8], ring: &KeyRing) -> Option<Envelope> {
+    let stored = Stored::decode(key, value)?;
+    let master = ring.find(stored.master_key_id())?;
+    stored.open(master).ok()
+}
+
+fn new_version(version: u32, created_by: &str, reason: &str, state: VersionState) -> VersionInfo {
+    VersionInfo {
+        version,
+        created_ms: now_ms(),
+        created_by: created_by.to_owned(),
+        reason: reason.to_owned(),
+        state,
+    }
+}
+
+/// Appends a version in `state` (a new current version demotes the old one), then applies
+/// `retention`.
+fn push_version(
+    env: &mut Envelope,
+    new: NewVersion<'_>,
+    retention: Retention,
+) -> Result<VersionInfo, VaultError> {
+    let NewVersion {
+        secret,
+        created_by,
+        reason,
+        state,
+    } = new;
+    let info = new_version(env.next_version, created_by, reason, state);
+    if state == VersionState::Current {
+        set_state(env, VersionState::Current, VersionState::Previous);
+    }
+    env.push(info.clone(), secret)
+        .map_err(|_| VaultError::EncryptionFailed)?;
+    retain(env, retention);
+    Ok(info)
+}
+
+/// What [`push_version`] appends; `Copy` so an update can retry with it.
+#[derive(Clone, Copy)]
+struct NewVersion<'a> {
+    secret: &'a Secret,
+    created_by: &'a str,
+    reason: &'a str,
+    state: VersionState,
+}
+
+fn state_of(env: &Envelope, version: u32) -> Result<VersionState, VaultError> {
+    env.version(version)
+        .map(|v| v.info.state)
+        .ok_or_else(|| VaultError::VersionNotFound {
+            name: env.meta.name.clone(),
+            version,
+        })
+}
+
+fn version_info(env: &Envelope, version: u32) -> Result<VersionInfo, VaultError> {
+    env.version(version)
+        .map(|v| v.info.clone())
+        .ok_or_else(|| VaultError::VersionNotFound {
+            name: env.meta.name.clone(),
+            version,
+        })
+}
+
+fn version_state_error(env: &Envelope, version: u32, state: VersionState) -> VaultError {
+    VaultError::VersionState {
+        name: env.meta.name.clone(),
+        version,
+        state,
+    }
+}
+
+fn set_state(env: &mut Envelope, from: VersionState, to: VersionState) {
+    for v in env.versions.iter_mut().filter(|v| v.info.state == from) {
+        v.info.state = to;
+    }
+}
+
+fn set_version_state(env: &mut Envelope, version: u32, to: VersionState) {
+    for v in env
+        .versions
+        .iter_mut()
+        .filter(|v| v.info.version == version)
+    {
+        v.info.state = to;
+    }
+}
+
+/// Drops the oldest previous or failed versions until at most `retention.keep` non-pending
+/// versions remain. The current version and pending ones are never dropped.
+fn retain(env: &mut Envelope, retention: Retention) {
+    let counted = env
+        .versions
+        .iter()
+        .filter(|v| v.info.state != VersionState::Pending)
+        .count();
+    let mut excess = counted.saturating_sub(retention.keep);
+    env.versions.retain(|v| {
+        let droppable = matches!(v.info.state, VersionState::Previous | VersionState::Failed);
+        if excess > 0 && droppable {
+            excess -= 1;
+            return false;
+        }
+        true
+    });
 }
 
 fn validate_name(name: &str) -> Result<(), VaultError> {
@@ -320,6 +771,30 @@ fn validate_username(username: &str) -> Result<(), VaultError> {
     }
     if username.chars().any(char::is_control) {
         return Err(VaultError::InvalidUsername(
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_attribution(created_by: &str, reason: &str) -> Result<(), VaultError> {
+    if created_by.is_empty() || created_by.len() > MAX_CREATED_BY_BYTES {
+        return Err(VaultError::InvalidAttribution(
+            "created_by must be 1 to 256 bytes",
+        ));
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(VaultError::InvalidAttribution(
+            "reason must be at most 1024 bytes",
+        ));
+    }
+    // Both end up in API output and audit lines; control characters could forge either.
+    if created_by
+        .chars()
+        .chain(reason.chars())
+        .any(char::is_control)
+    {
+        return Err(VaultError::InvalidAttribution(
             "must not contain control characters",
         ));
     }

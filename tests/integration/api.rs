@@ -1198,3 +1198,33 @@ async fn sigkill_during_a_run_leaves_it_interrupted_and_every_acknowledged_recor
         .any(|r| r["run_id"] == run.as_str() && r["action"] == "run.interrupted");
     assert!(interrupted, "no run.interrupted record for {run}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_requires_approvals_never_runs_without_them() {
+    let server = Server::start().await;
+    let key = new_key();
+    server.trust("acme", &key).await;
+    let digest = server.publish("hello", &key).await;
+    let body = json!({ "name": "guarded", "module_digest": digest, "required_approvals": 2 });
+    let created = server.post("/v1/processes", &server.admin, body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().expect("id").to_string();
+    let start = server
+        .post(
+            &format!("/v1/processes/{id}/runs"),
+            &server.admin,
+            json!({ "inputs": {} }),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CONFLICT, "{}", start.text);
+    assert!(start.text.contains("approval"), "{}", start.text);
+    let runs = server
+        .get(&format!("/v1/runs?process={id}"), &server.admin)
+        .await;
+    assert_eq!(
+        runs.body.as_array().map(Vec::len),
+        Some(0),
+        "no run was created: {}",
+        runs.text
+    );
+}

@@ -35,6 +35,10 @@ pub enum StartError {
     /// Registry failure.
     #[error("registry: {0}")]
     Registry(String),
+    /// The process requires approvals, which this server cannot collect yet: refuse
+    /// rather than run without them.
+    #[error("process requires {0} approval(s); approvals are not available on this server yet")]
+    ApprovalRequired(u32),
 }
 
 /// Starts and tracks runs.
@@ -84,6 +88,9 @@ impl Dispatcher {
         inputs: BTreeMap<String, serde_json::Value>,
         actor: &str,
     ) -> Result<RunRecord, StartError> {
+        if process.required_approvals > 0 {
+            return Err(StartError::ApprovalRequired(process.required_approvals));
+        }
         let module = self
             .modules
             .get(&process.module_digest)

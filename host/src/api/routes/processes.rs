@@ -311,6 +311,7 @@ async fn start_run(
                 "module_unavailable",
                 format!("module {d} is unknown or retired"),
             ),
+            e @ StartError::ApprovalRequired(_) => ApiError::conflict(e.to_string()),
             StartError::Runs(e) => e.into(),
             other => ApiError::internal(other),
         })?;

@@ -82,6 +82,16 @@ impl AppState {
         Err(ApiError::forbidden(&policy))
     }
 
+    /// [`AppState::authorize`] for an action on the server as a whole.
+    pub async fn authorize_system(
+        &self,
+        caller: &Caller,
+        action: Action,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        self.authorize(caller, action, Resource::System, what).await
+    }
+
     /// Audits an allowed API operation.
     pub async fn audit_ok(
         &self,

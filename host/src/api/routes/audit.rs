@@ -12,7 +12,7 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::audit::{AuditFilter, AuditRecord};
-use crate::policy::{Action, Resource};
+use crate::policy::Action;
 use crate::policy::{ResourceAuditRecord, resource_audit_view};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -61,7 +61,7 @@ async fn query_audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
     state
-        .authorize(&caller, Action::ViewAudit, Resource::System, "audit")
+        .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
     Ok(Json(state.audit.query(&q.into())?))
 }
@@ -73,7 +73,7 @@ async fn verify_audit(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize(&caller, Action::ViewAudit, Resource::System, "audit")
+        .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
     Ok(Json(match state.audit.verify() {
         Ok(report) => json!({ "ok": true, "count": report.count, "head_hash": report.head_hash }),
@@ -93,12 +93,7 @@ async fn resource_audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<ResourceAuditRecord>>, ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ViewResourceAudit,
-            Resource::System,
-            "resource audit",
-        )
+        .authorize_system(&caller, Action::ViewResourceAudit, "resource audit")
         .await?;
     let limit = q.limit;
     let filter = AuditFilter {

@@ -13,7 +13,7 @@ use super::Body;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::policy::{Action, Resource};
+use crate::policy::Action;
 use crate::vault::{CredentialInfo, CredentialKind, Secret};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -45,12 +45,7 @@ async fn list_credentials(
     caller: Caller,
 ) -> Result<Json<Vec<CredentialInfo>>, ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageCredentials,
-            Resource::System,
-            "credentials",
-        )
+        .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
     Ok(Json(state.vault.list()?))
 }
@@ -63,12 +58,7 @@ async fn add_credential(
     Body(req): Body<NewCredential>,
 ) -> Result<(StatusCode, Json<CredentialInfo>), ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageCredentials,
-            Resource::System,
-            "credentials",
-        )
+        .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
     let kind: CredentialKind = req
         .kind
@@ -90,12 +80,7 @@ async fn get_credential(
     Path(name): Path<String>,
 ) -> Result<Json<CredentialInfo>, ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageCredentials,
-            Resource::System,
-            "credentials",
-        )
+        .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
     Ok(Json(state.vault.info(&name)?.ok_or_else(|| {
         ApiError::not_found(format!("credential '{name}'"))
@@ -118,16 +103,19 @@ async fn update_secret(
     Body(req): Body<SecretUpdate>,
 ) -> Result<Json<CredentialInfo>, ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageCredentials,
-            Resource::System,
-            "credentials",
-        )
+        .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
+    let secret = Secret::from_bytes(req.secret.as_bytes().to_vec());
+    state.vault.add_version(
+        &name,
+        secret,
+        &caller.user.name,
+        "secret updated over the API",
+    )?;
     let info = state
         .vault
-        .replace_secret(&name, Secret::from_bytes(req.secret.as_bytes().to_vec()))?;
+        .info(&name)?
+        .ok_or_else(|| ApiError::not_found(format!("credential '{name}'")))?;
     state
         .audit_credential(&caller.user.name, "credential.update-secret", &name)
         .await?;

@@ -86,7 +86,7 @@ async fn upload_module(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ModuleInfo>), ApiError> {
     state
-        .authorize(&caller, Action::ManageModules, Resource::System, "modules")
+        .authorize_system(&caller, Action::ManageModules, "modules")
         .await?;
     let result = accept(&state, &caller, body).await;
     let (decision, outcome, detail) = match &result {
@@ -208,7 +208,7 @@ async fn retire_module(
     Path(digest): Path<String>,
 ) -> Result<Json<ModuleInfo>, ApiError> {
     state
-        .authorize(&caller, Action::ManageModules, Resource::System, "modules")
+        .authorize_system(&caller, Action::ManageModules, "modules")
         .await?;
     let info = state.modules.retire(&digest).map_err(registry_error)?;
     state
@@ -247,12 +247,7 @@ async fn trust_publisher(
     Body(req): Body<TrustRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageModules,
-            Resource::System,
-            "publishers",
-        )
+        .authorize_system(&caller, Action::ManageModules, "publishers")
         .await?;
     // Only the hex key itself: never a path, which would let a request read server files.
     let bytes: [u8; 32] = hex::decode(req.public_key.trim())

@@ -167,12 +167,7 @@ async fn create_process(
     Body(req): Body<ProcessRequest>,
 ) -> Result<(StatusCode, Json<Process>), ApiError> {
     state
-        .authorize(
-            &caller,
-            Action::ManageProcess,
-            Resource::System,
-            "processes",
-        )
+        .authorize_system(&caller, Action::ManageProcess, "processes")
         .await?;
     let module = active_module(&state, &req.module_digest)?;
     let process = state.processes.create(NewProcess {

@@ -11,7 +11,7 @@ use super::Body;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::policy::{Action, Resource};
+use crate::policy::Action;
 use crate::targets::Target;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -41,7 +41,7 @@ async fn list_targets(
     caller: Caller,
 ) -> Result<Json<Vec<Target>>, ApiError> {
     state
-        .authorize(&caller, Action::ManageTargets, Resource::System, "targets")
+        .authorize_system(&caller, Action::ManageTargets, "targets")
         .await?;
     Ok(Json(state.targets.list()?))
 }
@@ -54,7 +54,7 @@ async fn add_target(
     Body(req): Body<NewTarget>,
 ) -> Result<(StatusCode, Json<Target>), ApiError> {
     state
-        .authorize(&caller, Action::ManageTargets, Resource::System, "targets")
+        .authorize_system(&caller, Action::ManageTargets, "targets")
         .await?;
     let target = Target::new(
         &req.name,
@@ -78,7 +78,7 @@ async fn get_target(
     Path(name): Path<String>,
 ) -> Result<Json<Target>, ApiError> {
     state
-        .authorize(&caller, Action::ManageTargets, Resource::System, "targets")
+        .authorize_system(&caller, Action::ManageTargets, "targets")
         .await?;
     Ok(Json(state.targets.get(&name)?.ok_or_else(|| {
         ApiError::not_found(format!("target '{name}'"))
@@ -93,7 +93,7 @@ async fn remove_target(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .authorize(&caller, Action::ManageTargets, Resource::System, "targets")
+        .authorize_system(&caller, Action::ManageTargets, "targets")
         .await?;
     state.targets.remove(&name)?;
     state

@@ -72,7 +72,7 @@ async fn list_users(
     caller: Caller,
 ) -> Result<Json<Vec<User>>, ApiError> {
     state
-        .authorize(&caller, Action::ManageUsers, Resource::System, "users")
+        .authorize_system(&caller, Action::ManageUsers, "users")
         .await?;
     Ok(Json(state.users.list_users()?))
 }
@@ -144,7 +144,7 @@ async fn list_roles(
     caller: Caller,
 ) -> Result<Json<Vec<Role>>, ApiError> {
     state
-        .authorize(&caller, Action::ManageUsers, Resource::System, "roles")
+        .authorize_system(&caller, Action::ManageUsers, "roles")
         .await?;
     Ok(Json(state.users.list_roles()?))
 }
@@ -158,7 +158,7 @@ async fn create_role(
     Body(req): Body<NewRole>,
 ) -> Result<(StatusCode, Json<Role>), ApiError> {
     state
-        .authorize(&caller, Action::ManageUsers, Resource::System, "roles")
+        .authorize_system(&caller, Action::ManageUsers, "roles")
         .await?;
     let privileges = req
         .privileges

@@ -106,6 +106,16 @@ impl AppState {
         }
     }
 
+    /// Whether the caller may see `process` (for listings: a silent filter, not audited).
+    pub(crate) fn may_view(&self, caller: &Caller, process: &Process) -> Result<bool, ApiError> {
+        let owner_is_admin = self.owner_is_admin(process)?;
+        let resource = Resource::Process(process_ref(process, owner_is_admin));
+        Ok(self
+            .policy
+            .authorize(&caller.principal, Action::ViewProcess, resource)
+            .allowed)
+    }
+
     pub(crate) fn load_process(&self, id: &str) -> Result<Process, ApiError> {
         self.processes
             .get(id)?
@@ -143,16 +153,7 @@ async fn list_processes(
 ) -> Result<Json<Vec<Process>>, ApiError> {
     let mut visible = Vec::new();
     for p in state.processes.list()? {
-        let owner_is_admin = state.owner_is_admin(&p)?;
-        if state
-            .policy
-            .authorize(
-                &caller.principal,
-                Action::ViewProcess,
-                Resource::Process(process_ref(&p, owner_is_admin)),
-            )
-            .allowed
-        {
+        if state.may_view(&caller, &p)? {
             visible.push(p);
         }
     }

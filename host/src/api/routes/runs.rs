@@ -75,26 +75,7 @@ async fn list_runs(
         let Ok(process) = state.load_process(&run.process_id) else {
             continue;
         };
-        let owner_is_admin = match state.users.get_user(&process.owner)? {
-            Some(o) => state.users.principal(&o)?.is_administrator(),
-            None => false,
-        };
-        let pref = crate::policy::ProcessRef {
-            id: &process.id,
-            owner: &process.owner,
-            owner_is_admin,
-            shared_users: &process.shared_users,
-            shared_roles: &process.shared_roles,
-        };
-        if state
-            .policy
-            .authorize(
-                &caller.principal,
-                Action::ViewProcess,
-                crate::policy::Resource::Process(pref),
-            )
-            .allowed
-        {
+        if state.may_view(&caller, &process)? {
             visible.push(run);
         }
     }

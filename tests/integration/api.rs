@@ -800,9 +800,44 @@ async fn run_started_over_http_streams_events_and_its_result_and_audit_are_query
         .iter()
         .filter_map(|r| r["action"].as_str())
         .collect();
-    for want in ["run.start", "run.end"] {
-        assert!(actions.contains(&want), "{want} missing from {actions:?}");
-    }
+    // The run store's transitions bracket the run (the bridge writes no run.start/run.end
+    // of its own for server runs): queued, running, the host calls, then the outcome.
+    let position = |want: &str| {
+        actions
+            .iter()
+            .position(|a| *a == want)
+            .unwrap_or_else(|| panic!("{want} missing from {actions:?}"))
+    };
+    let (queued, running, succeeded) = (
+        position("run.queued"),
+        position("run.running"),
+        position("run.succeeded"),
+    );
+    let first_call = position("log.write");
+    assert!(
+        queued < running && running < first_call && first_call < succeeded,
+        "{actions:?}"
+    );
+    assert!(
+        !actions.contains(&"run.start") && !actions.contains(&"run.end"),
+        "{actions:?}"
+    );
+    let detail = |i: usize| {
+        records[i]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        detail(running).contains("module hello@"),
+        "{}",
+        detail(running)
+    );
+    assert!(
+        detail(succeeded).contains("host calls: "),
+        "{}",
+        detail(succeeded)
+    );
     assert_eq!(
         actions.iter().filter(|a| **a == "log.write").count(),
         2,

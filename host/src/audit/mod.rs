@@ -38,7 +38,10 @@ pub use record::{
 pub use verify::{CheckpointProblem, RecordProblem, VerifyError, VerifyReport, verify};
 
 use verify::decode_key;
-use writer::{Pending, Writer};
+use writer::{AfterWrite, Pending, Writer};
+
+/// Where a caller waits for its records.
+type Reply = oneshot::Receiver<Result<Vec<AuditRecord>, AuditError>>;
 
 /// Tree holding the records.
 pub const RECORDS_TREE: &str = "audit";
@@ -166,7 +169,57 @@ impl AuditLog {
     ///
     /// Never blocks the async runtime: a full queue is waited out on a blocking-pool thread.
     pub async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, AuditError> {
-        let (pending, reply) = self.prepare(entry)?;
+        let (pending, reply) = self.prepare(vec![entry], None)?;
+        let records = self.enqueue(pending, reply).await?;
+        records.into_iter().next().ok_or_else(|| self.writer_gone())
+    }
+
+    /// Appends one record, then runs `then` (a write to another tree of the same sled
+    /// database) in the same commit, and returns both once one flush made them durable.
+    /// See [`Self::append_all_then`].
+    pub async fn append_then<T: Send + 'static>(
+        &self,
+        entry: AuditEntry,
+        then: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(AuditRecord, T), AuditError> {
+        let (records, value) = self.append_all_then(vec![entry], then).await?;
+        let record = records
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.writer_gone())?;
+        Ok((record, value))
+    }
+
+    /// Appends `entries` as consecutive records, then runs `then` (a write to another tree
+    /// of the same sled database) in the same commit, and returns both once one flush made
+    /// them durable.
+    ///
+    /// `then` runs on the audit writer thread, after the records' batch is written and before
+    /// the batch's flush, and only if the records were written: a write that `then` makes can
+    /// never be durable without the audit records before it in the sled log. It must be short
+    /// and must not block on the audit log. This is how run transitions are recorded with one
+    /// fsync instead of two.
+    pub async fn append_all_then<T: Send + 'static>(
+        &self,
+        entries: Vec<AuditEntry>,
+        then: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(Vec<AuditRecord>, T), AuditError> {
+        let (done, outcome) = oneshot::channel();
+        let then: AfterWrite = Box::new(move || {
+            let _ = done.send(then());
+        });
+        let (pending, reply) = self.prepare(entries, Some(then))?;
+        let records = self.enqueue(pending, reply).await?;
+        // The writer runs `then` before answering with the records, so it has sent by now.
+        let value = outcome.await.map_err(|_| self.writer_gone())?;
+        Ok((records, value))
+    }
+
+    async fn enqueue(
+        &self,
+        pending: Pending,
+        reply: Reply,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         match self.inner.queue.try_send(pending) {
             Ok(()) => {}
             Err(TrySendError::Full(pending)) => {
@@ -185,12 +238,13 @@ impl AuditLog {
     ///
     /// Must not be called from within an async runtime (tokio panics on `blocking_recv` there).
     pub fn append_blocking(&self, entry: AuditEntry) -> Result<AuditRecord, AuditError> {
-        let (pending, reply) = self.prepare(entry)?;
+        let (pending, reply) = self.prepare(vec![entry], None)?;
         self.inner
             .queue
             .send(pending)
             .map_err(|_| self.writer_gone())?;
-        reply.blocking_recv().map_err(|_| self.writer_gone())?
+        let records = reply.blocking_recv().map_err(|_| self.writer_gone())??;
+        records.into_iter().next().ok_or_else(|| self.writer_gone())
     }
 
     /// True once a write has failed; from then on every append fails at once.
@@ -235,14 +289,24 @@ impl AuditLog {
 
     fn prepare(
         &self,
-        mut entry: AuditEntry,
-    ) -> Result<(Pending, oneshot::Receiver<Result<AuditRecord, AuditError>>), AuditError> {
+        mut entries: Vec<AuditEntry>,
+        then: Option<AfterWrite>,
+    ) -> Result<(Pending, Reply), AuditError> {
         if self.is_failed() {
             return Err(AuditError::Failed);
         }
-        entry.enforce_caps();
+        for entry in &mut entries {
+            entry.enforce_caps();
+        }
         let (reply, receiver) = oneshot::channel();
-        Ok((Pending { entry, reply }, receiver))
+        Ok((
+            Pending {
+                entries,
+                then,
+                reply,
+            },
+            receiver,
+        ))
     }
 
     /// The writer thread ended unexpectedly (panic): nothing can be recorded any more.

@@ -542,6 +542,60 @@ async fn async_appends_fail_closed_after_a_write_failure() {
     ));
 }
 
+/// `append_then` runs its write after the record is written (it sees the record in the
+/// tree) and hands back the write's value with the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_then_writes_after_its_record() {
+    let fixture = Fixture::new();
+    fixture.log.append(entry(0)).await.unwrap();
+    let (records, other) = (fixture.records(), fixture.db.open_tree("other").unwrap());
+    let (record, seen) = fixture
+        .log
+        .append_then(entry(1), move || {
+            let own_record_written = records.get(1u64.to_be_bytes()).unwrap().is_some();
+            other.insert("k", "v").unwrap();
+            own_record_written
+        })
+        .await
+        .unwrap();
+    assert_eq!(record.seq, 1);
+    assert!(
+        seen,
+        "the follow-up write ran before its audit record was written"
+    );
+    let other = fixture.db.open_tree("other").unwrap();
+    assert_eq!(other.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    fixture.verify().unwrap();
+}
+
+/// Fail closed: when the record cannot be written, the follow-up write never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_then_skips_its_write_when_the_record_fails() {
+    let fixture = Fixture::new();
+    fixture.log.append(entry(0)).await.unwrap();
+    fixture.db.drop_tree(META_TREE).unwrap();
+    let other = fixture.db.open_tree("other").unwrap();
+    let writer_tree = other.clone();
+    let err = fixture
+        .log
+        .append_then(entry(1), move || writer_tree.insert("k", "v").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuditError::WriteFailed(_)), "{err:?}");
+    assert!(
+        other.get("k").unwrap().is_none(),
+        "write made without its record"
+    );
+    let writer_tree = other.clone();
+    let err = fixture
+        .log
+        .append_then(entry(2), move || writer_tree.insert("k", "v").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuditError::Failed), "{err:?}");
+    assert!(other.get("k").unwrap().is_none());
+}
+
 async fn futures_join(log: &AuditLog, n: usize) -> Vec<Result<AuditRecord, AuditError>> {
     let handles: Vec<_> = (0..n)
         .map(|i| {

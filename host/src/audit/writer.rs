@@ -28,10 +28,16 @@ use super::verify::Head;
 /// waiter at the back of a long queue sees before its batch flushes.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// An entry waiting for the writer, with the channel its caller waits on.
+/// A write to another tree that must be durable together with (and never before) its
+/// audit record: see [`super::AuditLog::append_then`].
+pub(crate) type AfterWrite = Box<dyn FnOnce() + Send>;
+
+/// The entries (one or a few, always sealed consecutively) waiting for the writer, the
+/// write that follows them, and the channel their caller waits on.
 pub(crate) struct Pending {
-    pub entry: AuditEntry,
-    pub reply: oneshot::Sender<Result<AuditRecord, AuditError>>,
+    pub entries: Vec<AuditEntry>,
+    pub then: Option<AfterWrite>,
+    pub reply: oneshot::Sender<Result<Vec<AuditRecord>, AuditError>>,
 }
 
 pub(crate) struct Writer {
@@ -63,28 +69,40 @@ impl Writer {
         if self.failed.load(Ordering::SeqCst) {
             return answer_all(batch, || AuditError::Failed);
         }
-        let (replies, entries): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.reply, p.entry)).unzip();
-        match self.seal_and_persist(entries) {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut after = Vec::new();
+        for pending in batch {
+            replies.push((pending.reply, pending.entries.len()));
+            entries.extend(pending.entries);
+            after.extend(pending.then);
+        }
+        match self.seal_and_persist(entries, after) {
             Ok(records) => {
-                for (reply, record) in replies.into_iter().zip(records) {
-                    // The caller may have stopped waiting; its record is durable regardless.
-                    let _ = reply.send(Ok(record));
+                let mut records = records.into_iter();
+                for (reply, count) in replies {
+                    // The caller may have stopped waiting; its records are durable regardless.
+                    let _ = reply.send(Ok(records.by_ref().take(count).collect()));
                 }
             }
             Err(reason) => {
                 // Set before answering, so no caller can append after learning of the failure.
                 self.failed.store(true, Ordering::SeqCst);
                 tracing::error!(%reason, "audit write failed; audit log is now closed");
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(AuditError::WriteFailed(reason.clone())));
                 }
             }
         }
     }
 
-    /// Seals the entries onto the chain and makes them durable; advances the head on success.
-    fn seal_and_persist(&mut self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>, String> {
+    /// Seals the entries onto the chain and makes them durable, with the writes that follow
+    /// them; advances the head on success.
+    fn seal_and_persist(
+        &mut self,
+        entries: Vec<AuditEntry>,
+        after: Vec<AfterWrite>,
+    ) -> Result<Vec<AuditRecord>, String> {
         let time_ms = now_ms().max(self.head.last_time_ms);
         let mut prev_hash = self.head.prev_hash.clone();
         let mut records = Vec::with_capacity(entries.len());
@@ -105,7 +123,7 @@ impl Writer {
         let checkpoint = Checkpoint::sign(&self.signing_key, last.seq, &last.hash);
         let checkpoint =
             serde_json::to_vec(&checkpoint).map_err(|e| format!("cannot encode: {e}"))?;
-        self.persist(&encoded, &checkpoint)?;
+        self.persist(&encoded, &checkpoint, after)?;
         self.head = Head {
             next_seq: last.seq + 1,
             prev_hash: last.hash.clone(),
@@ -114,7 +132,12 @@ impl Writer {
         Ok(records)
     }
 
-    fn persist(&self, encoded: &[([u8; 8], Vec<u8>)], checkpoint: &[u8]) -> Result<(), String> {
+    fn persist(
+        &self,
+        encoded: &[([u8; 8], Vec<u8>)],
+        checkpoint: &[u8],
+        after: Vec<AfterWrite>,
+    ) -> Result<(), String> {
         let result = (&self.records, &self.meta).transaction(
             |(records, meta)| -> ConflictableTransactionResult<(), Infallible> {
                 for (key, value) in encoded {
@@ -125,6 +148,11 @@ impl Writer {
             },
         );
         result.map_err(|e: TransactionError<Infallible>| format!("insert failed: {e}"))?;
+        // Written after the records, so the sled log holds them after the records too: a
+        // crash can lose them with or after their records, never keep them without.
+        for write in after {
+            write();
+        }
         // One fsync for the whole batch: this is what makes group commit pay off.
         self.records
             .flush()

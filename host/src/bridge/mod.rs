@@ -63,7 +63,7 @@ impl Bridge {
     /// Runs `spec` to completion. The run starts only once `run.start` is durable, and
     /// its report is returned only once `run.end` is.
     pub async fn execute(&self, spec: RunSpec) -> Result<RunReport, BridgeError> {
-        self.execute_inner(spec, None).await
+        self.execute_inner(spec, None, true).await
     }
 
     /// [`Bridge::execute`] with every host call also checked against the module's signed
@@ -73,16 +73,25 @@ impl Bridge {
         spec: RunSpec,
         policy: HostCallPolicy,
     ) -> Result<RunReport, BridgeError> {
-        self.execute_inner(spec, Some(policy)).await
+        self.execute_inner(spec, Some(policy), true).await
     }
 
-    async fn execute_inner(
+    /// [`Bridge::execute_with_policy`] for a run whose start and end the caller records in
+    /// its own audited state transitions (the server's run store, which puts
+    /// [`Bridge::describe`] and the host-call count in them). Writes no `run.start` /
+    /// `run.end`: one durable record fewer at each end of every server run.
+    pub async fn execute_recorded(
         &self,
         spec: RunSpec,
-        policy: Option<HostCallPolicy>,
+        policy: HostCallPolicy,
     ) -> Result<RunReport, BridgeError> {
-        let started = Instant::now();
-        let start_detail = format!(
+        self.execute_inner(spec, Some(policy), false).await
+    }
+
+    /// What a run starts with, for its start record: module, input names, credentials and
+    /// targets of its grant. Never input values (they may be sensitive) nor secrets.
+    pub fn describe(spec: &RunSpec) -> String {
+        format!(
             "module {} ({}); inputs: [{}]; credentials: [{}]; targets: [{}]",
             spec.identity.module,
             spec.task.digest,
@@ -103,17 +112,21 @@ impl Bridge {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", "),
-        );
-        self.services
-            .audit
-            .append(self.entry(
-                &spec.identity,
-                "run.start",
-                "started",
-                start_detail,
-                started,
-            ))
-            .await?;
+        )
+    }
+
+    async fn execute_inner(
+        &self,
+        spec: RunSpec,
+        policy: Option<HostCallPolicy>,
+        bracket: bool,
+    ) -> Result<RunReport, BridgeError> {
+        let started = Instant::now();
+        if bracket {
+            let detail = Self::describe(&spec);
+            let entry = self.entry(&spec.identity, "run.start", "started", detail, started);
+            self.services.audit.append(entry).await?;
+        }
         let host = HostContext::new(
             spec.identity.clone(),
             spec.grant,
@@ -130,17 +143,17 @@ impl Bridge {
             .runtime
             .run(&spec.task, host, &spec.limits, &spec.control)
             .await;
-        let (outcome, detail) = match &report.outcome {
-            RunOutcome::Succeeded { .. } => ("succeeded".to_string(), String::new()),
-            RunOutcome::Failed { error } => ("failed".to_string(), error.clone()),
-            RunOutcome::Stopped { reason } => ("stopped".to_string(), reason.to_string()),
-            RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
-        };
-        let detail = format!("{detail}; host calls: {}", report.host_calls);
-        self.services
-            .audit
-            .append(self.entry(&spec.identity, "run.end", &outcome, detail, started))
-            .await?;
+        if bracket {
+            let (outcome, detail) = match &report.outcome {
+                RunOutcome::Succeeded { .. } => ("succeeded".to_string(), String::new()),
+                RunOutcome::Failed { error } => ("failed".to_string(), error.clone()),
+                RunOutcome::Stopped { reason } => ("stopped".to_string(), reason.to_string()),
+                RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
+            };
+            let detail = format!("{detail}; host calls: {}", report.host_calls);
+            let entry = self.entry(&spec.identity, "run.end", &outcome, detail, started);
+            self.services.audit.append(entry).await?;
+        }
         Ok(report)
     }
 

@@ -122,9 +122,7 @@ impl Dispatcher {
             actor.to_string(),
             merged,
         );
-        let record = self.runs.create(record).await?;
         let control = RunControl::new();
-        self.lock().insert(run_id.clone(), control.clone());
         let spec = RunSpec {
             identity: RunIdentity {
                 run_id: run_id.clone(),
@@ -135,45 +133,49 @@ impl Dispatcher {
             params,
             grant: process.grant.clone(),
             limits: self.limits.clone(),
-            control,
+            control: control.clone(),
         };
         let policy = HostCallPolicy {
             engine: self.policy.clone(),
             requested: module.manifest.capabilities.iter().cloned().collect(),
         };
+        // Nothing to wait for: queued and running are recorded in one commit, and the run
+        // is durable as running before the guest can act on anything.
+        let record = self
+            .runs
+            .create_running(record, &Bridge::describe(&spec))
+            .await?;
+        self.lock().insert(run_id, control);
         let this = self.clone();
-        tokio::spawn(async move { this.execute(spec, policy).await });
+        tokio::spawn(async move { this.run_to_end(spec, policy).await });
         Ok(record)
     }
 
-    async fn execute(&self, spec: RunSpec, policy: HostCallPolicy) {
+    /// Executes a run already recorded as running, and records how it ended.
+    async fn run_to_end(&self, spec: RunSpec, policy: HostCallPolicy) {
         let run_id = spec.identity.run_id.clone();
         let actor = spec.identity.actor.clone();
-        if let Err(e) = self
-            .runs
-            .transition(&run_id, RunState::Running, &actor, |_| {})
-            .await
-        {
-            // Cancelled while queued, or storage failure: nothing to run.
-            tracing::warn!(run = %run_id, error = %e, "run not started");
-            self.lock().remove(&run_id);
-            return;
-        }
-        let report = self.bridge.execute_with_policy(spec, policy).await;
-        let (state, apply): (RunState, RecordUpdate) = match report {
+        let report = self.bridge.execute_recorded(spec, policy).await;
+        let (state, note, apply): (RunState, String, RecordUpdate) = match report {
             Ok(report) => (
                 final_state(&report.outcome),
+                format!("host calls: {}", report.host_calls),
                 Box::new(move |r| fill(r, report)),
             ),
             Err(e) => {
                 let message = e.to_string();
                 (
                     RunState::Failed,
+                    String::new(),
                     Box::new(move |r: &mut RunRecord| r.error = Some(message)),
                 )
             }
         };
-        if let Err(e) = self.runs.transition(&run_id, state, &actor, apply).await {
+        if let Err(e) = self
+            .runs
+            .transition_noted(&run_id, state, &actor, &note, apply)
+            .await
+        {
             tracing::error!(run = %run_id, error = %e, "could not record the run's end");
         }
         self.lock().remove(&run_id);

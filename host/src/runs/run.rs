@@ -6,16 +6,21 @@
 //! A transition happens in this order (invariant 7, with invariant 2's fail-closed audit):
 //! 1. under the run's lock, load the stored bytes and check [`RunState::can_become`];
 //! 2. build the new record (the caller's edit, then the store's own fields) and check its size;
-//! 3. append the audit record `run.<state>` and wait until it is durable; if that fails,
-//!    nothing changes and the caller gets [`RunsError::Audit`];
-//! 4. compare-and-swap the stored value from exactly the bytes loaded in 1 to the new ones,
-//!    then flush. Only now is the transition acknowledged.
+//! 3. hand the audit record `run.<state>` to the audit writer together with step 4
+//!    ([`AuditLog::append_then`]); if the record cannot be written, nothing changes and the
+//!    caller gets [`RunsError::Audit`];
+//! 4. on the writer thread, right after the record is written: compare-and-swap the stored
+//!    value from exactly the bytes loaded in 1 to the new ones. One flush then makes the
+//!    record and the new state durable together (one fsync per transition, not two). Only
+//!    now is the transition acknowledged.
 //!
 //! Steps 3 and 4 run on their own task, so a caller that stops waiting (a dropped request
-//! future) cannot leave an audited transition half done.
+//! future) cannot leave an audited transition half done. Because the state is written after
+//! its record in the one sled log, a crash can never keep a new state without its record.
 //!
-//! The window that remains: a crash after 3 and before 4 is durable leaves an audit record of
-//! a transition the stored state does not show. The stored state is authoritative (nothing was
+//! The window that remains: a crash can keep the record and lose the state written after it
+//! (a torn tail of the log), leaving an audit record of a transition the stored state does
+//! not show. The stored state is authoritative (nothing was
 //! acknowledged), and [`RunStore::recover`] makes the log say so at the next start:
 //! - a run still `running` becomes `interrupted`, audited `run.interrupted`; so a log reading
 //!   `run.succeeded` then `run.interrupted` for one run means the server died while recording
@@ -196,17 +201,6 @@ impl std::fmt::Debug for RunStore {
 type TxResult<T> = Result<T, ConflictableTransactionError<RunsError>>;
 
 impl RunStore {
-    /// Makes every write so far durable. sled's `flush_async` was seen to deadlock its IO
-    /// threads under many concurrent callers (50 concurrent runs in the HTTP benchmark), so
-    /// the blocking flush runs on the blocking pool instead.
-    async fn flush(&self) -> Result<(), RunsError> {
-        let runs = self.runs.clone();
-        tokio::task::spawn_blocking(move || runs.flush())
-            .await
-            .map_err(|_| RunsError::TaskFailed)??;
-        Ok(())
-    }
-
     /// Opens (creating if needed) the run trees in `db`; transitions are audited to `audit`.
     pub fn open(db: &sled::Db, audit: AuditLog) -> Result<Self, RunsError> {
         let locks = Locks {
@@ -235,11 +229,46 @@ impl RunStore {
         let entry = created_entry(&run);
         let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
         finish_detached(guard, async move {
-            store.audit.append(entry).await?;
-            store.insert_new(&id, created_ms, &bytes).await
+            let trees = (store.runs.clone(), store.by_time.clone());
+            let insert = move || insert_new(&trees.0, &trees.1, &id, created_ms, &bytes);
+            let (_, inserted) = store.audit.append_then(entry, insert).await?;
+            inserted
         })
         .await?;
         Ok(run)
+    }
+
+    /// Stores a new run that starts at once: audited `run.queued` and then `run.running`
+    /// (with `note`, see [`Self::transition_noted`]) by its actor, stored as `running`, all
+    /// in one commit. Returns the running run once the records and the run are durable.
+    ///
+    /// The same records and end state as [`Self::create`] followed by a transition to
+    /// `running`, with one fsync instead of two: how the dispatcher starts a run that waits
+    /// for nothing.
+    pub async fn create_running(&self, run: RunRecord, note: &str) -> Result<RunRecord, RunsError> {
+        check_new(&run)?;
+        if run.state != RunState::Queued {
+            return Err(invalid("state", "only a queued run can start at once"));
+        }
+        let running = next_record(&run, RunState::Running, |_| {})?;
+        let bytes = encode(&running)?;
+        let guard = self.lock(&run.id).await;
+        if self.runs.contains_key(run.id.as_bytes())? {
+            return Err(RunsError::RunExists(run.id));
+        }
+        let entries = vec![
+            created_entry(&run),
+            transition_entry(&run, &running, &run.actor, note),
+        ];
+        let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
+        finish_detached(guard, async move {
+            let trees = (store.runs.clone(), store.by_time.clone());
+            let insert = move || insert_new(&trees.0, &trees.1, &id, created_ms, &bytes);
+            let (_, inserted) = store.audit.append_all_then(entries, insert).await?;
+            inserted
+        })
+        .await?;
+        Ok(running)
     }
 
     /// Moves a run to `next`, after `edit` has filled its result, error or output.
@@ -255,6 +284,19 @@ impl RunStore {
         actor: &str,
         edit: impl FnOnce(&mut RunRecord),
     ) -> Result<RunRecord, RunsError> {
+        self.transition_noted(id, next, actor, "", edit).await
+    }
+
+    /// [`Self::transition`] with `note` added to the audit record's detail (what the run
+    /// was started with, how many host calls it made). `note` must not hold secrets.
+    pub async fn transition_noted(
+        &self,
+        id: &str,
+        next: RunState,
+        actor: &str,
+        note: &str,
+        edit: impl FnOnce(&mut RunRecord),
+    ) -> Result<RunRecord, RunsError> {
         if !is_valid_principal(actor) {
             return Err(invalid("actor", "not a valid user name"));
         }
@@ -264,11 +306,15 @@ impl RunStore {
             .ok_or_else(|| RunsError::NotFound(id.into()))?;
         let new = next_record(&old, next, edit)?;
         let new_bytes = encode(&new)?;
-        let entry = transition_entry(&old, &new, actor);
+        let entry = transition_entry(&old, &new, actor, note);
         let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
         finish_detached(guard, async move {
-            store.audit.append(entry).await?;
-            store.swap(&id, old_bytes, new_bytes, next, &actor).await
+            let runs = store.runs.clone();
+            let key = id.clone();
+            let swap =
+                move || runs.compare_and_swap(key.as_bytes(), Some(old_bytes), Some(new_bytes));
+            let (_, swapped) = store.audit.append_then(entry, swap).await?;
+            store.lost_if_conflict(&id, swapped?, next, &actor).await
         })
         .await?;
         Ok(new)
@@ -362,36 +408,17 @@ impl RunStore {
         Ok(states)
     }
 
-    /// Stores a new run and its index entry together, unless the id is already taken.
-    async fn insert_new(&self, id: &str, created_ms: u64, bytes: &[u8]) -> Result<(), RunsError> {
-        let index_key = time_key(created_ms, id);
-        (&self.runs, &self.by_time).transaction(|(runs, by_time)| -> TxResult<()> {
-            if runs.get(id.as_bytes())?.is_some() {
-                let exists = RunsError::RunExists(id.to_string());
-                return Err(ConflictableTransactionError::Abort(exists));
-            }
-            runs.insert(id.as_bytes(), bytes)?;
-            by_time.insert(index_key.as_slice(), id.as_bytes())?;
-            Ok(())
-        })?;
-        // sled flushes the whole database log, so this also covers the index tree.
-        self.flush().await
-    }
-
-    /// Step 4 of a transition: swap in the new bytes only if the stored ones are unchanged.
-    async fn swap(
+    /// Step 4's outcome: nothing to do if the swap took effect; otherwise the audited
+    /// transition did not happen, which is audited too and reported to the caller.
+    async fn lost_if_conflict(
         &self,
         id: &str,
-        old_bytes: sled::IVec,
-        new_bytes: Vec<u8>,
+        swapped: Result<(), sled::CompareAndSwapError>,
         next: RunState,
         actor: &str,
     ) -> Result<(), RunsError> {
-        let swapped =
-            self.runs
-                .compare_and_swap(id.as_bytes(), Some(old_bytes), Some(new_bytes))?;
         let Err(lost) = swapped else {
-            return self.flush().await;
+            return Ok(());
         };
         let current = lost
             .current
@@ -427,6 +454,28 @@ impl RunStore {
         // `stripes` has exactly LOCK_STRIPES entries, so the index is in range.
         self.locks.stripes[stripe].clone().lock_owned().await
     }
+}
+
+/// Stores a new run and its index entry together, unless the id is already taken. Runs on
+/// the audit writer thread, after the run's `run.<state>` record (see the module doc).
+fn insert_new(
+    runs: &sled::Tree,
+    by_time: &sled::Tree,
+    id: &str,
+    created_ms: u64,
+    bytes: &[u8],
+) -> Result<(), RunsError> {
+    let index_key = time_key(created_ms, id);
+    (runs, by_time).transaction(|(runs, by_time)| -> TxResult<()> {
+        if runs.get(id.as_bytes())?.is_some() {
+            let exists = RunsError::RunExists(id.to_string());
+            return Err(ConflictableTransactionError::Abort(exists));
+        }
+        runs.insert(id.as_bytes(), bytes)?;
+        by_time.insert(index_key.as_slice(), id.as_bytes())?;
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// Runs the audited half of a write (audit record, then state) on its own task while holding
@@ -544,11 +593,15 @@ fn created_entry(run: &RunRecord) -> AuditEntry {
     }
 }
 
-fn transition_entry(old: &RunRecord, new: &RunRecord, actor: &str) -> AuditEntry {
+fn transition_entry(old: &RunRecord, new: &RunRecord, actor: &str, note: &str) -> AuditEntry {
     let mut detail = format!("{} -> {}", old.state, new.state);
     if let Some(error) = &new.error {
         detail.push_str(": ");
         detail.push_str(error);
+    }
+    if !note.is_empty() {
+        detail.push_str("; ");
+        detail.push_str(note);
     }
     let decision = match new.state {
         // The policy that denied is audited by the caller that asked it.

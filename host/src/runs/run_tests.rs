@@ -167,6 +167,68 @@ async fn creates_a_queued_run_audited_as_run_queued() {
     assert_eq!(f.store.get("missing").unwrap(), None);
 }
 
+/// A run that starts at once: both transitions audited in order, stored as running, and
+/// both survive a restart together.
+#[tokio::test]
+async fn create_running_records_queued_then_running_in_one_commit() {
+    let f = Fixture::new();
+    let run = f
+        .store
+        .create_running(
+            record("r1", "proc-1", "alice", RunState::Queued),
+            "module m@1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.state, RunState::Running);
+    assert!(run.started_ms.is_some());
+    assert_eq!(f.store.get("r1").unwrap(), Some(run.clone()));
+    let audit = f.audit_of("r1");
+    let actions: Vec<_> = audit.iter().map(|r| r.entry.action.as_str()).collect();
+    assert_eq!(actions, ["run.queued", "run.running"]);
+    assert_eq!(audit[1].seq, audit[0].seq + 1, "records are consecutive");
+    assert!(
+        audit[1]
+            .entry
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("; module m@1")
+    );
+    let f = f.restart();
+    assert_eq!(f.store.get("r1").unwrap(), Some(run));
+    assert_eq!(f.actions_of("r1"), ["run.queued", "run.running"]);
+    verify(&f.db, &signing_key().verifying_key()).unwrap();
+}
+
+#[tokio::test]
+async fn create_running_refuses_taken_ids_and_non_queued_runs_auditing_nothing() {
+    let f = Fixture::new();
+    f.store
+        .create(record("r1", "proc-1", "alice", RunState::Queued))
+        .await
+        .unwrap();
+    let audited = f.audit_count();
+    let err = f
+        .store
+        .create_running(record("r1", "proc-1", "bob", RunState::Queued), "")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunsError::RunExists(_)), "{err:?}");
+    let err = f
+        .store
+        .create_running(
+            record("r2", "proc-1", "bob", RunState::AwaitingApproval),
+            "",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunsError::Invalid { .. }), "{err:?}");
+    assert_eq!(f.audit_count(), audited);
+    assert_eq!(f.store.get("r1").unwrap().unwrap().actor, "alice");
+    assert_eq!(f.store.get("r2").unwrap(), None);
+}
+
 #[tokio::test]
 async fn creates_a_run_awaiting_approval_audited_as_such() {
     let f = Fixture::new();
@@ -426,6 +488,12 @@ async fn a_failed_audit_append_prevents_the_transition() {
         .await;
     assert!(matches!(err, Err(RunsError::Audit(_))), "{err:?}");
     assert_eq!(f.store.get("r2").unwrap(), None);
+    let err = f
+        .store
+        .create_running(record("r3", "p", "alice", RunState::Queued), "")
+        .await;
+    assert!(matches!(err, Err(RunsError::Audit(_))), "{err:?}");
+    assert_eq!(f.store.get("r3").unwrap(), None);
     assert!(
         f.store
             .list(&RunFilter::default())

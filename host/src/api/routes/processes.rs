@@ -285,7 +285,7 @@ async fn share_process(
 }
 
 /// Start a run of a process with inputs; the run executes asynchronously.
-#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "queued"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
+#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started: the run, recorded as queued and running"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
 async fn start_run(
     State(state): State<AppState>,
     caller: Caller,

@@ -76,10 +76,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(data) => {
             let token = init_data_dir(&data)?;
-            println!(
-                "initialised {} (master key: master.key, mode 0600)",
-                data.data.display()
-            );
+            let key = match data.key_source()? {
+                crate::vault::MasterKeySource::File(path) => {
+                    format!("{}, mode 0600", path.display())
+                }
+                _ => "external (not stored in the data directory)".to_string(),
+            };
+            println!("initialised {} (master key: {key})", data.data.display());
             println!("admin token (shown once, keep it): {token}");
             Ok(0)
         }

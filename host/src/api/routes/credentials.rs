@@ -66,7 +66,14 @@ async fn add_credential(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid", "kind must be password or ssh-key"))?;
     let secret = Secret::from_bytes(req.secret.as_bytes().to_vec());
-    let info = state.vault.add(&req.name, &req.username, kind, secret)?;
+    let info = state.vault.add_attributed(
+        &req.name,
+        &req.username,
+        kind,
+        secret,
+        &caller.user.name,
+        "created over the API",
+    )?;
     state
         .audit_credential(&caller.user.name, "credential.create", &info.name)
         .await?;

@@ -4,8 +4,10 @@
 //! `tests/fixtures/`, sled files in a temporary data directory, OpenSSH `sshd` on
 //! loopback, and the real `warden` command line.
 
+mod accounts;
 mod api;
 mod cli;
 mod sandbox;
 mod ssh;
 mod support;
+mod vault;

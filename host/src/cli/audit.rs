@@ -4,7 +4,6 @@ use clap::Subcommand;
 
 use super::DataArg;
 use crate::audit::{self, AuditFilter, AuditLog};
-use crate::store::DataDir;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -29,7 +28,7 @@ pub enum AuditCommand {
 pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
         AuditCommand::Verify { data } => {
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             match audit::verify(&dir.db, &dir.server_key.verifying_key()) {
                 Ok(report) => {
                     println!("audit log OK: {} records", report.count);
@@ -42,7 +41,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
             }
         }
         AuditCommand::Show { run, action, data } => {
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             let log = AuditLog::open(&dir.db, dir.server_key)?;
             let filter = AuditFilter {
                 run_id: run,

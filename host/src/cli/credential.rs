@@ -6,7 +6,6 @@ use std::io::{IsTerminal, Read};
 use clap::Subcommand;
 
 use super::DataArg;
-use crate::store::DataDir;
 use crate::vault::{CredentialKind, Secret, Vault};
 
 /// Largest secret read from stdin. Blocks a runaway pipe.
@@ -43,7 +42,7 @@ pub fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
             data,
         } => {
             let kind: CredentialKind = kind.parse()?;
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             let vault = Vault::open(&dir.db, dir.master_key)?;
             let secret = read_secret(kind)?;
             vault.add(&name, &username, kind, secret)?;
@@ -51,7 +50,7 @@ pub fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         CredentialCommand::List { data } => {
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             let vault = Vault::open(&dir.db, dir.master_key)?;
             for info in vault.list()? {
                 println!("{}\t{}\t{}", info.name, info.username, info.kind);

@@ -78,7 +78,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     let params = resolve_params(manifest.as_ref(), &args.params)?;
     let limits = limits_from(&args);
 
-    let dir = DataDir::open(&args.data.data)?;
+    let dir = args.data.open()?;
     let runtime = Runtime::new(&EngineConfig::default(), &dir.artifacts())?;
     let task = runtime
         .prepare(&component)

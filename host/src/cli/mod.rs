@@ -8,6 +8,7 @@ mod exec;
 mod serve;
 pub mod sign;
 mod target;
+mod vault;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ pub struct DataArg {
     /// The data directory.
     #[arg(long, env = "WARDEN_DATA", default_value = "warden-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub master_key: vault::MasterKeyArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,17 +66,23 @@ enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Vault maintenance (master key rekey).
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(data) => {
-            let token = init_data_dir(&data.data)?;
-            println!(
-                "initialised {} (master key: master.key, mode 0600)",
-                data.data.display()
-            );
+            let token = init_data_dir(&data)?;
+            let key = match data.key_source()? {
+                crate::vault::MasterKeySource::File(path) => {
+                    format!("{}, mode 0600", path.display())
+                }
+                _ => "external (not stored in the data directory)".to_string(),
+            };
+            println!("initialised {} (master key: {key})", data.data.display());
             println!("admin token (shown once, keep it): {token}");
             Ok(0)
         }
@@ -86,14 +95,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Vault(cmd) => vault::run(cmd),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
     }
 }
 
 /// Creates a data directory with the first Privileged Administrator; returns its token.
-fn init_data_dir(root: &std::path::Path) -> anyhow::Result<String> {
-    let dir = DataDir::init(root)?;
+fn init_data_dir(data: &DataArg) -> anyhow::Result<String> {
+    let dir = DataDir::init_with(&data.data, &data.key_source()?)?;
     serve::bootstrap_admin(&dir)
 }
 

@@ -43,7 +43,7 @@ pub struct DemoArgs {
 }
 
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
-    let dir = DataDir::open(&args.data.data)?;
+    let dir = args.data.open()?;
     let state = AppState::open(dir, &args.policies).await?;
     listen(args.listen, state).await
 }
@@ -81,13 +81,13 @@ fn reload_policies_on_sighup(state: &AppState) -> anyhow::Result<()> {
 /// `hello-demo` process, prints how to run it, and serves.
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     let root = &args.serve.data.data;
-    let fresh = !root.join("master.key").exists();
+    let fresh = !root.join("server.key").exists();
     let admin_token = if fresh {
-        Some(super::init_data_dir(root)?)
+        Some(super::init_data_dir(&args.serve.data)?)
     } else {
         None
     };
-    let dir = DataDir::open(root)?;
+    let dir = args.serve.data.open()?;
     let state = AppState::open(dir, &args.serve.policies).await?;
     let publisher = root.join("demo-publisher.key");
     let key = if publisher.exists() {

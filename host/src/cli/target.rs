@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::DataArg;
-use crate::store::DataDir;
 use crate::targets::{self, Target, TargetStore};
 
 #[derive(Subcommand, Debug)]
@@ -62,7 +61,7 @@ pub async fn run(cmd: TargetCommand) -> anyhow::Result<i32> {
                 zone,
                 tags,
             };
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             TargetStore::open(&dir.db)?.add(target)?;
             println!("added target '{name}'");
             Ok(0)
@@ -78,7 +77,7 @@ pub async fn run(cmd: TargetCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         TargetCommand::List { data } => {
-            let dir = DataDir::open(&data.data)?;
+            let dir = data.open()?;
             for t in TargetStore::open(&dir.db)?.list()? {
                 println!(
                     "{}\t{}:{}\t{}\t{}",

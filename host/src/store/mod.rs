@@ -3,13 +3,23 @@
 //! ```text
 //! DATA/            0700
 //!   db/            sled database: vault, audit log, targets, …
-//!   master.key     256-bit vault master key, 0600, never inside the database
+//!   master.key     256-bit vault master key, 0600, never inside the database (default
+//!                  source; an environment variable or a command may supply it instead)
+//!   master.key.new only while `warden vault rekey` runs: the key taking over
 //!   server.key     ed25519 key that signs audit checkpoints, 0600
 //!   artifacts/     precompiled task modules, 0700
 //! ```
 //!
 //! Threat: another local user reading keys or state. Everything is created owner-only,
-//! and a key file that others can read is refused.
+//! and a key file that others can read is refused. Opening also checks that the master key
+//! opens every vault record, so a wrong or retired key stops the server at startup instead
+//! of failing each credential use later.
+//!
+//! Layout: `rekey` replaces the master key file (see [`rekey_master_key`]).
+
+mod rekey;
+
+pub use rekey::rekey_master_key;
 
 use std::fs;
 use std::io::Write;
@@ -20,7 +30,16 @@ use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::vault::MasterKey;
+use crate::vault::{MasterKey, MasterKeySource, Vault, VaultError};
+
+/// The master key file's name inside the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// The file holding the new master key while a rekey is under way.
+pub const NEW_MASTER_KEY_FILE: &str = "master.key.new";
+
+/// The server's audit-signing key file; its presence marks an initialised data directory.
+const SERVER_KEY_FILE: &str = "server.key";
 
 /// Why the data directory could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +56,22 @@ pub enum DataDirError {
     /// The vault master key could not be created or loaded.
     #[error("master key: {0}")]
     MasterKey(#[from] crate::vault::VaultError),
+    /// The master key does not open a vault record: a wrong or retired key (or a tampered
+    /// record).
+    #[error(
+        "the master key does not open credential {name:?}: wrong or retired master key, or \
+         a tampered record"
+    )]
+    WrongMasterKey { name: String },
+    /// A `warden vault rekey` stopped midway; the vault needs both keys until it finishes.
+    #[error(
+        "{0} exists: a master key rekey was interrupted; run `warden vault rekey` again to \
+         finish it"
+    )]
+    InterruptedRekey(PathBuf),
+    /// A rekey needs the key in the data directory's file (it writes the new key there).
+    #[error("rekey works with the master key file only, not with {0}")]
+    RekeyNeedsKeyFile(&'static str),
     /// The database could not be opened (for example another process holds it).
     #[error("database: {0}")]
     Database(#[from] sled::Error),
@@ -57,9 +92,19 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates a new data directory with fresh keys. Refuses an existing one.
+    /// Creates a new data directory with fresh keys (the master key in `master.key`).
+    /// Refuses an existing one.
     pub fn init(root: &Path) -> Result<Self, DataDirError> {
-        if root.join("master.key").exists() || root.join("db").exists() {
+        Self::init_with(root, &Self::default_key_source(root))
+    }
+
+    /// Creates a new data directory. A [`MasterKeySource::File`] gets a fresh key file; an
+    /// environment variable or command must already supply a key, which is checked.
+    pub fn init_with(root: &Path, source: &MasterKeySource) -> Result<Self, DataDirError> {
+        if root.join(SERVER_KEY_FILE).exists()
+            || root.join(MASTER_KEY_FILE).exists()
+            || root.join("db").exists()
+        {
             return Err(DataDirError::AlreadyInitialised(root.to_path_buf()));
         }
         fs::DirBuilder::new()
@@ -67,28 +112,47 @@ impl DataDir {
             .mode(0o700)
             .create(root)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
-        MasterKey::create(&root.join("master.key"))?;
+        match source {
+            MasterKeySource::File(path) => drop(MasterKey::create(path)?),
+            other => drop(other.load()?),
+        }
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(seed.as_mut());
-        write_new_private(&root.join("server.key"), seed.as_ref())?;
-        Self::open(root)
+        write_new_private(&root.join(SERVER_KEY_FILE), seed.as_ref())?;
+        Self::open_with(root, source)
     }
 
-    /// Opens an existing data directory.
+    /// Opens an existing data directory with the master key in its `master.key`.
     pub fn open(root: &Path) -> Result<Self, DataDirError> {
-        let key_path = root.join("master.key");
-        if !key_path.exists() {
+        Self::open_with(root, &Self::default_key_source(root))
+    }
+
+    /// Opens an existing data directory with the master key from `source`. Refuses a key
+    /// file others may access, a key that does not open every vault record, and a data
+    /// directory whose rekey was interrupted.
+    pub fn open_with(root: &Path, source: &MasterKeySource) -> Result<Self, DataDirError> {
+        if !root.join(SERVER_KEY_FILE).exists() {
             return Err(DataDirError::NotInitialised(root.to_path_buf()));
         }
-        let master_key = MasterKey::load(&key_path)?;
-        let server_key = load_signing_key(&root.join("server.key"))?;
+        let pending = root.join(NEW_MASTER_KEY_FILE);
+        if pending.exists() {
+            return Err(DataDirError::InterruptedRekey(pending));
+        }
+        let master_key = source.load()?;
+        let server_key = load_signing_key(&root.join(SERVER_KEY_FILE))?;
         let db = sled::Config::new().path(root.join("db")).open()?;
+        check_key_opens_vault(&db, &master_key)?;
         Ok(DataDir {
             root: root.to_path_buf(),
             db,
             master_key,
             server_key,
         })
+    }
+
+    /// The default master key source: the `master.key` file in `root`.
+    pub fn default_key_source(root: &Path) -> MasterKeySource {
+        MasterKeySource::File(root.join(MASTER_KEY_FILE))
     }
 
     /// The directory itself.
@@ -99,6 +163,16 @@ impl DataDir {
     /// Where precompiled modules are cached.
     pub fn artifacts(&self) -> PathBuf {
         self.root.join("artifacts")
+    }
+}
+
+/// Authenticates every vault record with `key` (metadata only; no secret is decrypted).
+fn check_key_opens_vault(db: &sled::Db, key: &MasterKey) -> Result<(), DataDirError> {
+    let vault = Vault::open(db, key.duplicate())?;
+    match vault.list() {
+        Ok(_) => Ok(()),
+        Err(VaultError::CorruptRecord { name }) => Err(DataDirError::WrongMasterKey { name }),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -14,13 +14,14 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::policy::Action;
-use crate::vault::{CredentialInfo, CredentialKind, Secret};
+use crate::vault::{CredentialInfo, CredentialKind, Secret, VersionInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_credentials, add_credential))
         .routes(routes!(get_credential))
         .routes(routes!(update_secret))
+        .routes(routes!(list_versions))
 }
 
 #[derive(Deserialize)]
@@ -65,7 +66,14 @@ async fn add_credential(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid", "kind must be password or ssh-key"))?;
     let secret = Secret::from_bytes(req.secret.as_bytes().to_vec());
-    let info = state.vault.add(&req.name, &req.username, kind, secret)?;
+    let info = state.vault.add_attributed(
+        &req.name,
+        &req.username,
+        kind,
+        secret,
+        &caller.user.name,
+        "created over the API",
+    )?;
     state
         .audit_credential(&caller.user.name, "credential.create", &info.name)
         .await?;
@@ -120,4 +128,18 @@ async fn update_secret(
         .audit_credential(&caller.user.name, "credential.update-secret", &name)
         .await?;
     Ok(Json(info))
+}
+
+/// A credential's retained versions, oldest first: number, state (current, previous,
+/// pending, failed), when, by whom and why. Never a value.
+#[utoipa::path(get, path = "/v1/credentials/{name}/versions", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "version metadata (never values)"), (status = 404, description = "unknown")))]
+async fn list_versions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    state
+        .authorize_system(&caller, Action::ManageCredentials, "credentials")
+        .await?;
+    Ok(Json(state.vault.versions(&name)?))
 }

@@ -1,6 +1,6 @@
 //! The bridge: executes runs. It ties one prepared task, its inputs, its grant and its
 //! limits to the runtime, and brackets every run with `run.start` and `run.end` audit
-//! records. The server embeds one bridge; remote bridges will use the same type.
+//! records; when a run ends, for any reason, its credential leases are revoked. The server embeds one bridge; remote bridges will use the same type.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,9 @@ use crate::runtime::bindings::params::Param;
 use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::RunLimits;
 use crate::runtime::{RunControl, RunOutcome, RunReport, Runtime};
+
+/// Who revokes a run's leases when it ends, in `lease.revoked` audit records.
+pub const RUN_END_ACTOR: &str = "system:run-end";
 
 /// Everything needed to execute one run.
 pub struct RunSpec {
@@ -136,6 +139,18 @@ impl Bridge {
             RunOutcome::Stopped { reason } => ("stopped".to_string(), reason.to_string()),
             RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
         };
+        // Whatever the outcome, the run's leases die with it. A failure here leaves no usable
+        // lease (only this run's host context could use one), and startup revokes leftovers.
+        let reason = format!("run ended: {outcome}");
+        let run_id = &spec.identity.run_id;
+        if let Err(e) = self
+            .services
+            .leases
+            .revoke_run(run_id, RUN_END_ACTOR, &reason)
+            .await
+        {
+            tracing::error!(run = %run_id, error = %e, "could not revoke the run's leases");
+        }
         let detail = format!("{detail}; host calls: {}", report.host_calls);
         self.services
             .audit

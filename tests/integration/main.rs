@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod leases;
 mod sandbox;
 mod ssh;
 mod support;

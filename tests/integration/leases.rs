@@ -670,3 +670,58 @@ fn warden_exec_runs_get_leases_revoked_when_they_end() {
             .any(|r| r.entry.action == REVOKED_ACTION && detail(r).contains(&lease_id))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_start_revokes_every_lease_a_dead_process_left_active() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let lease_id = {
+        let dir = DataDir::init(&data).expect("init");
+        let audit =
+            warden_host::audit::AuditLog::open(&dir.db, dir.server_key.clone()).expect("audit");
+        let leases = LeaseStore::open(&dir.db, audit).expect("leases");
+        let targets = BTreeSet::from(["t0".to_string()]);
+        let lease = leases
+            .issue(warden_host::vault::lease::NewLease {
+                run_id: "run-of-a-crashed-server",
+                actor: "alice",
+                credential: "pw",
+                targets: &targets,
+                deadline_ms: warden_host::vault::lease::now_ms() + 3_600_000,
+            })
+            .await
+            .expect("issue");
+        assert_eq!(lease.status(), LeaseStatus::Active);
+        lease.id
+    };
+    // The audit writer thread lets go of sled's lock shortly after its last handle.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let state = loop {
+        match DataDir::open(&data) {
+            Ok(dir) => {
+                break AppState::open(dir, &warden_tests::repo_root().join("policies"))
+                    .await
+                    .expect("app state");
+            }
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "cannot reopen: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lease = state
+        .bridge
+        .services()
+        .leases
+        .get(&lease_id)
+        .expect("read")
+        .expect("kept");
+    let revocation = lease.revoked.expect("revoked at start");
+    assert_eq!(revocation.by, warden_host::runs::RECOVERY_ACTOR);
+    assert_eq!(revocation.reason, "server restarted");
+    let filter = AuditFilter {
+        action: Some(REVOKED_ACTION.into()),
+        ..AuditFilter::default()
+    };
+    let records = state.audit.query(&filter).expect("query");
+    assert_eq!(records.len(), 1);
+    assert!(detail(&records[0]).contains(&lease_id));
+}

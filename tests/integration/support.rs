@@ -122,7 +122,8 @@ impl Env {
         (run_id, report.expect("run executes"))
     }
 
-    /// The audit records of one run, minus its `run.start` and `run.end`.
+    /// The audit records of one run's host calls: minus its `run.start` and `run.end`, and
+    /// minus `lease.revoked` (the host revokes a run's leases; no guest call does).
     pub fn host_call_records(&self, run_id: &str) -> Vec<AuditRecord> {
         let filter = AuditFilter {
             run_id: Some(run_id.into()),
@@ -132,6 +133,7 @@ impl Env {
         records
             .into_iter()
             .filter(|r| !r.entry.action.starts_with("run."))
+            .filter(|r| r.entry.action != warden_host::vault::lease::REVOKED_ACTION)
             .collect()
     }
 }

@@ -725,3 +725,59 @@ async fn server_start_revokes_every_lease_a_dead_process_left_active() {
     assert_eq!(records.len(), 1);
     assert!(detail(&records[0]).contains(&lease_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_at_its_wall_time_has_its_lease_bounded_by_it_and_revoked() {
+    let short = ShortLeases::new(1, Duration::from_secs(600));
+    let probe = short.env.prepare("probe");
+    let mut params = text_params(&[
+        ("mode", "exec-until-denied"),
+        ("credential", "pw"),
+        ("target", "t0"),
+        ("command", "sleep 0.2"),
+    ]);
+    params.push(Param {
+        name: "n".into(),
+        value: ParamValue::Integer(200),
+    });
+    let limits = RunLimits {
+        wall_time: Duration::from_secs(2),
+        ..RunLimits::default()
+    };
+    let (run_id, report) = short
+        .env
+        .run(&probe, params, grant(&["pw"], &["t0"]), limits)
+        .await;
+    assert!(
+        matches!(report.outcome, RunOutcome::Stopped { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let leases = short
+        .env
+        .bridge
+        .services()
+        .leases
+        .list_for_run(&run_id)
+        .expect("list");
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert!(
+        lease.expires_ms <= lease.issued_ms + 2000,
+        "outlives the deadline: {lease:?}"
+    );
+    let revocation = lease
+        .revoked
+        .as_ref()
+        .expect("revoked when the run was killed");
+    assert_eq!(revocation.reason, "run ended: stopped");
+    let all = short
+        .env
+        .audit
+        .query(&AuditFilter {
+            run_id: Some(run_id.clone()),
+            ..AuditFilter::default()
+        })
+        .expect("query");
+    assert_eq!(of_action(&all, REVOKED_ACTION).len(), 1);
+}

@@ -11,7 +11,8 @@
 //!   granted.
 //! - [`capabilities`]: the host side of each WIT interface, one file each; the grant check.
 //! - [`bridge`]: executes a run (task + inputs + grant + limits), bracketed by audit records.
-//! - [`vault`]: credentials encrypted at rest under a master key kept outside the database.
+//! - [`vault`]: credentials encrypted at rest under a master key kept outside the database;
+//!   run-scoped credential leases (`vault::lease`).
 //! - [`audit`]: the append-only, hash-chained, durably flushed audit log.
 //! - [`ssh`]: SSH and SFTP to targets with pinned host keys, pooled connections.
 //! - [`targets`]: registered endpoints and their pinned host keys.

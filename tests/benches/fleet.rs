@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         })?;
     }
     let audit = AuditLog::open(&db, server_key)?;
+    let leases = warden_host::vault::lease::LeaseStore::open(&db, audit.clone())?;
     let probe = runtime.prepare(&std::fs::read(guests::component("probe"))?)?;
     let grant = Grant {
         credentials: ["key".to_string()].into(),
@@ -104,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 vault: vault.clone(),
                 targets: targets.clone(),
                 ssh: pool,
+                leases: leases.clone(),
             },
         )
     };

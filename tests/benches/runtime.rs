@@ -34,8 +34,10 @@ fn main() -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     let data = DataDir::init(&dir.path().join("data"))?;
     let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
+    let audit = AuditLog::open(&data.db, data.server_key.clone())?;
     let services = Services {
-        audit: AuditLog::open(&data.db, data.server_key.clone())?,
+        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
+        audit,
         vault: Vault::open(&data.db, data.master_key)?,
         targets: TargetStore::open(&data.db)?,
         ssh: SshPool::new(SshConfig::default()),

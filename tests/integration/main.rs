@@ -7,6 +7,7 @@
 mod accounts;
 mod api;
 mod cli;
+mod leases;
 mod sandbox;
 mod ssh;
 mod support;

@@ -15,6 +15,7 @@ use warden_host::runtime::{RunReport, Runtime};
 use warden_host::ssh::{SshConfig, SshPool};
 use warden_host::store::DataDir;
 use warden_host::targets::TargetStore;
+use warden_host::vault::lease::LeaseStore;
 use warden_host::vault::{CredentialKind, Secret, Vault};
 use warden_tests::guests;
 
@@ -45,11 +46,13 @@ impl Env {
         let vault = Vault::open(&data.db, data.master_key).expect("vault");
         let audit = AuditLog::open(&data.db, data.server_key).expect("audit");
         let targets = TargetStore::open(&data.db).expect("targets");
+        let leases = LeaseStore::open(&data.db, audit.clone()).expect("leases");
         let services = Services {
             audit: audit.clone(),
             vault: vault.clone(),
             targets: targets.clone(),
             ssh: SshPool::new(SshConfig::default()),
+            leases: leases.clone(),
         };
         let bridge = Bridge::new(runtime(), services);
         Env {
@@ -119,7 +122,8 @@ impl Env {
         (run_id, report.expect("run executes"))
     }
 
-    /// The audit records of one run, minus its `run.start` and `run.end`.
+    /// The audit records of one run's host calls: minus its `run.start` and `run.end`, and
+    /// minus `lease.revoked` (the host revokes a run's leases; no guest call does).
     pub fn host_call_records(&self, run_id: &str) -> Vec<AuditRecord> {
         let filter = AuditFilter {
             run_id: Some(run_id.into()),
@@ -129,6 +133,7 @@ impl Env {
         records
             .into_iter()
             .filter(|r| !r.entry.action.starts_with("run."))
+            .filter(|r| r.entry.action != warden_host::vault::lease::REVOKED_ACTION)
             .collect()
     }
 }

@@ -99,6 +99,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::runs::routes())
         .merge(routes::audit::routes())
         .merge(routes::users::routes())
+        .merge(routes::leases::routes())
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -134,11 +135,20 @@ impl AppState {
         let audit = AuditLog::open(&db, server_key)?;
         let vault = Vault::open(&db, master_key)?;
         let targets = TargetStore::open(&db)?;
+        let leases = crate::vault::lease::LeaseStore::open(&db, audit.clone())?;
+        // No run survives a restart, so neither may any of their leases.
+        let stale = leases
+            .revoke_all_active(crate::runs::RECOVERY_ACTOR, "server restarted")
+            .await?;
+        if !stale.is_empty() {
+            tracing::warn!(count = stale.len(), "leases revoked at start");
+        }
         let services = crate::capabilities::Services {
             audit: audit.clone(),
             vault: vault.clone(),
             targets: targets.clone(),
             ssh: crate::ssh::SshPool::new(crate::ssh::SshConfig::default()),
+            leases,
         };
         let bridge = Bridge::new(runtime, services);
         let modules = ModuleStore::open(&db)?;

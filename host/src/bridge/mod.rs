@@ -1,6 +1,8 @@
 //! The bridge: executes runs. It ties one prepared task, its inputs, its grant and its
-//! limits to the runtime, and brackets every run with `run.start` and `run.end` audit
-//! records. The server embeds one bridge; remote bridges will use the same type.
+//! limits to the runtime, and brackets every run with start and end audit records: its own
+//! `run.start` / `run.end`, or, for server runs, the run store's audited transitions. When a
+//! run ends, for any reason, its credential leases are revoked. The server embeds one
+//! bridge; remote bridges will use the same type.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +14,9 @@ use crate::runtime::bindings::params::Param;
 use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::RunLimits;
 use crate::runtime::{RunControl, RunOutcome, RunReport, Runtime};
+
+/// Who revokes a run's leases when it ends, in `lease.revoked` audit records.
+pub const RUN_END_ACTOR: &str = "system:run-end";
 
 /// Everything needed to execute one run.
 pub struct RunSpec {
@@ -143,15 +148,32 @@ impl Bridge {
             .runtime
             .run(&spec.task, host, &spec.limits, &spec.control)
             .await;
+        let outcome = match &report.outcome {
+            RunOutcome::Succeeded { .. } => "succeeded",
+            RunOutcome::Failed { .. } => "failed",
+            RunOutcome::Stopped { .. } => "stopped",
+            RunOutcome::Trapped { .. } => "trapped",
+        };
+        // Whatever the outcome, the run's leases die with it. A failure here leaves no usable
+        // lease (only this run's host context could use one), and startup revokes leftovers.
+        let reason = format!("run ended: {outcome}");
+        let run_id = &spec.identity.run_id;
+        if let Err(e) = self
+            .services
+            .leases
+            .revoke_run(run_id, RUN_END_ACTOR, &reason)
+            .await
+        {
+            tracing::error!(run = %run_id, error = %e, "could not revoke the run's leases");
+        }
         if bracket {
-            let (outcome, detail) = match &report.outcome {
-                RunOutcome::Succeeded { .. } => ("succeeded".to_string(), String::new()),
-                RunOutcome::Failed { error } => ("failed".to_string(), error.clone()),
-                RunOutcome::Stopped { reason } => ("stopped".to_string(), reason.to_string()),
-                RunOutcome::Trapped { error } => ("trapped".to_string(), error.clone()),
+            let detail = match &report.outcome {
+                RunOutcome::Succeeded { .. } => String::new(),
+                RunOutcome::Failed { error } | RunOutcome::Trapped { error } => error.clone(),
+                RunOutcome::Stopped { reason } => reason.to_string(),
             };
             let detail = format!("{detail}; host calls: {}", report.host_calls);
-            let entry = self.entry(&spec.identity, "run.end", &outcome, detail, started);
+            let entry = self.entry(&spec.identity, "run.end", outcome, detail, started);
             self.services.audit.append(entry).await?;
         }
         Ok(report)

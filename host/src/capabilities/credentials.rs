@@ -3,7 +3,8 @@
 //! Threat: a task that tries to read a secret. The guest gets a [`CredentialHandle`] that
 //! holds the credential's name and username only; the secret is fetched from the vault by
 //! [`HostContext::ssh_credential`] at the moment the host authenticates, registered with
-//! the run's redactor, and never written to guest memory.
+//! the run's redactor, and never written to guest memory. Each handle is bound to a lease
+//! ([`super::leases`]) that every use checks first.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::ssh::{SshAuth, SshCredential};
 use crate::vault::{self, VaultError};
 
 use super::grant::Request;
+use super::leases::Refusal;
 use super::types::internal;
 use super::{HostContext, Subject};
 
@@ -28,12 +30,19 @@ pub struct CredentialHandle {
     name: String,
     username: String,
     kind: vault::CredentialKind,
+    /// The lease every use of this handle is checked against.
+    lease_id: String,
 }
 
 impl CredentialHandle {
     /// The credential's vault name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The id of the lease this handle is bound to.
+    pub fn lease_id(&self) -> &str {
+        &self.lease_id
     }
 }
 
@@ -47,10 +56,22 @@ impl HostContext {
         Ok(self.handles.get(r)?.clone())
     }
 
+    /// The secret behind `handle` for one use on `target`: first the handle's lease must
+    /// allow that use ([`HostContext::use_lease`]), then the secret is fetched. Every use of
+    /// a handle (ssh, transfer) comes through here.
+    pub(crate) fn ssh_credential(
+        &mut self,
+        handle: &CredentialHandle,
+        target: &str,
+    ) -> Result<Arc<SshCredential>, Refusal> {
+        self.use_lease(handle, target).map_err(Refusal::Denied)?;
+        self.fetch_secret(handle).map_err(Refusal::Failed)
+    }
+
     /// Fetches the handle's secret from the vault for the SSH layer, registering it (and
     /// its encodings) with the run's redactor first. This is the one place a secret
-    /// leaves the vault on behalf of a run.
-    pub(crate) fn ssh_credential(
+    /// leaves the vault on behalf of a run; callers check the lease first.
+    pub(crate) fn fetch_secret(
         &mut self,
         handle: &CredentialHandle,
     ) -> Result<Arc<SshCredential>, Error> {
@@ -81,16 +102,29 @@ impl HostContext {
         }))
     }
 
-    async fn acquire_checked(&mut self, name: &str) -> Result<CredentialHandle, Error> {
-        match self.services.vault.info(name) {
-            Ok(Some(info)) => Ok(CredentialHandle {
-                name: info.name,
-                username: info.username,
-                kind: info.kind,
-            }),
-            Ok(None) => Err(Error::NotFound(format!("no credential named '{name}'"))),
-            Err(e) => Err(internal("looking up the credential", e)),
-        }
+    /// The handle for credential `name`, bound to its lease; the lease's id goes into the
+    /// acquire call's audit record (`detail`).
+    async fn acquire_checked(
+        &mut self,
+        name: &str,
+        detail: &mut Option<String>,
+    ) -> Result<CredentialHandle, Refusal> {
+        let info = match self.services.vault.info(name) {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                let e = Error::NotFound(format!("no credential named '{name}'"));
+                return Err(Refusal::Failed(e));
+            }
+            Err(e) => return Err(Refusal::Failed(internal("looking up the credential", e))),
+        };
+        let lease = self.lease_for_acquire(&info.name).await?;
+        *detail = Some(lease.detail());
+        Ok(CredentialHandle {
+            name: info.name,
+            username: info.username,
+            kind: info.kind,
+            lease_id: lease.id,
+        })
     }
 
     /// Audits a call on a handle (its name, username or kind) and returns `value`.
@@ -119,7 +153,7 @@ impl Host for HostContext {
         name: String,
     ) -> wasmtime::Result<Result<Resource<CredentialHandle>, Error>> {
         let call = self.begin("credentials.acquire", name.len()).await?;
-        let subject = Subject {
+        let mut subject = Subject {
             credential: Some(name.clone()),
             ..Subject::default()
         };
@@ -141,12 +175,13 @@ impl Host for HostContext {
             let _ = self.deny::<()>(call, subject, denial).await?;
             return Err(self.end_run(RunStop::Limit(exceeded)));
         }
-        let result = match self.acquire_checked(&name).await {
+        let result = match self.acquire_checked(&name, &mut subject.detail).await {
             Ok(handle) => {
                 self.live_handles += 1;
                 Ok(self.handles.push(handle)?)
             }
-            Err(e) => Err(e),
+            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
+            Err(Refusal::Failed(e)) => Err(e),
         };
         self.finish(call, subject, Decision::Allowed, result).await
     }

@@ -1,7 +1,8 @@
 //! Capabilities: the host side of every WIT interface a task imports, one file each.
 //!
 //! This is the spine of the product. Every host call goes the same way, top to bottom:
-//! count it against the run's limits → ask the grant ([`grant::Grant::authorize`]) → act
+//! count it against the run's limits → ask the grant ([`grant::Grant::authorize`]) → check
+//! the handle's lease ([`leases`]) → act
 //! (with the secret fetched from the vault only here, never handed to the guest) →
 //! redact → write one durable audit record → return. A denial is a guest-visible
 //! `error::denied`, never a trap, and it is audited like any other call. A call that
@@ -11,6 +12,7 @@
 
 pub mod credentials;
 pub mod grant;
+pub mod leases;
 pub mod log;
 pub mod params;
 pub mod ssh;
@@ -33,6 +35,7 @@ use crate::runtime::{EventLog, RunControl, RunStop};
 use crate::ssh::SshPool;
 use crate::targets::TargetStore;
 use crate::vault::Vault;
+use crate::vault::lease::LeaseStore;
 use grant::{Denial, Grant, Request};
 
 /// The long-lived services host calls act through. Cheap to clone.
@@ -46,6 +49,8 @@ pub struct Services {
     pub targets: TargetStore,
     /// SSH connections, pooled per (target, credential).
     pub ssh: SshPool,
+    /// Run-scoped leases on credentials.
+    pub leases: LeaseStore,
 }
 
 /// The server's checks on every host call beyond the grant: the interfaces the module's
@@ -82,6 +87,10 @@ pub struct HostContext {
     host_calls: u64,
     redactor: Redactor,
     policy: Option<HostCallPolicy>,
+    /// The run's deadline (start + wall-time limit), Unix ms: no lease outlives it.
+    deadline_ms: u64,
+    /// The lease each acquired credential's handles are bound to, by credential name.
+    leases: std::collections::HashMap<String, String>,
     pub(crate) events: EventLog,
     pub(crate) stop: Option<RunStop>,
 }
@@ -111,6 +120,8 @@ impl HostContext {
         control: &RunControl,
     ) -> Self {
         let events = EventLog::new(limits.output_bytes, control);
+        let wall_ms = u64::try_from(limits.wall_time.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = crate::vault::lease::now_ms().saturating_add(wall_ms);
         HostContext {
             identity,
             grant,
@@ -122,6 +133,8 @@ impl HostContext {
             host_calls: 0,
             redactor: Redactor::new(),
             policy: None,
+            deadline_ms,
+            leases: Default::default(),
             events,
             stop: None,
         }

@@ -1,7 +1,8 @@
 //! `ssh`: commands on targets, one target or many at once.
 //!
 //! The guest names a target and passes a credential handle; the host checks the grant
-//! (credential, target, command pattern), looks up the target's pinned host key, fetches
+//! (credential, target, command pattern) and the handle's lease, looks up the target's
+//! pinned host key, fetches
 //! the secret, runs the command through the pooled SSH layer (which feeds any sudo
 //! password on stdin, never argv), redacts every secret the run has touched from the
 //! output, and audits one record per target.
@@ -24,6 +25,7 @@ use crate::ssh::{ExecRequest, ExecResult, SshCredential};
 
 use super::credentials::CredentialHandle;
 use super::grant::Request;
+use super::leases::{Refusal, with_lease};
 use super::types::{describe, from_ssh, internal};
 use super::{HostContext, Services, Subject};
 
@@ -152,14 +154,17 @@ impl Host for HostContext {
         if let Err(denial) = self.authorize(CAPABILITY, &request).await {
             return self.deny(call, subject, denial).await;
         }
-        let result = match self.ssh_credential(&handle) {
+        subject.detail = subject.detail.map(|d| with_lease(d, &handle));
+        let result = match self.ssh_credential(&handle, &target) {
             Ok(cred) => {
                 let req = self.exec_request(&command, &options);
                 exec_on(&self.services, &self.redactor, &target, &cred, &req).await
             }
-            Err(e) => Err(e),
+            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
+            Err(Refusal::Failed(e)) => Err(e),
         };
-        subject.detail = Some(exec_detail(&command, &options, &result));
+        let detail = exec_detail(&command, &options, &result);
+        subject.detail = Some(with_lease(detail, &handle));
         self.finish(call, subject, Decision::Allowed, result).await
     }
 
@@ -195,13 +200,19 @@ impl Host for HostContext {
             let call = self
                 .begin("ssh.exec-many", std::mem::take(&mut call_bytes))
                 .await?;
-            let subject = exec_subject(target, handle.name(), &command, &options);
+            let mut subject = exec_subject(target, handle.name(), &command, &options);
+            subject.detail = subject.detail.map(|d| with_lease(d, &handle));
             let request = Request::Exec {
                 target,
                 credential: handle.name(),
                 command: &command,
             };
-            if let Err(denial) = self.authorize(CAPABILITY, &request).await {
+            // The lease is checked for every target; the secret is fetched only once.
+            let checked = match self.authorize(CAPABILITY, &request).await {
+                Ok(()) => self.use_lease(&handle, target),
+                Err(denial) => Err(denial),
+            };
+            if let Err(denial) = checked {
                 let outcome = self.deny(call, subject, denial).await?;
                 results[i] = Some(TargetResult {
                     target: target.clone(),
@@ -211,7 +222,7 @@ impl Host for HostContext {
             }
             let cred = match &fetched {
                 Some(c) => c.clone(),
-                None => fetched.insert(self.ssh_credential(&handle)).clone(),
+                None => fetched.insert(self.fetch_secret(&handle)).clone(),
             };
             let cred = match cred {
                 Ok(c) => c,
@@ -232,6 +243,7 @@ impl Host for HostContext {
         let services = self.services.clone();
         let redactor = self.redactor.clone();
         let identity = self.identity.clone();
+        let lease_id = handle.lease_id().to_string();
         let fanned =
             futures::stream::iter(pending.into_iter().map(|(i, target, cred, started)| {
                 let (services, redactor, identity, req) = (
@@ -241,15 +253,17 @@ impl Host for HostContext {
                     req.clone(),
                 );
                 let (command, options) = (command.clone(), options.clone());
+                let lease_id = lease_id.clone();
                 async move {
                     let outcome = exec_on(&services, &redactor, &target, &cred, &req).await;
+                    let detail = exec_detail(&command, &options, &outcome);
                     let entry = fanout_entry(
                         &identity,
                         &redactor,
                         &target,
                         cred.id.as_str(),
                         started,
-                        exec_detail(&command, &options, &outcome),
+                        format!("{detail}; lease {lease_id}"),
                         &outcome,
                     );
                     let audited = services

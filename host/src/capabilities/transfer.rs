@@ -14,9 +14,11 @@ use wasmtime::component::Resource;
 use crate::audit::Decision;
 use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
+use crate::ssh::SshCredential;
 
 use super::credentials::CredentialHandle;
 use super::grant::{Request, normalize_path};
+use super::leases::{Refusal, with_lease};
 use super::ssh::redact_error;
 use super::types::{from_ssh, internal};
 use super::{HostContext, Subject};
@@ -73,9 +75,18 @@ impl HostContext {
             let e = Error::InvalidArgument(format!("mode {mode:o} is above {MAX_MODE:o}"));
             return self.finish(call, subject, Decision::Allowed, Err(e)).await;
         }
-        let result = self.move_bytes(&target, &handle, &normal, direction).await;
+        subject.detail = Some(with_lease(format!("path: {normal}"), &handle));
+        let cred = match self.ssh_credential(&handle, &target) {
+            Ok(cred) => cred,
+            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
+            Err(Refusal::Failed(e)) => {
+                return self.finish(call, subject, Decision::Allowed, Err(e)).await;
+            }
+        };
+        let result = self.move_bytes(&target, &cred, &normal, direction).await;
         if let Ok((bytes, _)) = &result {
-            subject.detail = Some(format!("path: {normal}; {bytes} bytes"));
+            let detail = format!("path: {normal}; {bytes} bytes");
+            subject.detail = Some(with_lease(detail, &handle));
         }
         self.finish(call, subject, Decision::Allowed, result).await
     }
@@ -83,7 +94,7 @@ impl HostContext {
     async fn move_bytes(
         &mut self,
         target_name: &str,
-        handle: &CredentialHandle,
+        cred: &SshCredential,
         path: &str,
         direction: Direction<'_>,
     ) -> Result<(u64, Vec<u8>), Error> {
@@ -92,16 +103,15 @@ impl HostContext {
             Ok(None) => return Err(Error::NotFound(format!("no target named '{target_name}'"))),
             Err(e) => return Err(internal("looking up the target", e)),
         };
-        let cred = self.ssh_credential(handle)?;
         let ssh = &self.services.ssh;
         let result = match direction {
             Direction::Upload { contents, mode } => ssh
-                .upload(&target, &cred, path, contents, mode)
+                .upload(&target, cred, path, contents, mode)
                 .await
                 .map(|n| (n, Vec::new())),
             Direction::Download => {
                 let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
-                ssh.download(&target, &cred, path, cap)
+                ssh.download(&target, cred, path, cap)
                     .await
                     .map(|data| (data.len() as u64, self.redactor.redact(&data)))
             }

@@ -27,6 +27,7 @@ use crate::ssh::{SshConfig, SshPool};
 use crate::store::DataDir;
 use crate::targets::TargetStore;
 use crate::vault::Vault;
+use crate::vault::lease::LeaseStore;
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
@@ -102,11 +103,13 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         }
     }
     let audit = AuditLog::open(&db, server_key)?;
+    let leases = LeaseStore::open(&db, audit.clone())?;
     let services = Services {
         audit,
         vault,
         targets,
         ssh: SshPool::new(SshConfig::default()),
+        leases,
     };
     let bridge = Bridge::new(runtime, services);
     let grant = Grant {

@@ -24,11 +24,13 @@
 //! - `crypto`: AEAD seal/open and associated data.
 //! - `record`: the stored envelope of one credential and its versions (and format 1).
 //! - `rekey`: re-wrapping every record under a new master key.
+//! - `lease`: run-scoped, time-bounded grants to use a credential (just-in-time access).
 //!
 //! Removal deletes the record; sled may keep the old (encrypted) bytes in its log until
 //! compaction, which is harmless because they remain sealed under the master key.
 
 mod crypto;
+pub mod lease;
 mod master_key;
 mod record;
 mod rekey;

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod leases;
 pub mod modules;
 pub mod processes;
 pub mod runs;

@@ -35,7 +35,11 @@ struct RunQuery {
 
 impl AppState {
     /// A run the caller may see: its own, or one of a process it may view.
-    async fn visible_run(&self, caller: &Caller, id: &str) -> Result<RunRecord, ApiError> {
+    pub(crate) async fn visible_run(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<RunRecord, ApiError> {
         let run = self
             .runs
             .get(id)?

@@ -1,0 +1,118 @@
+//! Leases on the host-call path: `credentials.acquire` binds each handle to a lease, and every
+//! use of a handle checks it (after the grant, before the secret leaves the vault).
+//!
+//! Threat: a handle used after its run's access was withdrawn — by an administrator, by
+//! expiry, or on a target its lease does not name. A refused use is `error::denied` with rule
+//! `lease`, audited in the call's one record. A run reuses its live lease for a credential;
+//! once a lease of the run was revoked, the run cannot acquire that credential again, so a
+//! revocation cannot be undone by the guest re-acquiring.
+
+use crate::vault::lease::{LeaseError, LeaseStatus, NewLease};
+
+use super::HostContext;
+use super::credentials::CredentialHandle;
+use super::grant::Denial;
+use super::types::internal;
+use crate::runtime::bindings::types::Error;
+
+/// The audit rule that names lease refusals.
+pub const LEASE_RULE: &str = "lease";
+
+/// Why a lease could not be had or used.
+pub(crate) enum Refusal {
+    /// Refused by the lease (audited as denied, rule [`LEASE_RULE`]).
+    Denied(Denial),
+    /// Something failed (audited as allowed with the error as outcome).
+    Failed(Error),
+}
+
+fn denial(detail: String) -> Denial {
+    Denial {
+        rule: LEASE_RULE,
+        detail,
+        policy: None,
+    }
+}
+
+/// How `acquire` came by its lease, for the call's audit record.
+pub(crate) struct AcquiredLease {
+    pub id: String,
+    pub issued: bool,
+}
+
+impl AcquiredLease {
+    /// The acquire record's detail.
+    pub fn detail(&self) -> String {
+        let how = if self.issued { "issued" } else { "reused" };
+        format!("lease {} {how}", self.id)
+    }
+}
+
+impl HostContext {
+    /// The lease a new handle for `credential` is bound to: the run's live lease for it, or a
+    /// new one covering the grant's targets and ending by the run's deadline.
+    pub(crate) async fn lease_for_acquire(
+        &mut self,
+        credential: &str,
+    ) -> Result<AcquiredLease, Refusal> {
+        let leases = &self.services.leases;
+        if let Some(id) = self.leases.get(credential) {
+            let lease = leases
+                .get(id)
+                .map_err(|e| Refusal::Failed(internal("reading the lease", e)))?;
+            match lease.as_ref().map(|l| (l, l.status())) {
+                Some((l, LeaseStatus::Active)) => {
+                    return Ok(AcquiredLease {
+                        id: l.id.clone(),
+                        issued: false,
+                    });
+                }
+                Some((l, LeaseStatus::Revoked)) => {
+                    let why = l.revoked.as_ref().map_or("", |r| r.reason.as_str());
+                    return Err(Refusal::Denied(denial(format!(
+                        "lease {} for credential '{credential}' was revoked ({why}); \
+                         this run may not acquire it again",
+                        l.id
+                    ))));
+                }
+                // Expired (a lease shorter than the run): renew below.
+                _ => {}
+            }
+        }
+        let new = NewLease {
+            run_id: &self.identity.run_id,
+            actor: &self.identity.actor,
+            credential,
+            targets: &self.grant.targets,
+            deadline_ms: self.deadline_ms,
+        };
+        let lease = leases.issue(new).await.map_err(|e| match e {
+            LeaseError::TooMany(_) => Refusal::Denied(denial(e.to_string())),
+            other => Refusal::Failed(internal("issuing the lease", other)),
+        })?;
+        self.leases.insert(credential.to_string(), lease.id.clone());
+        Ok(AcquiredLease {
+            id: lease.id,
+            issued: true,
+        })
+    }
+
+    /// Checks one use of `handle` on `target` against its lease.
+    pub(crate) fn use_lease(&self, handle: &CredentialHandle, target: &str) -> Result<(), Denial> {
+        self.services
+            .leases
+            .check(
+                handle.lease_id(),
+                &self.identity.run_id,
+                handle.name(),
+                target,
+            )
+            .map(|_| ())
+            .map_err(|d| denial(d.to_string()))
+    }
+}
+
+/// `detail` with the handle's lease appended, for the using call's audit record.
+pub(crate) fn with_lease(detail: String, handle: &CredentialHandle) -> String {
+    format!("{detail}; lease {}", handle.lease_id())
+}

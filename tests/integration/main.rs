@@ -5,6 +5,7 @@
 //! loopback, and the real `warden` command line.
 
 mod api;
+mod approvals;
 mod cli;
 mod sandbox;
 mod ssh;

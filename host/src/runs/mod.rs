@@ -18,6 +18,9 @@
 //! - `state`: [`RunState`] and its transition table.
 //! - `run`: [`RunRecord`], [`RunFilter`] and [`RunStore`] (audited, durable transitions;
 //!   recovery at start).
+//! - `dispatch`: starting runs on the embedded bridge.
+//! - `approval`: four-eyes approvals bound to exactly what a run will execute.
+//! - `schedule`: cron schedules and the scheduler task that starts their runs.
 //!
 //! Room for approvals and schedules: an approval should bind to the process's
 //! [`Process::revision`] as it was when the run was requested (every change, sharing included,
@@ -28,9 +31,11 @@
 //! written before them still decode. A scheduled run is an ordinary run whose `actor` names
 //! the schedule (any [`is_valid_principal`] string, e.g. `schedule:rotate-monthly`).
 
+pub mod approval;
 pub mod dispatch;
 mod process;
 mod run;
+pub mod schedule;
 mod state;
 
 use std::time::{SystemTime, UNIX_EPOCH};

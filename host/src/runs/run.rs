@@ -274,6 +274,58 @@ impl RunStore {
         Ok(new)
     }
 
+    /// Replaces the inputs of a run that is still `awaiting-approval` (the only state in which
+    /// a run's inputs may change: nothing has executed, and approvals bind to the inputs, so
+    /// the change invalidates them). Audited as `run.inputs.changed` by `actor`, durable
+    /// before it returns; any other state is [`RunsError::BadTransition`].
+    pub async fn replace_inputs(
+        &self,
+        id: &str,
+        actor: &str,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> Result<RunRecord, RunsError> {
+        if !is_valid_principal(actor) {
+            return Err(invalid("actor", "not a valid user name"));
+        }
+        let guard = self.lock(id).await;
+        let (old_bytes, old) = self
+            .load(id)?
+            .ok_or_else(|| RunsError::NotFound(id.into()))?;
+        if old.state != RunState::AwaitingApproval {
+            return Err(RunsError::BadTransition {
+                from: old.state,
+                to: RunState::AwaitingApproval,
+            });
+        }
+        let new = RunRecord {
+            inputs,
+            ..old.clone()
+        };
+        let new_bytes = encode(&new)?;
+        let entry = AuditEntry {
+            run_id: Some(id.to_string()),
+            actor: actor.to_string(),
+            action: "run.inputs.changed".into(),
+            target: None,
+            credential: None,
+            decision: Decision::Allowed,
+            outcome: RunState::AwaitingApproval.as_str().to_string(),
+            duration_us: 0,
+            detail: Some(format!(
+                "inputs now: {}",
+                new.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        };
+        let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
+        finish_detached(guard, async move {
+            store.audit.append(entry).await?;
+            let next = RunState::AwaitingApproval;
+            store.swap(&id, old_bytes, new_bytes, next, &actor).await
+        })
+        .await?;
+        Ok(new)
+    }
+
     /// The run with this id.
     pub fn get(&self, id: &str) -> Result<Option<RunRecord>, RunsError> {
         Ok(self.load(id)?.map(|(_, run)| run))

@@ -126,7 +126,8 @@ impl Server {
     /// Trusts a fresh publisher, signs and uploads `component`; its digest.
     async fn publish(&self, component: &str) -> String {
         let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let body = json!({ "name": "acme", "public_key": hex::encode(key.verifying_key().as_bytes()) });
+        let body =
+            json!({ "name": "acme", "public_key": hex::encode(key.verifying_key().as_bytes()) });
         self.post("/v1/publishers", &self.admin, body)
             .await
             .expect(StatusCode::CREATED);
@@ -150,9 +151,13 @@ impl Server {
 
     /// Creates a user with `roles`; its token.
     async fn user(&self, name: &str, roles: &[&str]) -> String {
-        self.post("/v1/users", &self.admin, json!({ "name": name, "roles": roles }))
-            .await
-            .expect(StatusCode::CREATED);
+        self.post(
+            "/v1/users",
+            &self.admin,
+            json!({ "name": name, "roles": roles }),
+        )
+        .await
+        .expect(StatusCode::CREATED);
         let r = self
             .post(&format!("/v1/users/{name}/tokens"), &self.admin, json!({}))
             .await;
@@ -224,7 +229,10 @@ struct Guarded {
 async fn guarded(required: u32, ttl: Duration) -> Guarded {
     let server = Server::start(ttl).await;
     let digest = server.publish("hello").await;
-    for (role, privilege) in [("approvers", "ApproveRun"), ("executors", "ExecutePrivilegedProcess")] {
+    for (role, privilege) in [
+        ("approvers", "ApproveRun"),
+        ("executors", "ExecutePrivilegedProcess"),
+    ] {
         let body = json!({ "name": role, "privileges": [privilege] });
         server
             .post("/v1/roles", &server.admin, body)
@@ -248,7 +256,11 @@ async fn guarded(required: u32, ttl: Duration) -> Guarded {
         .to_string();
     let share = json!({ "users": ["rita"], "roles": ["approvers", "executors"] });
     server
-        .post(&format!("/v1/processes/{process}/share"), &server.admin, share)
+        .post(
+            &format!("/v1/processes/{process}/share"),
+            &server.admin,
+            share,
+        )
         .await
         .expect(StatusCode::OK);
     Guarded {
@@ -358,11 +370,16 @@ async fn self_approval_and_approvers_without_the_privilege_are_refused_and_audit
         .server
         .audit(&format!("run={run}&action=run.approval.refused"))
         .await;
-    let by: Vec<_> = refused.iter().map(|r| r["actor"].as_str().unwrap_or("")).collect();
+    let by: Vec<_> = refused
+        .iter()
+        .map(|r| r["actor"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(by, ["rita", "ed"], "{refused:?}");
-    assert!(refused[0]["decision"]["policy"]
-        .as_str()
-        .is_some_and(|p| p.contains("no-self-approval")));
+    assert!(
+        refused[0]["decision"]["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("no-self-approval"))
+    );
     let refused_own = g
         .server
         .audit(&format!("run={own}&action=run.approval.refused"))
@@ -380,7 +397,10 @@ async fn self_approval_and_approvers_without_the_privilege_are_refused_and_audit
     assert_eq!(refused.len(), 3, "the code's refusal is audited too");
 
     g.assert_still_waiting(&run).await;
-    assert_eq!(g.server.approval(&run, &g.requester).await["approvals"], json!([]));
+    assert_eq!(
+        g.server.approval(&run, &g.requester).await["approvals"],
+        json!([])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +420,12 @@ async fn a_run_needing_two_approvals_waits_for_two_distinct_approvers_then_execu
     g.assert_still_waiting(&run).await;
 
     let second = g.server.approve(&run, &g.approver2).await;
-    assert_eq!(second.expect(StatusCode::OK)["started"], true, "{}", second.text);
+    assert_eq!(
+        second.expect(StatusCode::OK)["started"],
+        true,
+        "{}",
+        second.text
+    );
     let done = g.server.wait_for_state(&run, "succeeded").await;
     assert_eq!(done["result"], "hello, Grace", "{done}");
     assert_eq!(done["actor"], "rita");
@@ -420,7 +445,11 @@ async fn a_run_needing_two_approvals_waits_for_two_distinct_approvers_then_execu
     );
     // Once started, nothing more to approve.
     g.server
-        .post(&format!("/v1/runs/{run}/approve"), &g.server.admin, json!({}))
+        .post(
+            &format!("/v1/runs/{run}/approve"),
+            &g.server.admin,
+            json!({}),
+        )
         .await
         .expect_error(StatusCode::CONFLICT, "not_awaiting_approval");
 }
@@ -429,21 +458,36 @@ async fn a_run_needing_two_approvals_waits_for_two_distinct_approvers_then_execu
 async fn changing_inputs_invalidates_approvals_and_only_fresh_ones_count() {
     let g = guarded(2, Duration::from_secs(3600)).await;
     let run = g.request(json!({ "name": "Ada" })).await;
-    g.server.approve(&run, &g.approver1).await.expect(StatusCode::OK);
+    g.server
+        .approve(&run, &g.approver1)
+        .await
+        .expect(StatusCode::OK);
     let before = g.server.approval(&run, &g.requester).await["binding"].clone();
 
     // Only the requester may change the inputs, and only to inputs the manifest accepts.
     g.server
-        .put(&format!("/v1/runs/{run}/inputs"), &g.approver2, json!({ "inputs": { "name": "Eve" } }))
+        .put(
+            &format!("/v1/runs/{run}/inputs"),
+            &g.approver2,
+            json!({ "inputs": { "name": "Eve" } }),
+        )
         .await
         .expect_error(StatusCode::FORBIDDEN, "not_requester");
     g.server
-        .put(&format!("/v1/runs/{run}/inputs"), &g.requester, json!({ "inputs": { "times": "many" } }))
+        .put(
+            &format!("/v1/runs/{run}/inputs"),
+            &g.requester,
+            json!({ "inputs": { "times": "many" } }),
+        )
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid_inputs");
     let changed = g
         .server
-        .put(&format!("/v1/runs/{run}/inputs"), &g.requester, json!({ "inputs": { "name": "Eve" } }))
+        .put(
+            &format!("/v1/runs/{run}/inputs"),
+            &g.requester,
+            json!({ "inputs": { "name": "Eve" } }),
+        )
         .await;
     let changed = changed.expect(StatusCode::OK);
     assert_eq!(changed["inputs"]["name"], "Eve");
@@ -456,7 +500,11 @@ async fn changing_inputs_invalidates_approvals_and_only_fresh_ones_count() {
         .audit(&format!("run={run}&action=run.approval.invalidated"))
         .await;
     assert_eq!(invalidated.len(), 1, "{invalidated:?}");
-    assert!(invalidated[0]["detail"].as_str().is_some_and(|d| d.contains("alan")));
+    assert!(
+        invalidated[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("alan"))
+    );
 
     // A second approver now makes only one valid approval: the run does not start.
     let r = g.server.approve(&run, &g.approver2).await;
@@ -468,14 +516,20 @@ async fn changing_inputs_invalidates_approvals_and_only_fresh_ones_count() {
     let r = g.server.approve(&run, &g.approver1).await;
     assert_eq!(r.expect(StatusCode::OK)["started"], true, "{}", r.text);
     let done = g.server.wait_for_state(&run, "succeeded").await;
-    assert_eq!(done["result"], "hello, Eve", "the approved inputs ran: {done}");
+    assert_eq!(
+        done["result"], "hello, Eve",
+        "the approved inputs ran: {done}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_the_process_invalidates_approvals_of_waiting_runs() {
     let g = guarded(2, Duration::from_secs(3600)).await;
     let run = g.request(json!({})).await;
-    g.server.approve(&run, &g.approver1).await.expect(StatusCode::OK);
+    g.server
+        .approve(&run, &g.approver1)
+        .await
+        .expect(StatusCode::OK);
     let process = g
         .server
         .get(&format!("/v1/processes/{}", g.process), &g.server.admin)
@@ -490,12 +544,19 @@ async fn editing_the_process_invalidates_approvals_of_waiting_runs() {
         "required_approvals": 2,
     });
     g.server
-        .put(&format!("/v1/processes/{}", g.process), &g.server.admin, body)
+        .put(
+            &format!("/v1/processes/{}", g.process),
+            &g.server.admin,
+            body,
+        )
         .await
         .expect(StatusCode::OK);
     let request = g.server.approval(&run, &g.approver2).await;
     assert_eq!(request["valid_approvals"], 0, "{request}");
-    assert_eq!(request["grant"]["credentials"], json!(["db-root", "domain-admin"]));
+    assert_eq!(
+        request["grant"]["credentials"],
+        json!(["db-root", "domain-admin"])
+    );
     let invalidated = g
         .server
         .audit(&format!("run={run}&action=run.approval.invalidated"))
@@ -510,7 +571,10 @@ async fn editing_the_process_invalidates_approvals_of_waiting_runs() {
 async fn an_expired_approval_does_not_count() {
     let g = guarded(2, Duration::from_secs(1)).await;
     let run = g.request(json!({})).await;
-    g.server.approve(&run, &g.approver1).await.expect(StatusCode::OK);
+    g.server
+        .approve(&run, &g.approver1)
+        .await
+        .expect(StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let r = g.server.approve(&run, &g.approver2).await;
     assert_eq!(r.expect(StatusCode::OK)["started"], false, "{}", r.text);
@@ -535,11 +599,19 @@ async fn a_rejected_run_is_denied_and_never_executes() {
     let run = g.request(json!({})).await;
     let r = g
         .server
-        .post(&format!("/v1/runs/{run}/reject"), &g.approver1, json!({ "reason": "not today" }))
+        .post(
+            &format!("/v1/runs/{run}/reject"),
+            &g.approver1,
+            json!({ "reason": "not today" }),
+        )
         .await;
     let denied = r.expect(StatusCode::OK);
     assert_eq!(denied["state"], "denied", "{denied}");
-    assert!(denied["error"].as_str().is_some_and(|e| e.contains("not today")));
+    assert!(
+        denied["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not today"))
+    );
     g.server
         .approve(&run, &g.approver2)
         .await
@@ -549,7 +621,11 @@ async fn a_rejected_run_is_denied_and_never_executes() {
     let trail = g.server.audit(&format!("run={run}")).await;
     assert_eq!(
         actions(&trail),
-        ["run.awaiting-approval", "run.approval.rejected", "run.denied"]
+        [
+            "run.awaiting-approval",
+            "run.approval.rejected",
+            "run.denied"
+        ]
     );
 }
 
@@ -587,7 +663,11 @@ async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
     let process = hello_process(&server, "every-second").await;
     let body = json!({ "cron": "* * * * * *", "inputs": { "name": "cron" } });
     let r = server
-        .post(&format!("/v1/processes/{process}/schedules"), &server.admin, body)
+        .post(
+            &format!("/v1/processes/{process}/schedules"),
+            &server.admin,
+            body,
+        )
         .await;
     let schedule = r.expect(StatusCode::CREATED).clone();
     assert_eq!(schedule["catch_up"], true, "catch_up defaults to true");
@@ -599,17 +679,29 @@ async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
         if let Some(run) = runs_by(&server, &process, &actor).await.pop() {
             break run;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the schedule never fired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule never fired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let run_id = run["id"].as_str().expect("run id");
     let done = server.wait_for_state(run_id, "succeeded").await;
     assert_eq!(done["result"], "hello, cron");
     let trail = server.audit(&format!("run={run_id}")).await;
-    assert!(trail.iter().all(|r| r["actor"] == actor.as_str()), "{trail:?}");
-    assert_eq!(actions(&trail), ["run.queued", "run.running", "run.succeeded"]);
+    assert!(
+        trail.iter().all(|r| r["actor"] == actor.as_str()),
+        "{trail:?}"
+    );
+    assert_eq!(
+        actions(&trail),
+        ["run.queued", "run.running", "run.succeeded"]
+    );
     let fired = server.audit("action=schedule.fired").await;
-    assert!(fired.iter().any(|r| r["actor"] == actor.as_str()), "{fired:?}");
+    assert!(
+        fired.iter().any(|r| r["actor"] == actor.as_str()),
+        "{fired:?}"
+    );
 
     let listed = server
         .get(&format!("/v1/processes/{process}/schedules"), &server.admin)
@@ -638,7 +730,9 @@ async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
     let process = hello_process(&server, "scheduled").await;
     let path = format!("/v1/processes/{process}/schedules");
     for cron in ["every day", "61 * * * *", "* * *", ""] {
-        let r = server.post(&path, &server.admin, json!({ "cron": cron })).await;
+        let r = server
+            .post(&path, &server.admin, json!({ "cron": cron }))
+            .await;
         r.expect_error(StatusCode::BAD_REQUEST, "invalid_cron");
         assert!(r.text.contains("cron"), "{}", r.text);
     }
@@ -651,7 +745,9 @@ async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
     assert_eq!(listed.expect(StatusCode::OK), &json!([]));
     // Only who may manage the process may schedule it.
     let plain = server.user("plain", &[]).await;
-    let r = server.post(&path, &plain, json!({ "cron": "0 3 * * *" })).await;
+    let r = server
+        .post(&path, &plain, json!({ "cron": "0 3 * * *" }))
+        .await;
     assert!(
         matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND),
         "{}",
@@ -693,7 +789,10 @@ impl ServeProcess {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("warden serve exited with {status}");
             }
-            assert!(tokio::time::Instant::now() < deadline, "server never healthy");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never healthy"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (server, base)
@@ -744,7 +843,12 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
     for catch_up in [true, false] {
         let body = json!({ "cron": cron, "catch_up": catch_up, "inputs": { "name": "late" } });
         let r = server.post(&path, &admin, body).await;
-        ids.push(r.expect(StatusCode::CREATED)["id"].as_str().expect("id").to_string());
+        ids.push(
+            r.expect(StatusCode::CREATED)["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
     }
     first.kill_9();
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -757,7 +861,10 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
         if let Some(run) = runs_by(&server, &process, &catching_up).await.pop() {
             break run;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the missed schedule never ran");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the missed schedule never ran"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let done = server
@@ -771,12 +878,50 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
     assert_eq!(runs_by(&server, &process, &skipping).await.len(), 0);
 
     let fired = server.audit("action=schedule.fired").await;
-    let fired: Vec<_> = fired.iter().filter(|r| r["actor"] == catching_up.as_str()).collect();
+    let fired: Vec<_> = fired
+        .iter()
+        .filter(|r| r["actor"] == catching_up.as_str())
+        .collect();
     assert_eq!(fired.len(), 1, "{fired:?}");
-    assert!(fired[0]["detail"].as_str().is_some_and(|d| d.contains("missed")));
+    assert!(
+        fired[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("missed"))
+    );
     let skipped = server.audit("action=schedule.skipped").await;
     assert!(
         skipped.iter().any(|r| r["actor"] == skipping.as_str()),
         "{skipped:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_the_request_and_approves_a_run() {
+    let g = guarded(1, Duration::from_secs(3600)).await;
+    let run = g.request(json!({ "name": "Lin" })).await;
+    let cli = |token: &str, args: &[&str]| {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &g.server.base, "--token", token]);
+        let out = warden_tests::warden(BIN, &all, None).expect("warden runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, shown, err) = cli(&g.approver1, &["approvals", &run]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Value = serde_json::from_str(&shown).expect("JSON request");
+    assert_eq!(shown["inputs"]["name"], "Lin");
+    assert_eq!(shown["capabilities"], json!(["params", "log"]));
+
+    let (code, _, err) = cli(&g.requester, &["approve", &run]);
+    assert_ne!(code, Some(0), "the requester's own approval must fail");
+    assert!(err.contains("403"), "{err}");
+    let (code, out, err) = cli(&g.approver1, &["approve", &run]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("queued"), "{out}");
+    let done = g.server.wait_for_state(&run, "succeeded").await;
+    assert_eq!(done["result"], "hello, Lin");
 }

@@ -61,6 +61,9 @@ pub enum ProcessCommand {
         /// A default input, `key=value` (JSON values are parsed as JSON).
         #[arg(long = "input")]
         inputs: Vec<String>,
+        /// Approvals each run needs before it starts (four eyes); 0 for none.
+        #[arg(long = "approvals", default_value_t = 0)]
+        required_approvals: u32,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -270,6 +273,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             commands,
             paths,
             inputs,
+            required_approvals,
             server,
         } => {
             let client = Client::new(&server)?;
@@ -278,6 +282,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
                 "module_digest": module,
                 "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths },
                 "default_inputs": parse_inputs(&inputs)?,
+                "required_approvals": required_approvals,
             });
             let p = client.post("/v1/processes", &body).await?;
             println!(
@@ -416,10 +421,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
                     &json!({ "reason": reason }),
                 )
                 .await?;
-            println!(
-                "run {run} is {}",
-                denied["state"].as_str().unwrap_or("?")
-            );
+            println!("run {run} is {}", denied["state"].as_str().unwrap_or("?"));
             Ok(0)
         }
     }

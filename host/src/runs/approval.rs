@@ -265,8 +265,12 @@ impl Approvals {
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
         if run.actor == approver {
-            self.audit_refusal(&run, approver, "self-approval: the requester cannot approve")
-                .await?;
+            self.audit_refusal(
+                &run,
+                approver,
+                "self-approval: the requester cannot approve",
+            )
+            .await?;
             return Err(ApprovalError::SelfApproval);
         }
         let resolved = self.resolve(&run)?;
@@ -337,8 +341,12 @@ impl Approvals {
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
         if run.actor == approver {
-            self.audit_refusal(&run, approver, "self-rejection: the requester cancels instead")
-                .await?;
+            self.audit_refusal(
+                &run,
+                approver,
+                "self-rejection: the requester cancels instead",
+            )
+            .await?;
             return Err(ApprovalError::SelfApproval);
         }
         if run.state != RunState::AwaitingApproval {
@@ -382,7 +390,7 @@ impl Approvals {
             return Err(not_awaiting(&run));
         }
         let process = self.current_process(&run)?;
-        let (_, merged, _) = self.dispatcher.resolve(&process, inputs)?;
+        let merged = self.dispatcher.resolve(&process, inputs)?.inputs;
         let run = self.runs.replace_inputs(run_id, actor, merged).await?;
         self.invalidate(&run, actor, "the run's inputs changed")
             .await?;
@@ -495,9 +503,7 @@ impl Approvals {
             requester: run.actor.clone(),
             process_id: run.process_id.clone(),
             process_name: process.as_ref().map(|p| p.name.clone()),
-            module: module
-                .as_ref()
-                .map(|m| format!("{}@{}", m.name, m.version)),
+            module: module.as_ref().map(|m| format!("{}@{}", m.name, m.version)),
             module_digest: run.module_digest.clone(),
             capabilities: module
                 .as_ref()
@@ -522,12 +528,12 @@ impl Approvals {
             return Err(not_awaiting(run));
         }
         let process = self.current_process(run)?;
-        let (module, merged, _) = self.dispatcher.resolve(&process, run.inputs.clone())?;
+        let resolved = self.dispatcher.resolve(&process, run.inputs.clone())?;
         let binding = binding_digest(
             &process.id,
-            &module.digest,
-            &module.manifest,
-            &merged,
+            &resolved.module.digest,
+            &resolved.module.manifest,
+            &resolved.inputs,
             &process.grant,
         )?;
         Ok(Resolved { process, binding })

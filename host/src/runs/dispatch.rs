@@ -44,6 +44,16 @@ pub enum StartError {
     ProcessChanged(String),
 }
 
+/// What a run of a process would execute: [`Dispatcher::resolve`]'s answer.
+pub struct ResolvedRun {
+    /// The (active) module.
+    pub module: ModuleInfo,
+    /// The inputs: process defaults overridden by the run's own.
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    /// The inputs as checked against the manifest, for the guest.
+    pub params: Vec<Param>,
+}
+
 /// Starts and tracks runs.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -97,7 +107,11 @@ impl Dispatcher {
         inputs: BTreeMap<String, serde_json::Value>,
         actor: &str,
     ) -> Result<RunRecord, StartError> {
-        let (module, merged, params) = self.resolve(process, inputs)?;
+        let ResolvedRun {
+            module,
+            inputs: merged,
+            params,
+        } = self.resolve(process, inputs)?;
         let run_id = uuid::Uuid::new_v4().to_string();
         let mut record = RunRecord::new_queued(
             run_id,
@@ -123,7 +137,7 @@ impl Dispatcher {
         &self,
         process: &Process,
         inputs: BTreeMap<String, serde_json::Value>,
-    ) -> Result<(ModuleInfo, BTreeMap<String, serde_json::Value>, Vec<Param>), StartError> {
+    ) -> Result<ResolvedRun, StartError> {
         let module = self
             .modules
             .get(&process.module_digest)
@@ -137,7 +151,11 @@ impl Dispatcher {
             .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
             .collect::<Result<_, ManifestError>>()?;
         let params = module.manifest.resolve_inputs(&given)?;
-        Ok((module, merged, params))
+        Ok(ResolvedRun {
+            module,
+            inputs: merged,
+            params,
+        })
     }
 
     /// Queues and executes a run whose approvals are complete, as `actor` (the approver
@@ -152,7 +170,7 @@ impl Dispatcher {
         if run.module_digest != process.module_digest || run.process_id != process.id {
             return Err(StartError::ProcessChanged(process.id.clone()));
         }
-        let (module, _, params) = self.resolve(process, run.inputs.clone())?;
+        let ResolvedRun { module, params, .. } = self.resolve(process, run.inputs.clone())?;
         let task = self.prepare(&module)?;
         let record = self
             .runs

@@ -360,14 +360,21 @@ impl Scheduler {
         let actor = schedule.actor();
         schedule.last_fired_ms = Some(now_ms);
         if why == Firing::CatchUp && !schedule.catch_up {
-            self.audit_schedule(&schedule, "schedule.skipped", None, "missed while the server was down; catch_up is off".into())
-                .await?;
+            self.audit_schedule(
+                &schedule,
+                "schedule.skipped",
+                None,
+                "missed while the server was down; catch_up is off".into(),
+            )
+            .await?;
             self.schedules.put(&schedule).await?;
             return Ok(None);
         }
         let detail = match why {
             Firing::OnTime => format!("cron {:?}", schedule.cron),
-            Firing::CatchUp => format!("cron {:?}, missed while the server was down", schedule.cron),
+            Firing::CatchUp => {
+                format!("cron {:?}, missed while the server was down", schedule.cron)
+            }
         };
         self.audit_schedule(&schedule, "schedule.fired", None, detail)
             .await?;
@@ -418,7 +425,12 @@ impl Scheduler {
                 action: action.to_string(),
                 target: None,
                 credential: None,
-                outcome: if action == "schedule.failed" { "failed" } else { "ok" }.into(),
+                outcome: if action == "schedule.failed" {
+                    "failed"
+                } else {
+                    "ok"
+                }
+                .into(),
                 decision,
                 duration_us: 0,
                 detail: Some(format!("process {}: {detail}", schedule.process_id)),
@@ -484,6 +496,9 @@ mod tests {
         assert!(daily.is_due(midnight + 86_400_000));
         let fired = schedule("0 0 0 * * *", midnight - 1000, Some(midnight + 5));
         assert!(!fired.is_due(midnight + 86_399_999));
-        assert!(fired.is_due(midnight + 3 * 86_400_000), "missed days: due once");
+        assert!(
+            fired.is_due(midnight + 3 * 86_400_000),
+            "missed days: due once"
+        );
     }
 }

@@ -54,14 +54,18 @@ impl From<ApprovalError> for ApiError {
             e @ E::NotAwaiting { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", e.to_string())
             }
-            e @ E::SelfApproval => ApiError::new(StatusCode::FORBIDDEN, "self_approval", e.to_string()),
+            e @ E::SelfApproval => {
+                ApiError::new(StatusCode::FORBIDDEN, "self_approval", e.to_string())
+            }
             e @ E::AlreadyApproved(_) => {
                 ApiError::new(StatusCode::CONFLICT, "already_approved", e.to_string())
             }
             e @ (E::Stale(_) | E::Start(StartError::ProcessChanged(_))) => {
                 ApiError::new(StatusCode::CONFLICT, "stale_request", e.to_string())
             }
-            E::Start(StartError::Inputs(e)) => ApiError::bad_request("invalid_inputs", e.to_string()),
+            E::Start(StartError::Inputs(e)) => {
+                ApiError::bad_request("invalid_inputs", e.to_string())
+            }
             E::Start(StartError::ModuleUnavailable(d)) => ApiError::new(
                 StatusCode::CONFLICT,
                 "module_unavailable",

@@ -25,7 +25,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
-            e @ ScheduleError::BadCron { .. } => ApiError::bad_request("invalid_cron", e.to_string()),
+            e @ ScheduleError::BadCron { .. } => {
+                ApiError::bad_request("invalid_cron", e.to_string())
+            }
             e @ ScheduleError::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
             e @ ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
             ScheduleError::Runs(e) => e.into(),

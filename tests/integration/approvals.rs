@@ -452,6 +452,16 @@ async fn a_run_needing_two_approvals_waits_for_two_distinct_approvers_then_execu
         )
         .await
         .expect_error(StatusCode::CONFLICT, "not_awaiting_approval");
+    // Nor can its inputs change any more.
+    g.server
+        .put(
+            &format!("/v1/runs/{run}/inputs"),
+            &g.requester,
+            json!({ "inputs": { "name": "Mallory" } }),
+        )
+        .await
+        .expect_error(StatusCode::CONFLICT, "not_awaiting_approval");
+    assert_eq!(g.server.run(&run).await["inputs"]["name"], "Grace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

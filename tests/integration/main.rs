@@ -6,6 +6,7 @@
 
 mod accounts;
 mod api;
+mod approvals;
 mod cli;
 mod leases;
 mod sandbox;

@@ -26,7 +26,9 @@ use crate::audit::AuditLog;
 use crate::bridge::Bridge;
 use crate::policy::PolicyEngine;
 use crate::registry::store::ModuleStore;
+use crate::runs::approval::Approvals;
 use crate::runs::dispatch::Dispatcher;
+use crate::runs::schedule::{SCHEDULE_TICK, ScheduleStore, Scheduler};
 use crate::runs::{ProcessStore, RunStore};
 use crate::targets::TargetStore;
 use crate::users::UserStore;
@@ -77,6 +79,10 @@ pub struct AppState {
     pub vault: Vault,
     /// Targets.
     pub targets: TargetStore,
+    /// Four-eyes approvals of runs.
+    pub approvals: Approvals,
+    /// Cron schedules of processes (fired by the scheduler [`serve`] runs).
+    pub schedules: ScheduleStore,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -100,6 +106,8 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::audit::routes())
         .merge(routes::users::routes())
         .merge(routes::leases::routes())
+        .merge(routes::approvals::routes())
+        .merge(routes::schedules::routes())
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -171,11 +179,21 @@ impl AppState {
             policy.clone(),
             crate::runtime::limits::RunLimits::default(),
         );
+        let processes = ProcessStore::open(&db)?;
+        let approvals = Approvals::open(
+            &db,
+            runs.clone(),
+            processes.clone(),
+            dispatcher.clone(),
+            audit.clone(),
+        )?;
         Ok(AppState {
             bridge,
             dispatcher,
             modules,
-            processes: ProcessStore::open(&db)?,
+            processes,
+            approvals,
+            schedules: ScheduleStore::open(&db)?,
             runs,
             users: UserStore::open(&db)?,
             policy,
@@ -192,7 +210,20 @@ pub fn app(state: AppState) -> Router {
     router_and_openapi(state).0
 }
 
-/// Serves `app` on an already-bound listener until `shutdown` completes.
+impl AppState {
+    /// The scheduler over this state's stores (see [`crate::runs::schedule`]).
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler {
+            schedules: self.schedules.clone(),
+            processes: self.processes.clone(),
+            dispatcher: self.dispatcher.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// Serves `app` on an already-bound listener until `shutdown` completes, with the
+/// scheduler running alongside (it catches up on missed schedules first).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -206,7 +237,10 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(state))
+    let scheduler = state.scheduler().spawn(SCHEDULE_TICK);
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    scheduler.stop().await;
+    served
 }

@@ -61,6 +61,9 @@ pub enum ProcessCommand {
         /// A default input, `key=value` (JSON values are parsed as JSON).
         #[arg(long = "input")]
         inputs: Vec<String>,
+        /// Approvals each run needs before it starts (four eyes); 0 for none.
+        #[arg(long = "approvals", default_value_t = 0)]
+        required_approvals: u32,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -77,6 +80,22 @@ pub enum ProcessCommand {
     },
     /// List the processes you may see.
     List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Add a cron schedule to a process (5 fields, or 6 with leading seconds; UTC).
+    Schedule {
+        /// Process name or id.
+        process: String,
+        /// The cron expression, e.g. "0 3 */30 * *".
+        #[arg(long)]
+        cron: String,
+        /// An input, `key=value` (JSON values are parsed as JSON).
+        #[arg(long = "input")]
+        inputs: Vec<String>,
+        /// Do not fire once at start when an occurrence was missed while the server was down.
+        #[arg(long)]
+        no_catch_up: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -115,6 +134,31 @@ pub enum RunCommand {
     Cancel {
         /// The run id.
         run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a run's approval request: module, capabilities, inputs, targets, credentials,
+    /// and the approvals so far.
+    Approvals {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve a run awaiting approval (exactly as `run approvals` shows it).
+    Approve {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Reject a run awaiting approval; it never executes.
+    Reject {
+        /// The run id.
+        run: String,
+        /// Why (recorded in the run and the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -229,6 +273,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             commands,
             paths,
             inputs,
+            required_approvals,
             server,
         } => {
             let client = Client::new(&server)?;
@@ -237,6 +282,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
                 "module_digest": module,
                 "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths },
                 "default_inputs": parse_inputs(&inputs)?,
+                "required_approvals": required_approvals,
             });
             let p = client.post("/v1/processes", &body).await?;
             println!(
@@ -263,6 +309,29 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
         }
         ProcessCommand::List { server } => {
             print_json(&Client::new(&server)?.get("/v1/processes").await?)?
+        }
+        ProcessCommand::Schedule {
+            process,
+            cron,
+            inputs,
+            no_catch_up,
+            server,
+        } => {
+            let client = Client::new(&server)?;
+            let id = client.process_id(&process).await?;
+            let body = json!({
+                "cron": cron,
+                "inputs": parse_inputs(&inputs)?,
+                "catch_up": !no_catch_up,
+            });
+            let schedule = client
+                .post(&format!("/v1/processes/{id}/schedules"), &body)
+                .await?;
+            println!(
+                "scheduled {process}: {} (schedule {})",
+                schedule["cron"].as_str().unwrap_or("?"),
+                schedule["id"].as_str().unwrap_or("?")
+            );
         }
     }
     Ok(0)
@@ -292,6 +361,10 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
                 println!("{run_id}");
                 return Ok(0);
             }
+            if run["state"] == "awaiting-approval" {
+                println!("{run_id} is awaiting approval (see `warden run approvals {run_id}`)");
+                return Ok(0);
+            }
             follow(&client, &run_id).await
         }
         RunCommand::Logs { run, server } => follow(&Client::new(&server)?, &run).await,
@@ -309,6 +382,46 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
                     .post(&format!("/v1/runs/{run}/cancel"), &json!({}))
                     .await?,
             )?;
+            Ok(0)
+        }
+        RunCommand::Approvals { run, server } => {
+            print_json(
+                &Client::new(&server)?
+                    .get(&format!("/v1/runs/{run}/approval"))
+                    .await?,
+            )?;
+            Ok(0)
+        }
+        RunCommand::Approve { run, server } => {
+            let outcome = Client::new(&server)?
+                .post(&format!("/v1/runs/{run}/approve"), &json!({}))
+                .await?;
+            let request = &outcome["request"];
+            println!(
+                "approved run {run} (binding sha256:{}): {} of {} approvals{}",
+                request["binding"].as_str().unwrap_or("?"),
+                request["valid_approvals"],
+                request["required_approvals"],
+                if outcome["started"] == true {
+                    "; the run is queued"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
+        RunCommand::Reject {
+            run,
+            reason,
+            server,
+        } => {
+            let denied = Client::new(&server)?
+                .post(
+                    &format!("/v1/runs/{run}/reject"),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            println!("run {run} is {}", denied["state"].as_str().unwrap_or("?"));
             Ok(0)
         }
     }

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Directory with the Cedar schema and policies.
     #[arg(long, env = "WARDEN_POLICIES", default_value = DEFAULT_POLICIES)]
     policies: PathBuf,
+    /// How long an approval of a run counts, in seconds (default 24 hours).
+    #[arg(long, env = "WARDEN_APPROVAL_TTL_SECS", default_value_t = 24 * 3600)]
+    approval_ttl_secs: u64,
     #[command(flatten)]
     data: DataArg,
 }
@@ -44,7 +47,9 @@ pub struct DemoArgs {
 
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
     let dir = args.data.open()?;
-    let state = AppState::open(dir, &args.policies).await?;
+    let mut state = AppState::open(dir, &args.policies).await?;
+    let ttl = std::time::Duration::from_secs(args.approval_ttl_secs);
+    state.approvals = state.approvals.with_ttl(ttl);
     listen(args.listen, state).await
 }
 

@@ -1,5 +1,6 @@
 //! Starting runs on the embedded bridge: resolve the process's module and inputs, persist
-//! the run as `queued`, execute it asynchronously, and record how it ended.
+//! the run as `queued` (or `awaiting-approval` when its process requires approvals; see
+//! `approval`), execute it asynchronously, and record how it ended.
 //!
 //! Threat: a run that starts with inputs its module did not declare, a retired or unknown
 //! module, or a lost outcome. Inputs are validated against the signed manifest before the
@@ -13,7 +14,9 @@ use crate::bridge::{Bridge, RunSpec};
 use crate::capabilities::{HostCallPolicy, RunIdentity};
 use crate::policy::PolicyEngine;
 use crate::registry::manifest::ManifestError;
-use crate::registry::store::ModuleStore;
+use crate::registry::store::{ModuleInfo, ModuleStore};
+use crate::runtime::bindings::params::Param;
+use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::{LimitExceeded, RunLimits};
 use crate::runtime::{RunControl, RunOutcome, RunReport, RunStop};
 
@@ -35,10 +38,20 @@ pub enum StartError {
     /// Registry failure.
     #[error("registry: {0}")]
     Registry(String),
-    /// The process requires approvals, which this server cannot collect yet: refuse
-    /// rather than run without them.
-    #[error("process requires {0} approval(s); approvals are not available on this server yet")]
-    ApprovalRequired(u32),
+    /// The process now runs another module than the run was requested with; the run must
+    /// be requested again.
+    #[error("process {0} changed its module since the run was requested")]
+    ProcessChanged(String),
+}
+
+/// What a run of a process would execute: [`Dispatcher::resolve`]'s answer.
+pub struct ResolvedRun {
+    /// The (active) module.
+    pub module: ModuleInfo,
+    /// The inputs: process defaults overridden by the run's own.
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    /// The inputs as checked against the manifest, for the guest.
+    pub params: Vec<Param>,
 }
 
 /// Starts and tracks runs.
@@ -71,6 +84,11 @@ impl Dispatcher {
         }
     }
 
+    /// The module store runs are resolved against.
+    pub fn modules(&self) -> &ModuleStore {
+        &self.modules
+    }
+
     /// The control of a run in progress (to cancel it or watch its events).
     pub fn control(&self, run_id: &str) -> Option<Arc<RunControl>> {
         self.lock().get(run_id).cloned()
@@ -80,17 +98,54 @@ impl Dispatcher {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Validates and queues a run of `process` for `actor`, then executes it in the
-    /// background. Returns the queued run.
+    /// Validates a run of `process` for `actor` and either queues and executes it in the
+    /// background, or, when the process requires approvals, stores it `awaiting-approval`
+    /// (it starts once [`Dispatcher::start_approved`] is called). Returns the stored run.
     pub async fn start(
         &self,
         process: &Process,
         inputs: BTreeMap<String, serde_json::Value>,
         actor: &str,
     ) -> Result<RunRecord, StartError> {
+        let ResolvedRun {
+            module,
+            inputs: merged,
+            params,
+        } = self.resolve(process, inputs)?;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let mut record = RunRecord::new_queued(
+            run_id,
+            process.id.clone(),
+            module.digest.clone(),
+            actor.to_string(),
+            merged,
+        );
         if process.required_approvals > 0 {
-            return Err(StartError::ApprovalRequired(process.required_approvals));
+            record.state = RunState::AwaitingApproval;
+            return Ok(self.runs.create(record).await?);
         }
+        let task = self.prepare(&module)?;
+        let (spec, policy) = self.spec(process, &module, task, params, &record);
+        // Nothing to wait for: queued and running are recorded in one commit, and the run
+        // is durable as running before the guest can act on anything.
+        let record = self
+            .runs
+            .create_running(record, &Bridge::describe(&spec))
+            .await?;
+        self.lock().insert(record.id.clone(), spec.control.clone());
+        let this = self.clone();
+        tokio::spawn(async move { this.run_to_end(spec, policy).await });
+        Ok(record)
+    }
+
+    /// The module a run of `process` executes, the inputs it gets (process defaults
+    /// overridden by `inputs`) and their manifest-checked form. Fails if the module is
+    /// unknown or retired, or the inputs do not match its manifest.
+    pub fn resolve(
+        &self,
+        process: &Process,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> Result<ResolvedRun, StartError> {
         let module = self
             .modules
             .get(&process.module_digest)
@@ -104,51 +159,103 @@ impl Dispatcher {
             .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
             .collect::<Result<_, ManifestError>>()?;
         let params = module.manifest.resolve_inputs(&given)?;
+        Ok(ResolvedRun {
+            module,
+            inputs: merged,
+            params,
+        })
+    }
+
+    /// Queues and executes a run whose approvals are complete, as `actor` (the approver
+    /// whose approval completed them). The caller has checked the approvals against the
+    /// process as it is now; the run executes exactly that process's module and grant.
+    pub async fn start_approved(
+        &self,
+        run: &RunRecord,
+        process: &Process,
+        actor: &str,
+    ) -> Result<RunRecord, StartError> {
+        if run.module_digest != process.module_digest || run.process_id != process.id {
+            return Err(StartError::ProcessChanged(process.id.clone()));
+        }
+        let ResolvedRun { module, params, .. } = self.resolve(process, run.inputs.clone())?;
+        let task = self.prepare(&module)?;
+        let record = self
+            .runs
+            .transition(&run.id, RunState::Queued, actor, |_| {})
+            .await?;
+        self.launch(process, &module, task, params, &record);
+        Ok(record)
+    }
+
+    fn prepare(&self, module: &ModuleInfo) -> Result<Arc<PreparedTask>, StartError> {
         let bytes = self
             .modules
             .bytes(&module.digest)
             .map_err(|e| StartError::Registry(e.to_string()))?
             .ok_or_else(|| StartError::ModuleUnavailable(module.digest.clone()))?;
-        let task = self
-            .bridge
+        self.bridge
             .runtime()
             .prepare(&bytes)
-            .map_err(|e| StartError::Prepare(e.to_string()))?;
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let record = RunRecord::new_queued(
-            run_id.clone(),
-            process.id.clone(),
-            module.digest.clone(),
-            actor.to_string(),
-            merged,
-        );
-        let control = RunControl::new();
+            .map_err(|e| StartError::Prepare(e.to_string()))
+    }
+
+    /// Executes the queued run `record` in the background: records it running, then runs
+    /// it to its end.
+    fn launch(
+        &self,
+        process: &Process,
+        module: &ModuleInfo,
+        task: Arc<PreparedTask>,
+        params: Vec<Param>,
+        record: &RunRecord,
+    ) {
+        let (spec, policy) = self.spec(process, module, task, params, record);
+        self.lock().insert(record.id.clone(), spec.control.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (run_id, actor) = (spec.identity.run_id.clone(), spec.identity.actor.clone());
+            let started_with = Bridge::describe(&spec);
+            if let Err(e) = this
+                .runs
+                .transition_noted(&run_id, RunState::Running, &actor, &started_with, |_| {})
+                .await
+            {
+                // Cancelled while queued, or storage failure: nothing to run.
+                tracing::warn!(run = %run_id, error = %e, "run not started");
+                this.lock().remove(&run_id);
+                return;
+            }
+            this.run_to_end(spec, policy).await;
+        });
+    }
+
+    /// What the bridge needs to execute `record`, and the checks on its host calls.
+    fn spec(
+        &self,
+        process: &Process,
+        module: &ModuleInfo,
+        task: Arc<PreparedTask>,
+        params: Vec<Param>,
+        record: &RunRecord,
+    ) -> (RunSpec, HostCallPolicy) {
         let spec = RunSpec {
             identity: RunIdentity {
-                run_id: run_id.clone(),
-                actor: actor.to_string(),
+                run_id: record.id.clone(),
+                actor: record.actor.clone(),
                 module: format!("{}@{}", module.name, module.version),
             },
             task,
             params,
             grant: process.grant.clone(),
             limits: self.limits.clone(),
-            control: control.clone(),
+            control: RunControl::new(),
         };
         let policy = HostCallPolicy {
             engine: self.policy.clone(),
             requested: module.manifest.capabilities.iter().cloned().collect(),
         };
-        // Nothing to wait for: queued and running are recorded in one commit, and the run
-        // is durable as running before the guest can act on anything.
-        let record = self
-            .runs
-            .create_running(record, &Bridge::describe(&spec))
-            .await?;
-        self.lock().insert(run_id, control);
-        let this = self.clone();
-        tokio::spawn(async move { this.run_to_end(spec, policy).await });
-        Ok(record)
+        (spec, policy)
     }
 
     /// Executes a run already recorded as running, and records how it ended.

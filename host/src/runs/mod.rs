@@ -18,19 +18,24 @@
 //! - `state`: [`RunState`] and its transition table.
 //! - `run`: [`RunRecord`], [`RunFilter`] and [`RunStore`] (audited, durable transitions;
 //!   recovery at start).
+//! - `dispatch`: starting runs on the embedded bridge.
+//! - `approval`: four-eyes approvals bound to exactly what a run will execute.
+//! - `schedule`: cron schedules and the scheduler task that starts their runs.
 //!
-//! Room for approvals and schedules: an approval should bind to the process's
-//! [`Process::revision`] as it was when the run was requested (every change, sharing included,
-//! bumps it; the run record does not keep it, so the approval request must), and to the run's
-//! `module_digest` and `inputs`, which the run record fixes at creation. A run that needs
-//! approvals is created `awaiting-approval` and moves to `queued` or `denied`. New fields
-//! added later to [`Process`] or [`RunRecord`] must carry `#[serde(default)]` so records
-//! written before them still decode. A scheduled run is an ordinary run whose `actor` names
-//! the schedule (any [`is_valid_principal`] string, e.g. `schedule:rotate-monthly`).
+//! Approvals and schedules: a run of a process that requires approvals is created
+//! `awaiting-approval` and moves to `queued` (enough valid approvals), `denied` (rejected) or
+//! `cancelled`. An approval binds to a digest of what the run would execute (process id,
+//! module digest, signed manifest, inputs, grant), recomputed from the stored run and process
+//! whenever approvals are counted; a process edit that changes none of these (sharing, the
+//! description) leaves approvals valid. A scheduled run is an ordinary run whose `actor`
+//! names the schedule (`schedule:<id>`). New fields added later to [`Process`] or
+//! [`RunRecord`] must carry `#[serde(default)]` so records written before them still decode.
 
+pub mod approval;
 pub mod dispatch;
 mod process;
 mod run;
+pub mod schedule;
 mod state;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -307,16 +307,67 @@ impl RunStore {
         let new = next_record(&old, next, edit)?;
         let new_bytes = encode(&new)?;
         let entry = transition_entry(&old, &new, actor, note);
-        let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
-        finish_detached(guard, async move {
-            let runs = store.runs.clone();
-            let key = id.clone();
-            let swap =
-                move || runs.compare_and_swap(key.as_bytes(), Some(old_bytes), Some(new_bytes));
-            let (_, swapped) = store.audit.append_then(entry, swap).await?;
-            store.lost_if_conflict(&id, swapped?, next, &actor).await
-        })
-        .await?;
+        let change = Change {
+            id,
+            old_bytes,
+            new_bytes,
+            next,
+            actor,
+        };
+        self.write_audited(guard, entry, change).await?;
+        Ok(new)
+    }
+
+    /// Replaces the inputs of a run that is still `awaiting-approval` (the only state in which
+    /// a run's inputs may change: nothing has executed, and approvals bind to the inputs, so
+    /// the change invalidates them). Audited as `run.inputs.changed` by `actor`, durable
+    /// before it returns; any other state is [`RunsError::BadTransition`].
+    pub async fn replace_inputs(
+        &self,
+        id: &str,
+        actor: &str,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> Result<RunRecord, RunsError> {
+        if !is_valid_principal(actor) {
+            return Err(invalid("actor", "not a valid user name"));
+        }
+        let guard = self.lock(id).await;
+        let (old_bytes, old) = self
+            .load(id)?
+            .ok_or_else(|| RunsError::NotFound(id.into()))?;
+        if old.state != RunState::AwaitingApproval {
+            return Err(RunsError::BadTransition {
+                from: old.state,
+                to: RunState::AwaitingApproval,
+            });
+        }
+        let new = RunRecord {
+            inputs,
+            ..old.clone()
+        };
+        let new_bytes = encode(&new)?;
+        let entry = AuditEntry {
+            run_id: Some(id.to_string()),
+            actor: actor.to_string(),
+            action: "run.inputs.changed".into(),
+            target: None,
+            credential: None,
+            decision: Decision::Allowed,
+            outcome: RunState::AwaitingApproval.as_str().to_string(),
+            duration_us: 0,
+            detail: Some(format!(
+                "inputs now: {}",
+                new.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        };
+        let change = Change {
+            id,
+            old_bytes,
+            new_bytes,
+            next: RunState::AwaitingApproval,
+            actor,
+        };
+        self.write_audited(guard, entry, change).await?;
         Ok(new)
     }
 
@@ -408,6 +459,33 @@ impl RunStore {
         Ok(states)
     }
 
+    /// Steps 3 and 4 of the module doc: `entry`, then the compare-and-swap of `change`, in
+    /// one commit, on their own task while `guard` holds the run's lock.
+    async fn write_audited(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        entry: AuditEntry,
+        change: Change<'_>,
+    ) -> Result<(), RunsError> {
+        let Change {
+            id,
+            old_bytes,
+            new_bytes,
+            next,
+            actor,
+        } = change;
+        let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
+        finish_detached(guard, async move {
+            let runs = store.runs.clone();
+            let key = id.clone();
+            let swap =
+                move || runs.compare_and_swap(key.as_bytes(), Some(old_bytes), Some(new_bytes));
+            let (_, swapped) = store.audit.append_then(entry, swap).await?;
+            store.lost_if_conflict(&id, swapped?, next, &actor).await
+        })
+        .await
+    }
+
     /// Step 4's outcome: nothing to do if the swap took effect; otherwise the audited
     /// transition did not happen, which is audited too and reported to the caller.
     async fn lost_if_conflict(
@@ -454,6 +532,15 @@ impl RunStore {
         // `stripes` has exactly LOCK_STRIPES entries, so the index is in range.
         self.locks.stripes[stripe].clone().lock_owned().await
     }
+}
+
+/// A stored run's bytes replaced by new ones (state `next`), by `actor`.
+struct Change<'a> {
+    id: &'a str,
+    old_bytes: sled::IVec,
+    new_bytes: Vec<u8>,
+    next: RunState,
+    actor: &'a str,
 }
 
 /// Stores a new run and its index entry together, unless the id is already taken. Runs on

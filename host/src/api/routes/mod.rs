@@ -1,11 +1,13 @@
 //! Route handlers, one file per resource.
 
+pub mod approvals;
 pub mod audit;
 pub mod credentials;
 pub mod leases;
 pub mod modules;
 pub mod processes;
 pub mod runs;
+pub mod schedules;
 pub mod system;
 pub mod targets;
 pub mod users;

@@ -63,7 +63,7 @@ struct StartRequest {
 
 impl AppState {
     /// Whether a process's owner holds an administrator role (the Super Administrator rule).
-    fn owner_is_admin(&self, process: &Process) -> Result<bool, ApiError> {
+    pub(crate) fn owner_is_admin(&self, process: &Process) -> Result<bool, ApiError> {
         Ok(match self.users.get_user(&process.owner)? {
             Some(owner) => self.users.principal(&owner)?.is_administrator(),
             None => false,
@@ -135,7 +135,7 @@ fn active_module(state: &AppState, digest: &str) -> Result<ModuleInfo, ApiError>
         })
 }
 
-fn process_ref(p: &Process, owner_is_admin: bool) -> ProcessRef<'_> {
+pub(crate) fn process_ref(p: &Process, owner_is_admin: bool) -> ProcessRef<'_> {
     ProcessRef {
         id: &p.id,
         owner: &p.owner,
@@ -236,6 +236,11 @@ async fn update_process(
             format!("{} revision {}", updated.id, updated.revision),
         )
         .await?;
+    // Runs awaiting approval bind to the old definition: their approvals stop counting.
+    state
+        .approvals
+        .process_changed(&id, &caller.user.name)
+        .await?;
     Ok(Json(updated))
 }
 
@@ -251,6 +256,7 @@ async fn delete_process(
         .authorize_process(&caller, Action::ManageProcess, &process)
         .await?;
     state.processes.delete(&id)?;
+    state.schedules.delete_all(&id).await?;
     state
         .audit_ok(&caller.user.name, "process.delete", id)
         .await?;
@@ -284,8 +290,9 @@ async fn share_process(
     Ok(Json(updated))
 }
 
-/// Start a run of a process with inputs; the run executes asynchronously.
-#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started: the run, recorded as queued and running"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
+/// Start a run of a process with inputs; the run executes asynchronously, or waits for
+/// approvals when the process requires them (state `awaiting-approval`).
+#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started (recorded as queued, then running) or awaiting approval"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
 async fn start_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -307,7 +314,6 @@ async fn start_run(
                 "module_unavailable",
                 format!("module {d} is unknown or retired"),
             ),
-            e @ StartError::ApprovalRequired(_) => ApiError::conflict(e.to_string()),
             StartError::Runs(e) => e.into(),
             other => ApiError::internal(other),
         })?;

@@ -1,0 +1,233 @@
+//! `/v1/runs/{id}/approval`, `/approve`, `/reject`, `/inputs`: the four-eyes approval of runs
+//! (logic in [`crate::runs::approval`]).
+//!
+//! Who may approve or reject is the policies' call (`ApproveRun` on the run's process, with
+//! the requester in the context so `no-self-approval` applies); a refusal is audited
+//! `run.approval.refused` with the policy that refused. The approval module then refuses the
+//! requester again in code, so a policy edit cannot re-enable self-approval.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Body;
+use super::processes::process_ref;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::{AppState, Metrics};
+use crate::audit::{AuditEntry, Decision};
+use crate::policy::{Action, Resource};
+use crate::runs::approval::{ApprovalError, ApprovalRequest, ApproveOutcome};
+use crate::runs::dispatch::StartError;
+use crate::runs::{Process, RunRecord};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_approval))
+        .routes(routes!(approve_run))
+        .routes(routes!(reject_run))
+        .routes(routes!(change_inputs))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RejectRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputsRequest {
+    inputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> Self {
+        use ApprovalError as E;
+        match e {
+            e @ E::NotAwaiting { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", e.to_string())
+            }
+            e @ E::SelfApproval => {
+                ApiError::new(StatusCode::FORBIDDEN, "self_approval", e.to_string())
+            }
+            e @ E::AlreadyApproved(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_approved", e.to_string())
+            }
+            e @ (E::Stale(_) | E::Start(StartError::ProcessChanged(_))) => {
+                ApiError::new(StatusCode::CONFLICT, "stale_request", e.to_string())
+            }
+            E::Start(StartError::Inputs(e)) => {
+                ApiError::bad_request("invalid_inputs", e.to_string())
+            }
+            E::Start(StartError::ModuleUnavailable(d)) => ApiError::new(
+                StatusCode::CONFLICT,
+                "module_unavailable",
+                format!("module {d} is unknown or retired"),
+            ),
+            E::Start(StartError::Runs(e)) | E::Runs(e) => e.into(),
+            e @ E::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl AppState {
+    /// The run and its process, if the caller may see the run's approval request: its
+    /// requester, or one who may view or approve runs of its process. Others get 404.
+    async fn approval_scope(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(RunRecord, Option<Process>), ApiError> {
+        let not_found = || ApiError::not_found(format!("run {id}"));
+        let run = self.runs.get(id)?.ok_or_else(not_found)?;
+        let process = self.processes.get(&run.process_id)?;
+        if run.actor == caller.user.name {
+            return Ok((run, process));
+        }
+        let Some(process) = process else {
+            return Err(not_found());
+        };
+        if self.may_view(caller, &process)? || self.may_approve(caller, &process, &run)?.is_ok() {
+            Ok((run, Some(process)))
+        } else {
+            Err(not_found())
+        }
+    }
+
+    /// The policies' verdict on `caller` approving `run`: `Err(policy)` names the refusing
+    /// policy. Not audited.
+    fn may_approve(
+        &self,
+        caller: &Caller,
+        process: &Process,
+        run: &RunRecord,
+    ) -> Result<Result<(), String>, ApiError> {
+        let owner_is_admin = self.owner_is_admin(process)?;
+        let resource = Resource::Run {
+            process: process_ref(process, owner_is_admin),
+            requester: &run.actor,
+        };
+        let decision = self
+            .policy
+            .authorize(&caller.principal, Action::ApproveRun, resource);
+        Ok(if decision.allowed {
+            Ok(())
+        } else {
+            Err(decision.policy())
+        })
+    }
+
+    /// Allows `caller` to approve or reject `id`, or audits `run.approval.refused` and
+    /// returns 403 (404 when the caller may not see the run at all).
+    async fn authorize_approval(
+        &self,
+        caller: &Caller,
+        id: &str,
+        what: &str,
+    ) -> Result<RunRecord, ApiError> {
+        let (run, process) = self.approval_scope(caller, id).await?;
+        let process =
+            process.ok_or_else(|| ApiError::not_found(format!("process {}", run.process_id)))?;
+        let Err(policy) = self.may_approve(caller, &process, &run)? else {
+            return Ok(run);
+        };
+        Metrics::bump(&self.metrics.denials);
+        self.audit
+            .append(AuditEntry {
+                run_id: Some(run.id.clone()),
+                actor: caller.user.name.clone(),
+                action: "run.approval.refused".into(),
+                target: None,
+                credential: None,
+                decision: Decision::Denied {
+                    reason: format!("{what} of a run started by {}", run.actor),
+                    policy: Some(policy.clone()),
+                },
+                outcome: "denied".into(),
+                duration_us: 0,
+                detail: None,
+            })
+            .await?;
+        Err(ApiError::forbidden(&policy))
+    }
+}
+
+/// The approval request of a run: module digest, manifest (capabilities), inputs, the
+/// process's grant (targets, credentials), the binding digest an approval binds to, and
+/// the approvals so far with their validity.
+#[utoipa::path(get, path = "/v1/runs/{id}/approval", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the approval request"), (status = 404, description = "unknown or not visible")))]
+async fn get_approval(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalRequest>, ApiError> {
+    let (run, _) = state.approval_scope(&caller, &id).await?;
+    Ok(Json(state.approvals.request(&run.id)?))
+}
+
+/// Approve a run awaiting approval, exactly as it stands now. Needs the ApproveRun
+/// privilege on its process; never the run's requester. When this completes the required
+/// approvals the run is queued and executes (`started`).
+#[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "approved; `started` says whether the run was queued"), (status = 403, description = "not an approver of this run, or its requester"), (status = 409, description = "not awaiting approval, already approved, or stale")))]
+async fn approve_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ApproveOutcome>, ApiError> {
+    let run = state.authorize_approval(&caller, &id, "approval").await?;
+    let outcome = state.approvals.approve(&run.id, &caller.user.name).await?;
+    if outcome.started {
+        Metrics::bump(&state.metrics.runs_started);
+    }
+    Ok(Json(outcome))
+}
+
+/// Reject a run awaiting approval: it becomes `denied` and never executes.
+#[utoipa::path(post, path = "/v1/runs/{id}/reject", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the denied run"), (status = 403, description = "not an approver of this run"), (status = 409, description = "not awaiting approval")))]
+async fn reject_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<RejectRequest>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let run = state.authorize_approval(&caller, &id, "rejection").await?;
+    Ok(Json(
+        state
+            .approvals
+            .reject(&run.id, &caller.user.name, &req.reason)
+            .await?,
+    ))
+}
+
+/// Replace the inputs of one's own run while it awaits approval. Every approval given so
+/// far stops counting.
+#[utoipa::path(put, path = "/v1/runs/{id}/inputs", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the approval request with the new inputs"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not the run's requester"), (status = 409, description = "not awaiting approval")))]
+async fn change_inputs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<InputsRequest>,
+) -> Result<Json<ApprovalRequest>, ApiError> {
+    let (run, _) = state.approval_scope(&caller, &id).await?;
+    if run.actor != caller.user.name {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_requester",
+            "only the run's requester may change its inputs",
+        ));
+    }
+    Ok(Json(
+        state
+            .approvals
+            .change_inputs(&run.id, &caller.user.name, req.inputs)
+            .await?,
+    ))
+}

@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod rotation;
 mod sandbox;
 mod ssh;
 mod support;

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod grant;
 pub mod log;
 pub mod params;
+pub mod rotation;
 pub mod ssh;
 pub mod transfer;
 mod types;

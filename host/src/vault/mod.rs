@@ -24,12 +24,14 @@
 //! - `crypto`: AEAD seal/open and associated data.
 //! - `record`: the stored envelope of one credential and its versions (and format 1).
 //! - `rekey`: re-wrapping every record under a new master key.
+//! - `password`: generating passwords for rotations from a policy.
 //!
 //! Removal deletes the record; sled may keep the old (encrypted) bytes in its log until
 //! compaction, which is harmless because they remain sealed under the master key.
 
 mod crypto;
 mod master_key;
+pub mod password;
 mod record;
 mod rekey;
 

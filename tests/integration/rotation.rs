@@ -549,7 +549,19 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let grant = rotation_grant(&creds, &names, &creds);
-    let (_, report) = env.run(&task, params, grant, RunLimits::default()).await;
+    // As the server runs it: the manifest's interfaces and the shipped Cedar policies too.
+    let engine =
+        warden_host::policy::PolicyEngine::load(&warden_tests::repo_root().join("policies"))
+            .expect("policies load");
+    let manifest = std::fs::read_to_string(guests::manifest("rotate-password")).expect("manifest");
+    let manifest = warden_host::registry::manifest::Manifest::parse(&manifest).expect("parse");
+    let policy = warden_host::capabilities::HostCallPolicy {
+        engine,
+        requested: manifest.capabilities.iter().cloned().collect(),
+    };
+    let (_, report) = env
+        .run_with_policy(&task, params, grant, RunLimits::default(), Some(policy))
+        .await;
     let json = result_json(&report.outcome);
 
     assert_eq!(json["rotated"], 2, "{json}");

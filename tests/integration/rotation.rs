@@ -895,3 +895,72 @@ async fn reconcile_fails_clearly_and_changes_nothing_when_no_version_logs_in() {
             .starts_with("auth-failed")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_crash_is_resolved_by_reconcile_which_removes_the_old_key() {
+    let user = TestUser::create("wrq")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = cli_with_target(&sshd, &user);
+    cli.ok(
+        &[
+            "credential",
+            "add",
+            "key",
+            "--username",
+            &user.name,
+            "--kind",
+            "ssh-key",
+        ],
+        Some(user.private_key_openssh.as_bytes()),
+    );
+
+    let crashed = cli.rotate_and_crash("key", "acct");
+    assert_eq!(
+        crashed.status.code(),
+        None,
+        "killed by SIGABRT: {crashed:?}"
+    );
+    // The crash came after the new key was installed and before the old one was removed:
+    // both open the account now.
+    let pending = {
+        let (_db, vault) = cli.vault();
+        let v2 = vault.secret_version("key", 2).expect("pending");
+        String::from_utf8(v2.expose().to_vec()).expect("utf-8")
+    };
+    login(&sshd, &user.name, key(&pending))
+        .await
+        .expect("pending key is live");
+    login(&sshd, &user.name, key(&user.private_key_openssh))
+        .await
+        .expect("old key not yet removed");
+
+    let out = cli.ok(
+        &[
+            "credential",
+            "reconcile",
+            "key",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert!(out.contains("promoted pending version 2"), "{out}");
+    login(&sshd, &user.name, key(&pending))
+        .await
+        .expect("new key logs in");
+    let old = login(&sshd, &user.name, key(&user.private_key_openssh)).await;
+    assert!(
+        matches!(old, Err(SshError::AuthFailed(_))),
+        "old key removed: {old:?}"
+    );
+    let (_db, vault) = cli.vault();
+    assert_eq!(
+        states(&vault, "key"),
+        [(1, VersionState::Previous), (2, VersionState::Current)]
+    );
+}

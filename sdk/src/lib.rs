@@ -3,7 +3,7 @@
 //! A Warden task is a WebAssembly component built for `wasm32-wasip2` against the
 //! `warden:task` WIT world in `sdk/wit/`. This crate wraps the generated bindings so a task
 //! is a few lines: implement [`Task`], export it with [`export_task!`], and use the helpers
-//! in [`params`], [`log`], [`credentials`], [`ssh`] and [`transfer`].
+//! in [`params`], [`log`], [`credentials`], [`rotation`], [`ssh`] and [`transfer`].
 //!
 //! The task never sees a secret: [`credentials::acquire`] returns an opaque handle, and the
 //! host uses the secret on the task's behalf when the handle is passed to [`ssh::exec`] or
@@ -47,6 +47,7 @@ pub mod bindings {
 pub mod credentials;
 pub mod log;
 pub mod params;
+pub mod rotation;
 pub mod ssh;
 pub mod transfer;
 

@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         targets: names.iter().cloned().collect(),
         commands: vec![],
         paths: vec![],
+        ..Default::default()
     };
     let config = SshConfig {
         max_concurrency: size.max(1),

@@ -57,8 +57,7 @@ impl Site {
         Grant {
             credentials: ["admin".to_string()].into(),
             targets: ["t0".to_string()].into(),
-            commands: vec![],
-            paths: vec![],
+            ..Grant::default()
         }
     }
 

@@ -9,6 +9,7 @@ mod api;
 mod approvals;
 mod cli;
 mod leases;
+mod rotation;
 mod sandbox;
 mod ssh;
 mod support;

@@ -125,6 +125,7 @@ fn grant_all(fleet: &Fleet, credentials: &[&str]) -> Grant {
         targets: fleet.names().into_iter().collect(),
         commands: vec![],
         paths: vec!["/tmp".into()],
+        ..Default::default()
     }
 }
 
@@ -311,6 +312,7 @@ async fn ungranted_target_credential_command_and_path_are_denied_and_audited() {
         targets: BTreeSet::from(["t0".to_string()]),
         commands: vec!["echo *".into()],
         paths: vec!["/tmp/warden-allowed".into()],
+        ..Default::default()
     };
     let cases: Vec<(Vec<Param>, &str)> = vec![
         (

@@ -64,6 +64,11 @@ impl Env {
         }
     }
 
+    /// The data directory (sled files and keys) behind this environment.
+    pub fn data_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn add_password(&self, name: &str, username: &str, secret: &str) {
         self.vault
             .add(
@@ -156,5 +161,6 @@ pub fn grant(credentials: &[&str], targets: &[&str]) -> Grant {
         targets: targets.iter().map(|s| s.to_string()).collect(),
         commands: vec![],
         paths: vec!["/tmp".into()],
+        ..Default::default()
     }
 }

@@ -13,7 +13,9 @@ use wasmtime::component::Resource;
 
 use crate::audit::Decision;
 use crate::runtime::RunStop;
-use crate::runtime::bindings::credentials::{CredentialKind, Host, HostCredential};
+use crate::runtime::bindings::credentials::{
+    CredentialKind, Host, HostCredential, PasswordPolicy, Rotation,
+};
 use crate::runtime::bindings::types::Error;
 use crate::runtime::limits::LimitExceeded;
 use crate::ssh::{SshAuth, SshCredential};
@@ -184,6 +186,16 @@ impl Host for HostContext {
             Err(Refusal::Failed(e)) => Err(e),
         };
         self.finish(call, subject, Decision::Allowed, result).await
+    }
+
+    async fn rotate(
+        &mut self,
+        account: Resource<CredentialHandle>,
+        target: String,
+        admin: Resource<CredentialHandle>,
+        policy: PasswordPolicy,
+    ) -> wasmtime::Result<Result<Rotation, Error>> {
+        self.rotate_call(account, target, admin, policy).await
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Grant {
     pub commands: Vec<String>,
     /// Absolute path prefixes the run may transfer files under. Empty: no file transfer.
     pub paths: Vec<String>,
+    /// Credential names the run may rotate (`credentials.rotate`), on granted targets and
+    /// with a granted admin credential. Empty: no rotation.
+    pub rotations: BTreeSet<String>,
 }
 
 /// One thing a host call wants to do, as the grant sees it.
@@ -40,6 +43,12 @@ pub enum Request<'a> {
         target: &'a str,
         credential: &'a str,
         path: &'a str,
+    },
+    /// Replace a credential's secret on a target, acting there as `admin`.
+    Rotate {
+        target: &'a str,
+        credential: &'a str,
+        admin: &'a str,
     },
 }
 
@@ -71,6 +80,9 @@ impl Request<'_> {
                 credential,
                 path,
             } => (Some(target), Some(credential), None, Some(path)),
+            Request::Rotate {
+                target, credential, ..
+            } => (Some(target), Some(credential), None, None),
         }
     }
 }
@@ -99,7 +111,28 @@ impl Grant {
                 self.check_target(target)?;
                 self.check_path(path)
             }
+            Request::Rotate {
+                target,
+                credential,
+                admin,
+            } => {
+                self.check_credential(credential)?;
+                self.check_credential(admin)?;
+                self.check_target(target)?;
+                self.check_rotation(credential)
+            }
         }
+    }
+
+    fn check_rotation(&self, name: &str) -> Result<(), Denial> {
+        if self.rotations.contains(name) {
+            return Ok(());
+        }
+        Err(Denial {
+            rule: "grant.rotations",
+            detail: format!("rotating credential '{name}' is not granted to this run"),
+            policy: None,
+        })
     }
 
     fn check_credential(&self, name: &str) -> Result<(), Denial> {
@@ -217,7 +250,34 @@ mod tests {
             targets: ["web-1".to_string()].into(),
             commands: vec!["apt list *".to_string(), "uptime".to_string()],
             paths: vec!["/var/log".to_string()],
+            rotations: ["ops".to_string()].into(),
         }
+    }
+
+    #[test]
+    fn rotation_needs_its_own_grant_and_a_granted_admin_and_target() {
+        let rotate = |credential, target, admin| Request::Rotate {
+            target,
+            credential,
+            admin,
+        };
+        assert!(grant().authorize(&rotate("ops", "web-1", "ops")).is_ok());
+        let no_rotation = Grant {
+            rotations: BTreeSet::new(),
+            ..grant()
+        };
+        assert_eq!(
+            no_rotation
+                .authorize(&rotate("ops", "web-1", "ops"))
+                .map_err(|d| d.rule),
+            Err("grant.rotations")
+        );
+        let rule = |r| grant().authorize(&r).map_err(|d| d.rule);
+        assert_eq!(rule(rotate("ops", "db-1", "ops")), Err("grant.targets"));
+        assert_eq!(
+            rule(rotate("ops", "web-1", "root")),
+            Err("grant.credentials")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod grant;
 pub mod leases;
 pub mod log;
 pub mod params;
+pub mod rotation;
 pub mod ssh;
 pub mod transfer;
 mod types;

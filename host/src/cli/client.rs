@@ -58,6 +58,9 @@ pub enum ProcessCommand {
         /// A path prefix the process may transfer files under.
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// A credential the process may rotate (`credentials.rotate`).
+        #[arg(long = "rotate")]
+        rotations: Vec<String>,
         /// A default input, `key=value` (JSON values are parsed as JSON).
         #[arg(long = "input")]
         inputs: Vec<String>,
@@ -272,6 +275,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             targets,
             commands,
             paths,
+            rotations,
             inputs,
             required_approvals,
             server,
@@ -280,7 +284,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             let body = json!({
                 "name": name,
                 "module_digest": module,
-                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths },
+                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths, "rotations": rotations },
                 "default_inputs": parse_inputs(&inputs)?,
                 "required_approvals": required_approvals,
             });

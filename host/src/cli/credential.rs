@@ -1,4 +1,4 @@
-//! `warden credential`: add and list vault credentials. A secret is read from stdin or a
+//! `warden credential`: add and list vault credentials, reconcile a crashed rotation. A secret is read from stdin or a
 //! no-echo prompt, never from the command line (argv is visible to every local user).
 
 use std::io::{IsTerminal, Read};
@@ -31,9 +31,12 @@ pub enum CredentialCommand {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Resolve a rotation that crashed midway: promote the pending or keep the current
+    /// version, whichever logs in to the target.
+    Reconcile(super::reconcile::ReconcileArgs),
 }
 
-pub fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
+pub async fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
     match cmd {
         CredentialCommand::Add {
             name,
@@ -57,6 +60,7 @@ pub fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        CredentialCommand::Reconcile(args) => super::reconcile::run(args).await,
     }
 }
 

@@ -52,6 +52,9 @@ pub struct ExecArgs {
     /// A path prefix the run may transfer files under.
     #[arg(long = "allow-path", value_name = "PREFIX")]
     paths: Vec<String>,
+    /// A credential the run may rotate (on allowed targets, with an allowed admin credential).
+    #[arg(long = "allow-rotate", value_name = "NAME")]
+    rotations: Vec<String>,
     /// Wall-time limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     wall_time: Option<u64>,
@@ -92,7 +95,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     } = dir;
     let vault = Vault::open(&db, master_key)?;
     let targets = TargetStore::open(&db)?;
-    for name in &args.credentials {
+    for name in args.credentials.iter().chain(&args.rotations) {
         if vault.info(name)?.is_none() {
             anyhow::bail!("unknown credential '{name}' (see `warden credential list`)");
         }
@@ -117,6 +120,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         targets: args.targets.into_iter().collect(),
         commands: args.commands,
         paths: args.paths,
+        rotations: args.rotations.into_iter().collect(),
     };
     let module = manifest.as_ref().map_or_else(
         || {
@@ -183,7 +187,7 @@ fn resolve_params(manifest: Option<&Manifest>, raw: &[String]) -> anyhow::Result
     }
 }
 
-fn local_actor() -> String {
+pub(super) fn local_actor() -> String {
     format!(
         "local:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())

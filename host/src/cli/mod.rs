@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod credential;
 mod exec;
+mod reconcile;
 mod serve;
 pub mod sign;
 mod target;
@@ -91,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Module(cmd) => client::module(cmd).await,
         Command::Process(cmd) => client::process(cmd).await,
         Command::Run(cmd) => client::run(cmd).await,
-        Command::Credential(cmd) => credential::run(cmd),
+        Command::Credential(cmd) => credential::run(cmd).await,
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),

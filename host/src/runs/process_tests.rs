@@ -26,6 +26,7 @@ fn new_process(name: &str) -> NewProcess {
             targets: ["web-1".to_string(), "web-2".to_string()].into(),
             commands: vec!["chpasswd".into()],
             paths: vec!["/var/log".into()],
+            ..Default::default()
         },
         default_inputs: [("account".to_string(), json!("root"))].into(),
         shared_users: ["bob".to_string()].into(),

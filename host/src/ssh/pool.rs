@@ -216,6 +216,45 @@ impl SshPool {
         result
     }
 
+    /// Logs in to `target` with `cred` on a fresh connection that is never pooled, then
+    /// disconnects. A rotation verifies a new secret this way: a pooled connection made
+    /// with the old secret would prove nothing.
+    pub async fn verify_login(
+        &self,
+        target: &Target,
+        cred: &SshCredential,
+    ) -> Result<(), SshError> {
+        let handle = connect::open(&self.inner.config, target, cred).await?;
+        let bye = handle.disconnect(Disconnect::ByApplication, "login verified", "en");
+        let _ = timeout(DISCONNECT_GRACE, bye).await;
+        Ok(())
+    }
+
+    /// Drops every pooled connection made with the credential `credential_id` (e.g. after
+    /// its secret was rotated), on every target. Connections busy right now are forgotten
+    /// by the pool and close once their last call ends.
+    pub async fn evict_credential(&self, credential_id: &str) {
+        let mut closing = Vec::new();
+        for (key, slot) in self.inner.snapshot() {
+            if key.credential != credential_id {
+                continue;
+            }
+            closing.extend(slot.conn.lock().await.take());
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                slots.remove(&key);
+            }
+        }
+        for conn in closing {
+            if conn.busy.load(Ordering::Acquire) == 0 {
+                let bye =
+                    conn.handle
+                        .disconnect(Disconnect::ByApplication, "credential rotated", "en");
+                let _ = timeout(DISCONNECT_GRACE, bye).await;
+            }
+        }
+    }
+
     /// Closes connections unused for `idle_timeout` and forgets broken ones.
     pub async fn close_idle(&self) {
         self.inner.close_idle().await;

@@ -25,6 +25,7 @@
 //! - `record`: the stored envelope of one credential and its versions (and format 1).
 //! - `rekey`: re-wrapping every record under a new master key.
 //! - `lease`: run-scoped, time-bounded grants to use a credential (just-in-time access).
+//! - `password`: generating passwords for rotations from a policy.
 //!
 //! Removal deletes the record; sled may keep the old (encrypted) bytes in its log until
 //! compaction, which is harmless because they remain sealed under the master key.
@@ -32,6 +33,7 @@
 mod crypto;
 pub mod lease;
 mod master_key;
+pub mod password;
 mod record;
 mod rekey;
 

@@ -1,0 +1,966 @@
+//! Credential rotation against real OpenSSH `sshd` on loopback: passwords set with `chpasswd`
+//! under sudo and verified by a fresh login, ed25519 keys swapped in `authorized_keys`, a
+//! verification that fails, a crash between "set on target" and "promote" resolved by
+//! `warden credential reconcile`, grants and bad policies, and the `rotate-password` example.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use warden_host::audit::{AuditRecord, Decision};
+use warden_host::capabilities::grant::Grant;
+use warden_host::runtime::RunOutcome;
+use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::runtime::limits::RunLimits;
+use warden_host::ssh::{SshAuth, SshConfig, SshCredential, SshError, SshPool};
+use warden_host::store::DataDir;
+use warden_host::targets::Target;
+use warden_host::vault::{CredentialKind, Secret, Vault, VersionState};
+use warden_tests::sshd::{Sshd, TestUser};
+use warden_tests::{grep_dir, guests, random_secret, warden};
+
+use crate::support::Env;
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
+
+/// The mask the probe's memscan stores needles under (see `tests/fixtures/probe`).
+const MEMSCAN_MASK: u8 = 0xA5;
+
+fn target(name: &str, sshd: &Sshd) -> Target {
+    Target {
+        name: name.into(),
+        address: sshd.ip.clone(),
+        port: sshd.port,
+        host_key: sshd.host_key_line.clone(),
+        zone: "default".into(),
+        tags: vec![],
+    }
+}
+
+fn p(name: &str, value: &str) -> Param {
+    Param {
+        name: name.into(),
+        value: Value::Text(value.into()),
+    }
+}
+
+/// Grants the credentials, the targets, and rotation of `rotate`.
+fn rotation_grant(credentials: &[&str], targets: &[&str], rotate: &[&str]) -> Grant {
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+    Grant {
+        credentials: set(credentials),
+        targets: set(targets),
+        rotations: set(rotate),
+        ..Grant::default()
+    }
+}
+
+/// Logs in once on a fresh connection: `Ok` if the server accepts the secret.
+async fn login(sshd: &Sshd, username: &str, auth: SshAuth) -> Result<(), SshError> {
+    let cred = SshCredential {
+        id: format!("check-{}", uuid::Uuid::new_v4()),
+        username: username.into(),
+        auth,
+    };
+    SshPool::new(SshConfig::default())
+        .verify_login(&target("check", sshd), &cred)
+        .await
+}
+
+fn password(secret: &str) -> SshAuth {
+    SshAuth::Password(secret.to_string().into())
+}
+
+fn key(pem: &str) -> SshAuth {
+    SshAuth::PrivateKey(pem.to_string().into())
+}
+
+fn current_secret(vault: &Vault, name: &str) -> String {
+    let secret = vault.secret(name).expect("current secret");
+    String::from_utf8(secret.expose().to_vec()).expect("utf-8 secret")
+}
+
+fn states(vault: &Vault, name: &str) -> Vec<(u32, VersionState)> {
+    vault
+        .versions(name)
+        .expect("versions")
+        .into_iter()
+        .map(|v| (v.version, v.state))
+        .collect()
+}
+
+fn result_json(outcome: &RunOutcome) -> Json {
+    match outcome {
+        RunOutcome::Succeeded { result } => serde_json::from_str(result).expect("JSON result"),
+        other => panic!("run did not succeed: {other:?}"),
+    }
+}
+
+/// The probe's `rotate` mode on `target`, rotating `account` as `admin`.
+async fn probe_rotate(
+    env: &Env,
+    account: &str,
+    admin: &str,
+    target: &str,
+    policy: Option<&str>,
+    grant: Grant,
+) -> (String, Json) {
+    let probe = env.prepare("probe");
+    let mut params = vec![
+        p("mode", "rotate"),
+        p("credential", account),
+        p("admin", admin),
+        p("target", target),
+    ];
+    params.extend(policy.map(|text| p("policy", text)));
+    let (run_id, report) = env.run(&probe, params, grant, RunLimits::default()).await;
+    (run_id, result_json(&report.outcome))
+}
+
+fn records_of(env: &Env, run_id: &str, action: &str) -> Vec<AuditRecord> {
+    env.host_call_records(run_id)
+        .into_iter()
+        .filter(|r| r.entry.action == action)
+        .collect()
+}
+
+fn all_audit_text(env: &Env) -> String {
+    let records = env.audit.query(&Default::default()).expect("query");
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("json"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn masked_hex(secret: &[u8]) -> String {
+    hex::encode(secret.iter().map(|b| b ^ MEMSCAN_MASK).collect::<Vec<_>>())
+}
+
+/// A file the test writes and removes, e.g. the probe's handoff.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits (bounded) until the credential's version `version` has left the pending state.
+async fn settled(vault: &Vault, name: &str, version: u32) -> VersionState {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = states(vault, name)
+            .into_iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, s)| s);
+        match state {
+            Some(s) if s != VersionState::Pending => return s,
+            _ if Instant::now() > deadline => panic!("version {version} never settled"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_either() {
+    let user = TestUser::create("wro")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let env = Env::new();
+    env.targets.add(target("t0", &sshd)).expect("target");
+    env.add_password("acct", &user.name, &user.password);
+    let handoff = TempFile(PathBuf::from(format!(
+        "/tmp/warden-handoff-{}",
+        uuid::Uuid::new_v4()
+    )));
+
+    // The run rotates, then waits for the handoff file; the test writes the masked old and
+    // new secrets there once the vault shows the rotation finished.
+    let probe = env.prepare("probe");
+    let params = vec![
+        p("mode", "rotate"),
+        p("credential", "acct"),
+        p("admin", "acct"),
+        p("target", "t0"),
+        p("handoff", &handoff.0.to_string_lossy()),
+    ];
+    let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
+    let run = env.run(&probe, params, grant, RunLimits::default());
+    let hand_over = async {
+        assert_eq!(settled(&env.vault, "acct", 2).await, VersionState::Current);
+        let new = current_secret(&env.vault, "acct");
+        let lines = format!(
+            "{}\n{}\n",
+            masked_hex(user.password.as_bytes()),
+            masked_hex(new.as_bytes())
+        );
+        std::fs::write(&handoff.0, lines).expect("handoff");
+        new
+    };
+    let ((run_id, report), new) = tokio::join!(run, hand_over);
+    let json = result_json(&report.outcome);
+
+    assert_eq!(json["rotation"]["version"], 2, "{json}");
+    assert_eq!(json["rotation"]["credential"], "acct");
+    assert_eq!(
+        json["found"],
+        serde_json::json!([0, 0]),
+        "a secret in guest memory: {json}"
+    );
+    assert_ne!(new, user.password);
+    assert_eq!(new.len(), 24, "the default policy's length");
+    login(&sshd, &user.name, password(&new))
+        .await
+        .expect("new password logs in");
+    let old = login(&sshd, &user.name, password(&user.password)).await;
+    assert!(
+        matches!(old, Err(SshError::AuthFailed(_))),
+        "old password: {old:?}"
+    );
+    assert_eq!(
+        states(&env.vault, "acct"),
+        [(1, VersionState::Previous), (2, VersionState::Current)]
+    );
+    let old_version = env.vault.secret_version("acct", 1).expect("v1");
+    assert_eq!(old_version.expose(), user.password.as_bytes());
+
+    let calls = records_of(&env, &run_id, "credentials.rotate");
+    assert_eq!(calls.len(), 1, "one record for the rotate call");
+    assert_eq!(calls[0].entry.decision, Decision::Allowed);
+    assert_eq!(calls[0].entry.outcome, "ok");
+    assert_eq!(calls[0].entry.target.as_deref(), Some("t0"));
+    for step in [
+        "credential.rotation.pending",
+        "credential.rotation.promoted",
+    ] {
+        assert_eq!(records_of(&env, &run_id, step).len(), 1, "{step}");
+    }
+    let audit = all_audit_text(&env);
+    let data = env.data_path();
+    for secret in [&user.password, &new] {
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a secret in the audit log"
+        );
+        assert_eq!(
+            grep_dir(&data, secret.as_bytes()).expect("grep"),
+            0,
+            "plaintext on disk"
+        );
+        let hex = hex::encode(secret.as_bytes());
+        assert_eq!(
+            grep_dir(&data, hex.as_bytes()).expect("grep"),
+            0,
+            "hex on disk"
+        );
+    }
+    for event in &report.events {
+        assert!(
+            !event.message.contains(new.as_str()),
+            "secret in the event log"
+        );
+    }
+}
+
+/// A sudoers rule that puts a fake `chpasswd` (reads stdin, changes nothing, exits 0) first
+/// on the user's sudo `secure_path`: the target "accepts" the new password but keeps the old.
+struct ChpasswdShim {
+    _dir: tempfile::TempDir,
+    sudoers: PathBuf,
+}
+
+impl ChpasswdShim {
+    fn install(user: &TestUser) -> ChpasswdShim {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("warden-shim-")
+            .tempdir()
+            .expect("shim dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let shim = dir.path().join("chpasswd");
+        std::fs::write(&shim, "#!/bin/sh\ncat >/dev/null\nexit 0\n").expect("shim");
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let sudoers = PathBuf::from(format!("/etc/sudoers.d/warden-test-shim-{}", user.name));
+        let rule = format!(
+            "Defaults:{} secure_path=\"{}:/usr/sbin:/usr/bin:/sbin:/bin\"\n",
+            user.name,
+            dir.path().display()
+        );
+        std::fs::write(&sudoers, rule).expect("sudoers");
+        std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440))
+            .expect("chmod sudoers");
+        let checked = Command::new("visudo")
+            .args(["-c", "-q", "-f"])
+            .arg(&sudoers)
+            .status()
+            .expect("visudo");
+        assert!(checked.success(), "shim sudoers rule is valid");
+        ChpasswdShim { _dir: dir, sudoers }
+    }
+}
+
+impl Drop for ChpasswdShim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.sudoers);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_verification_keeps_the_old_password_current_and_marks_the_new_one_failed() {
+    let user = TestUser::create("wrf")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let _shim = ChpasswdShim::install(&user);
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let env = Env::new();
+    env.targets.add(target("t0", &sshd)).expect("target");
+    env.add_password("acct", &user.name, &user.password);
+
+    let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
+    let (run_id, json) = probe_rotate(&env, "acct", "acct", "t0", None, grant).await;
+
+    let rotation = &json["rotation"];
+    assert_eq!(rotation["error"], "auth-failed", "{json}");
+    let message = rotation["message"].as_str().unwrap_or_default();
+    assert!(message.contains("verification failed"), "{message}");
+    assert!(message.contains("old version stays current"), "{message}");
+    assert_eq!(
+        states(&env.vault, "acct"),
+        [(1, VersionState::Current), (2, VersionState::Failed)]
+    );
+    assert_eq!(current_secret(&env.vault, "acct"), user.password);
+    login(&sshd, &user.name, password(&user.password))
+        .await
+        .expect("the old password still logs in");
+    let calls = records_of(&env, &run_id, "credentials.rotate");
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0].entry.outcome.starts_with("auth-failed"),
+        "{:?}",
+        calls[0]
+    );
+    let failed = records_of(&env, &run_id, "credential.rotation.failed");
+    assert_eq!(failed.len(), 1, "the failure is audited");
+    assert!(records_of(&env, &run_id, "credential.rotation.promoted").is_empty());
+    let never_current = env.vault.secret_version("acct", 2).expect("v2");
+    let never_current = String::from_utf8(never_current.expose().to_vec()).expect("utf-8");
+    assert!(!all_audit_text(&env).contains(&never_current));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_installs_a_new_ed25519_key_and_removes_the_old_one() {
+    let user = TestUser::create("wrk")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let env = Env::new();
+    env.targets.add(target("t0", &sshd)).expect("target");
+    env.add_password("admin", &user.name, &user.password);
+    env.vault
+        .add(
+            "key",
+            &user.name,
+            CredentialKind::SshKey,
+            Secret::from_bytes(user.private_key_openssh.as_bytes().to_vec()),
+        )
+        .expect("key credential");
+    // Another key of the account's, which the rotation must leave alone.
+    let keys_path = user.home.join(".ssh/authorized_keys");
+    let bystander =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBystanderKeyBystanderKeyBystanderKey0 other";
+    let mut keys = std::fs::read_to_string(&keys_path).expect("keys");
+    keys.push_str(bystander);
+    keys.push('\n');
+    std::fs::write(&keys_path, keys).expect("keys");
+
+    let grant = rotation_grant(&["key", "admin"], &["t0"], &["key"]);
+    let (run_id, json) = probe_rotate(&env, "key", "admin", "t0", None, grant).await;
+
+    assert_eq!(json["rotation"]["version"], 2, "{json}");
+    let new = current_secret(&env.vault, "key");
+    assert!(new.contains("BEGIN OPENSSH PRIVATE KEY"));
+    assert_ne!(new, user.private_key_openssh);
+    login(&sshd, &user.name, key(&new))
+        .await
+        .expect("new key logs in");
+    let old = login(&sshd, &user.name, key(&user.private_key_openssh)).await;
+    assert!(
+        matches!(old, Err(SshError::AuthFailed(_))),
+        "old key: {old:?}"
+    );
+    let keys = std::fs::read_to_string(&keys_path).expect("keys");
+    let old_blob = user
+        .public_key_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("-");
+    assert!(!keys.contains(old_blob), "old key removed: {keys}");
+    assert!(keys.contains(bystander), "other keys kept: {keys}");
+    assert_eq!(keys.matches("ssh-ed25519").count(), 2, "{keys}");
+    assert!(keys.contains(" warden:key"), "{keys}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&keys_path).expect("meta");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let owner = Command::new("id")
+        .args(["-u", &user.name])
+        .output()
+        .expect("id");
+    assert_eq!(
+        meta.uid().to_string(),
+        String::from_utf8_lossy(&owner.stdout).trim(),
+        "authorized_keys still belongs to the account"
+    );
+    assert_eq!(
+        states(&env.vault, "key"),
+        [(1, VersionState::Previous), (2, VersionState::Current)]
+    );
+    assert_eq!(
+        records_of(&env, &run_id, "credentials.rotate")[0]
+            .entry
+            .outcome,
+        "ok"
+    );
+    let audit = all_audit_text(&env);
+    assert!(
+        !audit.contains("PRIVATE KEY"),
+        "a private key in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_password_policies_are_refused_and_change_nothing() {
+    let env = Env::new();
+    env.add_password("acct", "nobody", &random_secret(20));
+    let too_long_exclude = format!("exclude={}", "x".repeat(257));
+    let cases = [
+        ("length=11", "length 11"),
+        ("length=129", "length 129"),
+        ("length=0", "length 0"),
+        (
+            "no-lower,no-upper,no-digits,no-symbols",
+            "no character class",
+        ),
+        (too_long_exclude.as_str(), "exclude list is longer"),
+        (
+            "no-lower,no-upper,no-symbols,exclude=0123456789",
+            "every digit",
+        ),
+    ];
+    for (policy, expected) in cases {
+        let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
+        let (run_id, json) = probe_rotate(&env, "acct", "acct", "t0", Some(policy), grant).await;
+        assert_eq!(
+            json["rotation"]["error"], "invalid-argument",
+            "{policy}: {json}"
+        );
+        let message = json["rotation"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{policy}: {message}");
+        let calls = records_of(&env, &run_id, "credentials.rotate");
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].entry.outcome.starts_with("invalid-argument"));
+    }
+    assert_eq!(states(&env.vault, "acct"), [(1, VersionState::Current)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_outside_the_grant_is_denied_and_audited() {
+    let env = Env::new();
+    env.add_password("acct", "nobody", &random_secret(20));
+    let cases = [
+        (rotation_grant(&["acct"], &["t0"], &[]), "grant.rotations"),
+        (
+            rotation_grant(&["acct"], &["t1"], &["acct"]),
+            "grant.targets",
+        ),
+    ];
+    for (grant, rule) in cases {
+        let (run_id, json) = probe_rotate(&env, "acct", "acct", "t0", None, grant).await;
+        assert_eq!(json["rotation"]["error"], "denied", "{json}");
+        let message = json["rotation"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(rule), "{message}");
+        let calls = records_of(&env, &run_id, "credentials.rotate");
+        assert_eq!(calls.len(), 1, "the denial is audited once");
+        match &calls[0].entry.decision {
+            Decision::Denied { policy, .. } => assert_eq!(policy.as_deref(), Some(rule)),
+            other => panic!("not a denial: {other:?}"),
+        }
+        assert!(records_of(&env, &run_id, "credential.rotation.pending").is_empty());
+    }
+    assert_eq!(states(&env.vault, "acct"), [(1, VersionState::Current)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_failed() {
+    let users: Vec<TestUser> = (0..2)
+        .map(|_| {
+            TestUser::create("wre")
+                .expect("user")
+                .with_sudo()
+                .expect("sudo")
+        })
+        .collect();
+    let sshds = Sshd::fleet(2).expect("fleet");
+    let env = Env::new();
+    for (i, (sshd, user)) in sshds.iter().zip(&users).enumerate() {
+        env.targets
+            .add(target(&format!("t{i}"), sshd))
+            .expect("target");
+        env.add_password(&format!("root-t{i}"), &user.name, &user.password);
+    }
+    // t2: a registered target where nothing listens.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dead = Target {
+        port: dead_port,
+        ..target("t2", &sshds[0])
+    };
+    env.targets.add(dead).expect("target");
+    env.add_password("root-t2", &users[0].name, "unused-password");
+
+    let names: Vec<String> = (0..3).map(|i| format!("t{i}")).collect();
+    let creds: Vec<String> = (0..3).map(|i| format!("root-t{i}")).collect();
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+    let task = env.prepare("rotate-password");
+    let params = vec![
+        Param {
+            name: "targets".into(),
+            value: Value::TextList(names.clone()),
+        },
+        p("credential", "root-{target}"),
+        p("admin", ""),
+        Param {
+            name: "length".into(),
+            value: Value::Integer(32),
+        },
+        Param {
+            name: "symbols".into(),
+            value: Value::Flag(false),
+        },
+        p("exclude", "0O1lI"),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let grant = rotation_grant(&creds, &names, &creds);
+    // As the server runs it: the manifest's interfaces and the shipped Cedar policies too.
+    let engine =
+        warden_host::policy::PolicyEngine::load(&warden_tests::repo_root().join("policies"))
+            .expect("policies load");
+    let manifest = std::fs::read_to_string(guests::manifest("rotate-password")).expect("manifest");
+    let manifest = warden_host::registry::manifest::Manifest::parse(&manifest).expect("parse");
+    let policy = warden_host::capabilities::HostCallPolicy {
+        engine,
+        requested: manifest.capabilities.iter().cloned().collect(),
+    };
+    let (_, report) = env
+        .run_with_policy(&task, params, grant, RunLimits::default(), Some(policy))
+        .await;
+    let json = result_json(&report.outcome);
+
+    assert_eq!(json["rotated"], 2, "{json}");
+    assert_eq!(json["failed"], 1, "{json}");
+    let entries = json["targets"].as_array().expect("targets");
+    assert_eq!(entries[2]["status"], "error");
+    assert_eq!(entries[2]["error"], "connection-refused", "{json}");
+    // The rotation there stopped before the target was touched: the stored pending version
+    // was given up, the old one stays current.
+    assert_eq!(
+        states(&env.vault, "root-t2"),
+        [(1, VersionState::Current), (2, VersionState::Failed)]
+    );
+    assert_eq!(current_secret(&env.vault, "root-t2"), "unused-password");
+    for (i, (sshd, user)) in sshds.iter().zip(&users).enumerate() {
+        assert_eq!(entries[i]["status"], "ok", "{json}");
+        assert_eq!(entries[i]["version"], 2);
+        let new = current_secret(&env.vault, &format!("root-t{i}"));
+        assert_eq!(new.len(), 32);
+        assert!(
+            new.chars()
+                .all(|c| c.is_ascii_alphanumeric() && !"0O1lI".contains(c))
+        );
+        login(sshd, &user.name, password(&new))
+            .await
+            .expect("new password");
+        assert!(!report.stdout.contains(&new) && !json.to_string().contains(&new));
+    }
+}
+
+/// The `warden-e2e` CLI on one data directory.
+struct Cli {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+impl Cli {
+    fn init() -> Cli {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let data = dir.path().join("data");
+        let cli = Cli { _dir: dir, data };
+        cli.ok(&["init"], None);
+        cli
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend([
+            "--data".to_string(),
+            self.data.to_string_lossy().into_owned(),
+        ]);
+        all
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let all = self.args(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        warden(BIN, &all, stdin).expect("warden runs")
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "warden {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `warden exec probe --param mode=rotate …` with the crash fault point armed.
+    fn rotate_and_crash(&self, account: &str, admin: &str) -> std::process::Output {
+        let probe = guests::component("probe");
+        let manifest = guests::manifest("probe");
+        let args = self.args(&[
+            "exec",
+            &probe.to_string_lossy(),
+            "--manifest",
+            &manifest.to_string_lossy(),
+            "--param",
+            "mode=rotate",
+            "--param",
+            &format!("credential={account}"),
+            "--param",
+            &format!("admin={admin}"),
+            "--param",
+            "target=t0",
+            "--allow-credential",
+            account,
+            "--allow-credential",
+            admin,
+            "--allow-target",
+            "t0",
+            "--allow-rotate",
+            account,
+        ]);
+        Command::new(BIN)
+            .args(&args)
+            .env("WARDEN_TEST_CRASH_AT", "rotation.after-set")
+            .env_remove("WARDEN_DATA")
+            .output()
+            .expect("warden exec runs")
+    }
+
+    /// The vault, opened in-process (the CLI must not be running: sled allows one process).
+    fn vault(&self) -> (sled::Db, Vault) {
+        let DataDir { db, master_key, .. } = DataDir::open(&self.data).expect("open data dir");
+        let vault = Vault::open(&db, master_key).expect("vault");
+        (db, vault)
+    }
+
+    fn audit_lines(&self, action: &str) -> Vec<Json> {
+        self.ok(&["audit", "show", "--action", action], None)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+}
+
+fn cli_with_target(sshd: &Sshd, user: &TestUser) -> Cli {
+    let cli = Cli::init();
+    cli.ok(
+        &[
+            "target",
+            "add",
+            "t0",
+            "--address",
+            &sshd.addr(),
+            "--host-key",
+            &sshd.host_key_line,
+        ],
+        None,
+    );
+    cli.ok(
+        &["credential", "add", "acct", "--username", &user.name],
+        Some(format!("{}\n", user.password).as_bytes()),
+    );
+    cli
+}
+
+fn assert_no_plaintext(data: &Path, secrets: &[&str]) {
+    for secret in secrets {
+        assert_eq!(
+            grep_dir(data, secret.as_bytes()).expect("grep"),
+            0,
+            "plaintext on disk"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_between_set_and_promote_is_resolved_by_reconcile_promoting_the_live_password() {
+    let user = TestUser::create("wrc")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = cli_with_target(&sshd, &user);
+
+    let crashed = cli.rotate_and_crash("acct", "acct");
+    assert_eq!(
+        crashed.status.code(),
+        None,
+        "killed by SIGABRT: {crashed:?}"
+    );
+    assert!(String::from_utf8_lossy(&crashed.stderr).contains("rotation.after-set"));
+
+    // After the crash the target has the pending password, the vault's current one is stale.
+    let pending = {
+        let (_dir, vault) = cli.vault();
+        assert_eq!(
+            states(&vault, "acct"),
+            [(1, VersionState::Current), (2, VersionState::Pending)]
+        );
+        let v2 = vault.secret_version("acct", 2).expect("pending");
+        String::from_utf8(v2.expose().to_vec()).expect("utf-8")
+    };
+    login(&sshd, &user.name, password(&pending))
+        .await
+        .expect("pending is live");
+    assert!(
+        login(&sshd, &user.name, password(&user.password))
+            .await
+            .is_err()
+    );
+
+    let out = cli.ok(
+        &[
+            "credential",
+            "reconcile",
+            "acct",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert!(out.contains("promoted pending version 2"), "{out}");
+    {
+        let (_dir, vault) = cli.vault();
+        assert_eq!(
+            states(&vault, "acct"),
+            [(1, VersionState::Previous), (2, VersionState::Current)]
+        );
+        let current = current_secret(&vault, "acct");
+        login(&sshd, &user.name, password(&current))
+            .await
+            .expect("current logs in");
+    }
+    let again = cli.ok(
+        &[
+            "credential",
+            "reconcile",
+            "acct",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert!(
+        again.contains("nothing pending; version 2 is current"),
+        "{again}"
+    );
+
+    let records = cli.audit_lines("credential.reconcile");
+    assert_eq!(records.len(), 2, "one record per reconcile");
+    assert_eq!(records[0]["outcome"], "ok");
+    assert_eq!(cli.audit_lines("credential.rotation.pending").len(), 1);
+    assert_eq!(cli.audit_lines("credential.rotation.promoted").len(), 1);
+    assert!(cli.ok(&["audit", "verify"], None).contains("audit log OK"));
+    let shown = cli.ok(&["audit", "show"], None);
+    assert!(!shown.contains(&pending) && !shown.contains(&user.password));
+    assert_no_plaintext(&cli.data, &[&pending, &user.password]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_keeps_the_current_password_when_the_pending_one_never_took() {
+    let user = TestUser::create("wrn")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let _shim = ChpasswdShim::install(&user);
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = cli_with_target(&sshd, &user);
+
+    let crashed = cli.rotate_and_crash("acct", "acct");
+    assert_eq!(
+        crashed.status.code(),
+        None,
+        "killed by SIGABRT: {crashed:?}"
+    );
+    let out = cli.ok(
+        &[
+            "credential",
+            "reconcile",
+            "acct",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert!(out.contains("kept version 1 current"), "{out}");
+    assert!(out.contains("marked failed: [2]"), "{out}");
+    let (_dir, vault) = cli.vault();
+    assert_eq!(
+        states(&vault, "acct"),
+        [(1, VersionState::Current), (2, VersionState::Failed)]
+    );
+    login(&sshd, &user.name, password(&current_secret(&vault, "acct")))
+        .await
+        .expect("current logs in");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_fails_clearly_and_changes_nothing_when_no_version_logs_in() {
+    let user = TestUser::create("wrx")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = cli_with_target(&sshd, &user);
+    let crashed = cli.rotate_and_crash("acct", "acct");
+    assert_eq!(crashed.status.code(), None, "{crashed:?}");
+    // Someone changes the password behind the vault's back.
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("chpasswd");
+    use std::io::Write;
+    let other = random_secret(24);
+    chpasswd
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{}:{other}\n", user.name).as_bytes())
+        .expect("write");
+    assert!(chpasswd.wait().expect("chpasswd").success());
+
+    let out = cli.run(
+        &[
+            "credential",
+            "reconcile",
+            "acct",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vault is left unchanged"), "{stderr}");
+    let (_dir, vault) = cli.vault();
+    assert_eq!(
+        states(&vault, "acct"),
+        [(1, VersionState::Current), (2, VersionState::Pending)]
+    );
+    drop((_dir, vault));
+    let records = cli.audit_lines("credential.reconcile");
+    assert!(
+        records[0]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("auth-failed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_crash_is_resolved_by_reconcile_which_removes_the_old_key() {
+    let user = TestUser::create("wrq")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = cli_with_target(&sshd, &user);
+    cli.ok(
+        &[
+            "credential",
+            "add",
+            "key",
+            "--username",
+            &user.name,
+            "--kind",
+            "ssh-key",
+        ],
+        Some(user.private_key_openssh.as_bytes()),
+    );
+
+    let crashed = cli.rotate_and_crash("key", "acct");
+    assert_eq!(
+        crashed.status.code(),
+        None,
+        "killed by SIGABRT: {crashed:?}"
+    );
+    // The crash came after the new key was installed and before the old one was removed:
+    // both open the account now.
+    let pending = {
+        let (_db, vault) = cli.vault();
+        let v2 = vault.secret_version("key", 2).expect("pending");
+        String::from_utf8(v2.expose().to_vec()).expect("utf-8")
+    };
+    login(&sshd, &user.name, key(&pending))
+        .await
+        .expect("pending key is live");
+    login(&sshd, &user.name, key(&user.private_key_openssh))
+        .await
+        .expect("old key not yet removed");
+
+    let out = cli.ok(
+        &[
+            "credential",
+            "reconcile",
+            "key",
+            "--target",
+            "t0",
+            "--admin",
+            "acct",
+        ],
+        None,
+    );
+    assert!(out.contains("promoted pending version 2"), "{out}");
+    login(&sshd, &user.name, key(&pending))
+        .await
+        .expect("new key logs in");
+    let old = login(&sshd, &user.name, key(&user.private_key_openssh)).await;
+    assert!(
+        matches!(old, Err(SshError::AuthFailed(_))),
+        "old key removed: {old:?}"
+    );
+    let (_db, vault) = cli.vault();
+    assert_eq!(
+        states(&vault, "key"),
+        [(1, VersionState::Previous), (2, VersionState::Current)]
+    );
+}

@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod languages;
 mod sandbox;
 mod ssh;
 mod support;

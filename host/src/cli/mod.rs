@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod credential;
 mod exec;
+mod scaffold;
 mod serve;
 pub mod sign;
 mod target;
@@ -63,6 +64,10 @@ enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Create a task project (Rust, Python or JavaScript) ready for `warden build`.
+    New(scaffold::NewArgs),
+    /// Build the task project in a directory into `NAME.wasm`.
+    Build(scaffold::BuildArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -88,6 +93,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
+        Command::New(args) => scaffold::new(args),
+        Command::Build(args) => scaffold::build(args),
     }
 }
 

@@ -382,6 +382,42 @@ async fn js_task_acquires_a_credential_runs_ssh_transfers_and_logs_without_the_s
     user_report_runs_through_the_server("js", "javascript").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_module_is_held_to_the_memory_its_signed_manifest_asks_for() {
+    let dir = TempDir::new().expect("temp dir");
+    let (http, _state) = start_in_process(&dir).await;
+    let key = new_key();
+    trust(&http, &key).await;
+    // The same Python component, signed with an ask (8 MiB) below what CPython needs.
+    let text = std::fs::read_to_string(guests::lang_manifest("python"))
+        .expect("manifest")
+        .replace("memory_mib = 64", "memory_mib = 8");
+    let manifest = Manifest::parse(&text).expect("manifest parses");
+    assert_eq!(manifest.limits.memory_mib, Some(8));
+    let component = std::fs::read(guests::lang_component("python")).expect("component");
+    let signed = signing::sign(&component, &manifest, &key).expect("sign");
+    let digest = http.publish(signed).await;
+    let body = json!({ "name": "starved", "module_digest": digest, "grant": {} });
+    let created = http.post("/v1/processes", body, StatusCode::CREATED).await;
+    let process = created["id"].as_str().expect("process id");
+    let inputs = json!({ "targets": ["web-1"], "credential": "ops", "report_dir": "/tmp" });
+    let run = http
+        .post(
+            &format!("/v1/processes/{process}/runs"),
+            json!({ "inputs": inputs }),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let record = http.finished(run["id"].as_str().expect("run id")).await;
+    assert_eq!(record["state"], "failed", "{record:#}");
+    let error = record["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains(&format!("memory limit of {} bytes exceeded", 8 << 20)),
+        "{record:#}"
+    );
+    assert_eq!(record["host_calls"], 0, "{record:#}");
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. A restart does not recompile an uploaded Python module
 // ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from componentize_py_types import Ok
 from wit_world.imports import ssh as _raw
 
 from .credentials import Credential
@@ -74,9 +75,8 @@ def exec_many(
     results = _raw.exec_many(targets, credential, command, _options(sudo, stdin, timeout_ms))
     out = []
     for r in results:
-        outcome = r.outcome
-        if hasattr(outcome, "value") and type(outcome).__name__ == "Ok":
-            out.append((r.target, _output(outcome.value)))
+        if isinstance(r.outcome, Ok):
+            out.append((r.target, _output(r.outcome.value)))
         else:
-            out.append((r.target, from_wit(outcome.value)))
+            out.append((r.target, from_wit(r.outcome.value)))
     return out

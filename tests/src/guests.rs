@@ -61,3 +61,50 @@ pub fn manifest(name: &str) -> PathBuf {
             .join("warden.toml")
     }
 }
+
+/// The Python or JavaScript example task (`"python"` or `"js"`) as built by `.ci/run`
+/// (`guest-examples/{python,js}/build.sh`) into `target/guests/lang/`. These are not built
+/// here: each needs its own tool (componentize-py, componentize-js) and ~10-30 s, so the
+/// test run reuses the one build. Panics with what to run when the component is missing.
+pub fn lang_component(lang: &str) -> PathBuf {
+    let path = lang_dir().join(format!("user_report_{}.wasm", lang_suffix(lang)));
+    if !path.exists() {
+        panic!(
+            "{} is missing: build it with `guest-examples/{lang}/build.sh` (needs the pinned \
+             tools that .ci/run installs: componentize-py 0.25.1 in target/lang/venv, \
+             componentize-js from sdk/js/package-lock.json)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The manifest of the Python or JavaScript example task.
+pub fn lang_manifest(lang: &str) -> PathBuf {
+    repo_root()
+        .join("guest-examples")
+        .join(lang)
+        .join("warden.toml")
+}
+
+/// Where `.ci/run` builds the Python and JavaScript components.
+pub fn lang_dir() -> PathBuf {
+    repo_root().join("target/guests/lang")
+}
+
+/// The componentize-py that `.ci/run` installs (pinned), if present.
+pub fn componentize_py() -> PathBuf {
+    repo_root().join("target/lang/venv/bin/componentize-py")
+}
+
+/// The componentize-js that `.ci/run` installs (pinned by `sdk/js/package-lock.json`).
+pub fn componentize_js() -> PathBuf {
+    repo_root().join("sdk/js/node_modules/.bin/componentize-js")
+}
+
+fn lang_suffix(lang: &str) -> &str {
+    match lang {
+        "python" => "py",
+        other => other,
+    }
+}

@@ -80,7 +80,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let params = resolve_params(manifest.as_ref(), &args.params)?;
-    let limits = limits_from(&args);
+    let limits = limits_from(&args, manifest.as_ref());
 
     let dir = args.data.open()?;
     let runtime = Runtime::new(&EngineConfig::default(), &dir.artifacts())?;
@@ -148,8 +148,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     Ok(exit_code(&report.outcome))
 }
 
-fn limits_from(args: &ExecArgs) -> RunLimits {
-    let mut limits = RunLimits::default();
+fn limits_from(args: &ExecArgs, manifest: Option<&Manifest>) -> RunLimits {
+    let ask = manifest.and_then(|m| m.limits.memory_bytes());
+    let mut limits = RunLimits::default().for_module(ask, EngineConfig::default().max_memory_bytes);
     if let Some(secs) = args.wall_time {
         limits.wall_time = Duration::from_secs(secs);
     }

@@ -6,6 +6,7 @@ mod client;
 mod credential;
 mod exec;
 mod reconcile;
+mod scaffold;
 mod serve;
 pub mod sign;
 mod target;
@@ -70,6 +71,10 @@ enum Command {
     /// Vault maintenance (master key rekey).
     #[command(subcommand)]
     Vault(vault::VaultCommand),
+    /// Create a task project (Rust, Python or JavaScript) ready for `warden build`.
+    New(scaffold::NewArgs),
+    /// Build the task project in a directory into `NAME.wasm`.
+    Build(scaffold::BuildArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -99,6 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Vault(cmd) => vault::run(cmd),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
+        Command::New(args) => scaffold::new(args),
+        Command::Build(args) => scaffold::build(args),
     }
 }
 

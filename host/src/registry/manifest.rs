@@ -35,6 +35,37 @@ pub struct Manifest {
     /// Narrower asks (target tags, path prefixes, command patterns).
     #[serde(default)]
     pub requests: Requests,
+    /// Resources the task needs beyond the server's defaults (signed with the manifest).
+    /// Left out of the signed JSON when empty, so older signatures stay valid.
+    #[serde(default, skip_serializing_if = "ModuleLimits::is_empty")]
+    pub limits: ModuleLimits,
+}
+
+/// Per-module resource asks, e.g. `[limits] memory_mib = 256` for an interpreted-language
+/// task (CPython, SpiderMonkey) that needs far more linear memory than a Rust task. The
+/// server caps every ask at its own maximum (see `RunLimits::for_module`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModuleLimits {
+    /// Linear memory the run may grow to, in MiB (1..=[`MAX_MEMORY_MIB`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+}
+
+/// The largest memory ask a manifest may carry. Blocks an absurd number that would
+/// overflow when turned into bytes; the server's own cap is usually lower.
+pub const MAX_MEMORY_MIB: u32 = 64 << 10;
+
+impl ModuleLimits {
+    /// True when the module asks for nothing beyond the defaults.
+    pub fn is_empty(&self) -> bool {
+        self.memory_mib.is_none()
+    }
+
+    /// The memory ask in bytes, if any.
+    pub fn memory_bytes(&self) -> Option<usize> {
+        self.memory_mib.map(|mib| (mib as usize) << 20)
+    }
 }
 
 /// The type and rules of one input.
@@ -144,6 +175,13 @@ impl Manifest {
         {
             return Err(ManifestError::Parse(format!(
                 "unknown capability '{unknown}'"
+            )));
+        }
+        if let Some(mib) = manifest.limits.memory_mib
+            && !(1..=MAX_MEMORY_MIB).contains(&mib)
+        {
+            return Err(ManifestError::Parse(format!(
+                "limits.memory_mib must be between 1 and {MAX_MEMORY_MIB}, got {mib}"
             )));
         }
         for (name, spec) in &manifest.inputs {
@@ -323,5 +361,27 @@ mod tests {
         assert!(Manifest::parse("name = 'x'\nversion = '1'\nextra = 1").is_err());
         let bad_default = "name = 'x'\nversion = '1'\n[inputs.n]\ntype = 'int'\ndefault = 'z'";
         assert!(Manifest::parse(bad_default).is_err());
+    }
+
+    #[test]
+    fn memory_ask_is_optional_bounded_and_left_out_of_the_json_when_absent()
+    -> Result<(), ManifestError> {
+        let plain = Manifest::parse("name = 'x'\nversion = '1'")?;
+        assert_eq!(plain.limits.memory_bytes(), None);
+        let json =
+            serde_json::to_string(&plain).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        assert!(!json.contains("limits"), "{json}");
+        let asked = Manifest::parse("name = 'x'\nversion = '1'\n[limits]\nmemory_mib = 256")?;
+        assert_eq!(asked.limits.memory_bytes(), Some(256 << 20));
+        for bad in [
+            "memory_mib = 0",
+            "memory_mib = 70000",
+            "memory_mib = -1",
+            "cpu = 2",
+        ] {
+            let text = format!("name = 'x'\nversion = '1'\n[limits]\n{bad}");
+            assert!(Manifest::parse(&text).is_err(), "{bad} accepted");
+        }
+        Ok(())
     }
 }

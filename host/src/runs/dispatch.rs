@@ -248,7 +248,10 @@ impl Dispatcher {
             task,
             params,
             grant: process.grant.clone(),
-            limits: self.limits.clone(),
+            limits: self.limits.for_module(
+                module.manifest.limits.memory_bytes(),
+                self.bridge.runtime().max_memory_bytes(),
+            ),
             control: RunControl::new(),
         };
         let policy = HostCallPolicy {

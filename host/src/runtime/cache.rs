@@ -131,8 +131,15 @@ impl ModuleCache {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding artifact"),
             }
         }
+        let started = std::time::Instant::now();
         let component =
             Component::new(engine, bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        tracing::info!(
+            digest,
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         self.compiles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let artifact = component

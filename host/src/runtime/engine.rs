@@ -11,6 +11,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances; a run's wall-time deadline is counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Core instances (and tables) the pool holds per concurrent run. A Rust task instantiates
+/// 3 core modules; a componentize-py guest instantiates 14 (libc, libpython, its runtime,
+/// the WASI adapter, ...), a componentize-js guest 3. Sized for Python so that
+/// `max_concurrent_runs` Python runs fit at once; the pool stays bounded by this product.
+pub const CORE_INSTANCES_PER_RUN: u32 = 16;
+
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,9 +42,9 @@ pub fn build_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
     let runs = config.max_concurrent_runs.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(runs)
-        .total_core_instances(runs * 8)
+        .total_core_instances(runs * CORE_INSTANCES_PER_RUN)
         .total_memories(runs * 2)
-        .total_tables(runs * 8)
+        .total_tables(runs * CORE_INSTANCES_PER_RUN)
         .total_stacks(runs)
         .max_memories_per_component(2)
         .max_memory_size(config.max_memory_bytes);

@@ -52,6 +52,21 @@ impl Default for RunLimits {
     }
 }
 
+impl RunLimits {
+    /// These limits with a module's own memory ask (from its signed manifest) in place of
+    /// the default, capped at `max_memory_bytes`, the most the server gives any run (the
+    /// engine's per-instance memory reservation). A module that asks for nothing keeps the
+    /// default.
+    pub fn for_module(&self, memory_ask: Option<usize>, max_memory_bytes: usize) -> RunLimits {
+        let mut limits = self.clone();
+        if let Some(ask) = memory_ask {
+            limits.memory_bytes = ask;
+        }
+        limits.memory_bytes = limits.memory_bytes.min(max_memory_bytes);
+        limits
+    }
+}
+
 /// Which limit a run broke; the `Display` text is what the user sees.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "exceeded", rename_all = "kebab-case")]
@@ -163,5 +178,30 @@ mod duration_ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_memory_ask_replaces_the_default_but_never_passes_the_server_cap() {
+        let defaults = RunLimits::default();
+        let cap = 512 << 20;
+        assert_eq!(
+            defaults.for_module(None, cap).memory_bytes,
+            defaults.memory_bytes
+        );
+        assert_eq!(
+            defaults.for_module(Some(256 << 20), cap).memory_bytes,
+            256 << 20
+        );
+        assert_eq!(
+            defaults.for_module(Some(32 << 20), cap).memory_bytes,
+            32 << 20
+        );
+        assert_eq!(defaults.for_module(Some(4 << 30), cap).memory_bytes, cap);
+        assert_eq!(defaults.for_module(None, 64 << 20).memory_bytes, 64 << 20);
     }
 }

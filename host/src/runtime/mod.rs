@@ -212,6 +212,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<RunState>,
     cache: ModuleCache,
+    max_memory_bytes: usize,
     _ticker: EpochTicker,
 }
 
@@ -230,6 +231,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            max_memory_bytes: config.max_memory_bytes,
             _ticker: ticker,
         }))
     }
@@ -238,6 +240,12 @@ impl Runtime {
     /// component this host can run.
     pub fn prepare(&self, component: &[u8]) -> Result<Arc<PreparedTask>, PrepareError> {
         self.cache.prepare(&self.engine, &self.linker, component)
+    }
+
+    /// The most linear memory any run may be given (the engine's per-instance memory
+    /// reservation): the cap on a module's own memory ask.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// Components compiled by this process (cache misses).

@@ -54,6 +54,11 @@ async fn metrics(State(state): State<AppState>) -> String {
             m.modules_rejected.load(Ordering::Relaxed),
         ),
         gauge(
+            "warden_module_compiles_total",
+            "Components compiled by this process (not loaded from the artifact cache).",
+            state.bridge.runtime().compiles(),
+        ),
+        gauge(
             "warden_policy_denials_total",
             "API requests refused by policy.",
             m.denials.load(Ordering::Relaxed),

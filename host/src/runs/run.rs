@@ -221,20 +221,7 @@ impl RunStore {
     /// `run.<state>` by its actor. Returns once both the audit record and the run are durable.
     pub async fn create(&self, run: RunRecord) -> Result<RunRecord, RunsError> {
         check_new(&run)?;
-        let bytes = encode(&run)?;
-        let guard = self.lock(&run.id).await;
-        if self.runs.contains_key(run.id.as_bytes())? {
-            return Err(RunsError::RunExists(run.id));
-        }
-        let entry = created_entry(&run);
-        let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
-        finish_detached(guard, async move {
-            let trees = (store.runs.clone(), store.by_time.clone());
-            let insert = move || insert_new(&trees.0, &trees.1, &id, created_ms, &bytes);
-            let (_, inserted) = store.audit.append_then(entry, insert).await?;
-            inserted
-        })
-        .await?;
+        self.insert_audited(&run, vec![created_entry(&run)]).await?;
         Ok(run)
     }
 
@@ -251,15 +238,26 @@ impl RunStore {
             return Err(invalid("state", "only a queued run can start at once"));
         }
         let running = next_record(&run, RunState::Running, |_| {})?;
-        let bytes = encode(&running)?;
-        let guard = self.lock(&run.id).await;
-        if self.runs.contains_key(run.id.as_bytes())? {
-            return Err(RunsError::RunExists(run.id));
-        }
         let entries = vec![
             created_entry(&run),
             transition_entry(&run, &running, &run.actor, note),
         ];
+        self.insert_audited(&running, entries).await?;
+        Ok(running)
+    }
+
+    /// Stores `run` under a new id after `entries` are audited, in one commit (see the
+    /// module doc); refuses an id already taken, auditing nothing.
+    async fn insert_audited(
+        &self,
+        run: &RunRecord,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), RunsError> {
+        let bytes = encode(run)?;
+        let guard = self.lock(&run.id).await;
+        if self.runs.contains_key(run.id.as_bytes())? {
+            return Err(RunsError::RunExists(run.id.clone()));
+        }
         let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
         finish_detached(guard, async move {
             let trees = (store.runs.clone(), store.by_time.clone());
@@ -267,8 +265,7 @@ impl RunStore {
             let (_, inserted) = store.audit.append_all_then(entries, insert).await?;
             inserted
         })
-        .await?;
-        Ok(running)
+        .await
     }
 
     /// Moves a run to `next`, after `edit` has filled its result, error or output.

@@ -688,6 +688,7 @@ mod tests {
             capabilities: vec!["log".into()],
             inputs: BTreeMap::new(),
             requests: Default::default(),
+            limits: Default::default(),
         };
         let inputs = BTreeMap::from([("name".to_string(), serde_json::json!("Ada"))]);
         let grant = Grant::default();

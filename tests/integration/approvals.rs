@@ -388,7 +388,7 @@ async fn self_approval_and_approvers_without_the_privilege_are_refused_and_audit
 
     // The code refuses self-approval on its own too, should a policy ever allow it.
     let state = g.server.state.as_ref().expect("in-process state");
-    let err = state.approvals.approve(&run, "rita").await.err();
+    let err = state.approvals.approve(&run, "rita", None).await.err();
     assert!(matches!(err, Some(ApprovalError::SelfApproval)), "{err:?}");
     let refused = g
         .server
@@ -516,8 +516,37 @@ async fn changing_inputs_invalidates_approvals_and_only_fresh_ones_count() {
             .is_some_and(|d| d.contains("alan"))
     );
 
-    // A second approver now makes only one valid approval: the run does not start.
-    let r = g.server.approve(&run, &g.approver2).await;
+    // An approver who reviewed the request before the change cannot approve the changed
+    // one by accident: approving the binding they saw is refused as stale, and audited.
+    g.server
+        .post(
+            &format!("/v1/runs/{run}/approve"),
+            &g.approver2,
+            json!({ "binding": before }),
+        )
+        .await
+        .expect_error(StatusCode::CONFLICT, "stale_request");
+    let stale = g
+        .server
+        .audit(&format!("run={run}&action=run.approval.refused"))
+        .await;
+    assert!(
+        stale.iter().any(|r| r["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("stale:"))),
+        "{stale:?}"
+    );
+
+    // A second approver now makes only one valid approval (given with the binding they
+    // reviewed): the run does not start.
+    let r = g
+        .server
+        .post(
+            &format!("/v1/runs/{run}/approve"),
+            &g.approver2,
+            json!({ "binding": changed["binding"] }),
+        )
+        .await;
     assert_eq!(r.expect(StatusCode::OK)["started"], false, "{}", r.text);
     assert_eq!(r.body["request"]["valid_approvals"], 1);
     g.assert_still_waiting(&run).await;

@@ -152,6 +152,10 @@ pub enum RunCommand {
     Approve {
         /// The run id.
         run: String,
+        /// The binding digest shown by `warden run approvals` (without `sha256:`): the
+        /// approval is refused if the run or its process changed since.
+        #[arg(long)]
+        binding: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -396,9 +400,17 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
             )?;
             Ok(0)
         }
-        RunCommand::Approve { run, server } => {
+        RunCommand::Approve {
+            run,
+            binding,
+            server,
+        } => {
+            let body = match binding {
+                Some(binding) => json!({ "binding": binding.trim_start_matches("sha256:") }),
+                None => json!({}),
+            };
             let outcome = Client::new(&server)?
-                .post(&format!("/v1/runs/{run}/approve"), &json!({}))
+                .post(&format!("/v1/runs/{run}/approve"), &body)
                 .await?;
             let request = &outcome["request"];
             println!(

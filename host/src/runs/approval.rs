@@ -257,10 +257,15 @@ impl Approvals {
     /// `approver` approves the run as it stands now. When that makes the required number of
     /// distinct valid approvals, the run is queued and executes. The requester is refused
     /// (audited `run.approval.refused`).
+    ///
+    /// `seen` is the binding the approver reviewed (from [`Self::request`]); when given, an
+    /// approval of anything else (the run or its process changed since) is refused as stale
+    /// and audited, so what was reviewed is exactly what gets approved.
     pub async fn approve(
         &self,
         run_id: &str,
         approver: &str,
+        seen: Option<&str>,
     ) -> Result<ApproveOutcome, ApprovalError> {
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
@@ -274,6 +279,14 @@ impl Approvals {
             return Err(ApprovalError::SelfApproval);
         }
         let resolved = self.resolve(&run)?;
+        if let Some(seen) = seen.filter(|seen| *seen != resolved.binding) {
+            let reason = format!(
+                "stale: the approver reviewed binding sha256:{seen}, the run now binds sha256:{}",
+                resolved.binding
+            );
+            self.audit_refusal(&run, approver, &reason).await?;
+            return Err(ApprovalError::Stale(reason));
+        }
         let now = now_ms();
         let mut approvals = self.load(run_id)?;
         if approvals

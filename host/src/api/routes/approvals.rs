@@ -41,6 +41,15 @@ struct RejectRequest {
     reason: String,
 }
 
+/// What an approver sends: optionally the binding digest they reviewed (from `GET
+/// /v1/runs/{id}/approval`), so a change made since is refused instead of approved.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    #[serde(default)]
+    binding: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputsRequest {
@@ -173,7 +182,8 @@ async fn get_approval(
     Ok(Json(state.approvals.request(&run.id)?))
 }
 
-/// Approve a run awaiting approval, exactly as it stands now. Needs the ApproveRun
+/// Approve a run awaiting approval, exactly as it stands now (or, with `binding` in the
+/// body, only if it still binds to what the approver reviewed). Needs the ApproveRun
 /// privilege on its process; never the run's requester. When this completes the required
 /// approvals the run is queued and executes (`started`).
 #[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "approved; `started` says whether the run was queued"), (status = 403, description = "not an approver of this run, or its requester"), (status = 409, description = "not awaiting approval, already approved, or stale")))]
@@ -181,9 +191,14 @@ async fn approve_run(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Body(req): Body<ApproveRequest>,
 ) -> Result<Json<ApproveOutcome>, ApiError> {
     let run = state.authorize_approval(&caller, &id, "approval").await?;
-    let outcome = state.approvals.approve(&run.id, &caller.user.name).await?;
+    let seen = req.binding.as_deref();
+    let outcome = state
+        .approvals
+        .approve(&run.id, &caller.user.name, seen)
+        .await?;
     if outcome.started {
         Metrics::bump(&state.metrics.runs_started);
     }

@@ -250,10 +250,8 @@ fn warden(args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> std::pr
         .stderr(Stdio::piped())
         .spawn()
         .expect("warden runs");
-    if let Some(mut pipe) = child.stdin.take() {
-        if let Some(bytes) = stdin {
-            pipe.write_all(bytes).expect("stdin");
-        }
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+        pipe.write_all(bytes).expect("stdin");
     }
     child.wait_with_output().expect("warden output")
 }
@@ -511,7 +509,9 @@ async fn the_master_key_can_come_from_an_environment_variable_or_a_command() {
 
     // Each way of getting it wrong is refused with its own clear message.
     let other_hex = hex::encode(rand::random::<[u8; 32]>());
-    let cases: [(&[&str], Vec<(&str, &str)>, &str); 5] = [
+    // (extra arguments, environment, expected message)
+    type Case<'a> = (&'a [&'a str], Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
         (&[], vec![], "master.key"),
         (
             &["--master-key-env", "WARDEN_TEST_MASTER_KEY"],

@@ -837,6 +837,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/credentials"),
     ("get", "/v1/credentials/{name}"),
     ("put", "/v1/credentials/{name}/secret"),
+    ("get", "/v1/credentials/{name}/versions"),
     ("get", "/v1/processes"),
     ("post", "/v1/processes"),
     ("get", "/v1/processes/{id}"),

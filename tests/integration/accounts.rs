@@ -245,7 +245,7 @@ async fn provision_user_repairs_loose_modes_and_keeps_other_keys() {
         format!("{}\n{NEW_KEY}\n", user.public_key_line.trim())
     );
     let meta = std::fs::metadata(&keys).expect("keys");
-    assert_eq!(meta.mode() & 0o777, 0o600, "install rewrote it 0600");
+    assert_eq!(meta.mode() & 0o777, 0o600, "the key file ends up 0600");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -758,7 +758,10 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
         .expect("user")
         .with_sudo()
         .expect("sudo");
-    let mut serve = Serve::start(&data, &[], &[("WARDEN_LOG", "trace")], tmp.path(), "scan").await;
+    // Everything Warden and the SSH layer log, down to trace; the compiler's own trace
+    // (gigabytes of machine code listings) is left out.
+    let log = "trace,cranelift=info,wasmtime=info,regalloc2=info,wasmparser=info";
+    let mut serve = Serve::start(&data, &[], &[("WARDEN_LOG", log)], tmp.path(), "scan").await;
     let api = Api::new(&serve.base, &admin);
 
     // `ops` starts with a decoy and is updated to the real password; `spare` is updated and

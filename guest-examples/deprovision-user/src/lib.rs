@@ -86,16 +86,21 @@ impl Task for DeprovisionUser {
                 log::info(&format!("{target}: `{user}` deprovisioned"));
             } else {
                 failed += 1;
-                log::warn(&format!("{target}: incomplete: {}", report.errors.join("; ")));
+                log::warn(&format!(
+                    "{target}: incomplete: {}",
+                    report.errors.join("; ")
+                ));
             }
             entries.push(report.to_json(target));
         }
         log::info(&format!(
             "`{user}`: deprovisioned on {done}, absent on {absent}, incomplete on {failed}"
         ));
-        Ok(json!({ "user": user, "targets": entries, "deprovisioned": done,
+        Ok(
+            json!({ "user": user, "targets": entries, "deprovisioned": done,
             "absent": absent, "failed": failed })
-        .to_string())
+            .to_string(),
+        )
     }
 }
 
@@ -226,20 +231,20 @@ impl Host<'_> {
         if remaining == 0 {
             Ok(found)
         } else {
-            Err(format!("{remaining} process(es) still running after {MAX_KILL_ROUNDS} kills"))
+            Err(format!(
+                "{remaining} process(es) still running after {MAX_KILL_ROUNDS} kills"
+            ))
         }
     }
 
+    /// The account's live processes. Zombies are not counted: they are already dead, hold
+    /// no session, and vanish when their parent (or init) reaps them.
     fn count_processes(&self) -> Result<u64, String> {
-        let line = format!("pgrep -c -u {}", quote(self.user));
+        let line = format!("ps -o stat= -u {}", quote(self.user));
         let out = self.exec(&line, true)?;
-        // pgrep -c exits 1 (still printing 0) when nothing matched.
+        // ps exits 1 (printing nothing) when the account runs no process.
         match out.exit_status {
-            Some(0 | 1) => out
-                .stdout_text()
-                .trim()
-                .parse()
-                .map_err(|_| format!("{line}: unexpected output")),
+            Some(0 | 1) => Ok(count_live(&out.stdout_text())),
             _ => Err(failure(&line, &out)),
         }
     }
@@ -300,6 +305,16 @@ fn parse_passwd(text: &str, user: &str) -> Result<(u32, String), String> {
     Ok((uid, home.to_string()))
 }
 
+/// Counts the `ps -o stat=` lines of processes that are not zombies (state `Z`).
+fn count_live(stat_lines: &str) -> u64 {
+    let live = stat_lines
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with('Z'))
+        .count();
+    u64::try_from(live).unwrap_or(u64::MAX)
+}
+
 /// The paths `rm -v` reports removing (`removed '/home/a/.ssh/authorized_keys'`).
 fn removed_paths(stdout: &str) -> Vec<String> {
     stdout
@@ -350,7 +365,16 @@ mod tests {
     #[test]
     fn rejects_names_that_could_inject_or_are_root() {
         for bad in [
-            "", "root", "Alice", "1abc", "-rf", "a b", "a;id", "a'b", "$(id)", &"a".repeat(33),
+            "",
+            "root",
+            "Alice",
+            "1abc",
+            "-rf",
+            "a b",
+            "a;id",
+            "a'b",
+            "$(id)",
+            &"a".repeat(33),
         ] {
             assert!(validate_user(bad).is_err(), "{bad:?} accepted");
         }
@@ -365,6 +389,12 @@ mod tests {
         );
         assert!(parse_passwd("al:x:1001:1001::/home/a;b:/bin/sh\n", "al").is_err());
         assert!(parse_passwd("al:x:1001:1001::/home/../etc:/bin/sh\n", "al").is_err());
+    }
+
+    #[test]
+    fn counts_live_processes_but_not_zombies() {
+        assert_eq!(count_live("Ss\nS+\nZ\n R\n"), 3);
+        assert_eq!(count_live(""), 0);
     }
 
     #[test]

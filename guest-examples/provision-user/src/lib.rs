@@ -41,7 +41,9 @@ impl Task for ProvisionUser {
         validate_name("user", &user)?;
         let groups = params::text_list("groups").unwrap_or_default();
         if groups.len() > MAX_GROUPS {
-            return Err(format!("input `groups` lists more than {MAX_GROUPS} groups"));
+            return Err(format!(
+                "input `groups` lists more than {MAX_GROUPS} groups"
+            ));
         }
         for group in &groups {
             validate_name("groups", group)?;
@@ -102,9 +104,11 @@ impl Task for ProvisionUser {
         log::info(&format!(
             "`{user}`: {changed} changed, {unchanged} unchanged, {failed} failed"
         ));
-        Ok(json!({ "user": user, "targets": entries, "changed": changed,
+        Ok(
+            json!({ "user": user, "targets": entries, "changed": changed,
             "unchanged": unchanged, "failed": failed })
-        .to_string())
+            .to_string(),
+        )
     }
 }
 
@@ -216,7 +220,11 @@ impl Host<'_> {
         }
         let missing = self.missing_groups(user, wanted.groups)?;
         if !missing.is_empty() {
-            let line = format!("usermod -a -G {} {}", quote(&missing.join(",")), quote(user));
+            let line = format!(
+                "usermod -a -G {} {}",
+                quote(&missing.join(",")),
+                quote(user)
+            );
             self.checked(&line, true, None)?;
             report.groups_added = missing;
         }
@@ -271,11 +279,19 @@ impl Host<'_> {
         let (dir_state, file_state) = self.stat_pair(&as_user, &dir, &file)?;
         match dir_state {
             None => {
-                self.checked(&format!("{as_user} mkdir -m 700 -- {}", quote(&dir)), true, None)?;
+                self.checked(
+                    &format!("{as_user} mkdir -m 700 -- {}", quote(&dir)),
+                    true,
+                    None,
+                )?;
             }
             Some((mode, kind)) if kind == "directory" => {
                 if mode != "700" {
-                    self.checked(&format!("{as_user} chmod 700 -- {}", quote(&dir)), true, None)?;
+                    self.checked(
+                        &format!("{as_user} chmod 700 -- {}", quote(&dir)),
+                        true,
+                        None,
+                    )?;
                     report.modes_fixed.push(dir.clone());
                 }
             }
@@ -291,14 +307,25 @@ impl Host<'_> {
         };
         match with_key(&existing, key_line) {
             Some(updated) => {
-                let line = format!("{as_user} install -m 600 /dev/stdin {}", quote(&file));
+                // `tee` reads the stdin it inherits; a program that reopens `/dev/stdin` as the
+                // account is refused (the channel's pipe belongs to the admin session).
+                let line = format!("{as_user} tee -- {} >/dev/null", quote(&file));
                 self.checked(&line, true, Some(updated))?;
+                self.checked(
+                    &format!("{as_user} chmod 600 -- {}", quote(&file)),
+                    true,
+                    None,
+                )?;
                 report.key = "added";
             }
             None => {
                 report.key = "present";
                 if file_state.is_some_and(|(mode, _)| mode != "600") {
-                    self.checked(&format!("{as_user} chmod 600 -- {}", quote(&file)), true, None)?;
+                    self.checked(
+                        &format!("{as_user} chmod 600 -- {}", quote(&file)),
+                        true,
+                        None,
+                    )?;
                     report.modes_fixed.push(file);
                 }
             }
@@ -326,12 +353,21 @@ impl Host<'_> {
             }
         };
         let dir_state = stat(dir)?;
-        let file_state = if dir_state.is_some() { stat(file)? } else { None };
+        let file_state = if dir_state.is_some() {
+            stat(file)?
+        } else {
+            None
+        };
         Ok((dir_state, file_state))
     }
 
     /// Runs `line`; a non-zero exit is an error naming the step.
-    fn checked(&self, line: &str, sudo: bool, stdin: Option<Vec<u8>>) -> Result<ExecOutput, String> {
+    fn checked(
+        &self,
+        line: &str,
+        sudo: bool,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, String> {
         let out = self.exec(line, sudo, stdin)?;
         if out.success() {
             Ok(out)
@@ -508,7 +544,16 @@ mod tests {
             assert!(validate_name("user", ok).is_ok(), "{ok} rejected");
         }
         for bad in [
-            "", "root", "Alice", "1abc", "-rf", "a b", "a;id", "a'b", "$(id)", "a\nb",
+            "",
+            "root",
+            "Alice",
+            "1abc",
+            "-rf",
+            "a b",
+            "a;id",
+            "a'b",
+            "$(id)",
+            "a\nb",
             &"a".repeat(33),
         ] {
             assert!(validate_name("user", bad).is_err(), "{bad:?} accepted");
@@ -518,7 +563,14 @@ mod tests {
     #[test]
     fn shell_must_be_a_plain_absolute_path() {
         assert!(validate_shell("/bin/bash").is_ok());
-        for bad in ["bash", "/bin/sh; id", "/bin/'sh'", "/bin/../sh", "/bin/s h", ""] {
+        for bad in [
+            "bash",
+            "/bin/sh; id",
+            "/bin/'sh'",
+            "/bin/../sh",
+            "/bin/s h",
+            "",
+        ] {
             assert!(validate_shell(bad).is_err(), "{bad:?} accepted");
         }
     }

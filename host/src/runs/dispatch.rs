@@ -63,6 +63,9 @@ pub struct Dispatcher {
     policy: PolicyEngine,
     limits: RunLimits,
     live: Arc<Mutex<HashMap<String, Arc<RunControl>>>>,
+    /// Prepared tasks by module digest, so a run of a known module neither reads its
+    /// stored bytes nor hashes them again (tens of ms for a 17 MB Python component).
+    prepared: Arc<Mutex<HashMap<String, Arc<PreparedTask>>>>,
 }
 
 impl Dispatcher {
@@ -81,6 +84,7 @@ impl Dispatcher {
             policy,
             limits,
             live: Arc::default(),
+            prepared: Arc::default(),
         }
     }
 
@@ -189,15 +193,30 @@ impl Dispatcher {
     }
 
     fn prepare(&self, module: &ModuleInfo) -> Result<Arc<PreparedTask>, StartError> {
+        let cached = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&module.digest)
+            .cloned();
+        if let Some(task) = cached {
+            return Ok(task);
+        }
         let bytes = self
             .modules
             .bytes(&module.digest)
             .map_err(|e| StartError::Registry(e.to_string()))?
             .ok_or_else(|| StartError::ModuleUnavailable(module.digest.clone()))?;
-        self.bridge
+        let task = self
+            .bridge
             .runtime()
             .prepare(&bytes)
-            .map_err(|e| StartError::Prepare(e.to_string()))
+            .map_err(|e| StartError::Prepare(e.to_string()))?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(module.digest.clone(), task.clone());
+        Ok(task)
     }
 
     /// Executes the queued run `record` in the background: records it running, then runs

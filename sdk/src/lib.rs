@@ -48,6 +48,7 @@ pub mod credentials;
 pub mod log;
 pub mod params;
 pub mod rotation;
+pub mod shell;
 pub mod ssh;
 pub mod transfer;
 

@@ -68,7 +68,23 @@ impl ExecOutput {
     pub fn success(&self) -> bool {
         self.exit_status == Some(0)
     }
+
+    /// One line saying how `step` (a command that did not succeed) ended, with the start of
+    /// its stderr (at most [`FAILURE_EXCERPT`] characters), for a task's per-target error.
+    pub fn failure(&self, step: &str) -> String {
+        let how = match (&self.exit_status, &self.exit_signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "ended without a status".to_string(),
+        };
+        let stderr = self.stderr_text();
+        let excerpt: String = stderr.trim().chars().take(FAILURE_EXCERPT).collect();
+        format!("{step} {how}: {excerpt}")
+    }
 }
+
+/// Most characters of stderr that [`ExecOutput::failure`] quotes.
+pub const FAILURE_EXCERPT: usize = 200;
 
 /// Runs a command on one target.
 ///

@@ -8,6 +8,7 @@
 
 use serde_json::json;
 use warden_sdk::credentials::Credential;
+use warden_sdk::shell::quote;
 use warden_sdk::ssh::ExecOptions;
 use warden_sdk::{Error, Task, credentials, export_task, log, params, ssh, transfer};
 
@@ -89,7 +90,7 @@ struct Step<'a> {
 impl Step<'_> {
     /// Returns `"added"` or `"unchanged"`, or why the target failed.
     fn deploy(&self, key_line: &str, key: &KeyId<'_>) -> Result<&'static str, String> {
-        let mkdir = format!("mkdir -p -m 700 {}", shell_quote(self.dir));
+        let mkdir = format!("mkdir -p -m 700 {}", quote(self.dir));
         let out = ssh::exec(self.target, self.credential, &mkdir, ExecOptions::default())
             .map_err(|e| format!("creating {}: {e}", self.dir))?;
         if !out.success() {
@@ -183,12 +184,6 @@ fn parent_dir(path: &str) -> Result<&str, String> {
     }
 }
 
-/// Quotes `s` for a POSIX shell: inside single quotes nothing is special, and a single quote
-/// itself is written as `'\''`.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,10 +264,7 @@ mod tests {
 
     #[test]
     fn shell_quote_neutralises_metacharacters() {
-        assert_eq!(shell_quote("/home/al ice/.ssh"), "'/home/al ice/.ssh'");
-        assert_eq!(
-            shell_quote("/tmp/it's;rm -rf /"),
-            r"'/tmp/it'\''s;rm -rf /'"
-        );
+        assert_eq!(quote("/home/al ice/.ssh"), "'/home/al ice/.ssh'");
+        assert_eq!(quote("/tmp/it's;rm -rf /"), r"'/tmp/it'\''s;rm -rf /'");
     }
 }

@@ -13,6 +13,7 @@
 
 use serde_json::{Value, json};
 use warden_sdk::credentials::Credential;
+use warden_sdk::shell::quote;
 use warden_sdk::ssh::{ExecOptions, ExecOutput};
 use warden_sdk::{Task, credentials, export_task, log, params, ssh};
 
@@ -21,9 +22,6 @@ const MIN_UID: u32 = 1000;
 
 /// `pkill` rounds before giving up on processes that keep appearing (a fork loop).
 const MAX_KILL_ROUNDS: usize = 5;
-
-/// Longest stderr excerpt quoted in a per-target error.
-const MAX_EXCERPT: usize = 200;
 
 struct DeprovisionUser;
 
@@ -224,7 +222,7 @@ impl Host<'_> {
             let out = self.exec(&line, true)?;
             // pkill exits 1 when nothing matched: the processes ended meanwhile.
             if !matches!(out.exit_status, Some(0 | 1)) {
-                return Err(failure(&line, &out));
+                return Err(out.failure(&line));
             }
             remaining = self.count_processes()?;
         }
@@ -245,7 +243,7 @@ impl Host<'_> {
         // ps exits 1 (printing nothing) when the account runs no process.
         match out.exit_status {
             Some(0 | 1) => Ok(count_live(&out.stdout_text())),
-            _ => Err(failure(&line, &out)),
+            _ => Err(out.failure(&line)),
         }
     }
 
@@ -256,7 +254,7 @@ impl Host<'_> {
         match out.exit_status {
             Some(0) => parse_passwd(&out.stdout_text(), self.user).map(Some),
             Some(2) => Ok(None),
-            _ => Err(failure(&line, &out)),
+            _ => Err(out.failure(&line)),
         }
     }
 
@@ -266,7 +264,7 @@ impl Host<'_> {
         if out.success() {
             Ok(out)
         } else {
-            Err(failure(line, &out))
+            Err(out.failure(line))
         }
     }
 
@@ -326,36 +324,13 @@ fn removed_paths(stdout: &str) -> Vec<String> {
 
 /// Accepts `^[a-z_][a-z0-9_-]{0,31}$` (the portable useradd pattern), except `root`.
 fn validate_user(user: &str) -> Result<(), String> {
-    let mut bytes = user.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    let rest_ok =
-        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !first_ok || !rest_ok || user.len() > 32 {
+    if !warden_sdk::shell::is_user_name(user) {
         return Err("input `user` must match ^[a-z_][a-z0-9_-]{0,31}$".to_string());
     }
     if user == "root" {
         return Err("refusing to deprovision `root`".to_string());
     }
     Ok(())
-}
-
-/// Describes a step that ran but did not succeed.
-fn failure(step: &str, out: &ExecOutput) -> String {
-    let how = match (&out.exit_status, &out.exit_signal) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "ended without a status".to_string(),
-    };
-    let stderr = out.stderr_text();
-    let stderr: String = stderr.trim().chars().take(MAX_EXCERPT).collect();
-    format!("{step} {how}: {stderr}")
-}
-
-/// Quotes `s` for a POSIX shell (defence in depth: `validate_user` forbids quotes).
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

@@ -10,14 +10,12 @@
 
 use serde_json::{Value, json};
 use warden_sdk::credentials::Credential;
+use warden_sdk::shell::quote;
 use warden_sdk::ssh::{ExecOptions, ExecOutput};
 use warden_sdk::{Task, credentials, export_task, log, params, ssh};
 
 /// `usermod`'s exit status for "the user does not exist".
 const USERMOD_NO_SUCH_USER: i32 = 6;
-
-/// Longest stderr excerpt quoted in a per-target error.
-const MAX_EXCERPT: usize = 200;
 
 struct LockdownUser;
 
@@ -81,13 +79,7 @@ export_task!(LockdownUser);
 
 /// Accepts `^[a-z_][a-z0-9_-]{0,31}$` (the portable useradd pattern), except `root`.
 fn validate_user(user: &str) -> Result<(), String> {
-    let mut bytes = user.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    let rest_ok =
-        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !first_ok || !rest_ok || user.len() > 32 {
+    if !warden_sdk::shell::is_user_name(user) {
         return Err("input `user` must match ^[a-z_][a-z0-9_-]{0,31}$".to_string());
     }
     if user == "root" {
@@ -151,23 +143,23 @@ impl Session<'_> {
             Some(USERMOD_NO_SUCH_USER) => {
                 return Err(format!("user `{}` does not exist here", self.user));
             }
-            _ => report.errors.push(failure("usermod -L", &out)),
+            _ => report.errors.push(out.failure("usermod -L")),
         }
         let out = self.sudo("usermod -e 1")?;
         report.expired = out.success();
         if !report.expired {
-            report.errors.push(failure("usermod -e 1", &out));
+            report.errors.push(out.failure("usermod -e 1"));
         }
         let out = self.sudo("pgrep -c -u")?;
         report.processes_found = parse_pgrep_count(&out);
         if report.processes_found.is_none() {
-            report.errors.push(failure("pgrep -c -u", &out));
+            report.errors.push(out.failure("pgrep -c -u"));
         }
         let out = self.sudo("pkill -KILL -u")?;
         // pkill exits 1 when nothing matched: the user has no processes, which is the goal.
         report.sessions_killed = matches!(out.exit_status, Some(0 | 1));
         if !report.sessions_killed {
-            report.errors.push(failure("pkill -KILL -u", &out));
+            report.errors.push(out.failure("pkill -KILL -u"));
         }
         let out = self.sudo("passwd -S")?;
         match password_status(&out) {
@@ -175,7 +167,7 @@ impl Session<'_> {
             Some(status) => report
                 .errors
                 .push(format!("passwd -S reports status `{status}`")),
-            None => report.errors.push(failure("passwd -S", &out)),
+            None => report.errors.push(out.failure("passwd -S")),
         }
         Ok(())
     }
@@ -183,7 +175,7 @@ impl Session<'_> {
     /// Runs `<command> '<user>'` under sudo. A host-level error (unreachable, denied, auth
     /// failed) is an `Err`: no later step could succeed either.
     fn sudo(&self, command: &str) -> Result<ExecOutput, String> {
-        let line = format!("{command} {}", shell_quote(self.user));
+        let line = format!("{command} {}", quote(self.user));
         ssh::exec(self.target, self.credential, &line, ExecOptions::sudo())
             .map_err(|e| format!("{line}: {e}"))
     }
@@ -206,23 +198,6 @@ fn password_status(out: &ExecOutput) -> Option<String> {
         .split_whitespace()
         .nth(1)
         .map(str::to_string)
-}
-
-/// Describes a step that ran but did not succeed.
-fn failure(step: &str, out: &ExecOutput) -> String {
-    let how = match (&out.exit_status, &out.exit_signal) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "ended without a status".to_string(),
-    };
-    let stderr = out.stderr_text();
-    let stderr: String = stderr.trim().chars().take(MAX_EXCERPT).collect();
-    format!("{step} {how}: {stderr}")
-}
-
-/// Quotes `s` for a POSIX shell (defence in depth: `validate_user` already forbids quotes).
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
@@ -291,7 +266,7 @@ mod tests {
 
     #[test]
     fn failure_names_step_status_and_stderr() {
-        let text = failure("usermod -L", &output(Some(1), ""));
+        let text = output(Some(1), "").failure("usermod -L");
         assert_eq!(text, "usermod -L exited with status 1: some error");
     }
 

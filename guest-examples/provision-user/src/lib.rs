@@ -14,6 +14,7 @@
 
 use serde_json::{Value, json};
 use warden_sdk::credentials::Credential;
+use warden_sdk::shell::quote;
 use warden_sdk::ssh::{ExecOptions, ExecOutput};
 use warden_sdk::{Task, credentials, export_task, log, params, ssh};
 
@@ -25,9 +26,6 @@ const MAX_GROUPS: usize = 64;
 
 /// Longest accepted shell path.
 const MAX_SHELL_LEN: usize = 256;
-
-/// Longest stderr excerpt quoted in a per-target error.
-const MAX_EXCERPT: usize = 200;
 
 struct ProvisionUser;
 
@@ -241,7 +239,7 @@ impl Host<'_> {
         match out.exit_status {
             Some(0) => parse_passwd(&out.stdout_text(), user).map(Some),
             Some(2) => Ok(None),
-            _ => Err(failure(&line, &out)),
+            _ => Err(out.failure(&line)),
         }
     }
 
@@ -349,7 +347,7 @@ impl Host<'_> {
                     .ok_or_else(|| format!("{line}: unexpected output")),
                 // stat exits 1 for a missing path (or one the account cannot see).
                 Some(1) => Ok(None),
-                _ => Err(failure(&line, &out)),
+                _ => Err(out.failure(&line)),
             }
         };
         let dir_state = stat(dir)?;
@@ -372,7 +370,7 @@ impl Host<'_> {
         if out.success() {
             Ok(out)
         } else {
-            Err(failure(line, &out))
+            Err(out.failure(line))
         }
     }
 
@@ -425,13 +423,7 @@ fn parse_stat(text: &str) -> Option<(String, String)> {
 
 /// Accepts `^[a-z_][a-z0-9_-]{0,31}$` (the portable useradd pattern), except `root`.
 fn validate_name(input: &str, name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    let rest_ok =
-        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !first_ok || !rest_ok || name.len() > 32 {
+    if !warden_sdk::shell::is_user_name(name) {
         return Err(format!(
             "input `{input}`: {name:?} must match ^[a-z_][a-z0-9_-]{{0,31}}$"
         ));
@@ -512,23 +504,6 @@ fn with_key(existing: &[u8], key_line: &str) -> Option<Vec<u8>> {
     updated.extend_from_slice(key_line.as_bytes());
     updated.push(b'\n');
     Some(updated)
-}
-
-/// Describes a step that ran but did not succeed.
-fn failure(step: &str, out: &ExecOutput) -> String {
-    let how = match (&out.exit_status, &out.exit_signal) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "ended without a status".to_string(),
-    };
-    let stderr = out.stderr_text();
-    let stderr: String = stderr.trim().chars().take(MAX_EXCERPT).collect();
-    format!("{step} {how}: {stderr}")
-}
-
-/// Quotes `s` for a POSIX shell (defence in depth: inputs are validated to plain characters).
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub mod bindings {
     });
 }
 
+pub mod authorized_keys;
 pub mod credentials;
 pub mod log;
 pub mod params;

@@ -7,6 +7,7 @@
 //! mode 0600. A second run changes nothing and reports `unchanged`.
 
 use serde_json::json;
+use warden_sdk::authorized_keys::{KeyId, key_id, parse_public_key};
 use warden_sdk::credentials::Credential;
 use warden_sdk::shell::quote;
 use warden_sdk::ssh::ExecOptions;
@@ -25,7 +26,7 @@ impl Task for DeploySshKey {
         }
         let public_key = params::text("public_key").unwrap_or_default();
         let key_line = public_key.trim();
-        let key = parse_key_input(key_line)?;
+        let key = parse_public_key(key_line)?;
         let path = params::text("path").unwrap_or_default();
         let dir = parent_dir(&path)?;
         let credential_name = params::text("credential").unwrap_or_default();
@@ -76,9 +77,6 @@ impl Task for DeploySshKey {
 
 export_task!(DeploySshKey);
 
-/// The identity of a key: its type and base64 blob.
-type KeyId<'a> = (&'a str, &'a str);
-
 /// One target's deployment.
 struct Step<'a> {
     target: &'a str,
@@ -112,40 +110,6 @@ impl Step<'_> {
             .map_err(|e| format!("writing {}: {e}", self.path))?;
         Ok("added")
     }
-}
-
-/// Checks the `public_key` input: one line holding a key type and a base64 blob.
-fn parse_key_input(line: &str) -> Result<KeyId<'_>, String> {
-    if line.contains(['\n', '\r', '\0']) {
-        return Err("input `public_key` must be a single authorized_keys line".to_string());
-    }
-    key_id(line).ok_or_else(|| {
-        "input `public_key` must hold a key type and base64 key (e.g. `ssh-ed25519 AAAA… me`)"
-            .to_string()
-    })
-}
-
-/// Finds the key type and blob in an authorized_keys line, skipping any leading options
-/// (`restrict,from="10.0.0.0/8" ssh-ed25519 AAAA… comment`).
-fn key_id(line: &str) -> Option<KeyId<'_>> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    fields.windows(2).find_map(|pair| {
-        let (kind, blob) = (pair[0], pair[1]);
-        (is_key_type(kind) && is_base64(blob)).then_some((kind, blob))
-    })
-}
-
-fn is_key_type(field: &str) -> bool {
-    ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"]
-        .iter()
-        .any(|p| field.starts_with(p))
-}
-
-fn is_base64(field: &str) -> bool {
-    field.len() >= 16
-        && field
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 /// The file with the key appended, or `None` when a line already holds the key. Existing
@@ -236,11 +200,11 @@ mod tests {
 
     #[test]
     fn rejects_malformed_key_inputs() {
-        assert!(parse_key_input("not a key").is_err());
-        assert!(parse_key_input("ssh-ed25519").is_err());
-        assert!(parse_key_input("ssh-ed25519 AAAA$$$$notbase64$$$$").is_err());
-        assert!(parse_key_input(&format!("{KEY}\n{KEY}")).is_err());
-        assert_eq!(parse_key_input(KEY).unwrap().0, "ssh-ed25519");
+        assert!(parse_public_key("not a key").is_err());
+        assert!(parse_public_key("ssh-ed25519").is_err());
+        assert!(parse_public_key("ssh-ed25519 AAAA$$$$notbase64$$$$").is_err());
+        assert!(parse_public_key(&format!("{KEY}\n{KEY}")).is_err());
+        assert_eq!(parse_public_key(KEY).unwrap().0, "ssh-ed25519");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! created that way are owned by the account without a `chown`.
 
 use serde_json::{Value, json};
+use warden_sdk::authorized_keys::{key_id, parse_public_key};
 use warden_sdk::credentials::Credential;
 use warden_sdk::shell::quote;
 use warden_sdk::ssh::{ExecOptions, ExecOutput};
@@ -51,7 +52,7 @@ impl Task for ProvisionUser {
         let key_line = params::text("public_key").unwrap_or_default();
         let key_line = key_line.trim();
         if !key_line.is_empty() {
-            parse_key_input(key_line)?;
+            parse_public_key(key_line)?;
         }
         let credential_name = params::text("credential").unwrap_or_default();
         if credential_name.trim().is_empty() {
@@ -448,42 +449,6 @@ fn is_safe_path(path: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
         && !path.split('/').any(|part| part == "." || part == "..")
-}
-
-/// The identity of a key: its type and base64 blob.
-type KeyId<'a> = (&'a str, &'a str);
-
-/// Checks the `public_key` input: one line holding a key type and a base64 blob.
-fn parse_key_input(line: &str) -> Result<KeyId<'_>, String> {
-    if line.contains(['\n', '\r', '\0']) {
-        return Err("input `public_key` must be a single authorized_keys line".to_string());
-    }
-    key_id(line).ok_or_else(|| {
-        "input `public_key` must hold a key type and base64 key (e.g. `ssh-ed25519 AAAA… me`)"
-            .to_string()
-    })
-}
-
-/// Finds the key type and blob in an authorized_keys line, skipping any leading options.
-fn key_id(line: &str) -> Option<KeyId<'_>> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    fields.windows(2).find_map(|pair| {
-        let (kind, blob) = (pair[0], pair[1]);
-        (is_key_type(kind) && is_base64(blob)).then_some((kind, blob))
-    })
-}
-
-fn is_key_type(field: &str) -> bool {
-    ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"]
-        .iter()
-        .any(|p| field.starts_with(p))
-}
-
-fn is_base64(field: &str) -> bool {
-    field.len() >= 16
-        && field
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 /// The file with the key appended, or `None` when a (non-comment) line already holds it.

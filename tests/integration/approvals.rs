@@ -792,6 +792,27 @@ async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
         "{}",
         r.text
     );
+    // Nor delete one: the schedule stays.
+    let made = server
+        .post(&path, &server.admin, json!({ "cron": "0 3 * * *" }))
+        .await;
+    let id = made.expect(StatusCode::CREATED)["id"]
+        .as_str()
+        .expect("schedule id")
+        .to_string();
+    let r = server
+        .call(Method::DELETE, &format!("{path}/{id}"), &plain, None)
+        .await;
+    assert!(
+        matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND),
+        "{}",
+        r.text
+    );
+    let listed = server.get(&path, &server.admin).await;
+    assert_eq!(
+        listed.expect(StatusCode::OK).as_array().map(Vec::len),
+        Some(1)
+    );
 }
 
 /// A `warden serve` child; killed on drop.

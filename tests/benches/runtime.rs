@@ -133,6 +133,70 @@ fn main() -> anyhow::Result<()> {
             calls as f64 / secs
         );
     }
+    // 3. Host calls that act outside the run (`credentials.acquire`: a lease is looked up or
+    //    issued), each with a durable intent record before it acts and an outcome after.
+    services.vault.add(
+        "bench",
+        "bench",
+        warden_host::vault::CredentialKind::Password,
+        warden_host::vault::Secret::from_bytes(b"bench-secret".to_vec()),
+    )?;
+    for concurrency in [1usize, 8, 32, 64] {
+        let per_run: i64 = 1_000;
+        let started = Instant::now();
+        let calls: u64 = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..concurrency {
+                let (bridge, probe) = (bridge.clone(), probe.clone());
+                tasks.push(tokio::spawn(async move {
+                    let params = vec![
+                        Param {
+                            name: "mode".into(),
+                            value: Value::Text("acquire-repeat".into()),
+                        },
+                        Param {
+                            name: "credential".into(),
+                            value: Value::Text("bench".into()),
+                        },
+                        Param {
+                            name: "n".into(),
+                            value: Value::Integer(per_run),
+                        },
+                    ];
+                    let spec = RunSpec {
+                        identity: RunIdentity {
+                            run_id: format!("bench-acquire-{concurrency}-{i}"),
+                            actor: "bench".into(),
+                            module: "probe".into(),
+                        },
+                        task: probe,
+                        params,
+                        grant: Grant {
+                            credentials: ["bench".to_string()].into(),
+                            ..Grant::default()
+                        },
+                        limits: RunLimits::default(),
+                        control: warden_host::runtime::RunControl::new(),
+                    };
+                    bridge
+                        .execute(spec)
+                        .await
+                        .map(|r| r.host_calls)
+                        .unwrap_or(0)
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap_or(0);
+            }
+            total
+        });
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "acting host calls/s (intent + outcome, both durable), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
+            calls as f64 / secs
+        );
+    }
     let verified = warden_host::audit::verify(&data.db, &data.server_key.verifying_key())?;
     println!("audit chain verifies: {} records", verified.count);
     Ok(())

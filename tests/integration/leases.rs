@@ -203,7 +203,12 @@ impl Server {
             run_id: Some(run.into()),
             ..AuditFilter::default()
         };
-        self.state.audit.query(&filter).expect("audit query")
+        let records = self.state.audit.query(&filter).expect("audit query");
+        // One record per call: how it ended (the intent written before it acted is left out).
+        records
+            .into_iter()
+            .filter(|r| !crate::support::is_intent(r))
+            .collect()
     }
 }
 
@@ -222,7 +227,7 @@ fn of_action<'a>(records: &'a [AuditRecord], action: &str) -> Vec<&'a AuditRecor
 }
 
 fn detail(record: &AuditRecord) -> &str {
-    record.entry.detail.as_deref().unwrap_or("")
+    crate::support::detail_of(record)
 }
 
 /// The policy (rule) a denied record names; `None` for an allowed one.
@@ -654,7 +659,7 @@ fn warden_exec_runs_get_leases_revoked_when_they_end() {
     let all = audit.query(&AuditFilter::default()).expect("query");
     let acquire = all
         .iter()
-        .find(|r| r.entry.action == "credentials.acquire")
+        .find(|r| r.entry.action == "credentials.acquire" && !crate::support::is_intent(r))
         .expect("acquire audited");
     let lease_id = detail(acquire)
         .strip_prefix("lease ")

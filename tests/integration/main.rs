@@ -12,6 +12,7 @@ mod languages;
 mod leases;
 mod rotation;
 mod sandbox;
+mod spine;
 mod ssh;
 mod support;
 mod vault;

@@ -558,6 +558,7 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
     let policy = warden_host::capabilities::HostCallPolicy {
         engine,
         requested: manifest.capabilities.iter().cloned().collect(),
+        scope: manifest.requests.clone(),
     };
     let (_, report) = env
         .run_with_policy(&task, params, grant, RunLimits::default(), Some(policy))

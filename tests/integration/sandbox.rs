@@ -389,7 +389,11 @@ async fn host_call_to_an_interface_the_manifest_did_not_request_is_denied_by_pol
     // The manifest asked for params and log only: acquiring a credential must be refused
     // by policy even though the grant names the credential.
     let requested = ["params".to_string(), "log".to_string()].into();
-    let policy = warden_host::capabilities::HostCallPolicy { engine, requested };
+    let policy = warden_host::capabilities::HostCallPolicy {
+        engine,
+        requested,
+        scope: Default::default(),
+    };
     let params = text_params(&[("mode", "ungranted"), ("credential", "ops")]);
     let (run_id, report) = env
         .run_with_policy(

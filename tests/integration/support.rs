@@ -96,6 +96,42 @@ impl Env {
             .await
     }
 
+    /// [`Env::run`] with the caller holding the run's control (to cancel it mid-run).
+    pub async fn run_controlled(
+        &self,
+        task: &Arc<PreparedTask>,
+        params: Vec<Param>,
+        grant: Grant,
+        limits: RunLimits,
+        control: Arc<warden_host::runtime::RunControl>,
+        run_id: &str,
+    ) -> RunReport {
+        let spec = RunSpec {
+            identity: RunIdentity {
+                run_id: run_id.into(),
+                actor: "test".into(),
+                module: "probe".into(),
+            },
+            task: task.clone(),
+            params,
+            grant,
+            limits,
+            control,
+        };
+        self.bridge.execute(spec).await.expect("run executes")
+    }
+
+    /// A one-target environment: an sshd on loopback registered as target `t0`, and a fresh
+    /// account on it whose password is credential `pw`.
+    pub fn with_target() -> (Env, warden_tests::sshd::Sshd, warden_tests::sshd::TestUser) {
+        let env = Env::new();
+        let sshd = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
+        let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
+        env.targets.add(target_of("t0", &sshd)).expect("add target");
+        env.add_password("pw", &user.name, &user.password);
+        (env, sshd, user)
+    }
+
     /// [`Env::run`] the way the server runs processes: every host call is also checked
     /// against the interfaces the manifest requested and the Cedar policies.
     pub async fn run_with_policy(
@@ -127,8 +163,10 @@ impl Env {
         (run_id, report.expect("run executes"))
     }
 
-    /// The audit records of one run's host calls: minus its `run.start` and `run.end`, and
-    /// minus `lease.revoked` (the host revokes a run's leases; no guest call does).
+    /// The audit records that say how each of one run's host calls ended — one per call:
+    /// minus its `run.start` and `run.end`, minus `lease.revoked` (the host revokes a run's
+    /// leases; no guest call does), and minus the intent records written before a call acts
+    /// (`tests/integration/spine.rs` checks those).
     pub fn host_call_records(&self, run_id: &str) -> Vec<AuditRecord> {
         let filter = AuditFilter {
             run_id: Some(run_id.into()),
@@ -139,7 +177,34 @@ impl Env {
             .into_iter()
             .filter(|r| !r.entry.action.starts_with("run."))
             .filter(|r| r.entry.action != warden_host::vault::lease::REVOKED_ACTION)
+            .filter(|r| !is_intent(r))
             .collect()
+    }
+}
+
+/// True for the record a host call writes before it acts (its outcome record follows).
+pub fn is_intent(record: &AuditRecord) -> bool {
+    record.entry.outcome == warden_host::capabilities::INTENT_OUTCOME
+}
+
+/// The detail of an outcome record without the reference to its intent record.
+pub fn detail_of(record: &AuditRecord) -> &str {
+    let detail = record.entry.detail.as_deref().unwrap_or_default();
+    match detail.rfind("; intent #") {
+        Some(at) => &detail[..at],
+        None => detail.strip_prefix("intent #").map_or(detail, |_| ""),
+    }
+}
+
+/// The target record for `sshd`, pinned to its host key.
+pub fn target_of(name: &str, sshd: &warden_tests::sshd::Sshd) -> warden_host::targets::Target {
+    warden_host::targets::Target {
+        name: name.into(),
+        address: sshd.ip.clone(),
+        port: sshd.port,
+        host_key: sshd.host_key_line.clone(),
+        zone: "default".into(),
+        tags: vec![],
     }
 }
 

@@ -174,6 +174,19 @@ impl AuditLog {
         records.into_iter().next().ok_or_else(|| self.writer_gone())
     }
 
+    /// Appends `entries` as consecutive records in one commit and returns them once one
+    /// flush made them all durable. An empty list writes nothing.
+    pub async fn append_all(
+        &self,
+        entries: Vec<AuditEntry>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (pending, reply) = self.prepare(entries, None)?;
+        self.enqueue(pending, reply).await
+    }
+
     /// Appends one record, then runs `then` (a write to another tree of the same sled
     /// database) in the same commit, and returns both once one flush made them durable.
     /// See [`Self::append_all_then`].

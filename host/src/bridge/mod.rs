@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::audit::{AuditEntry, Decision};
 use crate::capabilities::grant::Grant;
 use crate::capabilities::{HostCallPolicy, HostContext, RunIdentity, Services};
+use crate::registry::manifest::Requests;
 use crate::runtime::bindings::params::Param;
 use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::RunLimits;
@@ -32,6 +33,16 @@ pub struct RunSpec {
     pub limits: RunLimits,
     /// Cancel switch and live events.
     pub control: Arc<RunControl>,
+}
+
+/// What a run's host calls are checked against beyond its grant.
+enum Scope<'a> {
+    /// Nothing beyond the grant.
+    None,
+    /// The module's manifest requests.
+    Manifest(&'a Requests),
+    /// The manifest (interfaces and requests) and the policies.
+    Policy(HostCallPolicy),
 }
 
 /// Why a run could not be executed at all.
@@ -68,7 +79,18 @@ impl Bridge {
     /// Runs `spec` to completion. The run starts only once `run.start` is durable, and
     /// its report is returned only once `run.end` is.
     pub async fn execute(&self, spec: RunSpec) -> Result<RunReport, BridgeError> {
-        self.execute_inner(spec, None, true).await
+        self.execute_inner(spec, Scope::None, true).await
+    }
+
+    /// [`Bridge::execute`] with every host call also narrowed to what the module's manifest
+    /// requests (`warden exec --manifest`).
+    pub async fn execute_in_scope(
+        &self,
+        spec: RunSpec,
+        requests: &Requests,
+    ) -> Result<RunReport, BridgeError> {
+        self.execute_inner(spec, Scope::Manifest(requests), true)
+            .await
     }
 
     /// [`Bridge::execute`] with every host call also checked against the module's signed
@@ -78,7 +100,7 @@ impl Bridge {
         spec: RunSpec,
         policy: HostCallPolicy,
     ) -> Result<RunReport, BridgeError> {
-        self.execute_inner(spec, Some(policy), true).await
+        self.execute_inner(spec, Scope::Policy(policy), true).await
     }
 
     /// [`Bridge::execute_with_policy`] for a run whose start and end the caller records in
@@ -90,7 +112,7 @@ impl Bridge {
         spec: RunSpec,
         policy: HostCallPolicy,
     ) -> Result<RunReport, BridgeError> {
-        self.execute_inner(spec, Some(policy), false).await
+        self.execute_inner(spec, Scope::Policy(policy), false).await
     }
 
     /// What a run starts with, for its start record: module, input names, credentials and
@@ -123,7 +145,7 @@ impl Bridge {
     async fn execute_inner(
         &self,
         spec: RunSpec,
-        policy: Option<HostCallPolicy>,
+        scope: Scope<'_>,
         bracket: bool,
     ) -> Result<RunReport, BridgeError> {
         let started = Instant::now();
@@ -140,9 +162,10 @@ impl Bridge {
             spec.limits.clone(),
             &spec.control,
         );
-        let host = match policy {
-            Some(policy) => host.with_policy(policy),
-            None => host,
+        let host = match scope {
+            Scope::Policy(policy) => host.with_policy(policy),
+            Scope::Manifest(requests) => host.with_manifest_scope(requests),
+            Scope::None => host,
         };
         let report = self
             .runtime

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use wasmtime::component::Resource;
 
-use crate::audit::Decision;
-use crate::runtime::RunStop;
+use crate::redact::Redactor;
 use crate::runtime::bindings::credentials::{
     CredentialKind, Host, HostCredential, PasswordPolicy, Rotation,
 };
@@ -21,10 +20,20 @@ use crate::runtime::limits::LimitExceeded;
 use crate::ssh::{SshAuth, SshCredential};
 use crate::vault::{self, VaultError};
 
+use super::call::{Effect, HostCall, Redact};
 use super::grant::Request;
 use super::leases::Refusal;
 use super::types::internal;
-use super::{HostContext, Subject};
+use super::{HostContext, Services, Subject};
+
+/// The WIT interface this file implements, as the manifest and policies name it.
+const CAPABILITY: &str = "credentials";
+
+impl Redact for Resource<CredentialHandle> {
+    fn redact(self, _: &Redactor) -> Self {
+        self
+    }
+}
 
 /// What the guest's `credential` resource stands for on the host. No secret inside.
 #[derive(Clone, Debug)]
@@ -56,52 +65,6 @@ impl HostContext {
         r: &Resource<CredentialHandle>,
     ) -> wasmtime::Result<CredentialHandle> {
         Ok(self.handles.get(r)?.clone())
-    }
-
-    /// The secret behind `handle` for one use on `target`: first the handle's lease must
-    /// allow that use ([`HostContext::use_lease`]), then the secret is fetched. Every use of
-    /// a handle (ssh, transfer) comes through here.
-    pub(crate) fn ssh_credential(
-        &mut self,
-        handle: &CredentialHandle,
-        target: &str,
-    ) -> Result<Arc<SshCredential>, Refusal> {
-        self.use_lease(handle, target).map_err(Refusal::Denied)?;
-        self.fetch_secret(handle).map_err(Refusal::Failed)
-    }
-
-    /// Fetches the handle's secret from the vault for the SSH layer, registering it (and
-    /// its encodings) with the run's redactor first. This is the one place a secret
-    /// leaves the vault on behalf of a run; callers check the lease first.
-    pub(crate) fn fetch_secret(
-        &mut self,
-        handle: &CredentialHandle,
-    ) -> Result<Arc<SshCredential>, Error> {
-        let secret = self
-            .services
-            .vault
-            .secret(&handle.name)
-            .map_err(|e| match e {
-                VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
-                other => internal("reading the credential", other),
-            })?;
-        // Registered before use, so no output of this call can carry it unredacted.
-        self.redactor
-            .add_secret(secret.expose())
-            .map_err(|e| internal("registering the secret for redaction", e))?;
-        let text = String::from_utf8(secret.expose().to_vec()).map_err(|_| {
-            Error::InvalidArgument("the credential's secret is not UTF-8 text".into())
-        })?;
-        let text = SecretString::from(text);
-        let auth = match handle.kind {
-            vault::CredentialKind::Password => SshAuth::Password(text),
-            vault::CredentialKind::SshKey => SshAuth::PrivateKey(text),
-        };
-        Ok(Arc::new(SshCredential {
-            id: handle.name.clone(),
-            username: handle.username.clone(),
-            auth,
-        }))
     }
 
     /// The handle for credential `name`, bound to its lease; the lease's id goes into the
@@ -136,17 +99,50 @@ impl HostContext {
         r: &Resource<CredentialHandle>,
         value: impl FnOnce(&CredentialHandle) -> T,
     ) -> wasmtime::Result<T> {
-        let call = self.begin(action, 0).await?;
         let handle = self.handle(r)?;
-        let subject = Subject {
-            credential: Some(handle.name.clone()),
-            ..Subject::default()
+        let call = HostCall {
+            subject: Subject {
+                credential: Some(handle.name.clone()),
+                ..Subject::default()
+            },
+            ..HostCall::local(action, CAPABILITY, 0)
         };
         // A handle exists only if `acquire` passed the same checks, so the answer is given
         // either way; the decision is still audited.
-        self.interface_call(call, "credentials", subject).await?;
+        self.local_call(call).await?;
         Ok(value(&handle))
     }
+}
+
+/// Fetches `handle`'s secret from the vault for the SSH layer, registering it (and its
+/// encodings) with the run's redactor first. This is the one place a secret leaves the
+/// vault on behalf of a run; only an admitted call's act ([`super::call::Acting::secret`])
+/// reaches it, after the spine checked the handle's lease.
+pub(crate) fn fetch_secret(
+    services: &Services,
+    redactor: &Redactor,
+    handle: &CredentialHandle,
+) -> Result<Arc<SshCredential>, Error> {
+    let secret = services.vault.secret(&handle.name).map_err(|e| match e {
+        VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
+        other => internal("reading the credential", other),
+    })?;
+    // Registered before use, so no output of this call can carry it unredacted.
+    redactor
+        .add_secret(secret.expose())
+        .map_err(|e| internal("registering the secret for redaction", e))?;
+    let text = String::from_utf8(secret.expose().to_vec())
+        .map_err(|_| Error::InvalidArgument("the credential's secret is not UTF-8 text".into()))?;
+    let text = SecretString::from(text);
+    let auth = match handle.kind {
+        vault::CredentialKind::Password => SshAuth::Password(text),
+        vault::CredentialKind::SshKey => SshAuth::PrivateKey(text),
+    };
+    Ok(Arc::new(SshCredential {
+        id: handle.name.clone(),
+        username: handle.username.clone(),
+        auth,
+    }))
 }
 
 impl Host for HostContext {
@@ -154,38 +150,39 @@ impl Host for HostContext {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<CredentialHandle>, Error>> {
-        let call = self.begin("credentials.acquire", name.len()).await?;
-        let mut subject = Subject {
-            credential: Some(name.clone()),
-            ..Subject::default()
+        let limit = (self.live_handles >= self.limits.handles).then_some(LimitExceeded::Handles {
+            limit: self.limits.handles,
+        });
+        let call = HostCall {
+            action: "credentials.acquire",
+            capability: CAPABILITY,
+            arg_bytes: name.len(),
+            request: Request::Acquire { credential: &name },
+            subject: Subject {
+                credential: Some(name.clone()),
+                ..Subject::default()
+            },
+            leases: Vec::new(),
+            limit,
+            // Issuing a lease is a durable act: it gets an intent record first.
+            effect: Effect::World,
         };
-        if let Err(denial) = self
-            .authorize("credentials", &Request::Acquire { credential: &name })
+        let mut admitted = match self.admit(call).await? {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let result = match self
+            .acquire_checked(&name, &mut admitted.subject.detail)
             .await
         {
-            return self.deny(call, subject, denial).await;
-        }
-        if self.live_handles >= self.limits.handles {
-            let exceeded = LimitExceeded::Handles {
-                limit: self.limits.handles,
-            };
-            let denial = super::grant::Denial {
-                rule: "limits",
-                detail: exceeded.to_string(),
-                policy: None,
-            };
-            let _ = self.deny::<()>(call, subject, denial).await?;
-            return Err(self.end_run(RunStop::Limit(exceeded)));
-        }
-        let result = match self.acquire_checked(&name, &mut subject.detail).await {
             Ok(handle) => {
                 self.live_handles += 1;
                 Ok(self.handles.push(handle)?)
             }
-            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
+            Err(Refusal::Denied(denial)) => return self.conclude_denied(admitted, denial).await,
             Err(Refusal::Failed(e)) => Err(e),
         };
-        self.finish(call, subject, Decision::Allowed, result).await
+        self.conclude(admitted, result).await
     }
 
     async fn rotate(

@@ -32,11 +32,12 @@ pub enum Request<'a> {
     Interface,
     /// Acquire a credential handle.
     Acquire { credential: &'a str },
-    /// Run a command on a target.
+    /// Run a command on a target, under sudo or not.
     Exec {
         target: &'a str,
         credential: &'a str,
         command: &'a str,
+        sudo: bool,
     },
     /// Move a file to or from a target. `path` is already normalised.
     Transfer {
@@ -65,6 +66,11 @@ pub struct Denial {
 }
 
 impl Request<'_> {
+    /// True for a command that asks to run under sudo.
+    pub fn sudo(&self) -> bool {
+        matches!(self, Request::Exec { sudo: true, .. })
+    }
+
     /// (target, credential, command, path) named by the request, for policies and audit.
     pub fn parts(&self) -> (Option<&str>, Option<&str>, Option<&str>, Option<&str>) {
         match *self {
@@ -74,6 +80,7 @@ impl Request<'_> {
                 target,
                 credential,
                 command,
+                ..
             } => (Some(target), Some(credential), Some(command), None),
             Request::Transfer {
                 target,
@@ -97,6 +104,7 @@ impl Grant {
                 target,
                 credential,
                 command,
+                ..
             } => {
                 self.check_credential(credential)?;
                 self.check_target(target)?;
@@ -158,7 +166,7 @@ impl Grant {
     }
 
     fn check_command(&self, command: &str) -> Result<(), Denial> {
-        if self.commands.is_empty() || self.commands.iter().any(|p| glob_match(p, command)) {
+        if self.commands.is_empty() || command_permitted(&self.commands, command, false) {
             return Ok(());
         }
         Err(Denial {
@@ -201,9 +209,14 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
+/// True when `command` (run under sudo or not) matches one of `patterns`.
+pub(crate) fn command_permitted(patterns: &[String], command: &str, _sudo: bool) -> bool {
+    patterns.iter().any(|p| glob_match(p, command))
+}
+
 /// True when normalised `path` equals `prefix` or lies below it, on component boundaries
 /// (`/var/log` allows `/var/log/syslog`, not `/var/logs`).
-fn path_under(path: &str, prefix: &str) -> bool {
+pub(crate) fn path_under(path: &str, prefix: &str) -> bool {
     let Some(prefix) = normalize_path(prefix) else {
         return false;
     };
@@ -297,6 +310,7 @@ mod tests {
             target: "db-1",
             credential: "ops",
             command: "uptime",
+            sudo: false,
         };
         assert_eq!(
             grant().authorize(&r).map_err(|d| d.rule),
@@ -310,12 +324,14 @@ mod tests {
             target: "web-1",
             credential: "ops",
             command: "apt list --upgradable",
+            sudo: false,
         };
         assert!(grant().authorize(&ok).is_ok());
         let bad = Request::Exec {
             target: "web-1",
             credential: "ops",
             command: "rm -rf /",
+            sudo: false,
         };
         assert_eq!(
             grant().authorize(&bad).map_err(|d| d.rule),
@@ -325,6 +341,7 @@ mod tests {
             target: "web-1",
             credential: "ops",
             command: "uptime; id",
+            sudo: false,
         };
         assert!(grant().authorize(&sneaky).is_err());
     }
@@ -339,6 +356,7 @@ mod tests {
             target: "web-1",
             credential: "ops",
             command: "id",
+            sudo: false,
         };
         assert!(g.authorize(&r).is_ok());
     }

@@ -4,17 +4,21 @@ use crate::runtime::RunStop;
 use crate::runtime::bindings::log::{Host, Level};
 use crate::runtime::limits::LimitExceeded;
 
+use super::call::HostCall;
 use super::{HostContext, Subject};
 
 impl Host for HostContext {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let call = self.begin("log.write", message.len()).await?;
+        let arg_bytes = message.len();
         let message = self.redactor.redact_str(&message);
-        let subject = Subject {
-            detail: Some(format!("{} bytes", message.len())),
-            ..Subject::default()
+        let call = HostCall {
+            subject: Subject {
+                detail: Some(format!("{} bytes", message.len())),
+                ..Subject::default()
+            },
+            ..HostCall::local("log.write", "log", arg_bytes)
         };
-        if !self.interface_call(call, "log", subject).await? {
+        if !self.local_call(call).await? {
             return Ok(());
         }
         let accepted = self.events.push(level_name(level), message);

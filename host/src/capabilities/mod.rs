@@ -1,43 +1,51 @@
 //! Capabilities: the host side of every WIT interface a task imports, one file each.
 //!
-//! This is the spine of the product. Every host call goes the same way, top to bottom:
-//! count it against the run's limits → ask the grant ([`grant::Grant::authorize`]) → check
-//! the handle's lease ([`leases`]) → act
-//! (with the secret fetched from the vault only here, never handed to the guest) →
-//! redact → write one durable audit record → return. A denial is a guest-visible
-//! `error::denied`, never a trap, and it is audited like any other call. A call that
-//! breaks a limit, or whose audit record cannot be written, ends the run (fail closed).
+//! This is the spine of the product. Every host call goes the same way, top to bottom, and
+//! the way is written once, in [`call`]: count it against the run's limits → authorize it
+//! (the module's signed manifest ∩ the process grant ∩ the Cedar policies) → check the
+//! handles' leases ([`leases`]) → write a durable *intent* record → act (with the secret
+//! fetched from the vault only here, never handed to the guest) → redact → write the
+//! durable *outcome* record → return. A denial is a guest-visible `error::denied`, never a
+//! trap, and it is audited like any other call. A call that breaks a limit, or whose audit
+//! record cannot be written, ends the run (fail closed).
+//!
+//! Layout: [`call`] (the spine), [`grant`] and [`scope`] (what a run and its module may
+//! ask), [`leases`], and one file per WIT interface: [`credentials`], [`ssh`], [`transfer`],
+//! [`rotation`], [`log`], [`params`].
 //!
 //! Only this module may reveal a secret, and only to the SSH layer.
 
+mod call;
 pub mod credentials;
 pub mod grant;
 pub mod leases;
 pub mod log;
 pub mod params;
 pub mod rotation;
+pub mod scope;
 pub mod ssh;
 pub mod transfer;
 mod types;
 
-use std::time::Instant;
-
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 
 use std::collections::BTreeSet;
 
-use crate::audit::{AuditEntry, AuditLog, Decision};
+use crate::audit::AuditLog;
 use crate::policy::{HostCallRequest, PolicyEngine};
 use crate::redact::Redactor;
 use crate::runtime::bindings::params::Param;
-use crate::runtime::bindings::types::Error;
-use crate::runtime::limits::{LimitExceeded, RunLimits};
+use crate::runtime::limits::RunLimits;
 use crate::runtime::{EventLog, RunControl, RunStop};
 use crate::ssh::SshPool;
 use crate::targets::TargetStore;
 use crate::vault::Vault;
 use crate::vault::lease::LeaseStore;
+use call::HostCall;
+pub use call::INTENT_OUTCOME;
 use grant::{Denial, Grant, Request};
+use scope::ManifestScope;
 
 /// The long-lived services host calls act through. Cheap to clone.
 #[derive(Clone)]
@@ -62,6 +70,9 @@ pub struct HostCallPolicy {
     pub engine: PolicyEngine,
     /// Interfaces the signed manifest lists under `capabilities`.
     pub requested: BTreeSet<String>,
+    /// The manifest's narrower requests (commands, paths, target tags): every call must fit
+    /// them as well as the grant.
+    pub scope: crate::registry::manifest::Requests,
 }
 
 /// Who runs what: identifies a run in audit records.
@@ -90,21 +101,24 @@ pub struct HostContext {
     policy: Option<HostCallPolicy>,
     /// The run's deadline (start + wall-time limit), Unix ms: no lease outlives it.
     deadline_ms: u64,
+    /// The same deadline on the monotonic clock: no host call acts past it.
+    deadline: tokio::time::Instant,
+    /// Fires when the run is cancelled from outside.
+    cancelled: CancellationToken,
+    /// Fires when the run must stop for any reason (cancelled, deadline, a limit, audit
+    /// failure): what an act in progress listens to.
+    stop_token: CancellationToken,
+    /// What the module's signed manifest narrowed its requests to.
+    scope: ManifestScope,
     /// The lease each acquired credential's handles are bound to, by credential name.
     leases: std::collections::HashMap<String, String>,
     pub(crate) events: EventLog,
     pub(crate) stop: Option<RunStop>,
 }
 
-/// A host call in progress: what it is and when it started.
-struct Call {
-    action: &'static str,
-    started: Instant,
-}
-
 /// What a call acted on, for its audit record. Never holds a secret.
-#[derive(Default)]
-struct Subject {
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Subject {
     target: Option<String>,
     credential: Option<String>,
     detail: Option<String>,
@@ -123,6 +137,8 @@ impl HostContext {
         let events = EventLog::new(limits.output_bytes, control);
         let wall_ms = u64::try_from(limits.wall_time.as_millis()).unwrap_or(u64::MAX);
         let deadline_ms = crate::vault::lease::now_ms().saturating_add(wall_ms);
+        let deadline = tokio::time::Instant::now() + limits.wall_time;
+        let cancelled = control.cancel_token();
         HostContext {
             identity,
             grant,
@@ -135,6 +151,10 @@ impl HostContext {
             redactor: Redactor::new(),
             policy: None,
             deadline_ms,
+            deadline,
+            stop_token: cancelled.child_token(),
+            cancelled,
+            scope: ManifestScope::default(),
             leases: Default::default(),
             events,
             stop: None,
@@ -143,7 +163,15 @@ impl HostContext {
 
     /// Also checks every host call against the module's manifest and the policies.
     pub fn with_policy(mut self, policy: HostCallPolicy) -> Self {
+        self.scope = ManifestScope::from(&policy.scope);
         self.policy = Some(policy);
+        self
+    }
+
+    /// Narrows every host call to what the module's signed manifest requests (commands,
+    /// paths, target tags), also where no policy engine is used (`warden exec`).
+    pub fn with_manifest_scope(mut self, requests: &crate::registry::manifest::Requests) -> Self {
+        self.scope = ManifestScope::from(requests);
         self
     }
 
@@ -220,125 +248,14 @@ impl HostContext {
         &self.redactor
     }
 
-    /// Starts a host call: counts it and checks its argument bytes. A call that breaks a
-    /// limit is still audited (as denied), then ends the run.
-    async fn begin(&mut self, action: &'static str, arg_bytes: usize) -> wasmtime::Result<Call> {
-        let call = Call {
-            action,
-            started: Instant::now(),
-        };
-        if self.services.audit.is_failed() {
-            return Err(self.end_run(RunStop::AuditFailed("audit log is failed".into())));
-        }
-        self.host_calls += 1;
-        let exceeded = if self.host_calls > self.limits.host_calls {
-            Some(LimitExceeded::HostCalls {
-                limit: self.limits.host_calls,
-            })
-        } else if arg_bytes > self.limits.call_bytes {
-            let limit = self.limits.call_bytes;
-            Some(LimitExceeded::CallBytes {
-                call: action.into(),
-                bytes: arg_bytes,
-                limit,
-            })
-        } else {
-            None
-        };
-        let Some(exceeded) = exceeded else {
-            return Ok(call);
-        };
-        let denial = Denial {
-            rule: "limits",
-            detail: exceeded.to_string(),
-            policy: None,
-        };
-        let _ = self.deny::<()>(call, Subject::default(), denial).await?;
-        Err(self.end_run(RunStop::Limit(exceeded)))
+    /// True once the run was cancelled from outside.
+    fn control_cancelled(&self) -> bool {
+        self.cancelled.is_cancelled()
     }
 
-    /// Decides and audits a call that touches no target or credential (inputs, logging, a
-    /// handle's name). Returns whether it was allowed; a denial is audited, not trapped.
-    async fn interface_call(
-        &mut self,
-        call: Call,
-        capability: &str,
-        subject: Subject,
-    ) -> wasmtime::Result<bool> {
-        match self.authorize(capability, &Request::Interface).await {
-            Ok(()) => {
-                self.finish(call, subject, Decision::Allowed, Ok(()))
-                    .await?
-                    .ok();
-                Ok(true)
-            }
-            Err(denial) => {
-                self.deny::<()>(call, subject, denial).await?.ok();
-                Ok(false)
-            }
-        }
-    }
-
-    /// Records a denial and returns it to the guest as `error::denied`.
-    async fn deny<T>(
-        &mut self,
-        call: Call,
-        subject: Subject,
-        denial: Denial,
-    ) -> wasmtime::Result<Result<T, Error>> {
-        // The audit names the Cedar policies that refused, or else the grant/limit rule.
-        let policy = denial
-            .policy
-            .clone()
-            .unwrap_or_else(|| denial.rule.to_string());
-        let decision = Decision::Denied {
-            reason: denial.detail.clone(),
-            policy: Some(policy),
-        };
-        self.finish(
-            call,
-            subject,
-            decision,
-            Err(Error::Denied(denial.to_string())),
-        )
-        .await
-    }
-
-    /// Writes the call's audit record and only then hands the result to the guest. If
-    /// the record cannot be written durably the run ends instead (fail closed).
-    async fn finish<T>(
-        &mut self,
-        call: Call,
-        subject: Subject,
-        decision: Decision,
-        result: Result<T, Error>,
-    ) -> wasmtime::Result<Result<T, Error>> {
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => self.redactor.redact_str(&types::describe(e)),
-        };
-        let entry = AuditEntry {
-            run_id: Some(self.identity.run_id.clone()),
-            actor: self.identity.actor.clone(),
-            action: call.action.to_string(),
-            target: subject.target,
-            credential: subject.credential,
-            decision,
-            outcome,
-            duration_us: u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            detail: subject.detail.map(|d| self.redactor.redact_str(&d)),
-        };
-        if let Err(e) = self.services.audit.append(entry).await {
-            tracing::error!(run = %self.identity.run_id, error = %e, "audit write failed");
-            return Err(self.end_run(RunStop::AuditFailed(e.to_string())));
-        }
-        Ok(result)
-    }
-
-    /// Notes why the run must end and returns the trap that ends it.
-    fn end_run(&mut self, stop: RunStop) -> wasmtime::Error {
-        let error = wasmtime::Error::msg(stop.to_string());
-        self.stop.get_or_insert(stop);
-        error
+    /// A call that reads only the run's own state (inputs, logging, a handle's name): the
+    /// interface must be permitted; one record after it. Returns whether it was allowed.
+    async fn local_call(&mut self, call: HostCall<'_>) -> wasmtime::Result<bool> {
+        Ok(self.host_call(call, async |_| Ok(())).await?.is_ok())
     }
 }

@@ -2,13 +2,13 @@
 
 use crate::runtime::bindings::params::{Host, Param, Value};
 
+use super::call::HostCall;
 use super::{HostContext, Subject};
 
 impl Host for HostContext {
     async fn all(&mut self) -> wasmtime::Result<Vec<Param>> {
-        let call = self.begin("params.all", 0).await?;
         let allowed = self
-            .interface_call(call, "params", Subject::default())
+            .local_call(HostCall::local("params.all", "params", 0))
             .await?;
         Ok(if allowed {
             self.params.clone()
@@ -18,12 +18,14 @@ impl Host for HostContext {
     }
 
     async fn get(&mut self, name: String) -> wasmtime::Result<Option<Value>> {
-        let call = self.begin("params.get", name.len()).await?;
-        let subject = Subject {
-            detail: Some(format!("param: {name}")),
-            ..Subject::default()
+        let call = HostCall {
+            subject: Subject {
+                detail: Some(format!("param: {name}")),
+                ..Subject::default()
+            },
+            ..HostCall::local("params.get", "params", name.len())
         };
-        if !self.interface_call(call, "params", subject).await? {
+        if !self.local_call(call).await? {
             return Ok(None);
         }
         Ok(self

@@ -46,9 +46,9 @@ use crate::targets::Target;
 use crate::vault::password::{self, PasswordPolicy};
 use crate::vault::{CredentialInfo, CredentialKind, Secret, VaultError, VersionState};
 
+use super::call::{Effect, HostCall, Redact};
 use super::credentials::CredentialHandle;
 use super::grant::Request;
-use super::ssh::redact_error;
 use super::types::{from_ssh, internal};
 use super::{HostContext, Services, Subject};
 
@@ -364,7 +364,7 @@ impl Rotator {
                 CredentialKind::Password => "password",
                 CredentialKind::SshKey => "key",
             };
-            let e = redact_error(&self.redactor, from_ssh(e));
+            let e = from_ssh(e).redact(&self.redactor);
             return Err(after_change(Error::AuthFailed(format!(
                 "verification failed: logging in with the new {what} did not work ({})",
                 super::types::describe(&e)
@@ -445,7 +445,7 @@ impl Rotator {
         match self.services.ssh.verify_login(target, &cred).await {
             Ok(()) => Ok(true),
             Err(crate::ssh::SshError::AuthFailed(_)) => Ok(false),
-            Err(e) => Err(redact_error(&self.redactor, from_ssh(e))),
+            Err(e) => Err(from_ssh(e).redact(&self.redactor)),
         }
     }
 
@@ -522,7 +522,7 @@ impl Rotator {
             .ssh
             .exec(target, admin, &request.0)
             .await
-            .map_err(|e| redact_error(&self.redactor, from_ssh(e)))?;
+            .map_err(|e| from_ssh(e).redact(&self.redactor))?;
         if out.exit_status == Some(0) {
             return Ok(());
         }
@@ -613,8 +613,8 @@ impl Rotator {
 }
 
 impl HostContext {
-    /// `credentials.rotate`: one audit record for the call (plus the vault-step records the
-    /// [`Rotator`] writes), a denial audited like any other.
+    /// `credentials.rotate`: one host call through the spine (intent, then outcome), plus
+    /// the vault-step records the [`Rotator`] writes; a denial audited like any other.
     pub(crate) async fn rotate_call(
         &mut self,
         account: Resource<CredentialHandle>,
@@ -622,83 +622,95 @@ impl HostContext {
         admin: Resource<CredentialHandle>,
         policy: WitPolicy,
     ) -> wasmtime::Result<Result<Rotation, Error>> {
-        let call = self
-            .begin("credentials.rotate", target.len() + policy.exclude.len())
-            .await?;
         let (account, admin) = (self.handle(&account)?, self.handle(&admin)?);
-        let mut subject = Subject {
-            target: Some(target.clone()),
-            credential: Some(account.name().to_string()),
-            detail: Some(format!("admin credential {}", admin.name())),
+        let call = HostCall {
+            action: "credentials.rotate",
+            capability: CAPABILITY,
+            arg_bytes: target.len() + policy.exclude.len(),
+            request: Request::Rotate {
+                target: &target,
+                credential: account.name(),
+                admin: admin.name(),
+            },
+            subject: Subject {
+                target: Some(target.clone()),
+                credential: Some(account.name().to_string()),
+                detail: Some(format!("admin credential {}", admin.name())),
+            },
+            // Both handles act on the target: the account's secret changes there and the
+            // admin logs in there, so both leases must allow this target.
+            leases: vec![&account, &admin],
+            limit: None,
+            effect: Effect::World,
         };
-        let request = Request::Rotate {
-            target: &target,
-            credential: account.name(),
-            admin: admin.name(),
+        let mut admitted = match self.admit(call).await? {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
-            return self.deny(call, subject, denial).await;
-        }
-        // Both handles act on the target: the account's secret changes there and the admin
-        // logs in there, so both leases must allow this target.
-        for handle in [&account, &admin] {
-            if let Err(denial) = self.use_lease(handle, &target) {
-                return self.deny(call, subject, denial).await;
-            }
-        }
-        let result = self.rotate_granted(&account, &target, &admin, policy).await;
+        let actor = Actor {
+            name: self.identity.actor.clone(),
+            run_id: Some(self.identity.run_id.clone()),
+        };
+        let admin_secret = admitted.credential(1);
+        let result = self
+            .act(async |acting| {
+                rotate_granted(acting, actor, &account, &target, admin_secret?, policy).await
+            })
+            .await;
         if let Ok(done) = &result {
-            subject.detail = Some(format!(
+            admitted.subject.detail = Some(format!(
                 "admin credential {}; version {} is current",
                 admin.name(),
                 done.version
             ));
         }
-        self.finish(call, subject, Decision::Allowed, result).await
+        self.conclude(admitted, result).await
     }
+}
 
-    async fn rotate_granted(
-        &mut self,
-        account: &CredentialHandle,
-        target: &str,
-        admin: &CredentialHandle,
-        policy: WitPolicy,
-    ) -> Result<Rotation, Error> {
-        let policy = PasswordPolicy {
-            length: policy.length,
-            lowercase: policy.lowercase,
-            uppercase: policy.uppercase,
-            digits: policy.digits,
-            symbols: policy.symbols,
-            exclude: policy.exclude,
-        };
-        let is_password = self
-            .services
-            .vault
-            .info(account.name())
-            .ok()
-            .flatten()
-            .is_none_or(|i| i.kind == CredentialKind::Password);
-        if is_password {
-            policy
-                .validate()
-                .map_err(|e| Error::InvalidArgument(format!("password policy: {e}")))?;
-        }
-        let admin = self.fetch_secret(admin)?;
-        let actor = Actor {
-            name: self.identity.actor.clone(),
-            run_id: Some(self.identity.run_id.clone()),
-        };
-        let rotator = Rotator::new(self.services.clone(), self.redactor.clone(), actor);
-        let done = rotator
-            .rotate(account.name(), target, &admin, &policy)
-            .await?;
-        Ok(Rotation {
-            credential: done.credential,
-            target: done.target,
-            version: done.version,
-        })
+impl Redact for Rotation {
+    fn redact(self, _: &Redactor) -> Self {
+        self
     }
+}
+
+async fn rotate_granted(
+    acting: super::call::Acting,
+    actor: Actor,
+    account: &CredentialHandle,
+    target: &str,
+    admin: Arc<SshCredential>,
+    policy: WitPolicy,
+) -> Result<Rotation, Error> {
+    let policy = PasswordPolicy {
+        length: policy.length,
+        lowercase: policy.lowercase,
+        uppercase: policy.uppercase,
+        digits: policy.digits,
+        symbols: policy.symbols,
+        exclude: policy.exclude,
+    };
+    let is_password = acting
+        .services
+        .vault
+        .info(account.name())
+        .ok()
+        .flatten()
+        .is_none_or(|i| i.kind == CredentialKind::Password);
+    if is_password {
+        policy
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("password policy: {e}")))?;
+    }
+    let rotator = Rotator::new(acting.services.clone(), acting.redactor.clone(), actor);
+    let done = rotator
+        .rotate(account.name(), target, &admin, &policy)
+        .await?;
+    Ok(Rotation {
+        credential: done.credential,
+        target: done.target,
+        version: done.version,
+    })
 }
 
 /// Builds the SSH credential for the current version of a vault credential, registering

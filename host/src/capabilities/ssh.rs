@@ -10,24 +10,23 @@
 /// The WIT interface this file implements, as the manifest and policies name it.
 const CAPABILITY: &str = "ssh";
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use wasmtime::component::Resource;
 
-use crate::audit::{AuditEntry, Decision};
 use crate::redact::Redactor;
-use crate::runtime::RunStop;
 use crate::runtime::bindings::ssh::{ExecOptions, ExecOutput, Host, TargetResult};
 use crate::runtime::bindings::types::Error;
 use crate::ssh::{ExecRequest, ExecResult, SshCredential};
 
+use super::HostContext;
+use super::Subject;
+use super::call::{Acting, Effect, HostCall, Redact};
 use super::credentials::CredentialHandle;
 use super::grant::Request;
-use super::leases::{Refusal, with_lease};
-use super::types::{describe, from_ssh, internal};
-use super::{HostContext, Services, Subject};
+use super::leases::with_lease;
+use super::types::from_ssh;
 
 /// The longest a command may run, whatever the guest asks. Blocks a guest that parks an
 /// SSH channel (and a pooled connection slot) forever.
@@ -35,51 +34,63 @@ pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The timeout when the guest gives none.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl HostContext {
-    fn exec_request(&self, command: &str, options: &ExecOptions) -> ExecRequest {
-        let timeout = options
-            .timeout_ms
-            .map_or(DEFAULT_COMMAND_TIMEOUT, |ms| {
-                Duration::from_millis(u64::from(ms))
-            })
-            .min(MAX_COMMAND_TIMEOUT);
-        ExecRequest {
-            command: command.to_string(),
-            sudo: options.sudo,
-            stdin: options.stdin.clone(),
-            timeout,
-            output_cap: self.limits.output_bytes,
-        }
+/// The request the SSH layer gets: the guest's timeout, capped, and never past the run's
+/// deadline.
+fn exec_request(acting: &Acting, command: &str, options: &ExecOptions, cap: usize) -> ExecRequest {
+    let timeout = options
+        .timeout_ms
+        .map_or(DEFAULT_COMMAND_TIMEOUT, |ms| {
+            Duration::from_millis(u64::from(ms))
+        })
+        .min(MAX_COMMAND_TIMEOUT);
+    ExecRequest {
+        command: command.to_string(),
+        sudo: options.sudo,
+        stdin: options.stdin.clone(),
+        timeout: acting.bounded(timeout),
+        output_cap: cap,
     }
 }
 
-/// Runs one already-authorised command on one target; the result is redacted.
+/// Runs one admitted command on one target: the act of `ssh.exec` and of each target of
+/// `ssh.exec-many`. The output is redacted by the spine.
 async fn exec_on(
-    services: &Services,
-    redactor: &Redactor,
+    acting: &Acting,
     target_name: &str,
     credential: &SshCredential,
-    request: &ExecRequest,
+    command: &str,
+    options: &ExecOptions,
+    cap: usize,
 ) -> Result<ExecOutput, Error> {
-    let target = match services.targets.get(target_name) {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(Error::NotFound(format!("no target named '{target_name}'"))),
-        Err(e) => return Err(internal("looking up the target", e)),
-    };
-    let result = services.ssh.exec(&target, credential, request).await;
-    result
-        .map(|r| redact_output(redactor, r))
-        .map_err(|e| redact_error(redactor, from_ssh(e)))
+    let target = acting.target(target_name)?;
+    let request = exec_request(acting, command, options, cap);
+    acting
+        .services
+        .ssh
+        .exec_cancellable(&target, credential, &request, &acting.stop)
+        .await
+        .map(exec_output)
+        .map_err(from_ssh)
 }
 
-fn redact_output(redactor: &Redactor, r: ExecResult) -> ExecOutput {
+fn exec_output(r: ExecResult) -> ExecOutput {
     ExecOutput {
         exit_status: r.exit_status,
         exit_signal: r.exit_signal,
-        stdout: redact_stream(redactor, &r.stdout, r.stdout_truncated),
-        stderr: redact_stream(redactor, &r.stderr, r.stderr_truncated),
+        stdout: r.stdout,
+        stderr: r.stderr,
         stdout_truncated: r.stdout_truncated,
         stderr_truncated: r.stderr_truncated,
+    }
+}
+
+impl Redact for ExecOutput {
+    fn redact(self, redactor: &Redactor) -> Self {
+        ExecOutput {
+            stdout: redact_stream(redactor, &self.stdout, self.stdout_truncated),
+            stderr: redact_stream(redactor, &self.stderr, self.stderr_truncated),
+            ..self
+        }
     }
 }
 
@@ -92,44 +103,54 @@ fn redact_stream(redactor: &Redactor, data: &[u8], truncated: bool) -> Vec<u8> {
     }
 }
 
-/// Error messages can quote remote output; they get the same redaction as output.
-pub(crate) fn redact_error(redactor: &Redactor, error: Error) -> Error {
-    let r = |m: String| redactor.redact_str(&m);
-    match error {
-        Error::Denied(m) => Error::Denied(r(m)),
-        Error::NotFound(m) => Error::NotFound(r(m)),
-        Error::InvalidArgument(m) => Error::InvalidArgument(r(m)),
-        Error::Unavailable(m) => Error::Unavailable(r(m)),
-        Error::Unreachable(m) => Error::Unreachable(r(m)),
-        Error::ConnectionRefused(m) => Error::ConnectionRefused(r(m)),
-        Error::HostKeyMismatch(m) => Error::HostKeyMismatch(r(m)),
-        Error::AuthFailed(m) => Error::AuthFailed(r(m)),
-        Error::Timeout(m) => Error::Timeout(r(m)),
-        Error::Remote(m) => Error::Remote(r(m)),
-        Error::Internal(m) => Error::Internal(r(m)),
-    }
-}
-
-/// What an exec call acts on, before its outcome is known.
-fn exec_subject(target: &str, credential: &str, command: &str, options: &ExecOptions) -> Subject {
+/// The host call for one command on one target.
+fn exec_call<'a>(
+    action: &'static str,
+    target: &'a str,
+    handle: &'a CredentialHandle,
+    command: &'a str,
+    options: &ExecOptions,
+    arg_bytes: usize,
+) -> HostCall<'a> {
     let sudo = if options.sudo { " (sudo)" } else { "" };
-    Subject {
-        target: Some(target.to_string()),
-        credential: Some(credential.to_string()),
-        detail: Some(format!("command{sudo}: {command}")),
-    }
-}
-
-fn exec_detail(command: &str, options: &ExecOptions, result: &Result<ExecOutput, Error>) -> String {
-    let sudo = if options.sudo { " (sudo)" } else { "" };
-    match result {
-        Ok(out) => match (&out.exit_status, &out.exit_signal) {
-            (Some(code), _) => format!("command{sudo}: {command}; exit status {code}"),
-            (None, Some(signal)) => format!("command{sudo}: {command}; killed by {signal}"),
-            (None, None) => format!("command{sudo}: {command}; no exit status"),
+    HostCall {
+        action,
+        capability: CAPABILITY,
+        arg_bytes,
+        request: Request::Exec {
+            target,
+            credential: handle.name(),
+            command,
+            sudo: options.sudo,
         },
-        Err(_) => format!("command{sudo}: {command}"),
+        subject: Subject {
+            target: Some(target.to_string()),
+            credential: Some(handle.name().to_string()),
+            detail: Some(with_lease(format!("command{sudo}: {command}"), handle)),
+        },
+        leases: vec![handle],
+        limit: None,
+        effect: Effect::World,
     }
+}
+
+/// The outcome record's detail: the command and how it ended.
+fn exec_detail(
+    command: &str,
+    options: &ExecOptions,
+    handle: &CredentialHandle,
+    result: &Result<ExecOutput, Error>,
+) -> String {
+    let sudo = if options.sudo { " (sudo)" } else { "" };
+    let ended = match result {
+        Ok(out) => match (&out.exit_status, &out.exit_signal) {
+            (Some(code), _) => format!("; exit status {code}"),
+            (None, Some(signal)) => format!("; killed by {signal}"),
+            (None, None) => "; no exit status".to_string(),
+        },
+        Err(_) => String::new(),
+    };
+    with_lease(format!("command{sudo}: {command}{ended}"), handle)
 }
 
 impl Host for HostContext {
@@ -141,33 +162,29 @@ impl Host for HostContext {
         options: ExecOptions,
     ) -> wasmtime::Result<Result<ExecOutput, Error>> {
         let stdin_len = options.stdin.as_ref().map_or(0, Vec::len);
-        let call = self
-            .begin("ssh.exec", target.len() + command.len() + stdin_len)
-            .await?;
         let handle = self.handle(&credential)?;
-        let mut subject = exec_subject(&target, handle.name(), &command, &options);
-        let request = Request::Exec {
-            target: &target,
-            credential: handle.name(),
-            command: &command,
+        let arg_bytes = target.len() + command.len() + stdin_len;
+        let call = exec_call("ssh.exec", &target, &handle, &command, &options, arg_bytes);
+        let mut admitted = match self.admit(call).await? {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
-            return self.deny(call, subject, denial).await;
-        }
-        subject.detail = subject.detail.map(|d| with_lease(d, &handle));
-        let result = match self.ssh_credential(&handle, &target) {
-            Ok(cred) => {
-                let req = self.exec_request(&command, &options);
-                exec_on(&self.services, &self.redactor, &target, &cred, &req).await
-            }
-            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
-            Err(Refusal::Failed(e)) => Err(e),
-        };
-        let detail = exec_detail(&command, &options, &result);
-        subject.detail = Some(with_lease(detail, &handle));
-        self.finish(call, subject, Decision::Allowed, result).await
+        let cap = self.limits.output_bytes;
+        let credential = admitted.credential(0);
+        let result = self
+            .act(async |acting| {
+                let credential = credential?;
+                exec_on(&acting, &target, &credential, &command, &options, cap).await
+            })
+            .await;
+        admitted.subject.detail = Some(exec_detail(&command, &options, &handle, &result));
+        self.conclude(admitted, result).await
     }
 
+    /// One host call per target, each through the same spine as `exec`: every target is
+    /// admitted (and its intent written) before any acts, in one durable batch; the admitted
+    /// ones act concurrently (bounded by the pool's fan-out limit); all outcomes are written
+    /// in one batch before the guest sees any result.
     async fn exec_many(
         &mut self,
         targets: Vec<String>,
@@ -175,139 +192,87 @@ impl Host for HostContext {
         command: String,
         options: ExecOptions,
     ) -> wasmtime::Result<Vec<TargetResult>> {
-        // The fan-out's bytes are checked once, on its first target; each target then
-        // counts as one host call with one audit record of its own.
-        let names_len: usize = targets.iter().map(String::len).sum();
-        let mut call_bytes = names_len + command.len() + options.stdin.as_ref().map_or(0, Vec::len);
-        if targets.is_empty() {
-            let call = self.begin("ssh.exec-many", call_bytes).await?;
-            let subject = Subject {
-                detail: Some("no targets".into()),
-                ..Subject::default()
-            };
-            self.finish(call, subject, Decision::Allowed, Ok(()))
-                .await?
-                .ok();
-            return Ok(Vec::new());
-        }
         let handle = self.handle(&credential)?;
-        // The secret is fetched once, and only after the first target passes the grant.
-        let mut fetched: Option<Result<Arc<SshCredential>, Error>> = None;
-        let req = Arc::new(self.exec_request(&command, &options));
-        let mut pending = Vec::with_capacity(targets.len());
-        let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
-        for (i, target) in targets.iter().enumerate() {
-            let call = self
-                .begin("ssh.exec-many", std::mem::take(&mut call_bytes))
-                .await?;
-            let mut subject = exec_subject(target, handle.name(), &command, &options);
-            subject.detail = subject.detail.map(|d| with_lease(d, &handle));
-            let request = Request::Exec {
-                target,
-                credential: handle.name(),
-                command: &command,
-            };
-            // The lease is checked for every target; the secret is fetched only once.
-            let checked = match self.authorize(CAPABILITY, &request).await {
-                Ok(()) => self.use_lease(&handle, target),
-                Err(denial) => Err(denial),
-            };
-            if let Err(denial) = checked {
-                let outcome = self.deny(call, subject, denial).await?;
-                results[i] = Some(TargetResult {
-                    target: target.clone(),
-                    outcome,
-                });
-                continue;
-            }
-            let cred = match &fetched {
-                Some(c) => c.clone(),
-                None => fetched.insert(self.fetch_secret(&handle)).clone(),
-            };
-            let cred = match cred {
-                Ok(c) => c,
-                Err(e) => {
-                    let outcome = self
-                        .finish(call, subject, Decision::Allowed, Err(e))
-                        .await?;
-                    results[i] = Some(TargetResult {
-                        target: target.clone(),
-                        outcome,
-                    });
-                    continue;
-                }
-            };
-            pending.push((i, target.clone(), cred, call.started));
-        }
+        // The fan-out's bytes are checked once, on its first target.
+        let names_len: usize = targets.iter().map(String::len).sum();
+        let mut arg_bytes = names_len + command.len() + options.stdin.as_ref().map_or(0, Vec::len);
+        let calls = targets
+            .iter()
+            .map(|target| {
+                let bytes = std::mem::take(&mut arg_bytes);
+                exec_call("ssh.exec-many", target, &handle, &command, &options, bytes)
+            })
+            .collect();
+        let admitted = self.admit_all(calls).await?;
+        let cap = self.limits.output_bytes;
         let bound = self.services.ssh.config().max_concurrency.max(1);
-        let services = self.services.clone();
-        let redactor = self.redactor.clone();
-        let identity = self.identity.clone();
-        let lease_id = handle.lease_id().to_string();
-        let fanned =
-            futures::stream::iter(pending.into_iter().map(|(i, target, cred, started)| {
-                let (services, redactor, identity, req) = (
-                    services.clone(),
-                    redactor.clone(),
-                    identity.clone(),
-                    req.clone(),
-                );
-                let (command, options) = (command.clone(), options.clone());
-                let lease_id = lease_id.clone();
-                async move {
-                    let outcome = exec_on(&services, &redactor, &target, &cred, &req).await;
-                    let detail = exec_detail(&command, &options, &outcome);
-                    let entry = fanout_entry(
-                        &identity,
-                        &redactor,
-                        &target,
-                        cred.id.as_str(),
-                        started,
-                        format!("{detail}; lease {lease_id}"),
-                        &outcome,
-                    );
-                    let audited = services
-                        .audit
-                        .append(entry)
-                        .await
-                        .map_err(|e| e.to_string());
-                    (i, TargetResult { target, outcome }, audited)
-                }
-            }))
-            .buffer_unordered(bound)
-            .collect::<Vec<_>>()
-            .await;
-        for (i, result, audited) in fanned {
-            if let Err(e) = audited {
-                return Err(self.end_run(RunStop::AuditFailed(e)));
+        let admitted_targets: Vec<usize> = (0..admitted.len())
+            .filter(|&i| admitted[i].is_ok())
+            .collect();
+        // Every admitted target uses the same handle, so the same (once fetched) secret.
+        let credential = admitted.iter().flatten().next().map(|a| a.credential(0));
+        let fanned = match credential {
+            None => Ok(Vec::new()),
+            Some(credential) => {
+                self.act(async |acting| {
+                    let credential = credential?;
+                    let (acting, credential) = (&acting, &credential);
+                    let (targets, command, options) = (&targets, &command, &options);
+                    Ok(futures::stream::iter(admitted_targets)
+                        .map(|i| async move {
+                            let target = &targets[i];
+                            let result =
+                                exec_on(acting, target, credential, command, options, cap).await;
+                            (i, result)
+                        })
+                        .buffer_unordered(bound)
+                        .collect::<Vec<_>>()
+                        .await)
+                })
+                .await
             }
-            results[i] = Some(result);
+        };
+        // A failure before any target acted (the secret could not be read, the run was
+        // stopped) is every admitted target's outcome.
+        let (fanned, shared_error) = match fanned {
+            Ok(fanned) => (fanned, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let mut acted: Vec<Option<Result<ExecOutput, Error>>> = vec![None; targets.len()];
+        for (i, result) in fanned {
+            acted[i] = Some(result);
         }
-        Ok(results.into_iter().flatten().collect())
-    }
-}
-
-fn fanout_entry(
-    identity: &super::RunIdentity,
-    redactor: &Redactor,
-    target: &str,
-    credential: &str,
-    started: Instant,
-    detail: String,
-    outcome: &Result<ExecOutput, Error>,
-) -> AuditEntry {
-    AuditEntry {
-        run_id: Some(identity.run_id.clone()),
-        actor: identity.actor.clone(),
-        action: "ssh.exec-many".to_string(),
-        target: Some(target.to_string()),
-        credential: Some(credential.to_string()),
-        decision: Decision::Allowed,
-        outcome: match outcome {
-            Ok(_) => "ok".to_string(),
-            Err(e) => redactor.redact_str(&describe(e)),
-        },
-        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        detail: Some(redactor.redact_str(&detail)),
+        let mut outcomes: Vec<Option<Result<ExecOutput, Error>>> = vec![None; targets.len()];
+        let mut done = Vec::new();
+        let mut order = Vec::new();
+        for (i, entry) in admitted.into_iter().enumerate() {
+            match entry {
+                Err(refused) => outcomes[i] = Some(Err(refused)),
+                Ok(mut admitted) => {
+                    let result = acted[i].take().unwrap_or_else(|| {
+                        Err(shared_error.clone().unwrap_or_else(|| {
+                            Error::Internal("the host lost a target's result".into())
+                        }))
+                    });
+                    admitted.subject.detail =
+                        Some(exec_detail(&command, &options, &handle, &result));
+                    done.push((admitted, result));
+                    order.push(i);
+                }
+            }
+        }
+        for (i, result) in order.into_iter().zip(self.conclude_all(done).await?) {
+            outcomes[i] = Some(result);
+        }
+        Ok(targets
+            .into_iter()
+            .zip(outcomes)
+            .map(|(target, outcome)| TargetResult {
+                target,
+                outcome: outcome.unwrap_or_else(|| {
+                    Err(Error::Internal("the host lost a target's result".into()))
+                }),
+            })
+            .collect())
     }
 }

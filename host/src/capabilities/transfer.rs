@@ -11,16 +11,14 @@ const CAPABILITY: &str = "transfer";
 
 use wasmtime::component::Resource;
 
-use crate::audit::Decision;
 use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
-use crate::ssh::SshCredential;
 
+use super::call::{Effect, HostCall};
 use super::credentials::CredentialHandle;
 use super::grant::{Request, normalize_path};
-use super::leases::{Refusal, with_lease};
-use super::ssh::redact_error;
-use super::types::{from_ssh, internal};
+use super::leases::with_lease;
+use super::types::from_ssh;
 use super::{HostContext, Subject};
 
 /// The highest permission bits an upload may set (no setuid/setgid/sticky). Blocks a task
@@ -34,7 +32,7 @@ enum Direction<'a> {
 
 impl HostContext {
     /// Checks path and grant, audits, and moves the bytes. Returns bytes written (upload)
-    /// or the file's contents (download).
+    /// or the file's contents (download, redacted by the spine).
     async fn transfer(
         &mut self,
         action: &'static str,
@@ -49,74 +47,76 @@ impl HostContext {
                 Direction::Upload { contents, .. } => contents.len(),
                 Direction::Download => 0,
             };
-        let call = self.begin(action, arg_bytes).await?;
         let handle = self.handle(&credential)?;
-        let mut subject = Subject {
+        let subject = Subject {
             target: Some(target.clone()),
             credential: Some(handle.name().to_string()),
             detail: Some(format!("path: {path}")),
         };
-        let Some(normal) = normalize_path(&path) else {
-            let e = Error::InvalidArgument("the path must be absolute and contain no NUL".into());
-            return self.finish(call, subject, Decision::Allowed, Err(e)).await;
-        };
-        subject.detail = Some(format!("path: {normal}"));
-        let request = Request::Transfer {
-            target: &target,
-            credential: handle.name(),
-            path: &normal,
-        };
-        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
-            return self.deny(call, subject, denial).await;
-        }
-        if let Direction::Upload { mode, .. } = direction
-            && mode > MAX_MODE
-        {
-            let e = Error::InvalidArgument(format!("mode {mode:o} is above {MAX_MODE:o}"));
-            return self.finish(call, subject, Decision::Allowed, Err(e)).await;
-        }
-        subject.detail = Some(with_lease(format!("path: {normal}"), &handle));
-        let cred = match self.ssh_credential(&handle, &target) {
-            Ok(cred) => cred,
-            Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
-            Err(Refusal::Failed(e)) => {
-                return self.finish(call, subject, Decision::Allowed, Err(e)).await;
+        let invalid = match (normalize_path(&path), &direction) {
+            (None, _) => Some("the path must be absolute and contain no NUL".to_string()),
+            (Some(_), Direction::Upload { mode, .. }) if *mode > MAX_MODE => {
+                Some(format!("mode {mode:o} is above {MAX_MODE:o}"))
             }
+            _ => None,
         };
-        let result = self.move_bytes(&target, &cred, &normal, direction).await;
+        if let Some(message) = invalid {
+            // Refused before anything is checked or touched: one record, nothing acts.
+            let call = HostCall {
+                subject,
+                ..HostCall::local(action, CAPABILITY, arg_bytes)
+            };
+            return self
+                .host_call(call, async |_| Err(Error::InvalidArgument(message)))
+                .await;
+        }
+        let normal = normalize_path(&path).unwrap_or_default();
+        let call = HostCall {
+            action,
+            capability: CAPABILITY,
+            arg_bytes,
+            request: Request::Transfer {
+                target: &target,
+                credential: handle.name(),
+                path: &normal,
+            },
+            subject: Subject {
+                detail: Some(with_lease(format!("path: {normal}"), &handle)),
+                ..subject
+            },
+            leases: vec![&handle],
+            limit: None,
+            effect: Effect::World,
+        };
+        let mut admitted = match self.admit(call).await? {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
+        let credential = admitted.credential(0);
+        let result = self
+            .act(async |acting| {
+                let target = acting.target(&target)?;
+                let cred = credential?;
+                let ssh = &acting.services.ssh;
+                let moved = match direction {
+                    Direction::Upload { contents, mode } => ssh
+                        .upload(&target, &cred, &normal, contents, mode)
+                        .await
+                        .map(|n| (n, Vec::new())),
+                    Direction::Download => ssh
+                        .download(&target, &cred, &normal, cap)
+                        .await
+                        .map(|data| (data.len() as u64, data)),
+                };
+                moved.map_err(from_ssh)
+            })
+            .await;
         if let Ok((bytes, _)) = &result {
             let detail = format!("path: {normal}; {bytes} bytes");
-            subject.detail = Some(with_lease(detail, &handle));
+            admitted.subject.detail = Some(with_lease(detail, &handle));
         }
-        self.finish(call, subject, Decision::Allowed, result).await
-    }
-
-    async fn move_bytes(
-        &mut self,
-        target_name: &str,
-        cred: &SshCredential,
-        path: &str,
-        direction: Direction<'_>,
-    ) -> Result<(u64, Vec<u8>), Error> {
-        let target = match self.services.targets.get(target_name) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Err(Error::NotFound(format!("no target named '{target_name}'"))),
-            Err(e) => return Err(internal("looking up the target", e)),
-        };
-        let ssh = &self.services.ssh;
-        let result = match direction {
-            Direction::Upload { contents, mode } => ssh
-                .upload(&target, cred, path, contents, mode)
-                .await
-                .map(|n| (n, Vec::new())),
-            Direction::Download => {
-                let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
-                ssh.download(&target, cred, path, cap)
-                    .await
-                    .map(|data| (data.len() as u64, self.redactor.redact(&data)))
-            }
-        };
-        result.map_err(|e| redact_error(&self.redactor, from_ssh(e)))
+        self.conclude(admitted, result).await
     }
 }
 

@@ -37,6 +37,7 @@ pub(crate) fn from_ssh(error: SshError) -> Error {
         SshError::Remote(_) => Error::Remote(message),
         SshError::NotFound(_) => Error::NotFound(message),
         SshError::InvalidArgument(_) => Error::InvalidArgument(message),
+        SshError::Cancelled => Error::Unavailable("the run was stopped during the call".into()),
         SshError::Internal(detail) => {
             tracing::warn!(%detail, "ssh internal error");
             Error::Internal("the host failed to complete the call".into())

@@ -143,7 +143,10 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         limits,
         control: crate::runtime::RunControl::new(),
     };
-    let report = bridge.execute(spec).await?;
+    let report = match &manifest {
+        Some(m) => bridge.execute_in_scope(spec, &m.requests).await?,
+        None => bridge.execute(spec).await?,
+    };
     print_report(&report, args.json)?;
     Ok(exit_code(&report.outcome))
 }

@@ -276,6 +276,7 @@ impl Dispatcher {
         let policy = HostCallPolicy {
             engine: self.policy.clone(),
             requested: module.manifest.capabilities.iter().cloned().collect(),
+            scope: module.manifest.requests.clone(),
         };
         (spec, policy)
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -59,8 +60,7 @@ pub struct RunEvent {
 
 /// Lets the outside world watch and cancel a run while it executes.
 pub struct RunControl {
-    cancelled: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
+    cancelled: CancellationToken,
     live: tokio::sync::broadcast::Sender<RunEvent>,
 }
 
@@ -73,22 +73,26 @@ impl RunControl {
     pub fn new() -> Arc<Self> {
         let (live, _) = tokio::sync::broadcast::channel(LIVE_EVENT_BUFFER);
         Arc::new(RunControl {
-            cancelled: std::sync::atomic::AtomicBool::new(false),
-            notify: tokio::sync::Notify::new(),
+            cancelled: CancellationToken::new(),
             live,
         })
     }
 
-    /// Asks the run to stop; it ends as `cancelled` at its next instruction or host call.
+    /// Asks the run to stop; it ends as `cancelled` at its next instruction, or — when it is
+    /// inside a host call — once that call has stopped (its remote command signalled) and its
+    /// outcome is recorded.
     pub fn cancel(&self) {
-        self.cancelled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_waiters();
+        self.cancelled.cancel();
     }
 
     /// True once cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+        self.cancelled.is_cancelled()
+    }
+
+    /// A token that fires when the run is cancelled: what host calls in progress listen to.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancelled.clone()
     }
 
     /// Receives the run's events as they are logged.
@@ -97,10 +101,7 @@ impl RunControl {
     }
 
     async fn cancelled(&self) {
-        let notified = self.notify.notified();
-        if !self.is_cancelled() {
-            notified.await;
-        }
+        self.cancelled.cancelled().await;
     }
 }
 
@@ -299,13 +300,23 @@ impl Runtime {
             let instance = task.pre.instantiate_async(&mut store).await?;
             instance.call_run(&mut store).await
         };
-        // Epochs cannot interrupt host code (an SSH call that hangs), so the whole call is
-        // also bounded by a timer.
-        // A cancel also has to reach a run that is blocked in a host call.
+        let mut call = Box::pin(call);
+        // Epochs cannot interrupt host code, so the whole call is also bounded by a timer.
+        // Host calls stop by themselves at a cancel or at the deadline (and record their
+        // outcome first); the timers here are the backstop for one that does not, and are
+        // never what ends a well-behaved call.
         let result = tokio::select! {
-            r = tokio::time::timeout(limits.wall_time + EPOCH_GRACE, call) => Some(r),
+            r = tokio::time::timeout(limits.wall_time + EPOCH_GRACE + STOP_GRACE, &mut call) => Some(r),
             () = control.cancelled() => None,
         };
+        let result = match result {
+            Some(r) => Some(r),
+            None => tokio::time::timeout(STOP_GRACE, &mut call)
+                .await
+                .ok()
+                .map(Ok),
+        };
+        drop(call);
         let state = store.into_data();
         let mut host = state.host;
         let result = match result {
@@ -343,6 +354,11 @@ impl Runtime {
 /// Extra time the outer timer allows past the epoch deadline, so a guest stuck in wasm is
 /// stopped (and named) by the epoch, and the timer only catches hung host code.
 const EPOCH_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a host call in progress may take to stop and record its outcome after a cancel
+/// or the deadline, before the run is dropped regardless: the spine's own grace for an act
+/// that does not stop, plus time for the outcome record.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Names a trap: an overflowed output stream is the output limit, anything else is the
 /// guest's own fault (a panic, an unreachable, a failed allocation).

@@ -34,6 +34,9 @@ pub enum SshError {
     /// A bug or local failure in the host.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The caller cancelled the call; a running command was signalled and its channel closed.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl SshError {
@@ -49,6 +52,7 @@ impl SshError {
             SshError::NotFound(_) => "not-found",
             SshError::InvalidArgument(_) => "invalid-argument",
             SshError::Internal(_) => "internal",
+            SshError::Cancelled => "cancelled",
         }
     }
 }

@@ -24,6 +24,7 @@ use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use secrecy::ExposeSecret;
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use super::{ExecRequest, ExecResult, SshAuth, SshCredential, SshError};
@@ -124,11 +125,12 @@ pub(crate) async fn run(
     plan: Plan,
     req: &ExecRequest,
     deadline: Instant,
+    cancel: &CancellationToken,
 ) -> Result<ExecResult, SshError> {
     let (mut rx, tx) = channel.split();
     let stdin = req.stdin.as_deref().unwrap_or_default();
     let mut out = Collected::new(req.output_cap);
-    let driven = timeout_at(deadline, async {
+    let work = timeout_at(deadline, async {
         tx.exec(true, plan.wire.as_bytes())
             .await
             .map_err(|e| SshError::Remote(format!("sending exec request: {e}")))?;
@@ -141,8 +143,17 @@ pub(crate) async fn run(
             &mut out,
         )
         .await
-    })
-    .await;
+    });
+    // Cancellation is decided here, not by dropping this future, so the remote command is
+    // always signalled before the call returns.
+    let driven = tokio::select! {
+        driven = work => Some(driven),
+        () = cancel.cancelled() => None,
+    };
+    let Some(driven) = driven else {
+        abort(&tx).await;
+        return Err(SshError::Cancelled);
+    };
     match driven {
         Ok(Ok(())) => Ok(out.into_result()),
         Ok(Err(e)) => {

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use futures::StreamExt;
 use russh::client::Msg;
@@ -134,9 +135,27 @@ impl SshPool {
         cred: &SshCredential,
         req: &ExecRequest,
     ) -> Result<ExecResult, SshError> {
+        self.exec_cancellable(target, cred, req, &CancellationToken::new())
+            .await
+    }
+
+    /// [`SshPool::exec`] that stops when `cancel` fires: the remote command is signalled
+    /// (`TERM`) and its channel closed, and the call returns [`SshError::Cancelled`]. A run
+    /// that is cancelled mid-call thus never leaves its command running unrecorded.
+    pub async fn exec_cancellable(
+        &self,
+        target: &Target,
+        cred: &SshCredential,
+        req: &ExecRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, SshError> {
         let plan = exec::plan(req, cred)?;
-        let (lease, channel, deadline) = self.channel(target, cred, req.timeout).await?;
-        let result = exec::run(channel, plan, req, deadline).await;
+        let opened = tokio::select! {
+            opened = self.channel(target, cred, req.timeout) => opened,
+            () = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let (lease, channel, deadline) = opened?;
+        let result = exec::run(channel, plan, req, deadline, cancel).await;
         self.forget_if_broken(target, cred, &lease).await;
         result
     }

@@ -100,7 +100,7 @@ impl Server {
     }
 
     /// A server already running at `base` (another process).
-    fn remote(base: String, admin: String) -> Server {
+    pub(crate) fn remote(base: String, admin: String) -> Server {
         Server {
             base,
             admin,
@@ -1117,7 +1117,7 @@ async fn errors_are_json_with_stable_codes() {
 // ---------------------------------------------------------------------------------------
 
 /// A `warden serve` child process; killed (SIGKILL) on drop if still running.
-struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: std::process::Child,
     log: PathBuf,
 }
@@ -1125,6 +1125,15 @@ struct ServeProcess {
 impl ServeProcess {
     /// Starts `warden serve` on `data` at a free loopback port and waits until it answers.
     async fn start(data: &Path, log: PathBuf) -> (ServeProcess, String) {
+        Self::start_with(data, log, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with more `warden serve` arguments.
+    pub(crate) async fn start_with(
+        data: &Path,
+        log: PathBuf,
+        args: &[&str],
+    ) -> (ServeProcess, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -1136,6 +1145,7 @@ impl ServeProcess {
             .arg(data)
             .arg("--policies")
             .arg(repo_root().join("policies"))
+            .args(args)
             .env_remove("WARDEN_DATA")
             .env_remove("WARDEN_POLICIES")
             .stdout(std::process::Stdio::null())
@@ -1173,7 +1183,7 @@ impl ServeProcess {
     }
 
     /// SIGKILL: no shutdown hook, no flush, no chance to tidy up.
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
@@ -1188,7 +1198,7 @@ impl Drop for ServeProcess {
 
 /// Initialises a data directory with `admin` (as `warden init` would) and returns its token,
 /// closing the database so a server process can open it.
-fn init_data_dir(data: &Path) -> String {
+pub(crate) fn init_data_dir(data: &Path) -> String {
     let dir = DataDir::init(data).expect("init data dir");
     let users = UserStore::open(&dir.db).expect("user store");
     let token = bootstrap_admin(&users);

@@ -16,7 +16,7 @@ use warden_host::api::ServerLimits;
 use warden_host::runs::queue::QueueLimits;
 use warden_host::runtime::engine::EngineConfig;
 
-use crate::api::{PATIENCE, Reply, Server, new_key};
+use crate::api::{PATIENCE, Reply, ServeProcess, Server, init_data_dir, new_key};
 
 /// The allocator's error when the pool is exhausted; no run may ever end with it.
 const POOL_EXHAUSTED: &str = "maximum concurrent limit";
@@ -424,4 +424,48 @@ async fn an_approval_that_would_overfill_the_queue_is_refused_and_not_recorded()
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["started"], true, "{}", r.text);
     all_succeed(&server, &[waiting]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_serve_flags_size_the_queue_and_a_restart_cancels_runs_that_never_started() {
+    let tmp = tempfile::TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let admin = init_data_dir(&data);
+    let flags = ["--max-concurrent-runs", "1", "--max-queued-runs", "2"];
+    let log = tmp.path().join("serve-1.log");
+    let (mut first, base) = ServeProcess::start_with(&data, log, &flags).await;
+    let server = Server::remote(base, admin.clone());
+    let digest = probe(&server).await;
+    let process = sleeper_process(&server, &digest, "sleeper", &[]).await;
+    assert_eq!(server.metric("warden_run_slots").await, 1);
+    let running = sleep_run(&server, &process, &admin, 30_000).await;
+    let waiting = [
+        sleep_run(&server, &process, &admin, 10).await,
+        sleep_run(&server, &process, &admin, 10).await,
+    ];
+    assert_eq!(running["state"], "running", "{running}");
+    for run in &waiting {
+        assert_eq!(run["state"], "queued", "{run}");
+    }
+    let r = request_sleep(&server, &process, &admin, 10).await;
+    assert_refused(&r, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+    first.kill_9();
+
+    // The queue lived in the killed process: its runs are cancelled, never started, and the
+    // run that was executing is interrupted. The new server's queue starts empty.
+    let log = tmp.path().join("serve-2.log");
+    let (_second, base) = ServeProcess::start_with(&data, log, &flags).await;
+    let server = Server::remote(base, admin.clone());
+    let running = server.wait_for_state_or_end(&id(&running)).await;
+    assert_eq!(running["state"], "interrupted", "{running}");
+    for run in &waiting {
+        let run = server.wait_for_state_or_end(&id(run)).await;
+        assert_eq!(run["state"], "cancelled", "{run}");
+        assert_eq!(run["started_ms"], Value::Null, "{run}");
+        let error = run["error"].as_str().unwrap_or("");
+        assert!(error.contains("restarted before the run started"), "{run}");
+    }
+    assert_eq!(server.metric("warden_runs_queued").await, 0);
+    let fresh = id(&sleep_run(&server, &process, &admin, 10).await);
+    all_succeed(&server, &[fresh]).await;
 }

@@ -469,3 +469,83 @@ async fn warden_serve_flags_size_the_queue_and_a_restart_cancels_runs_that_never
     let fresh = id(&sleep_run(&server, &process, &admin, 10).await);
     all_succeed(&server, &[fresh]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_schedules_count_against_her_own_share_and_cannot_multiply_it() {
+    // If each schedule had its own share, a user could create schedules to get more slots
+    // and places than her own limits allow.
+    let limits = QueueLimits {
+        max_queued: 100,
+        per_user_running: 1,
+        per_user_queued: 1,
+        per_process_running: 32,
+        per_process_queued: 256,
+    };
+    let server = server_with(4, limits).await;
+    let digest = probe(&server).await;
+    let body = json!({ "name": "process-managers", "privileges": ["ManagePrivilegedProcess"] });
+    let r = server.post("/v1/roles", &server.admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let mallory = server.user("mallory", &["process-managers"]).await;
+    let r = server.create_process(&mallory, "mine", &digest).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let mine = r.body["id"].as_str().expect("process id").to_string();
+    // Executing needs a share, even of one's own process.
+    let share = json!({ "users": ["mallory"] });
+    let r = server
+        .post(&format!("/v1/processes/{mine}/share"), &mallory, share)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let hers = [
+        sleep_run(&server, &mine, &mallory, 6000).await,
+        sleep_run(&server, &mine, &mallory, 10).await,
+    ];
+    assert_eq!(hers[1]["state"], "queued", "{}", hers[1]);
+
+    let mut schedules = Vec::new();
+    for _ in 0..2 {
+        let r = server
+            .post(
+                &format!("/v1/processes/{mine}/schedules"),
+                &mallory,
+                json!({ "cron": "* * * * * *", "inputs": { "mode": "sleep", "n": 10 } }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        schedules.push(r.body["id"].as_str().expect("schedule id").to_string());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let failed = server.audit("action=schedule.failed").await;
+        if failed.len() >= 2 {
+            break failed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "schedules never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for schedule in &schedules {
+        let delete = format!("/v1/processes/{mine}/schedules/{schedule}");
+        let r = server
+            .request(Method::DELETE, &delete, Some(&mallory), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    }
+    for record in &failed {
+        assert!(
+            record
+                .to_string()
+                .contains("mallory already has 1 runs waiting"),
+            "{record}"
+        );
+    }
+    assert_eq!(
+        all_runs(&server).await.len(),
+        2,
+        "a refused firing left a run"
+    );
+    let ids: Vec<String> = hers.iter().map(id).collect();
+    all_succeed(&server, &ids).await;
+}

@@ -251,6 +251,16 @@ async fn a_full_queue_refuses_with_503_and_retry_after_and_leaves_nothing_behind
         "a refused firing left a run"
     );
 
+    // The route documents both refusals and their header.
+    let doc = server
+        .request(Method::GET, "/openapi.json", None, None)
+        .await;
+    let responses = &doc.body["paths"]["/v1/processes/{id}/runs"]["post"]["responses"];
+    for status in ["429", "503"] {
+        let header = &responses[status]["headers"]["Retry-After"];
+        assert!(header.is_object(), "{status} undocumented: {responses}");
+    }
+
     // The six admitted runs all succeed; afterwards the queue accepts again.
     all_succeed(&server, &ids).await;
     let after = id(&sleep_run(&server, &process, &stranger, 10).await);

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use warden_host::api::AppState;
+use warden_host::api::{AppState, ServerLimits};
 use warden_host::registry::manifest::Manifest;
 use warden_host::registry::signing;
 use warden_host::runtime::cache::MAX_COMPONENT_BYTES;
@@ -28,7 +28,7 @@ use warden_tests::{guests, random_secret, repo_root};
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
 /// How long a test waits for a run, a stream or a server before failing.
-const PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -36,30 +36,31 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 /// One HTTP reply: status, raw body text, and the body as JSON (`Null` if it is not JSON).
 #[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    text: String,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) text: String,
+    pub(crate) body: Value,
 }
 
 impl Reply {
     /// The stable error code of a JSON error body.
-    fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 
     /// Asserts the status and the error code.
-    fn expect_error(&self, status: StatusCode, code: &str) {
+    pub(crate) fn expect_error(&self, status: StatusCode, code: &str) {
         assert_eq!(self.status, status, "{}", self.text);
         assert_eq!(self.code(), code, "{}", self.text);
     }
 }
 
 /// A Warden server on a real port, and an admin token for it.
-struct Server {
-    base: String,
-    admin: String,
-    client: reqwest::Client,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) admin: String,
+    pub(crate) client: reqwest::Client,
     /// The in-process server's state (None for a server in another process).
     _state: Option<AppState>,
     _dir: Option<TempDir>,
@@ -68,10 +69,15 @@ struct Server {
 impl Server {
     /// Starts the API in-process on 127.0.0.1:0 over a new data directory, with a
     /// Privileged Administrator `admin` bootstrapped through the user store.
-    async fn start() -> Server {
+    pub(crate) async fn start() -> Server {
+        Self::start_with(&ServerLimits::default()).await
+    }
+
+    /// [`Server::start`] with `limits` (pool size, run-queue bounds).
+    pub(crate) async fn start_with(limits: &ServerLimits) -> Server {
         let dir = TempDir::new().expect("temp dir");
         let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
-        let state = AppState::open(data, &repo_root().join("policies"))
+        let state = AppState::open_with(data, &repo_root().join("policies"), limits)
             .await
             .expect("app state");
         let admin = bootstrap_admin(&state.users);
@@ -94,7 +100,7 @@ impl Server {
     }
 
     /// A server already running at `base` (another process).
-    fn remote(base: String, admin: String) -> Server {
+    pub(crate) fn remote(base: String, admin: String) -> Server {
         Server {
             base,
             admin,
@@ -104,7 +110,7 @@ impl Server {
         }
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -121,11 +127,11 @@ impl Server {
         reply(req.send().await.expect("request sent")).await
     }
 
-    async fn get(&self, path: &str, token: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Reply {
         self.request(Method::GET, path, Some(token), None).await
     }
 
-    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.request(Method::POST, path, Some(token), Some(&body))
             .await
     }
@@ -147,7 +153,7 @@ impl Server {
     }
 
     /// Trusts `key` as publisher `name`.
-    async fn trust(&self, name: &str, key: &SigningKey) {
+    pub(crate) async fn trust(&self, name: &str, key: &SigningKey) {
         let body =
             json!({ "name": name, "public_key": hex::encode(key.verifying_key().as_bytes()) });
         let r = self.post("/v1/publishers", &self.admin, body).await;
@@ -155,7 +161,7 @@ impl Server {
     }
 
     /// Signs `component` with its own manifest, uploads it, and returns its digest.
-    async fn publish(&self, component: &str, key: &SigningKey) -> String {
+    pub(crate) async fn publish(&self, component: &str, key: &SigningKey) -> String {
         let r = self
             .upload(signed(component, &manifest_text(component), key))
             .await;
@@ -164,13 +170,13 @@ impl Server {
     }
 
     /// Creates a process as `token`'s user; returns its id.
-    async fn create_process(&self, token: &str, name: &str, digest: &str) -> Reply {
+    pub(crate) async fn create_process(&self, token: &str, name: &str, digest: &str) -> Reply {
         let body = json!({ "name": name, "module_digest": digest, "grant": {} });
         self.post("/v1/processes", token, body).await
     }
 
     /// Creates a user with `roles` (as the admin) and returns a fresh API token for it.
-    async fn user(&self, name: &str, roles: &[&str]) -> String {
+    pub(crate) async fn user(&self, name: &str, roles: &[&str]) -> String {
         let r = self
             .post(
                 "/v1/users",
@@ -187,7 +193,7 @@ impl Server {
     }
 
     /// Starts a run of process `id` as `token`'s user; returns the run id.
-    async fn start_run(&self, id: &str, token: &str, inputs: Value) -> String {
+    pub(crate) async fn start_run(&self, id: &str, token: &str, inputs: Value) -> String {
         let r = self
             .post(
                 &format!("/v1/processes/{id}/runs"),
@@ -200,7 +206,7 @@ impl Server {
     }
 
     /// Polls run `id` until its state is `want`; fails after [`PATIENCE`].
-    async fn wait_for_state(&self, id: &str, want: &str) -> Value {
+    pub(crate) async fn wait_for_state(&self, id: &str, want: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
@@ -218,7 +224,7 @@ impl Server {
     }
 
     /// Audit records matching `query` (e.g. `action=module.upload`), as the admin.
-    async fn audit(&self, query: &str) -> Vec<Value> {
+    pub(crate) async fn audit(&self, query: &str) -> Vec<Value> {
         let r = self.get(&format!("/v1/audit?{query}"), &self.admin).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.body.as_array().expect("audit array").clone()
@@ -271,9 +277,15 @@ fn client() -> reqwest::Client {
 
 async fn reply(resp: reqwest::Response) -> Reply {
     let status = resp.status();
+    let headers = resp.headers().clone();
     let text = resp.text().await.expect("response body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, text, body }
+    Reply {
+        status,
+        headers,
+        text,
+        body,
+    }
 }
 
 /// One SSE block's (event, data); `None` for a comment-only block (keep-alive).
@@ -303,7 +315,7 @@ fn bootstrap_admin(users: &UserStore) -> String {
     issued.token.expose_secret().to_string()
 }
 
-fn new_key() -> SigningKey {
+pub(crate) fn new_key() -> SigningKey {
     SigningKey::from_bytes(&rand::random::<[u8; 32]>())
 }
 
@@ -1105,7 +1117,7 @@ async fn errors_are_json_with_stable_codes() {
 // ---------------------------------------------------------------------------------------
 
 /// A `warden serve` child process; killed (SIGKILL) on drop if still running.
-struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: std::process::Child,
     log: PathBuf,
 }
@@ -1113,6 +1125,15 @@ struct ServeProcess {
 impl ServeProcess {
     /// Starts `warden serve` on `data` at a free loopback port and waits until it answers.
     async fn start(data: &Path, log: PathBuf) -> (ServeProcess, String) {
+        Self::start_with(data, log, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with more `warden serve` arguments.
+    pub(crate) async fn start_with(
+        data: &Path,
+        log: PathBuf,
+        args: &[&str],
+    ) -> (ServeProcess, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -1124,6 +1145,7 @@ impl ServeProcess {
             .arg(data)
             .arg("--policies")
             .arg(repo_root().join("policies"))
+            .args(args)
             .env_remove("WARDEN_DATA")
             .env_remove("WARDEN_POLICIES")
             .stdout(std::process::Stdio::null())
@@ -1161,7 +1183,7 @@ impl ServeProcess {
     }
 
     /// SIGKILL: no shutdown hook, no flush, no chance to tidy up.
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
@@ -1176,7 +1198,7 @@ impl Drop for ServeProcess {
 
 /// Initialises a data directory with `admin` (as `warden init` would) and returns its token,
 /// closing the database so a server process can open it.
-fn init_data_dir(data: &Path) -> String {
+pub(crate) fn init_data_dir(data: &Path) -> String {
     let dir = DataDir::init(data).expect("init data dir");
     let users = UserStore::open(&dir.db).expect("user store");
     let token = bootstrap_admin(&users);

@@ -10,6 +10,7 @@ mod approvals;
 mod cli;
 mod languages;
 mod leases;
+mod queue;
 mod rotation;
 mod sandbox;
 mod spine;

@@ -12,6 +12,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (a refusal for load, 429 or 503).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,7 +23,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// This error with a `Retry-After: secs` header.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400 with a code.
@@ -76,7 +85,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -116,6 +131,20 @@ impl From<crate::runs::RunsError> for ApiError {
             e @ (E::BadTransition { .. } | E::Conflict(_)) => ApiError::conflict(e.to_string()),
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<crate::runs::queue::Refusal> for ApiError {
+    /// 429 when the caller (or the process) is over its share of the run queue, 503 when the
+    /// server's queue is full; both with `Retry-After`.
+    fn from(refusal: crate::runs::queue::Refusal) -> Self {
+        let status = if refusal.is_caller_limit() {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        ApiError::new(status, refusal.code(), refusal.to_string())
+            .retry_after(crate::runs::queue::RETRY_AFTER_SECS)
     }
 }
 

@@ -37,6 +37,14 @@ use crate::vault::Vault;
 /// Largest JSON request body. Blocks memory exhaustion through request bodies.
 pub const MAX_JSON_BODY: usize = 1 << 20;
 
+/// Sizes fixed when the server starts: the instance pool (whose run capacity is the number
+/// of execution slots) and the run queue's bounds and fairness caps.
+#[derive(Clone, Debug, Default)]
+pub struct ServerLimits {
+    pub engine: crate::runtime::engine::EngineConfig,
+    pub queue: crate::runs::queue::QueueLimits,
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -122,16 +130,23 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
 
 impl AppState {
     /// Opens every store in the data directory, loads the policies, recovers runs a
-    /// previous process left unfinished, and builds the embedded bridge.
+    /// previous process left unfinished, and builds the embedded bridge, with the default
+    /// engine and run-queue limits.
     pub async fn open(
         dir: crate::store::DataDir,
         policies: &std::path::Path,
     ) -> anyhow::Result<Self> {
+        Self::open_with(dir, policies, &ServerLimits::default()).await
+    }
+
+    /// [`AppState::open`] with `limits`: the pool's size and the run queue's bounds.
+    pub async fn open_with(
+        dir: crate::store::DataDir,
+        policies: &std::path::Path,
+        limits: &ServerLimits,
+    ) -> anyhow::Result<Self> {
         use crate::runs::RunState;
-        let runtime = crate::runtime::Runtime::new(
-            &crate::runtime::engine::EngineConfig::default(),
-            &dir.artifacts(),
-        )?;
+        let runtime = crate::runtime::Runtime::new(&limits.engine, &dir.artifacts())?;
         let crate::store::DataDir {
             db,
             master_key,
@@ -165,7 +180,8 @@ impl AppState {
         if !interrupted.is_empty() {
             tracing::warn!(count = interrupted.len(), "runs interrupted by a restart");
         }
-        // Queued runs lived in the previous process's memory only: they never started.
+        // Queued runs lived in the previous process's run queue only: they never started,
+        // and the queue is not rebuilt (their callers request them again).
         for id in runs.ids_in_state(RunState::Queued)? {
             runs.transition(&id, RunState::Cancelled, crate::runs::RECOVERY_ACTOR, |r| {
                 r.error = Some("the server restarted before the run started".into());
@@ -178,7 +194,11 @@ impl AppState {
             runs.clone(),
             policy.clone(),
             crate::runtime::limits::RunLimits::default(),
-        );
+        )
+        .with_queue(crate::runs::queue::RunQueue::new(
+            limits.engine.run_slots(),
+            limits.queue.clone(),
+        ));
         let processes = ProcessStore::open(&db)?;
         let approvals = Approvals::open(
             &db,

@@ -9,10 +9,12 @@ use clap::Args;
 use secrecy::ExposeSecret;
 
 use super::DataArg;
-use crate::api::{AppState, serve};
+use crate::api::{AppState, ServerLimits, serve};
 use crate::registry::manifest::Manifest;
 use crate::registry::signing;
 use crate::runs::NewProcess;
+use crate::runs::queue::QueueLimits;
+use crate::runtime::engine::EngineConfig;
 use crate::store::DataDir;
 
 /// Where the policies are by default (the repository's `policies/`).
@@ -30,7 +32,58 @@ pub struct ServeArgs {
     #[arg(long, env = "WARDEN_APPROVAL_TTL_SECS", default_value_t = 24 * 3600)]
     approval_ttl_secs: u64,
     #[command(flatten)]
+    runs: RunQueueArgs,
+    #[command(flatten)]
     data: DataArg,
+}
+
+/// Execution capacity and the run queue's bounds. Runs beyond the capacity wait `queued`;
+/// beyond the bounds they are refused (429 for a caller's share, 503 for the server's).
+#[derive(Args, Debug)]
+pub struct RunQueueArgs {
+    /// Runs executing at once; sizes the instance pool (1 to 1024).
+    #[arg(long, env = "WARDEN_MAX_CONCURRENT_RUNS", default_value_t = 64)]
+    max_concurrent_runs: u32,
+    /// Runs that may wait for an execution slot, all callers together.
+    #[arg(long, env = "WARDEN_MAX_QUEUED_RUNS", default_value_t = 1024)]
+    max_queued_runs: usize,
+    /// Runs one user (or a schedule's owner) may have executing at once.
+    #[arg(long, env = "WARDEN_MAX_RUNNING_PER_USER", default_value_t = 16)]
+    max_running_per_user: usize,
+    /// Runs one user may have waiting.
+    #[arg(long, env = "WARDEN_MAX_QUEUED_PER_USER", default_value_t = 64)]
+    max_queued_per_user: usize,
+    /// Runs of one process that may execute at once.
+    #[arg(long, env = "WARDEN_MAX_RUNNING_PER_PROCESS", default_value_t = 32)]
+    max_running_per_process: usize,
+    /// Runs of one process that may wait.
+    #[arg(long, env = "WARDEN_MAX_QUEUED_PER_PROCESS", default_value_t = 256)]
+    max_queued_per_process: usize,
+}
+
+impl RunQueueArgs {
+    /// The validated limits (see [`crate::runs::queue::QueueLimits::normalized`]).
+    fn limits(&self) -> anyhow::Result<ServerLimits> {
+        let max = crate::runtime::engine::MAX_CONCURRENT_RUNS;
+        if !(1..=max).contains(&self.max_concurrent_runs) {
+            anyhow::bail!("--max-concurrent-runs must be between 1 and {max}");
+        }
+        let queue = QueueLimits {
+            max_queued: self.max_queued_runs,
+            per_user_running: self.max_running_per_user,
+            per_user_queued: self.max_queued_per_user,
+            per_process_running: self.max_running_per_process,
+            per_process_queued: self.max_queued_per_process,
+        };
+        let engine = EngineConfig {
+            max_concurrent_runs: self.max_concurrent_runs,
+            ..EngineConfig::default()
+        };
+        Ok(ServerLimits {
+            engine,
+            queue: queue.normalized(),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -46,8 +99,9 @@ pub struct DemoArgs {
 }
 
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let limits = args.runs.limits()?;
     let dir = args.data.open()?;
-    let mut state = AppState::open(dir, &args.policies).await?;
+    let mut state = AppState::open_with(dir, &args.policies, &limits).await?;
     let ttl = std::time::Duration::from_secs(args.approval_ttl_secs);
     state.approvals = state.approvals.with_ttl(ttl);
     listen(args.listen, state).await
@@ -92,8 +146,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let limits = args.serve.runs.limits()?;
     let dir = args.serve.data.open()?;
-    let state = AppState::open(dir, &args.serve.policies).await?;
+    let state = AppState::open_with(dir, &args.serve.policies, &limits).await?;
     let publisher = root.join("demo-publisher.key");
     let key = if publisher.exists() {
         super::sign::load_signing_key(&publisher)?

@@ -311,6 +311,19 @@ impl Approvals {
         });
         let count = distinct_valid(&approvals, &run.actor, &resolved.binding, now);
         let required = resolved.process.required_approvals;
+        let started = count >= usize::try_from(required).unwrap_or(usize::MAX);
+        // The run's place in the queue is reserved before the approval is recorded: a full
+        // queue refuses the approval itself, so no run is left approved but never started.
+        let admission = if started {
+            let process_id = &resolved.process.id;
+            Some(
+                self.dispatcher
+                    .admit(&run.actor, process_id, approver)
+                    .await?,
+            )
+        } else {
+            None
+        };
         self.audit
             .append(entry(
                 &run,
@@ -325,10 +338,9 @@ impl Approvals {
             ))
             .await?;
         self.store(run_id, &approvals).await?;
-        let started = count >= usize::try_from(required).unwrap_or(usize::MAX);
-        if started {
+        if let Some(admission) = admission {
             self.dispatcher
-                .start_approved(&run, &resolved.process, approver)
+                .start_approved(&run, &resolved.process, approver, admission)
                 .await?;
         }
         let run = self.load_run(run_id)?;

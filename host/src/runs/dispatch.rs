@@ -1,15 +1,20 @@
-//! Starting runs on the embedded bridge: resolve the process's module and inputs, persist
-//! the run as `queued` (or `awaiting-approval` when its process requires approvals; see
-//! `approval`), execute it asynchronously, and record how it ended.
+//! Starting runs on the embedded bridge: resolve the process's module and inputs, admit the
+//! run to the run queue (see `queue`), persist it as `queued` (or `awaiting-approval` when
+//! its process requires approvals; see `approval`), execute it asynchronously once it holds
+//! an execution slot, and record how it ended.
 //!
 //! Threat: a run that starts with inputs its module did not declare, a retired or unknown
-//! module, or a lost outcome. Inputs are validated against the signed manifest before the
-//! run is created; every transition goes through the audited run store.
+//! module, a lost outcome, or one caller's runs exhausting the instance pool for everyone.
+//! Inputs are validated against the signed manifest before the run is created; admission
+//! is decided before the run is created too (a refused run leaves no record, only a
+//! `run.refused` audit record); every transition goes through the audited run store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::queue::{Admission, Place, Refusal, RunQueue, Slot};
 use super::{Process, RunRecord, RunState, RunStore, RunsError};
+use crate::audit::{AuditEntry, Decision};
 use crate::bridge::{Bridge, RunSpec};
 use crate::capabilities::{HostCallPolicy, RunIdentity};
 use crate::policy::PolicyEngine;
@@ -42,7 +47,14 @@ pub enum StartError {
     /// be requested again.
     #[error("process {0} changed its module since the run was requested")]
     ProcessChanged(String),
+    /// The run queue refused the run (full, or the caller or process is at its limit).
+    /// Nothing was created for it.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
 }
+
+/// Audit action of a run refused admission to the queue.
+pub const REFUSED_ACTION: &str = "run.refused";
 
 /// What a run of a process would execute: [`Dispatcher::resolve`]'s answer.
 pub struct ResolvedRun {
@@ -66,6 +78,8 @@ pub struct Dispatcher {
     /// Prepared tasks by module digest, so a run of a known module neither reads its
     /// stored bytes nor hashes them again (tens of ms for a 17 MB Python component).
     prepared: Arc<Mutex<HashMap<String, Arc<PreparedTask>>>>,
+    /// Execution slots and the runs waiting for one.
+    queue: RunQueue,
 }
 
 impl Dispatcher {
@@ -85,7 +99,22 @@ impl Dispatcher {
             limits,
             live: Arc::default(),
             prepared: Arc::default(),
+            queue: RunQueue::new(
+                crate::runtime::engine::EngineConfig::default().run_slots(),
+                super::queue::QueueLimits::default(),
+            ),
         }
+    }
+
+    /// This dispatcher with `queue` (sized for the bridge's runtime) in place of the default.
+    pub fn with_queue(mut self, queue: RunQueue) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// The run queue (for its counts).
+    pub fn queue(&self) -> &RunQueue {
+        &self.queue
     }
 
     /// The module store runs are resolved against.
@@ -105,11 +134,24 @@ impl Dispatcher {
     /// Validates a run of `process` for `actor` and either queues and executes it in the
     /// background, or, when the process requires approvals, stores it `awaiting-approval`
     /// (it starts once [`Dispatcher::start_approved`] is called). Returns the stored run.
+    /// The run counts against `actor`'s share of the queue.
     pub async fn start(
         &self,
         process: &Process,
         inputs: BTreeMap<String, serde_json::Value>,
         actor: &str,
+    ) -> Result<RunRecord, StartError> {
+        self.start_charged(process, inputs, actor, actor).await
+    }
+
+    /// [`Dispatcher::start`] with the run counted against `charged_to`'s share of the
+    /// queue (a schedule's owner for the runs it fires) rather than `actor`'s.
+    pub async fn start_charged(
+        &self,
+        process: &Process,
+        inputs: BTreeMap<String, serde_json::Value>,
+        actor: &str,
+        charged_to: &str,
     ) -> Result<RunRecord, StartError> {
         let ResolvedRun {
             module,
@@ -129,17 +171,64 @@ impl Dispatcher {
             return Ok(self.runs.create(record).await?);
         }
         let task = self.prepare(&module)?;
+        let admission = self.admit(charged_to, &process.id, actor).await?;
         let (spec, policy) = self.spec(process, &module, task, params, &record);
-        // Nothing to wait for: queued and running are recorded in one commit, and the run
-        // is durable as running before the guest can act on anything.
-        let record = self
-            .runs
-            .create_running(record, &Bridge::describe(&spec))
-            .await?;
-        self.lock().insert(record.id.clone(), spec.control.clone());
-        let this = self.clone();
-        tokio::spawn(async move { this.run_to_end(spec, policy).await });
-        Ok(record)
+        match admission {
+            Admission::Start(slot) => {
+                // Nothing to wait for: queued and running are recorded in one commit, and
+                // the run is durable as running before the guest can act on anything. If
+                // recording fails, the slot is dropped and given back.
+                let record = self
+                    .runs
+                    .create_running(record, &Bridge::describe(&spec))
+                    .await?;
+                self.lock().insert(record.id.clone(), spec.control.clone());
+                let this = self.clone();
+                tokio::spawn(async move { this.run_to_end(spec, policy, slot).await });
+                Ok(record)
+            }
+            Admission::Wait(place) => {
+                let record = self.runs.create(record).await?;
+                self.enqueue(place, spec, policy);
+                Ok(record)
+            }
+        }
+    }
+
+    /// Admits a run of process `process_id` charged to `charged_to` to the queue, or
+    /// refuses it: the refusal is audited (`run.refused`, as `actor`) before it is returned.
+    /// Call this before anything about the run is recorded.
+    pub async fn admit(
+        &self,
+        charged_to: &str,
+        process_id: &str,
+        actor: &str,
+    ) -> Result<Admission, StartError> {
+        let refusal = match self.queue.admit(charged_to, process_id) {
+            Ok(admission) => return Ok(admission),
+            Err(refusal) => refusal,
+        };
+        let entry = AuditEntry {
+            run_id: None,
+            actor: actor.to_string(),
+            action: REFUSED_ACTION.to_string(),
+            target: None,
+            credential: None,
+            decision: Decision::Denied {
+                reason: refusal.code().to_string(),
+                policy: None,
+            },
+            outcome: "refused".to_string(),
+            duration_us: 0,
+            detail: Some(format!("process {process_id}: {refusal}")),
+        };
+        self.bridge
+            .services()
+            .audit
+            .append(entry)
+            .await
+            .map_err(RunsError::from)?;
+        Err(StartError::Refused(refusal))
     }
 
     /// The module a run of `process` executes, the inputs it gets (process defaults
@@ -171,13 +260,16 @@ impl Dispatcher {
     }
 
     /// Queues and executes a run whose approvals are complete, as `actor` (the approver
-    /// whose approval completed them). The caller has checked the approvals against the
-    /// process as it is now; the run executes exactly that process's module and grant.
+    /// whose approval completed them), with the `admission` the caller obtained from
+    /// [`Dispatcher::admit`] (charged to the run's requester) before recording the
+    /// approval. The caller has checked the approvals against the process as it is now; the
+    /// run executes exactly that process's module and grant.
     pub async fn start_approved(
         &self,
         run: &RunRecord,
         process: &Process,
         actor: &str,
+        admission: Admission,
     ) -> Result<RunRecord, StartError> {
         if run.module_digest != process.module_digest || run.process_id != process.id {
             return Err(StartError::ProcessChanged(process.id.clone()));
@@ -188,7 +280,15 @@ impl Dispatcher {
             .runs
             .transition(&run.id, RunState::Queued, actor, |_| {})
             .await?;
-        self.launch(process, &module, task, params, &record);
+        let (spec, policy) = self.spec(process, &module, task, params, &record);
+        match admission {
+            Admission::Start(slot) => {
+                self.lock().insert(record.id.clone(), spec.control.clone());
+                let this = self.clone();
+                tokio::spawn(async move { this.begin(spec, policy, slot).await });
+            }
+            Admission::Wait(place) => self.enqueue(place, spec, policy),
+        }
         Ok(record)
     }
 
@@ -219,34 +319,41 @@ impl Dispatcher {
         Ok(task)
     }
 
-    /// Executes the queued run `record` in the background: records it running, then runs
-    /// it to its end.
-    fn launch(
-        &self,
-        process: &Process,
-        module: &ModuleInfo,
-        task: Arc<PreparedTask>,
-        params: Vec<Param>,
-        record: &RunRecord,
-    ) {
-        let (spec, policy) = self.spec(process, module, task, params, record);
-        self.lock().insert(record.id.clone(), spec.control.clone());
+    /// Puts the recorded, queued run of `spec` in line; it begins when it gets a slot.
+    fn enqueue(&self, place: Place, spec: RunSpec, policy: HostCallPolicy) {
+        let run_id = spec.identity.run_id.clone();
+        self.lock().insert(run_id.clone(), spec.control.clone());
+        // The job may be called from wherever a slot is freed; it only spawns.
+        let handle = tokio::runtime::Handle::try_current().ok();
         let this = self.clone();
-        tokio::spawn(async move {
-            let (run_id, actor) = (spec.identity.run_id.clone(), spec.identity.actor.clone());
-            let started_with = Bridge::describe(&spec);
-            if let Err(e) = this
-                .runs
-                .transition_noted(&run_id, RunState::Running, &actor, &started_with, |_| {})
-                .await
-            {
-                // Cancelled while queued, or storage failure: nothing to run.
-                tracing::warn!(run = %run_id, error = %e, "run not started");
-                this.lock().remove(&run_id);
-                return;
+        let job = Box::new(move |slot: Slot| match handle {
+            Some(handle) => {
+                handle.spawn(async move { this.begin(spec, policy, slot).await });
             }
-            this.run_to_end(spec, policy).await;
+            None => {
+                tracing::error!(run = %spec.identity.run_id, "no async runtime to start the run")
+            }
         });
+        self.queue.enqueue(place, run_id, job);
+    }
+
+    /// Executes a queued run that holds its slot: records it running, then runs it to its
+    /// end.
+    async fn begin(&self, spec: RunSpec, policy: HostCallPolicy, slot: Slot) {
+        let (run_id, actor) = (spec.identity.run_id.clone(), spec.identity.actor.clone());
+        let started_with = Bridge::describe(&spec);
+        if let Err(e) = self
+            .runs
+            .transition_noted(&run_id, RunState::Running, &actor, &started_with, |_| {})
+            .await
+        {
+            // Cancelled while queued, or storage failure: nothing to run (the slot is
+            // given back as it drops).
+            tracing::warn!(run = %run_id, error = %e, "run not started");
+            self.lock().remove(&run_id);
+            return;
+        }
+        self.run_to_end(spec, policy, slot).await;
     }
 
     /// What the bridge needs to execute `record`, and the checks on its host calls.
@@ -281,11 +388,13 @@ impl Dispatcher {
         (spec, policy)
     }
 
-    /// Executes a run already recorded as running, and records how it ended.
-    async fn run_to_end(&self, spec: RunSpec, policy: HostCallPolicy) {
+    /// Executes a run already recorded as running, and records how it ended. `slot` is
+    /// given back as soon as the run's store (its pool instances) is gone.
+    async fn run_to_end(&self, spec: RunSpec, policy: HostCallPolicy, slot: Slot) {
         let run_id = spec.identity.run_id.clone();
         let actor = spec.identity.actor.clone();
         let report = self.bridge.execute_recorded(spec, policy).await;
+        drop(slot);
         let (state, note, apply): (RunState, String, RecordUpdate) = match report {
             Ok(report) => (
                 final_state(&report.outcome),
@@ -311,18 +420,22 @@ impl Dispatcher {
         self.lock().remove(&run_id);
     }
 
-    /// Cancels a queued or running run.
+    /// Cancels a queued or running run. A queued run leaves the queue (its place is given
+    /// back) and never starts.
     pub async fn cancel(&self, run_id: &str, actor: &str) -> Result<RunRecord, RunsError> {
         if let Some(control) = self.control(run_id) {
             control.cancel();
         }
-        match self
+        let cancelled = self
             .runs
             .transition(run_id, RunState::Cancelled, actor, |r| {
                 r.error = Some("cancelled".into());
             })
-            .await
-        {
+            .await;
+        if cancelled.is_ok() && self.queue.withdraw(run_id) {
+            self.lock().remove(run_id);
+        }
+        match cancelled {
             // A running run records its own end (as cancelled) when it stops.
             Err(RunsError::BadTransition {
                 from: RunState::Running,

@@ -19,6 +19,8 @@
 //! - `run`: [`RunRecord`], [`RunFilter`] and [`RunStore`] (audited, durable transitions;
 //!   recovery at start).
 //! - `dispatch`: starting runs on the embedded bridge.
+//! - `queue`: admission (bounded, per-user and per-process caps) and fair scheduling of runs
+//!   onto the instance pool's execution slots.
 //! - `approval`: four-eyes approvals bound to exactly what a run will execute.
 //! - `schedule`: cron schedules and the scheduler task that starts their runs.
 //!
@@ -34,6 +36,7 @@
 pub mod approval;
 pub mod dispatch;
 mod process;
+pub mod queue;
 mod run;
 pub mod schedule;
 mod state;

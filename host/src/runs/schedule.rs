@@ -3,9 +3,10 @@
 //!
 //! A schedule is `{id, cron, inputs, catch_up}` attached to one process. Each firing is an
 //! ordinary run through the [`Dispatcher`] (so it waits for approvals like any other run of
-//! that process) whose actor is `schedule:<id>`; the firing itself is audited
-//! `schedule.fired` before the run is started, a run that could not be started
-//! `schedule.failed`, and a missed firing skipped at start `schedule.skipped`.
+//! that process) whose actor is `schedule:<id>` and which counts against the run-queue
+//! share of the schedule's creator (a refusal is audited `schedule.failed`); the firing
+//! itself is audited `schedule.fired` before the run is started, a run that could not be
+//! started `schedule.failed`, and a missed firing skipped at start `schedule.skipped`.
 //!
 //! Expressions are 5-field (minute granularity) or 6-field (leading seconds) cron, in UTC,
 //! parsed with `croner`; an expression that does not parse, or never fires, is refused when
@@ -387,7 +388,12 @@ impl Scheduler {
         };
         match self
             .dispatcher
-            .start(&process, schedule.inputs.clone(), &actor)
+            .start_charged(
+                &process,
+                schedule.inputs.clone(),
+                &actor,
+                &schedule.created_by,
+            )
             .await
         {
             Ok(run) => {

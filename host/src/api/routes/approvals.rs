@@ -81,6 +81,7 @@ impl From<ApprovalError> for ApiError {
                 format!("module {d} is unknown or retired"),
             ),
             E::Start(StartError::Runs(e)) | E::Runs(e) => e.into(),
+            E::Start(StartError::Refused(refusal)) => refusal.into(),
             e @ E::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
             other => ApiError::internal(other),
         }
@@ -186,7 +187,7 @@ async fn get_approval(
 /// body, only if it still binds to what the approver reviewed). Needs the ApproveRun
 /// privilege on its process; never the run's requester. When this completes the required
 /// approvals the run is queued and executes (`started`).
-#[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "approved; `started` says whether the run was queued"), (status = 403, description = "not an approver of this run, or its requester"), (status = 409, description = "not awaiting approval, already approved, or stale")))]
+#[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "approved; `started` says whether the run was queued"), (status = 403, description = "not an approver of this run, or its requester"), (status = 409, description = "not awaiting approval, already approved, or stale"), (status = 429, description = "the approval would start the run, but its requester (or its process) has its maximum of runs waiting; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "the approval would start the run, but the server's run queue is full; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn approve_run(
     State(state): State<AppState>,
     caller: Caller,

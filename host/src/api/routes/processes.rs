@@ -291,8 +291,11 @@ async fn share_process(
 }
 
 /// Start a run of a process with inputs; the run executes asynchronously, or waits for
-/// approvals when the process requires them (state `awaiting-approval`).
-#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started (recorded as queued, then running) or awaiting approval"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller")))]
+/// approvals when the process requires them (state `awaiting-approval`). A run beyond the
+/// server's execution capacity waits `queued` and starts, in order, as slots free; when the
+/// caller's share or the server's queue is full the run is refused with `Retry-After` and
+/// nothing is created (the refusal is audited `run.refused`).
+#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started (recorded as queued, then running), queued for a free execution slot, or awaiting approval"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller"), (status = 429, description = "`user_run_limit` or `process_run_limit`: the caller (or this process) already has its maximum of runs waiting; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "`queue_full`: the server's run queue is full; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn start_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -315,6 +318,7 @@ async fn start_run(
                 format!("module {d} is unknown or retired"),
             ),
             StartError::Runs(e) => e.into(),
+            StartError::Refused(refusal) => refusal.into(),
             other => ApiError::internal(other),
         })?;
     Metrics::bump(&state.metrics.runs_started);

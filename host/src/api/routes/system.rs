@@ -63,8 +63,49 @@ async fn metrics(State(state): State<AppState>) -> String {
             "API requests refused by policy.",
             m.denials.load(Ordering::Relaxed),
         ),
+        queue_metrics(&state.dispatcher.queue().stats()),
     ]
     .concat()
+}
+
+/// The run queue's gauges (slots, running, queued) and refusal counters.
+fn queue_metrics(q: &crate::runs::queue::QueueStats) -> String {
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "warden_run_slots",
+            "Runs the instance pool can execute at once.",
+            as_u64(q.slots),
+        ),
+        (
+            "warden_runs_running",
+            "Runs holding an execution slot.",
+            as_u64(q.running),
+        ),
+        (
+            "warden_runs_queued",
+            "Runs admitted and waiting for an execution slot.",
+            as_u64(q.queued),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    out.push_str(concat!(
+        "# HELP warden_runs_refused_total Runs refused admission to the run queue.\n",
+        "# TYPE warden_runs_refused_total counter\n",
+    ));
+    for (reason, value) in [
+        ("queue_full", q.refused_queue_full),
+        ("caller_limit", q.refused_caller_limit),
+    ] {
+        out.push_str(&format!(
+            "warden_runs_refused_total{{reason=\"{reason}\"}} {value}\n"
+        ));
+    }
+    out
 }
 
 /// The caller's user, roles and privileges.

@@ -23,6 +23,7 @@ use crate::runtime::bindings::ssh::{ExecOptions, ExecOutput, Host, TargetResult}
 use crate::runtime::bindings::types::Error;
 use crate::ssh::{ExecRequest, ExecResult, SshCredential};
 
+use super::admin::CredentialUse;
 use super::credentials::CredentialHandle;
 use super::grant::Request;
 use super::leases::{Refusal, with_lease};
@@ -146,18 +147,29 @@ impl Host for HostContext {
             .await?;
         let handle = self.handle(&credential)?;
         let mut subject = exec_subject(&target, handle.name(), &command, &options);
+        // Argv words (or raw shell text); what the target runs is what the grant matched.
+        let line = match self.grant.command_line(&command) {
+            Ok(line) => line,
+            Err(denial) => return self.deny(call, subject, denial).await,
+        };
         let request = Request::Exec {
             target: &target,
             credential: handle.name(),
             command: &command,
+            line: &line,
+            sudo: options.sudo,
         };
         if let Err(denial) = self.authorize(CAPABILITY, &request).await {
+            return self.deny(call, subject, denial).await;
+        }
+        let using = CredentialUse::Exec { sudo: options.sudo };
+        if let Err(denial) = self.check_credential_use(&handle, using) {
             return self.deny(call, subject, denial).await;
         }
         subject.detail = subject.detail.map(|d| with_lease(d, &handle));
         let result = match self.ssh_credential(&handle, &target) {
             Ok(cred) => {
-                let req = self.exec_request(&command, &options);
+                let req = self.exec_request(&line.shell_text(), &options);
                 exec_on(&self.services, &self.redactor, &target, &cred, &req).await
             }
             Err(Refusal::Denied(denial)) => return self.deny(call, subject, denial).await,
@@ -193,7 +205,12 @@ impl Host for HostContext {
         let handle = self.handle(&credential)?;
         // The secret is fetched once, and only after the first target passes the grant.
         let mut fetched: Option<Result<Arc<SshCredential>, Error>> = None;
-        let req = Arc::new(self.exec_request(&command, &options));
+        let line = self.grant.command_line(&command);
+        let wire = line
+            .as_ref()
+            .map_or_else(|_| String::new(), |l| l.shell_text());
+        let req = Arc::new(self.exec_request(&wire, &options));
+        let using = CredentialUse::Exec { sudo: options.sudo };
         let mut pending = Vec::with_capacity(targets.len());
         let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
         for (i, target) in targets.iter().enumerate() {
@@ -202,15 +219,24 @@ impl Host for HostContext {
                 .await?;
             let mut subject = exec_subject(target, handle.name(), &command, &options);
             subject.detail = subject.detail.map(|d| with_lease(d, &handle));
-            let request = Request::Exec {
-                target,
-                credential: handle.name(),
-                command: &command,
-            };
             // The lease is checked for every target; the secret is fetched only once.
-            let checked = match self.authorize(CAPABILITY, &request).await {
-                Ok(()) => self.use_lease(&handle, target),
-                Err(denial) => Err(denial),
+            let checked = match &line {
+                Ok(line) => {
+                    let request = Request::Exec {
+                        target,
+                        credential: handle.name(),
+                        command: &command,
+                        line,
+                        sudo: options.sudo,
+                    };
+                    match self.authorize(CAPABILITY, &request).await {
+                        Ok(()) => self
+                            .check_credential_use(&handle, using)
+                            .and_then(|()| self.use_lease(&handle, target)),
+                        Err(denial) => Err(denial),
+                    }
+                }
+                Err(denial) => Err(denial.clone()),
             };
             if let Err(denial) = checked {
                 let outcome = self.deny(call, subject, denial).await?;

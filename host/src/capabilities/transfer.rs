@@ -16,6 +16,7 @@ use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
 use crate::ssh::SshCredential;
 
+use super::admin::CredentialUse;
 use super::credentials::CredentialHandle;
 use super::grant::{Request, normalize_path};
 use super::leases::{Refusal, with_lease};
@@ -67,6 +68,9 @@ impl HostContext {
             path: &normal,
         };
         if let Err(denial) = self.authorize(CAPABILITY, &request).await {
+            return self.deny(call, subject, denial).await;
+        }
+        if let Err(denial) = self.check_credential_use(&handle, CredentialUse::Transfer) {
             return self.deny(call, subject, denial).await;
         }
         if let Direction::Upload { mode, .. } = direction

@@ -20,18 +20,18 @@ use crate::support::Env;
 
 /// A test environment with `n` sshd targets (`t0`, `t1`, …) and one user on them, whose
 /// password is credential `pw` and whose key is credential `key`.
-struct Fleet {
-    env: Env,
-    user: TestUser,
+pub(crate) struct Fleet {
+    pub(crate) env: Env,
+    pub(crate) user: TestUser,
     sshds: Vec<Sshd>,
 }
 
 impl Fleet {
-    fn new(n: usize) -> Fleet {
+    pub(crate) fn new(n: usize) -> Fleet {
         Self::with_user(n, TestUser::create("wdn").expect("test user"))
     }
 
-    fn with_user(n: usize, user: TestUser) -> Fleet {
+    pub(crate) fn with_user(n: usize, user: TestUser) -> Fleet {
         let env = Env::new();
         let sshds = Sshd::fleet(n).expect("sshd fleet");
         for (i, sshd) in sshds.iter().enumerate() {
@@ -55,7 +55,11 @@ impl Fleet {
         (0..self.sshds.len()).map(|i| format!("t{i}")).collect()
     }
 
-    async fn probe(&self, params: Vec<Param>, grant: Grant) -> (String, Json, RunOutcome) {
+    pub(crate) async fn probe(
+        &self,
+        params: Vec<Param>,
+        grant: Grant,
+    ) -> (String, Json, RunOutcome) {
         let probe = self.env.prepare("probe");
         let (run_id, report) = self
             .env
@@ -91,14 +95,14 @@ fn target(name: &str, sshd: &Sshd, host_key: &str) -> Target {
     }
 }
 
-fn p(name: &str, value: &str) -> Param {
+pub(crate) fn p(name: &str, value: &str) -> Param {
     Param {
         name: name.into(),
         value: Value::Text(value.into()),
     }
 }
 
-fn flag(name: &str, value: bool) -> Param {
+pub(crate) fn flag(name: &str, value: bool) -> Param {
     Param {
         name: name.into(),
         value: Value::Flag(value),

@@ -412,6 +412,7 @@ fn target_scan_add_list_and_an_ssh_run_whose_logs_hold_no_secret() {
         ])
         .args(["--param", &format!("command=echo {}", user.password)])
         .args(["--allow-credential", "ops", "--allow-target", "web-1"])
+        .args(["--allow-command", "echo *"])
         .env("WARDEN_LOG", "trace")
         .output()
         .expect("exec runs");

@@ -781,7 +781,9 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
         ("ops", user.name.as_str(), &ops_old, &ops_new),
         ("spare", "nobody", &spare_old, &spare_new),
     ] {
-        let body = json!({ "name": name, "username": username, "secret": old });
+        // `ops` types its password into sudo, so it is an admin credential.
+        let body =
+            json!({ "name": name, "username": username, "secret": old, "admin": name == "ops" });
         api.ok(
             Method::POST,
             "/v1/credentials",
@@ -802,7 +804,7 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
     // A run that logs in with the updated password and gives it to sudo.
     let digest = publish_probe(&api).await;
     let process = json!({ "name": "whoami", "module_digest": digest,
-        "grant": { "credentials": ["ops"], "targets": ["t0"] } });
+        "grant": { "credentials": ["ops"], "targets": ["t0"], "commands": ["sudo id -un"] } });
     let (_, created) = api
         .ok(
             Method::POST,

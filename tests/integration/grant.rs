@@ -25,6 +25,7 @@ use warden_host::vault::{CredentialKind, NewCredential, Secret};
 use warden_tests::sshd::TestUser;
 use warden_tests::{guests, random_secret, repo_root};
 
+use crate::cli::Cli;
 use crate::ssh::{Fleet, flag, p};
 use crate::vault::{Api, publish_probe};
 
@@ -570,4 +571,59 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+}
+
+#[test]
+fn the_cli_marks_admin_credentials_and_refuses_unsafe_exec_grants_before_running() {
+    let cli = Cli::init();
+    cli.ok(
+        &[
+            "credential",
+            "add",
+            "root-pw",
+            "--username",
+            "ops",
+            "--admin",
+        ],
+        Some(b"first-secret"),
+    );
+    cli.ok(
+        &["credential", "add", "ops-pw", "--username", "ops"],
+        Some(b"second-secret"),
+    );
+    let list = cli.ok(&["credential", "list"], None);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("root-pw\t") && l.ends_with("\tadmin")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ops-pw\t") && l.ends_with("\t-")),
+        "{list}"
+    );
+    let hello = guests::component("hello").to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--allow-credential",
+                "root-pw",
+                "--allow-credential",
+                "ops-pw",
+            ],
+            "same user",
+        ),
+        (&["--allow-command", "uptime; id"], "metacharacter"),
+        (
+            &["--allow-credential", "ops-pw", "--allow-command", "sudo id"],
+            "sudo patterns",
+        ),
+    ];
+    for (flags, why) in cases {
+        let mut args = vec!["exec", hello.as_str()];
+        args.extend_from_slice(flags);
+        let (code, stderr) = cli.fails(&args);
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert!(stderr.contains(why), "{flags:?}: {stderr}");
+    }
 }

@@ -102,7 +102,7 @@ async fn shell_injection_under_an_argv_grant_never_runs_a_second_command() {
         format!("echo status x>{m}"),
         format!("echo status \"$(touch {m})\""),
         format!("echo status x &touch {m}"),
-        format!("X=1 echo status x"),
+        "X=1 echo status x".to_string(),
         format!("echo status x\\;touch {m}"),
     ];
     for attack in &attacks {

@@ -90,7 +90,8 @@ fn main() -> anyhow::Result<()> {
     let grant = Grant {
         credentials: ["key".to_string()].into(),
         targets: names.iter().cloned().collect(),
-        commands: vec![],
+        // The benchmark's one command, as an argv grant (split, matched and quoted per call).
+        commands: vec!["true".into()],
         paths: vec![],
         ..Default::default()
     };

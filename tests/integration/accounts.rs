@@ -12,6 +12,7 @@ use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::targets::Target;
+use warden_host::vault::{CredentialKind, Secret};
 use warden_tests::sshd::{Sshd, TestUser};
 
 use crate::support::Env;
@@ -20,7 +21,9 @@ use crate::support::Env;
 const NEW_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ2B2p3u8QbOqgvPcbmB3xBn0aGz2R2w1m8C4a2u3Yk new@test";
 
-/// One sshd target `t0` and a sudo-capable admin whose password is credential `admin`.
+/// One sshd target `t0` and a sudo-capable admin whose key is credential `admin`: the
+/// examples run plain and sudo commands with one credential, which with a password would
+/// type it into a session the task shapes, so the admin has NOPASSWD sudo and a key.
 struct Site {
     env: Env,
     admin: TestUser,
@@ -31,7 +34,7 @@ impl Site {
     fn new() -> Site {
         let admin = TestUser::create("wda")
             .expect("admin")
-            .with_sudo()
+            .with_sudo_nopasswd()
             .expect("sudo");
         let env = Env::new();
         let sshd = Sshd::start("127.0.0.2").expect("sshd");
@@ -45,7 +48,14 @@ impl Site {
                 tags: vec![],
             })
             .expect("add target");
-        env.add_password("admin", &admin.name, &admin.password);
+        env.vault
+            .add(
+                "admin",
+                &admin.name,
+                CredentialKind::SshKey,
+                Secret::from_bytes(admin.private_key_openssh.as_bytes().to_vec()),
+            )
+            .expect("add key credential");
         Site {
             env,
             admin,
@@ -57,6 +67,8 @@ impl Site {
         Grant {
             credentials: ["admin".to_string()].into(),
             targets: ["t0".to_string()].into(),
+            // The examples build every command from quoted words: argv grants suffice.
+            commands: vec!["**".into(), "sudo **".into()],
             ..Grant::default()
         }
     }

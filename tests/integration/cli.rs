@@ -8,13 +8,13 @@ use warden_tests::{grep_dir, guests, random_secret, warden};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
-struct Cli {
+pub(crate) struct Cli {
     _dir: TempDir,
     data: PathBuf,
 }
 
 impl Cli {
-    fn init() -> Cli {
+    pub(crate) fn init() -> Cli {
         let dir = TempDir::new().expect("temp dir");
         let data = dir.path().join("data");
         let cli = Cli { _dir: dir, data };
@@ -30,7 +30,7 @@ impl Cli {
         warden(BIN, &all, stdin).expect("warden runs")
     }
 
-    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+    pub(crate) fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.run(args, stdin);
         assert!(
             out.status.success(),
@@ -41,7 +41,7 @@ impl Cli {
     }
 
     /// Runs a command expected to fail; returns (exit code, stderr).
-    fn fails(&self, args: &[&str]) -> (i32, String) {
+    pub(crate) fn fails(&self, args: &[&str]) -> (i32, String) {
         let out = self.run(args, None);
         assert!(!out.status.success(), "warden {args:?} should fail");
         (
@@ -412,6 +412,7 @@ fn target_scan_add_list_and_an_ssh_run_whose_logs_hold_no_secret() {
         ])
         .args(["--param", &format!("command=echo {}", user.password)])
         .args(["--allow-credential", "ops", "--allow-target", "web-1"])
+        .args(["--allow-command", "echo *"])
         .env("WARDEN_LOG", "trace")
         .output()
         .expect("exec runs");

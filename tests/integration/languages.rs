@@ -245,6 +245,8 @@ impl Target {
             "grant": {
                 "credentials": ["ops"],
                 "targets": ["web-1"],
+                // The user report's two commands, as argv patterns.
+                "commands": ["getent passwd", "getent group **"],
                 "paths": [self.home()],
             },
         });

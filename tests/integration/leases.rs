@@ -158,7 +158,7 @@ impl Server {
         let body = json!({
             "name": name,
             "module_digest": digest,
-            "grant": { "credentials": ["pw"], "targets": ["t0"] },
+            "grant": { "credentials": ["pw"], "targets": ["t0"], "commands": ["**"] },
         });
         let process = self.ok("/v1/processes", body, StatusCode::CREATED).await;
         let id = process["id"].as_str().expect("process id");
@@ -646,6 +646,8 @@ fn warden_exec_runs_get_leases_revoked_when_they_end() {
         "pw",
         "--allow-target",
         "t0",
+        "--allow-command",
+        "true",
     ];
     let out = warden_tests::warden(env!("CARGO_BIN_EXE_warden-e2e"), &args, None).expect("exec");
     assert!(

@@ -8,6 +8,7 @@ mod accounts;
 mod api;
 mod approvals;
 mod cli;
+mod grant;
 mod languages;
 mod leases;
 mod queue;

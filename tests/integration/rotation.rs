@@ -188,7 +188,11 @@ async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_e
         p("target", "t0"),
         p("handoff", &handoff.0.to_string_lossy()),
     ];
-    let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
+    // The probe waits for the handoff with a shell loop: raw shell text, no sudo.
+    let grant = Grant {
+        raw_shell: true,
+        ..rotation_grant(&["acct"], &["t0"], &["acct"])
+    };
     let run = env.run(&probe, params, grant, RunLimits::default());
     let hand_over = async {
         assert_eq!(settled(&env.vault, "acct", 2).await, VersionState::Current);

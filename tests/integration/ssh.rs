@@ -13,25 +13,25 @@ use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::targets::Target;
-use warden_host::vault::{CredentialKind, Secret};
+use warden_host::vault::{CredentialKind, NewCredential, Secret};
 use warden_tests::sshd::{Sshd, TestUser};
 
 use crate::support::Env;
 
 /// A test environment with `n` sshd targets (`t0`, `t1`, …) and one user on them, whose
 /// password is credential `pw` and whose key is credential `key`.
-struct Fleet {
-    env: Env,
-    user: TestUser,
+pub(crate) struct Fleet {
+    pub(crate) env: Env,
+    pub(crate) user: TestUser,
     sshds: Vec<Sshd>,
 }
 
 impl Fleet {
-    fn new(n: usize) -> Fleet {
+    pub(crate) fn new(n: usize) -> Fleet {
         Self::with_user(n, TestUser::create("wdn").expect("test user"))
     }
 
-    fn with_user(n: usize, user: TestUser) -> Fleet {
+    pub(crate) fn with_user(n: usize, user: TestUser) -> Fleet {
         let env = Env::new();
         let sshds = Sshd::fleet(n).expect("sshd fleet");
         for (i, sshd) in sshds.iter().enumerate() {
@@ -51,11 +51,30 @@ impl Fleet {
         Fleet { env, user, sshds }
     }
 
+    /// Adds `name`: the user's password as an admin credential, the kind sudo may type.
+    pub(crate) fn add_admin_password(&self, name: &str) {
+        let new = NewCredential {
+            name,
+            username: &self.user.name,
+            kind: CredentialKind::Password,
+            admin: true,
+        };
+        let secret = Secret::from_bytes(self.user.password.as_bytes().to_vec());
+        self.env
+            .vault
+            .add_credential(new, secret, "test", "admin credential")
+            .expect("add admin credential");
+    }
+
     fn names(&self) -> Vec<String> {
         (0..self.sshds.len()).map(|i| format!("t{i}")).collect()
     }
 
-    async fn probe(&self, params: Vec<Param>, grant: Grant) -> (String, Json, RunOutcome) {
+    pub(crate) async fn probe(
+        &self,
+        params: Vec<Param>,
+        grant: Grant,
+    ) -> (String, Json, RunOutcome) {
         let probe = self.env.prepare("probe");
         let (run_id, report) = self
             .env
@@ -91,14 +110,14 @@ fn target(name: &str, sshd: &Sshd, host_key: &str) -> Target {
     }
 }
 
-fn p(name: &str, value: &str) -> Param {
+pub(crate) fn p(name: &str, value: &str) -> Param {
     Param {
         name: name.into(),
         value: Value::Text(value.into()),
     }
 }
 
-fn flag(name: &str, value: bool) -> Param {
+pub(crate) fn flag(name: &str, value: bool) -> Param {
     Param {
         name: name.into(),
         value: Value::Flag(value),
@@ -123,7 +142,10 @@ fn grant_all(fleet: &Fleet, credentials: &[&str]) -> Grant {
     Grant {
         credentials: credentials.iter().map(|s| s.to_string()).collect(),
         targets: fleet.names().into_iter().collect(),
-        commands: vec![],
+        // Any shell text, with or without sudo: these tests exercise the SSH layer, not the
+        // argv grants (`grant.rs` does).
+        commands: vec!["sudo **".into()],
+        raw_shell: true,
         paths: vec!["/tmp".into()],
         ..Default::default()
     }
@@ -158,6 +180,8 @@ async fn the_secret_reaches_no_guest_memory_output_audit_or_target_argv() {
         .with_sudo()
         .expect("sudoers");
     let fleet = Fleet::with_user(1, user);
+    // sudo types the password only for an admin credential.
+    fleet.add_admin_password("adm");
     let password = fleet.user.password.clone();
     // While a sudo command sleeps on the target, read every process's argv on this machine
     // (the target is local) looking for the password.
@@ -189,12 +213,12 @@ async fn the_secret_reaches_no_guest_memory_output_audit_or_target_argv() {
     };
     let params = vec![
         p("mode", "exec"),
-        p("credential", "pw"),
+        p("credential", "adm"),
         p("target", "t0"),
         p("command", "sleep 1.5; id -u"),
         flag("sudo", true),
     ];
-    let (_, json, outcome) = fleet.probe(params, grant_all(&fleet, &["pw"])).await;
+    let (_, json, outcome) = fleet.probe(params, grant_all(&fleet, &["adm"])).await;
     assert_eq!(
         json["stdout"], "0\n",
         "sudo ran the command as root: {outcome:?}"
@@ -210,13 +234,13 @@ async fn the_secret_reaches_no_guest_memory_output_audit_or_target_argv() {
     let needle = hex::encode(password.as_bytes());
     let params = vec![
         p("mode", "memscan"),
-        p("credential", "pw"),
+        p("credential", "adm"),
         p("needle", &needle),
         p("target", "t0"),
         p("command", "id"),
         flag("sudo", true),
     ];
-    let (_, scan, outcome) = fleet.probe(params, grant_all(&fleet, &["pw"])).await;
+    let (_, scan, outcome) = fleet.probe(params, grant_all(&fleet, &["adm"])).await;
     assert_eq!(scan["found"], 0, "secret in guest memory: {outcome:?}");
     assert!(
         !fleet.all_audit_text().contains(&password),
@@ -232,6 +256,7 @@ async fn sudo_takes_the_password_on_stdin_and_echoed_secrets_come_back_redacted(
         .with_sudo()
         .expect("sudoers");
     let fleet = Fleet::with_user(1, user);
+    fleet.add_admin_password("adm");
     let password = fleet.user.password.clone();
     let b64 = base64::engine::general_purpose::STANDARD.encode(password.as_bytes());
     let hexed = hex::encode(password.as_bytes());
@@ -240,12 +265,12 @@ async fn sudo_takes_the_password_on_stdin_and_echoed_secrets_come_back_redacted(
     );
     let params = vec![
         p("mode", "exec"),
-        p("credential", "pw"),
+        p("credential", "adm"),
         p("target", "t0"),
         p("command", &command),
         flag("sudo", true),
     ];
-    let (run_id, json, outcome) = fleet.probe(params, grant_all(&fleet, &["pw"])).await;
+    let (run_id, json, outcome) = fleet.probe(params, grant_all(&fleet, &["adm"])).await;
     let stdout = json["stdout"]
         .as_str()
         .unwrap_or_else(|| panic!("{outcome:?}"));
@@ -586,6 +611,8 @@ async fn lockdown_user_locks_the_account_and_kills_its_sessions() {
         .with_sudo()
         .expect("sudo");
     let fleet = Fleet::with_user(1, admin);
+    // Every lockdown command runs under sudo: an admin credential types the password.
+    fleet.add_admin_password("adm");
     let victim = TestUser::create("wdv").expect("victim");
     // A session of the victim's: a long sleep running as that user.
     let mut session = std::process::Command::new("su")
@@ -595,10 +622,10 @@ async fn lockdown_user_locks_the_account_and_kills_its_sessions() {
     std::thread::sleep(Duration::from_millis(300));
     let params = vec![
         list("targets", &fleet.names()),
-        p("credential", "pw"),
+        p("credential", "adm"),
         p("user", &victim.name),
     ];
-    let json = example(&fleet, "lockdown-user", params, grant_all(&fleet, &["pw"])).await;
+    let json = example(&fleet, "lockdown-user", params, grant_all(&fleet, &["adm"])).await;
     assert_eq!(json["locked"], 1, "{json}");
     let shadow = std::fs::read_to_string("/etc/shadow").expect("shadow");
     let line = shadow

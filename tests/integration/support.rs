@@ -224,7 +224,10 @@ pub fn grant(credentials: &[&str], targets: &[&str]) -> Grant {
     Grant {
         credentials: credentials.iter().map(|s| s.to_string()).collect(),
         targets: targets.iter().map(|s| s.to_string()).collect(),
-        commands: vec![],
+        // Any shell text, with or without sudo: these tests exercise the SSH layer, not the
+        // argv grants (`grant.rs` does).
+        commands: vec!["sudo **".into()],
+        raw_shell: true,
         paths: vec!["/tmp".into()],
         ..Default::default()
     }

@@ -166,14 +166,14 @@ impl Drop for Serve {
 }
 
 /// An HTTP client bound to one server and token.
-struct Api {
-    base: String,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) token: String,
     client: reqwest::Client,
 }
 
 impl Api {
-    fn new(base: &str, token: &str) -> Api {
+    pub(crate) fn new(base: &str, token: &str) -> Api {
         Api {
             base: base.to_string(),
             token: token.to_string(),
@@ -182,7 +182,7 @@ impl Api {
     }
 
     /// Sends a request; returns the status, the raw body and the body as JSON.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -204,7 +204,7 @@ impl Api {
     }
 
     /// As the admin; asserts `want`.
-    async fn ok(
+    pub(crate) async fn ok(
         &self,
         method: Method,
         path: &str,
@@ -216,7 +216,7 @@ impl Api {
         (text, json)
     }
 
-    async fn get(&self, path: &str) -> (String, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (String, Value) {
         self.ok(Method::GET, path, None, StatusCode::OK).await
     }
 }
@@ -702,7 +702,7 @@ async fn a_secret_update_adds_an_attributed_version_and_the_list_shows_no_value(
 // ---------------------------------------------------------------------------------------
 
 /// Trusts a fresh publisher and uploads the signed `probe` fixture; returns its digest.
-async fn publish_probe(api: &Api) -> String {
+pub(crate) async fn publish_probe(api: &Api) -> String {
     let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let body =
         json!({ "name": "tests", "public_key": hex::encode(key.verifying_key().as_bytes()) });
@@ -781,7 +781,9 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
         ("ops", user.name.as_str(), &ops_old, &ops_new),
         ("spare", "nobody", &spare_old, &spare_new),
     ] {
-        let body = json!({ "name": name, "username": username, "secret": old });
+        // `ops` types its password into sudo, so it is an admin credential.
+        let body =
+            json!({ "name": name, "username": username, "secret": old, "admin": name == "ops" });
         api.ok(
             Method::POST,
             "/v1/credentials",
@@ -802,7 +804,7 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
     // A run that logs in with the updated password and gives it to sudo.
     let digest = publish_probe(&api).await;
     let process = json!({ "name": "whoami", "module_digest": digest,
-        "grant": { "credentials": ["ops"], "targets": ["t0"] } });
+        "grant": { "credentials": ["ops"], "targets": ["t0"], "commands": ["sudo id -un"] } });
     let (_, created) = api
         .ok(
             Method::POST,

@@ -307,8 +307,10 @@ impl Host<'_> {
         match with_key(&existing, key_line) {
             Some(updated) => {
                 // `tee` reads the stdin it inherits; a program that reopens `/dev/stdin` as the
-                // account is refused (the channel's pipe belongs to the admin session).
-                let line = format!("{as_user} tee -- {} >/dev/null", quote(&file));
+                // account is refused (the channel's pipe belongs to the admin session). Its
+                // copy on stdout (public keys) is ignored: the command is plain argv words,
+                // with no redirection, so an argv grant can allow it.
+                let line = format!("{as_user} tee -- {}", quote(&file));
                 self.checked(&line, true, Some(updated))?;
                 self.checked(
                     &format!("{as_user} chmod 600 -- {}", quote(&file)),

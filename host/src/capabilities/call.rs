@@ -18,6 +18,9 @@
 //! - *A secret in a result.* [`conclude`](HostContext::conclude) redacts every result and error
 //!   through [`Redact`] before the outcome record and before the guest sees it; no capability
 //!   returns to the guest any other way.
+//! - *A call past its grant.* One check, [`HostContext::check`], decides every call: the
+//!   grant and the Cedar policies, the module's manifest scope, the admin-credential rules
+//!   and the handles' leases. There is no capability-specific shortcut around it.
 //! - *Fail open on audit.* If a record cannot be written durably the run ends (fail closed),
 //!   and once the audit log has failed no call is admitted.
 //!
@@ -41,6 +44,7 @@ use crate::runtime::limits::LimitExceeded;
 use crate::ssh::SshCredential;
 use crate::targets::Target;
 
+use super::admin::CredentialUse;
 use super::credentials::CredentialHandle;
 use super::grant::{Denial, Request};
 use super::types::{describe, internal};
@@ -80,6 +84,12 @@ pub(crate) struct HostCall<'a> {
     pub leases: Vec<&'a CredentialHandle>,
     /// A limit this call would break (beyond the call count and bytes the spine checks).
     pub limit: Option<LimitExceeded>,
+    /// What the call does with its first handle, for the admin-credential rules
+    /// ([`super::admin`]).
+    pub credential_use: Option<CredentialUse>,
+    /// A refusal the capability found before the grant was asked (a command that is not
+    /// plain words): audited as a denial like any other.
+    pub refusal: Option<Denial>,
     pub effect: Effect,
 }
 
@@ -94,6 +104,8 @@ impl<'a> HostCall<'a> {
             subject: Subject::default(),
             leases: Vec::new(),
             limit: None,
+            credential_use: None,
+            refusal: None,
             effect: Effect::Local,
         }
     }
@@ -456,8 +468,14 @@ impl HostContext {
     /// The effective permission of a call: manifest ∩ grant ∩ policy, then the leases of the
     /// handles it uses on its target.
     async fn check(&mut self, call: &HostCall<'_>) -> Result<(), Denial> {
+        if let Some(refusal) = &call.refusal {
+            return Err(refusal.clone());
+        }
         self.authorize(call.capability, &call.request).await?;
         self.scope.permits(&call.request, &self.services.targets)?;
+        if let (Some(using), Some(handle)) = (call.credential_use, call.leases.first()) {
+            self.check_credential_use(handle, using)?;
+        }
         if let (target, ..) = call.request.parts()
             && let Some(target) = target
         {

@@ -41,6 +41,8 @@ pub struct CredentialHandle {
     name: String,
     username: String,
     kind: vault::CredentialKind,
+    /// An admin credential ([`super::admin`]): typed only for privileged operations.
+    admin: bool,
     /// The lease every use of this handle is checked against.
     lease_id: String,
 }
@@ -49,6 +51,21 @@ impl CredentialHandle {
     /// The credential's vault name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The account the credential logs in as.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Password or SSH key.
+    pub fn kind(&self) -> vault::CredentialKind {
+        self.kind
+    }
+
+    /// Whether this is an admin credential ([`super::admin`]).
+    pub fn is_admin(&self) -> bool {
+        self.admin
     }
 
     /// The id of the lease this handle is bound to.
@@ -88,6 +105,7 @@ impl HostContext {
             name: info.name,
             username: info.username,
             kind: info.kind,
+            admin: info.admin,
             lease_id: lease.id,
         })
     }
@@ -164,6 +182,8 @@ impl Host for HostContext {
             },
             leases: Vec::new(),
             limit,
+            credential_use: None,
+            refusal: None,
             // Issuing a lease is a durable act: it gets an intent record first.
             effect: Effect::World,
         };

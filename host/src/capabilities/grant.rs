@@ -1,12 +1,22 @@
 //! The run's grant: which credentials, targets, commands and paths a run may use.
 //!
 //! Threat: a task (buggy or malicious) reaching credentials or machines its process was
-//! not configured for. Every host call asks [`Grant::authorize`] — the single check that a
-//! later policy engine plugs into — before it acts; a denial names the rule that refused.
+//! not configured for, or running more than its command grant says. Every host call asks
+//! [`Grant::authorize`] — the single check that a later policy engine plugs into — before it
+//! acts; a denial names the rule that refused.
+//!
+//! Commands are granted as argv patterns ([`super::argv`]): the task's command is split into
+//! words by the host, each word matched, and `sudo` is part of each pattern. An empty
+//! `commands` list allows no command at all (fail safe: a process that forgot its patterns
+//! cannot run anything); `**` allows any command without sudo and `sudo **` any command under
+//! sudo. `raw_shell` is the explicit grant for trusted processes whose commands are shell
+//! text: see [`Grant::raw_shell`].
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
+
+use super::argv::{self, Pattern};
 
 /// What one run may do. Empty sets allow nothing; there is no wildcard.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -16,8 +26,14 @@ pub struct Grant {
     pub credentials: BTreeSet<String>,
     /// Target names the run may act on.
     pub targets: BTreeSet<String>,
-    /// Command patterns (`*` matches any run of characters). Empty: any command.
+    /// Command patterns as argv words ([`super::argv`] has the syntax); a leading `sudo`
+    /// allows the command only under sudo, and only then. Empty: no command.
     pub commands: Vec<String>,
+    /// Trusted processes only: the task's command is sent to the target as shell text, not
+    /// split into words, so it can use pipes, redirections and substitutions — and so can do
+    /// anything the account can. Without sudo any text is allowed; under sudo only if
+    /// `commands` holds `sudo **` (a root shell is "any command as root").
+    pub raw_shell: bool,
     /// Absolute path prefixes the run may transfer files under. Empty: no file transfer.
     pub paths: Vec<String>,
     /// Credential names the run may rotate (`credentials.rotate`), on granted targets and
@@ -32,11 +48,15 @@ pub enum Request<'a> {
     Interface,
     /// Acquire a credential handle.
     Acquire { credential: &'a str },
-    /// Run a command on a target, under sudo or not.
+    /// Run a command on a target.
     Exec {
         target: &'a str,
         credential: &'a str,
+        /// The command as the task wrote it (for policies and audit).
         command: &'a str,
+        /// What the host will send: argv words, or shell text under a raw-shell grant.
+        line: &'a CommandLine,
+        /// Whether the call asks for sudo.
         sudo: bool,
     },
     /// Move a file to or from a target. `path` is already normalised.
@@ -65,8 +85,27 @@ pub struct Denial {
     pub policy: Option<String>,
 }
 
+/// A command as the host will send it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandLine {
+    /// Words split by the host; each is quoted on the wire.
+    Argv(Vec<String>),
+    /// Shell text, under a raw-shell grant.
+    Raw(String),
+}
+
+impl CommandLine {
+    /// The text a POSIX shell on the target runs.
+    pub fn shell_text(&self) -> String {
+        match self {
+            CommandLine::Argv(words) => argv::quote_words(words),
+            CommandLine::Raw(text) => text.clone(),
+        }
+    }
+}
+
 impl Request<'_> {
-    /// True for a command that asks to run under sudo.
+    /// Whether the request asks for sudo (for policies and audit).
     pub fn sudo(&self) -> bool {
         matches!(self, Request::Exec { sudo: true, .. })
     }
@@ -103,12 +142,13 @@ impl Grant {
             Request::Exec {
                 target,
                 credential,
-                command,
+                line,
+                sudo,
                 ..
             } => {
                 self.check_credential(credential)?;
                 self.check_target(target)?;
-                self.check_command(command)
+                self.check_command(line, sudo)
             }
             Request::Transfer {
                 target,
@@ -165,15 +205,54 @@ impl Grant {
         })
     }
 
-    fn check_command(&self, command: &str) -> Result<(), Denial> {
-        if self.commands.is_empty() || command_permitted(&self.commands, command, false) {
+    /// How the host will send `command` under this grant: shell text under a raw-shell
+    /// grant, else argv words. A command that is not plain words is refused here, before any
+    /// pattern is consulted, with the reason.
+    pub fn command_line(&self, command: &str) -> Result<CommandLine, Denial> {
+        if self.raw_shell {
+            return Ok(CommandLine::Raw(command.to_string()));
+        }
+        argv::split(command)
+            .map(CommandLine::Argv)
+            .map_err(|e| Denial {
+                rule: "grant.commands",
+                detail: e.to_string(),
+                policy: None,
+            })
+    }
+
+    /// The command patterns that parse; a stored pattern that does not (written before
+    /// patterns were argv words, with shell syntax in it) matches nothing.
+    fn patterns(&self) -> impl Iterator<Item = Pattern> + '_ {
+        self.commands.iter().filter_map(|p| Pattern::parse(p).ok())
+    }
+
+    fn check_command(&self, line: &CommandLine, sudo: bool) -> Result<(), Denial> {
+        if commands_allow(&self.commands, line, sudo) {
             return Ok(());
         }
+        let detail = match (line, sudo) {
+            (CommandLine::Raw(_), _) => {
+                "raw shell under sudo needs the pattern `sudo **` in the grant".to_string()
+            }
+            _ if self.commands.is_empty() => {
+                "the grant allows no commands (its command list is empty)".to_string()
+            }
+            (_, true) => "command matches none of the granted sudo patterns \
+                          (a pattern allows sudo only if it starts with `sudo`)"
+                .to_string(),
+            (_, false) => "command matches none of the granted command patterns".to_string(),
+        };
         Err(Denial {
             rule: "grant.commands",
-            detail: "command matches none of the granted command patterns".to_string(),
+            detail,
             policy: None,
         })
+    }
+
+    /// Whether any pattern of this grant allows sudo.
+    pub fn has_sudo_patterns(&self) -> bool {
+        self.patterns().any(|p| p.sudo)
     }
 
     fn check_path(&self, path: &str) -> Result<(), Denial> {
@@ -209,9 +288,16 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
-/// True when `command` (run under sudo or not) matches one of `patterns`.
-pub(crate) fn command_permitted(patterns: &[String], command: &str, _sudo: bool) -> bool {
-    patterns.iter().any(|p| glob_match(p, command))
+/// True when `patterns` (argv patterns, as in [`Grant::commands`]) allow `line` run under
+/// sudo or not. Shell text (a raw-shell grant) matches no argv pattern: it is allowed without
+/// sudo, and under sudo only by `sudo **`. Used for the grant and for the manifest's own
+/// requested patterns alike.
+pub(crate) fn commands_allow(patterns: &[String], line: &CommandLine, sudo: bool) -> bool {
+    let mut parsed = patterns.iter().filter_map(|p| Pattern::parse(p).ok());
+    match line {
+        CommandLine::Raw(_) => !sudo || parsed.any(|p| p.allows_any_sudo()),
+        CommandLine::Argv(words) => parsed.any(|p| p.matches(words, sudo)),
+    }
 }
 
 /// True when normalised `path` equals `prefix` or lies below it, on component boundaries
@@ -229,170 +315,6 @@ pub(crate) fn path_under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Matches `text` against `pattern`, where `*` matches any run of characters (including
-/// none) and every other character matches itself.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((star, matched)) = backtrack {
-            pi = star + 1;
-            ti = matched + 1;
-            backtrack = Some((star, matched + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grant() -> Grant {
-        Grant {
-            credentials: ["ops".to_string()].into(),
-            targets: ["web-1".to_string()].into(),
-            commands: vec!["apt list *".to_string(), "uptime".to_string()],
-            paths: vec!["/var/log".to_string()],
-            rotations: ["ops".to_string()].into(),
-        }
-    }
-
-    #[test]
-    fn rotation_needs_its_own_grant_and_a_granted_admin_and_target() {
-        let rotate = |credential, target, admin| Request::Rotate {
-            target,
-            credential,
-            admin,
-        };
-        assert!(grant().authorize(&rotate("ops", "web-1", "ops")).is_ok());
-        let no_rotation = Grant {
-            rotations: BTreeSet::new(),
-            ..grant()
-        };
-        assert_eq!(
-            no_rotation
-                .authorize(&rotate("ops", "web-1", "ops"))
-                .map_err(|d| d.rule),
-            Err("grant.rotations")
-        );
-        let rule = |r| grant().authorize(&r).map_err(|d| d.rule);
-        assert_eq!(rule(rotate("ops", "db-1", "ops")), Err("grant.targets"));
-        assert_eq!(
-            rule(rotate("ops", "web-1", "root")),
-            Err("grant.credentials")
-        );
-    }
-
-    #[test]
-    fn denies_credential_outside_grant() {
-        let d = grant().authorize(&Request::Acquire { credential: "root" });
-        assert_eq!(d.map_err(|d| d.rule), Err("grant.credentials"));
-        assert!(
-            grant()
-                .authorize(&Request::Acquire { credential: "ops" })
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn denies_exec_on_target_outside_grant() {
-        let r = Request::Exec {
-            target: "db-1",
-            credential: "ops",
-            command: "uptime",
-            sudo: false,
-        };
-        assert_eq!(
-            grant().authorize(&r).map_err(|d| d.rule),
-            Err("grant.targets")
-        );
-    }
-
-    #[test]
-    fn denies_command_matching_no_pattern() {
-        let ok = Request::Exec {
-            target: "web-1",
-            credential: "ops",
-            command: "apt list --upgradable",
-            sudo: false,
-        };
-        assert!(grant().authorize(&ok).is_ok());
-        let bad = Request::Exec {
-            target: "web-1",
-            credential: "ops",
-            command: "rm -rf /",
-            sudo: false,
-        };
-        assert_eq!(
-            grant().authorize(&bad).map_err(|d| d.rule),
-            Err("grant.commands")
-        );
-        let sneaky = Request::Exec {
-            target: "web-1",
-            credential: "ops",
-            command: "uptime; id",
-            sudo: false,
-        };
-        assert!(grant().authorize(&sneaky).is_err());
-    }
-
-    #[test]
-    fn empty_command_list_allows_any_command() {
-        let g = Grant {
-            commands: vec![],
-            ..grant()
-        };
-        let r = Request::Exec {
-            target: "web-1",
-            credential: "ops",
-            command: "id",
-            sudo: false,
-        };
-        assert!(g.authorize(&r).is_ok());
-    }
-
-    #[test]
-    fn dotdot_never_escapes_the_granted_prefix() {
-        let p = normalize_path("/var/log/../../etc/shadow").unwrap_or_default();
-        assert_eq!(p, "/etc/shadow");
-        let r = Request::Transfer {
-            target: "web-1",
-            credential: "ops",
-            path: &p,
-        };
-        assert_eq!(
-            grant().authorize(&r).map_err(|d| d.rule),
-            Err("grant.paths")
-        );
-        assert_eq!(normalize_path("/../../etc").as_deref(), Some("/etc"));
-    }
-
-    #[test]
-    fn path_prefix_matches_on_component_boundaries() {
-        assert!(path_under("/var/log/syslog", "/var/log"));
-        assert!(path_under("/var/log", "/var/log/"));
-        assert!(!path_under("/var/logs/x", "/var/log"));
-        assert!(normalize_path("relative/path").is_none());
-        assert!(normalize_path("/a\0b").is_none());
-    }
-
-    #[test]
-    fn glob_matches_stars_anywhere() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("a*c", "abbbc"));
-        assert!(glob_match("*.log", "x.log"));
-        assert!(!glob_match("*.log", "x.logs"));
-        assert!(glob_match("a**b", "ab"));
-        assert!(!glob_match("abc", "abcd"));
-    }
-}
+#[path = "grant_tests.rs"]
+mod tests;

@@ -15,6 +15,8 @@
 //!
 //! Only this module may reveal a secret, and only to the SSH layer.
 
+pub mod admin;
+pub mod argv;
 mod call;
 pub mod credentials;
 pub mod grant;
@@ -184,6 +186,7 @@ impl HostContext {
             return grant;
         };
         let (target, credential, command, path) = request.parts();
+        let sudo = request.sudo();
         let owned = |v: Option<&str>| v.map(str::to_string);
         let (engine, run_id, module) = (
             policy.engine.clone(),
@@ -214,6 +217,7 @@ impl HostContext {
                 path: path.as_deref(),
                 module_requested,
                 grant_permits,
+                sudo,
             })
         })
         .await;

@@ -641,6 +641,8 @@ impl HostContext {
             // admin logs in there, so both leases must allow this target.
             leases: vec![&account, &admin],
             limit: None,
+            credential_use: None,
+            refusal: None,
             effect: Effect::World,
         };
         let mut admitted = match self.admit(call).await? {

@@ -39,10 +39,10 @@ fn denial(detail: String) -> Denial {
 impl ManifestScope {
     /// Refuses a call that goes beyond what the manifest requested.
     pub fn permits(&self, request: &Request<'_>, targets: &TargetStore) -> Result<(), Denial> {
-        let (target, _, command, path) = request.parts();
-        if let Some(command) = command
+        let (target, _, _, path) = request.parts();
+        if let Request::Exec { line, sudo, .. } = request
             && !self.requests.commands.is_empty()
-            && !grant::command_permitted(&self.requests.commands, command, request.sudo())
+            && !grant::commands_allow(&self.requests.commands, line, *sudo)
         {
             return Err(denial(
                 "command matches none of the command patterns the module's manifest requests"

@@ -22,9 +22,10 @@ use crate::ssh::{ExecRequest, ExecResult, SshCredential};
 
 use super::HostContext;
 use super::Subject;
+use super::admin::CredentialUse;
 use super::call::{Acting, Effect, HostCall, Redact};
 use super::credentials::CredentialHandle;
-use super::grant::Request;
+use super::grant::{CommandLine, Denial, Request};
 use super::leases::with_lease;
 use super::types::from_ssh;
 
@@ -103,16 +104,25 @@ fn redact_stream(redactor: &Redactor, data: &[u8], truncated: bool) -> Vec<u8> {
     }
 }
 
-/// The host call for one command on one target.
+/// The host call for one command on one target. `line` is the command as the host will
+/// send it (argv words, or shell text under a raw-shell grant), or why it may not be sent.
 fn exec_call<'a>(
     action: &'static str,
     target: &'a str,
     handle: &'a CredentialHandle,
     command: &'a str,
+    line: &'a Result<CommandLine, Denial>,
     options: &ExecOptions,
     arg_bytes: usize,
 ) -> HostCall<'a> {
     let sudo = if options.sudo { " (sudo)" } else { "" };
+    // A command that is not plain words is refused before the grant is asked; the request
+    // then carries an empty line that nothing could match.
+    const NOTHING: &CommandLine = &CommandLine::Argv(Vec::new());
+    let (line, refusal) = match line {
+        Ok(line) => (line, None),
+        Err(denial) => (NOTHING, Some(denial.clone())),
+    };
     HostCall {
         action,
         capability: CAPABILITY,
@@ -121,6 +131,7 @@ fn exec_call<'a>(
             target,
             credential: handle.name(),
             command,
+            line,
             sudo: options.sudo,
         },
         subject: Subject {
@@ -130,6 +141,8 @@ fn exec_call<'a>(
         },
         leases: vec![handle],
         limit: None,
+        credential_use: Some(CredentialUse::Exec { sudo: options.sudo }),
+        refusal,
         effect: Effect::World,
     }
 }
@@ -164,17 +177,20 @@ impl Host for HostContext {
         let stdin_len = options.stdin.as_ref().map_or(0, Vec::len);
         let handle = self.handle(&credential)?;
         let arg_bytes = target.len() + command.len() + stdin_len;
-        let call = exec_call("ssh.exec", &target, &handle, &command, &options, arg_bytes);
+        // Argv words (or raw shell text); what the target runs is what the grant matched.
+        let line = self.grant.command_line(&command);
+        let call = exec_call("ssh.exec", &target, &handle, &command, &line, &options, arg_bytes);
         let mut admitted = match self.admit(call).await? {
             Ok(admitted) => admitted,
             Err(refused) => return Ok(Err(refused)),
         };
         let cap = self.limits.output_bytes;
         let credential = admitted.credential(0);
+        let wire = line.as_ref().map(CommandLine::shell_text).unwrap_or_default();
         let result = self
             .act(async |acting| {
                 let credential = credential?;
-                exec_on(&acting, &target, &credential, &command, &options, cap).await
+                exec_on(&acting, &target, &credential, &wire, &options, cap).await
             })
             .await;
         admitted.subject.detail = Some(exec_detail(&command, &options, &handle, &result));
@@ -196,11 +212,12 @@ impl Host for HostContext {
         // The fan-out's bytes are checked once, on its first target.
         let names_len: usize = targets.iter().map(String::len).sum();
         let mut arg_bytes = names_len + command.len() + options.stdin.as_ref().map_or(0, Vec::len);
+        let line = self.grant.command_line(&command);
         let calls = targets
             .iter()
             .map(|target| {
                 let bytes = std::mem::take(&mut arg_bytes);
-                exec_call("ssh.exec-many", target, &handle, &command, &options, bytes)
+                exec_call("ssh.exec-many", target, &handle, &command, &line, &options, bytes)
             })
             .collect();
         let admitted = self.admit_all(calls).await?;
@@ -217,7 +234,8 @@ impl Host for HostContext {
                 self.act(async |acting| {
                     let credential = credential?;
                     let (acting, credential) = (&acting, &credential);
-                    let (targets, command, options) = (&targets, &command, &options);
+                    let wire = line.as_ref().map(CommandLine::shell_text).unwrap_or_default();
+                    let (targets, command, options) = (&targets, &wire, &options);
                     Ok(futures::stream::iter(admitted_targets)
                         .map(|i| async move {
                             let target = &targets[i];

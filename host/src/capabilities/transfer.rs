@@ -14,6 +14,7 @@ use wasmtime::component::Resource;
 use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
 
+use super::admin::CredentialUse;
 use super::call::{Effect, HostCall};
 use super::credentials::CredentialHandle;
 use super::grant::{Request, normalize_path};
@@ -86,6 +87,8 @@ impl HostContext {
             },
             leases: vec![&handle],
             limit: None,
+            credential_use: Some(CredentialUse::Transfer),
+            refusal: None,
             effect: Effect::World,
         };
         let mut admitted = match self.admit(call).await? {

@@ -52,9 +52,13 @@ pub enum ProcessCommand {
         /// A target the process may act on.
         #[arg(long = "target")]
         targets: Vec<String>,
-        /// A command pattern the process may run.
+        /// A command pattern the process may run, as argv words (`*` one word, `**` last for
+        /// the rest, a leading `sudo` for sudo). None: no command.
         #[arg(long = "command")]
         commands: Vec<String>,
+        /// Trusted processes only: commands go to the target as shell text, not argv words.
+        #[arg(long = "allow-raw-shell")]
+        raw_shell: bool,
         /// A path prefix the process may transfer files under.
         #[arg(long = "path")]
         paths: Vec<String>,
@@ -278,6 +282,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             credentials,
             targets,
             commands,
+            raw_shell,
             paths,
             rotations,
             inputs,
@@ -288,7 +293,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             let body = json!({
                 "name": name,
                 "module_digest": module,
-                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "paths": paths, "rotations": rotations },
+                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "raw_shell": raw_shell, "paths": paths, "rotations": rotations },
                 "default_inputs": parse_inputs(&inputs)?,
                 "required_approvals": required_approvals,
             });

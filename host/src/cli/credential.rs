@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read};
 use clap::Subcommand;
 
 use super::DataArg;
-use crate::vault::{CredentialKind, Secret, Vault};
+use crate::vault::{CredentialKind, NewCredential, Secret, Vault};
 
 /// Largest secret read from stdin. Blocks a runaway pipe.
 const MAX_SECRET_INPUT: u64 = 64 << 10;
@@ -23,10 +23,14 @@ pub enum CredentialCommand {
         /// `password` or `ssh-key` (an OpenSSH private key).
         #[arg(long, default_value = "password")]
         kind: String,
+        /// An admin credential: used only for privileged operations (sudo with its password,
+        /// rotation's admin), never for a task's own unprivileged commands or transfers.
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         data: DataArg,
     },
-    /// List credentials: names, usernames and kinds only.
+    /// List credentials: names, usernames, kinds and whether each is an admin credential.
     List {
         #[command(flatten)]
         data: DataArg,
@@ -42,21 +46,34 @@ pub async fn run(cmd: CredentialCommand) -> anyhow::Result<i32> {
             name,
             username,
             kind,
+            admin,
             data,
         } => {
             let kind: CredentialKind = kind.parse()?;
             let dir = data.open()?;
             let vault = Vault::open(&dir.db, dir.master_key)?;
             let secret = read_secret(kind)?;
-            vault.add(&name, &username, kind, secret)?;
-            println!("added credential '{name}' for user '{username}'");
+            let new = NewCredential {
+                name: &name,
+                username: &username,
+                kind,
+                admin,
+            };
+            vault.add_credential(new, secret, crate::vault::UNATTRIBUTED, "created")?;
+            let what = if admin {
+                "admin credential"
+            } else {
+                "credential"
+            };
+            println!("added {what} '{name}' for user '{username}'");
             Ok(0)
         }
         CredentialCommand::List { data } => {
             let dir = data.open()?;
             let vault = Vault::open(&dir.db, dir.master_key)?;
             for info in vault.list()? {
-                println!("{}\t{}\t{}", info.name, info.username, info.kind);
+                let role = if info.admin { "admin" } else { "-" };
+                println!("{}\t{}\t{}\t{role}", info.name, info.username, info.kind);
             }
             Ok(0)
         }

@@ -16,6 +16,8 @@ use clap::Args;
 use super::DataArg;
 use crate::audit::AuditLog;
 use crate::bridge::{Bridge, RunSpec};
+use crate::capabilities::admin::check_grant_credentials;
+use crate::capabilities::argv::Pattern;
 use crate::capabilities::grant::Grant;
 use crate::capabilities::{RunIdentity, Services};
 use crate::registry::manifest::Manifest;
@@ -46,9 +48,15 @@ pub struct ExecArgs {
     /// A target the run may act on.
     #[arg(long = "allow-target", value_name = "NAME")]
     targets: Vec<String>,
-    /// A command pattern the run may execute (`*` wildcard); none means any command.
+    /// A command pattern the run may execute, as argv words: `*` one word, `**` (last) the
+    /// rest, a leading `sudo` for sudo (e.g. `systemctl status *`, `sudo apt-get install **`).
+    /// None: no command.
     #[arg(long = "allow-command", value_name = "PATTERN")]
     commands: Vec<String>,
+    /// Trusted tasks only: send commands to the target as shell text instead of argv words
+    /// (sudo then needs `--allow-command 'sudo **'`).
+    #[arg(long = "allow-raw-shell")]
+    raw_shell: bool,
     /// A path prefix the run may transfer files under.
     #[arg(long = "allow-path", value_name = "PREFIX")]
     paths: Vec<String>,
@@ -95,10 +103,15 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     } = dir;
     let vault = Vault::open(&db, master_key)?;
     let targets = TargetStore::open(&db)?;
+    let mut infos = Vec::new();
     for name in args.credentials.iter().chain(&args.rotations) {
-        if vault.info(name)?.is_none() {
-            anyhow::bail!("unknown credential '{name}' (see `warden credential list`)");
+        match vault.info(name)? {
+            Some(info) => infos.push(info),
+            None => anyhow::bail!("unknown credential '{name}' (see `warden credential list`)"),
         }
+    }
+    for pattern in &args.commands {
+        Pattern::parse(pattern).with_context(|| format!("--allow-command {pattern:?}"))?;
     }
     for name in &args.targets {
         if targets.get(name)?.is_none() {
@@ -119,9 +132,11 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         credentials: args.credentials.into_iter().collect(),
         targets: args.targets.into_iter().collect(),
         commands: args.commands,
+        raw_shell: args.raw_shell,
         paths: args.paths,
         rotations: args.rotations.into_iter().collect(),
     };
+    check_grant_credentials(&grant, &infos).map_err(anyhow::Error::msg)?;
     let module = manifest.as_ref().map_or_else(
         || {
             args.task

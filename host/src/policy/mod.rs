@@ -306,6 +306,8 @@ pub struct HostCallRequest<'a> {
     pub module_requested: bool,
     /// Whether the process grant permits this call.
     pub grant_permits: bool,
+    /// Whether the call runs its command under sudo (false for every non-exec call).
+    pub sudo: bool,
 }
 
 /// The loaded schema and policies; cheap to clone and shared between threads.

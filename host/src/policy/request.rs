@@ -173,6 +173,7 @@ impl Names {
             ("path".to_string(), text(call.path)),
             ("module_requested".to_string(), flag(call.module_requested)),
             ("grant_permits".to_string(), flag(call.grant_permits)),
+            ("sudo".to_string(), flag(call.sudo)),
         ])
         .map_err(|e| e.to_string())?;
         let principal = Self::uid(&self.module, call.module);
@@ -193,6 +194,7 @@ impl Names {
             path: Some("probe"),
             module_requested: true,
             grant_permits: true,
+            sudo: true,
         };
         let credential_only = HostCallRequest {
             target: None,

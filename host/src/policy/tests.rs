@@ -569,6 +569,7 @@ fn host_call(module_requested: bool, grant_permits: bool) -> HostCallRequest<'st
         path: None,
         module_requested,
         grant_permits,
+        sudo: false,
     }
 }
 
@@ -693,6 +694,28 @@ fn admin_restriction_on_host_calls_denies_by_its_own_id() {
             .authorize_host_call(&transfer("/var/log/syslog"))
             .allowed
     );
+}
+
+#[test]
+fn a_policy_can_forbid_sudo_on_host_calls() {
+    let dir = policy_copy();
+    write(
+        dir.path(),
+        "site.cedar",
+        r#"@id("no-sudo")
+        forbid (principal, action == Action::"HostCall", resource)
+        when { context.sudo };"#,
+    );
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let call = |sudo| HostCallRequest {
+        sudo,
+        ..host_call(true, true)
+    };
+    assert_eq!(
+        engine.authorize_host_call(&call(true)),
+        denied(&["no-sudo"])
+    );
+    assert!(engine.authorize_host_call(&call(false)).allowed);
 }
 
 #[test]

@@ -19,6 +19,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal, now_ms};
+use crate::capabilities::argv::Pattern;
 use crate::capabilities::grant::{Grant, normalize_path};
 
 /// Tree holding processes by id.
@@ -183,10 +184,15 @@ fn check_grant(grant: &Grant) -> Result<(), RunsError> {
     check_list("grant.credentials", grant.credentials.iter(), valid_name)?;
     check_list("grant.targets", grant.targets.iter(), valid_name)?;
     check_list("grant.commands", grant.commands.iter(), |c| {
-        !c.is_empty()
-            && c.len() <= MAX_PATTERN_BYTES
-            && !c.chars().any(|ch| ch.is_control() && ch != '\t')
+        c.len() <= MAX_PATTERN_BYTES
     })?;
+    // Each pattern must be argv words (`capabilities::argv`); the error says what is wrong.
+    for pattern in &grant.commands {
+        if let Err(e) = Pattern::parse(pattern) {
+            let why = e.to_string().replacen("the command", "the pattern", 1);
+            return Err(invalid("grant.commands", format!("{pattern:?}: {why}")));
+        }
+    }
     check_list("grant.paths", grant.paths.iter(), |p| {
         p.len() <= MAX_PATTERN_BYTES && normalize_path(p).is_some()
     })

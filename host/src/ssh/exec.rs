@@ -2,7 +2,8 @@
 //!
 //! Threat: the sudo password leaking on the target. It never goes into the command line
 //! (visible in `/proc/*/cmdline` to every local user) or the environment. The command runs as
-//! `sudo -S -p '<nonce>' -- sh -c '<script>'`; the host writes the password to the channel's
+//! `/usr/bin/sudo -S -p '<nonce>' -- /bin/sh -c '<script>'` (absolute paths, so no `PATH`
+//! entry or same-named program of the account's is run instead); the host writes the password to the channel's
 //! stdin only after sudo's stderr shows the random prompt `<nonce>`, i.e. only when sudo is
 //! actually reading a password. Without that gate, a sudo that does not ask (NOPASSWD rule,
 //! cached timestamp) would hand the password to the command as its stdin. The script starts
@@ -13,6 +14,12 @@
 //!
 //! With a key credential there is no password: `sudo -n` is used, which fails unless a
 //! NOPASSWD rule allows the command; its error message is returned as ordinary output.
+//!
+//! The command text itself is built by the capability layer: argv words each single-quoted
+//! (`capabilities::argv`), or shell text under an explicit raw-shell grant. Absolute paths do
+//! not protect a password from an account whose shell start-up the task controls (the start-up
+//! runs before the command line is even parsed); that is why a password is typed only for an
+//! admin credential (`capabilities::admin`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +61,13 @@ pub(crate) struct Plan {
     password_line: Option<Zeroizing<Vec<u8>>>,
 }
 
+/// The sudo binary, by absolute path: a relative `sudo` would be looked up on the account's
+/// `PATH`.
+const SUDO: &str = "/usr/bin/sudo";
+
+/// The shell sudo runs the script with, by absolute path for the same reason.
+const SH: &str = "/bin/sh";
+
 /// Checks a request against the caps and builds the command line.
 pub(crate) fn plan(req: &ExecRequest, cred: &SshCredential) -> Result<Plan, SshError> {
     validate(req)?;
@@ -75,13 +89,16 @@ pub(crate) fn plan(req: &ExecRequest, cred: &SshCredential) -> Result<Plan, SshE
             let mut line = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
             line.push(b'\n');
             let wire = format!(
-                "sudo -S -p {} -- sh -c {}",
+                "{SUDO} -S -p {} -- {SH} -c {}",
                 shell_quote(&gate.prompt_str()),
                 shell_quote(&script)
             );
             (wire, Some(line))
         }
-        SshAuth::PrivateKey(_) => (format!("sudo -n -- sh -c {}", shell_quote(&script)), None),
+        SshAuth::PrivateKey(_) => (
+            format!("{SUDO} -n -- {SH} -c {}", shell_quote(&script)),
+            None,
+        ),
     };
     Ok(Plan {
         wire,
@@ -504,7 +521,12 @@ mod tests {
             &password_cred(),
         )
         .unwrap();
-        assert!(p.wire.starts_with("sudo -S -p '[sudo "), "{}", p.wire);
+        assert!(
+            p.wire.starts_with("/usr/bin/sudo -S -p '[sudo "),
+            "{}",
+            p.wire
+        );
+        assert!(p.wire.contains(" -- /bin/sh -c '"), "{}", p.wire);
         assert!(!p.wire.contains("pa'ss"));
         assert!(!p.wire.contains("pa'\\''ss"));
         assert_eq!(p.password_line.as_deref().unwrap(), b"pa'ss word$1\n");
@@ -521,7 +543,11 @@ mod tests {
             &key,
         )
         .unwrap();
-        assert!(p.wire.starts_with("sudo -n -- sh -c "), "{}", p.wire);
+        assert!(
+            p.wire.starts_with("/usr/bin/sudo -n -- /bin/sh -c "),
+            "{}",
+            p.wire
+        );
         assert!(p.password_line.is_none());
     }
 

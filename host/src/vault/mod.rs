@@ -201,6 +201,23 @@ pub struct CredentialInfo {
     pub kind: CredentialKind,
     /// Unix time in milliseconds.
     pub created_ms: u64,
+    /// An admin credential: its secret is typed only by the host for privileged operations
+    /// (sudo with a password, rotation's admin), never used for a task's own unprivileged
+    /// command or file transfer, because a task that runs commands as an account can take
+    /// over that account's shell start-up. Fixed at creation; false for records stored
+    /// before the flag existed.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// What identifies a new credential ([`Vault::add_credential`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NewCredential<'a> {
+    pub name: &'a str,
+    pub username: &'a str,
+    pub kind: CredentialKind,
+    /// See [`CredentialInfo::admin`].
+    pub admin: bool,
 }
 
 /// Secret bytes (a password or private key): wiped on drop, never printed or serialized.
@@ -381,6 +398,30 @@ impl Vault {
         created_by: &str,
         reason: &str,
     ) -> Result<CredentialInfo, VaultError> {
+        let new = NewCredential {
+            name,
+            username,
+            kind,
+            admin: false,
+        };
+        self.add_credential(new, secret, created_by, reason)
+    }
+
+    /// Stores a new credential durably, admin or not, its first version attributed to
+    /// `created_by` for `reason`; refuses an existing name.
+    pub fn add_credential(
+        &self,
+        new: NewCredential<'_>,
+        secret: Secret,
+        created_by: &str,
+        reason: &str,
+    ) -> Result<CredentialInfo, VaultError> {
+        let NewCredential {
+            name,
+            username,
+            kind,
+            admin,
+        } = new;
         validate_name(name)?;
         validate_username(username)?;
         validate_secret(&secret)?;
@@ -391,6 +432,7 @@ impl Vault {
             username: username.to_owned(),
             kind,
             created_ms,
+            admin,
         };
         let first = new_version(1, created_by, reason, VersionState::Current);
         let envelope =

@@ -79,6 +79,10 @@ pub(crate) struct StoredRecord {
     pub username: String,
     pub kind: CredentialKind,
     pub created_ms: u64,
+    /// An admin credential. Absent in records written before the flag existed (false);
+    /// bound into the header only when true, so those records still authenticate.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub admin: bool,
     /// Never reused, so a dropped version's number cannot name a later secret.
     pub next_version: u32,
     /// Public fingerprint of the master key that wraps every data key and seals the header.
@@ -91,6 +95,10 @@ pub(crate) struct StoredRecord {
 pub(crate) enum Stored {
     V1(LegacyRecord),
     V2(StoredRecord),
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Deserialize)]
@@ -141,6 +149,8 @@ pub(crate) struct RecordMeta {
     pub username: String,
     pub kind: CredentialKind,
     pub created_ms: u64,
+    /// An admin credential (see [`CredentialInfo::admin`]).
+    pub admin: bool,
 }
 
 /// One version with its data key unwrapped (the secret stays sealed).
@@ -211,6 +221,7 @@ impl Envelope {
             created_ms: self
                 .current()
                 .map_or(self.meta.created_ms, |v| v.info.created_ms),
+            admin: self.meta.admin,
         }
     }
 
@@ -251,6 +262,7 @@ impl Envelope {
             username: self.meta.username.clone(),
             kind: self.meta.kind,
             created_ms: self.meta.created_ms,
+            admin: self.meta.admin,
             next_version: self.next_version,
             master_key_id,
             versions,
@@ -271,6 +283,7 @@ impl StoredRecord {
             username: self.username.clone(),
             kind: self.kind,
             created_ms: self.created_ms,
+            admin: self.admin,
         }
     }
 
@@ -338,6 +351,7 @@ impl LegacyRecord {
             username: self.username.clone(),
             kind: self.kind,
             created_ms: self.created_ms,
+            admin: false,
         }
     }
 
@@ -460,6 +474,11 @@ fn header_aad(record: &StoredRecord) -> Vec<u8> {
         record.master_key_id.as_bytes().to_vec(),
         (record.versions.len() as u64).to_be_bytes().to_vec(),
     ];
+    if record.admin {
+        // Only when set, so records sealed before the flag existed open unchanged; an edit
+        // either way (setting it, or dropping it from an admin record) breaks the header.
+        fields.push(b"admin".to_vec());
+    }
     for v in &record.versions {
         fields.push(v.version.to_be_bytes().to_vec());
         fields.push(v.created_ms.to_be_bytes().to_vec());
@@ -493,6 +512,7 @@ mod tests {
             username: "root".into(),
             kind: CredentialKind::Password,
             created_ms: 42,
+            admin: false,
         }
     }
 
@@ -544,7 +564,8 @@ mod tests {
     #[test]
     fn rejects_every_metadata_edit() {
         let master = MasterKey::generate();
-        let edits: [fn(&mut StoredRecord); 12] = [
+        let edits: [fn(&mut StoredRecord); 13] = [
+            |r| r.admin = true,
             |r| r.name = "db-root2".into(),
             |r| r.username = "admin".into(),
             |r| r.kind = CredentialKind::SshKey,
@@ -565,6 +586,30 @@ mod tests {
             edit(&mut record);
             assert!(open(&record, &master).is_err(), "edit {i}");
         }
+    }
+
+    #[test]
+    fn admin_flag_is_authenticated_and_absent_from_old_records() {
+        let master = MasterKey::generate();
+        let secret = Secret::from_bytes(b"pw".to_vec());
+        let admin_meta = RecordMeta {
+            admin: true,
+            ..meta()
+        };
+        let env = Envelope::new(admin_meta, version(1, VersionState::Current), &secret).unwrap();
+        let mut record = env.seal(&master).unwrap();
+        assert!(open(&record, &master).unwrap().info().admin);
+        record.admin = false;
+        assert!(
+            open(&record, &master).is_err(),
+            "admin flag dropped unnoticed"
+        );
+        // A record written before the flag existed has no `admin` key and opens as non-admin.
+        let plain = two_versions(&master);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("admin"), "{json}");
+        let parsed: StoredRecord = serde_json::from_str(&json).unwrap();
+        assert!(!open(&parsed, &master).unwrap().info().admin);
     }
 
     #[test]

@@ -469,10 +469,11 @@ fn credential_kind_parses_and_serializes_as_documented() {
         username: "u".into(),
         kind: CredentialKind::Password,
         created_ms: 1,
+        admin: false,
     };
     assert_eq!(
         serde_json::to_string(&info).unwrap(),
-        r#"{"name":"n","username":"u","kind":"password","created_ms":1}"#
+        r#"{"name":"n","username":"u","kind":"password","created_ms":1,"admin":false}"#
     );
 }
 
@@ -983,6 +984,7 @@ fn put_legacy(fixture: &Fixture, key: &MasterKey, name: &str, secret_bytes: &[u8
         username: "root".into(),
         kind: CredentialKind::Password,
         created_ms: 1_700_000_000_000,
+        admin: false,
     };
     let legacy = record::LegacyRecord::seal(key, &meta, &secret(secret_bytes)).unwrap();
     fixture

@@ -1,5 +1,9 @@
 //! `/v1/credentials`: create credentials and list their metadata. No endpoint ever returns
 //! a secret; a secret arrives only in a request body and goes straight into the vault.
+//! A credential may be created as an *admin* credential (`"admin": true`), whose secret is
+//! typed only for privileged operations (`capabilities::admin`); the flag is shown in every
+//! listing and audited at creation. Process grants are checked against these flags here too
+//! ([`AppState::check_grant_credentials`]).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,8 +17,10 @@ use super::Body;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
+use crate::capabilities::admin::check_grant_credentials;
+use crate::capabilities::grant::Grant;
 use crate::policy::Action;
-use crate::vault::{CredentialInfo, CredentialKind, Secret, VersionInfo};
+use crate::vault::{self, CredentialInfo, CredentialKind, Secret, VersionInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -33,6 +39,10 @@ struct NewCredential {
     kind: String,
     /// The secret; wiped from memory once stored.
     secret: Zeroizing<String>,
+    /// An admin credential: used only for privileged operations (sudo, rotation's admin),
+    /// never for a task's unprivileged commands or transfers.
+    #[serde(default)]
+    admin: bool,
 }
 
 fn default_kind() -> String {
@@ -66,16 +76,22 @@ async fn add_credential(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid", "kind must be password or ssh-key"))?;
     let secret = Secret::from_bytes(req.secret.as_bytes().to_vec());
-    let info = state.vault.add_attributed(
-        &req.name,
-        &req.username,
+    let new = vault::NewCredential {
+        name: &req.name,
+        username: &req.username,
         kind,
-        secret,
-        &caller.user.name,
-        "created over the API",
-    )?;
+        admin: req.admin,
+    };
+    let info =
+        state
+            .vault
+            .add_credential(new, secret, &caller.user.name, "created over the API")?;
+    let action = match info.admin {
+        true => "credential.create-admin",
+        false => "credential.create",
+    };
     state
-        .audit_credential(&caller.user.name, "credential.create", &info.name)
+        .audit_credential(&caller.user.name, action, &info.name)
         .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
@@ -142,4 +158,22 @@ async fn list_versions(
         .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
     Ok(Json(state.vault.versions(&name)?))
+}
+
+impl AppState {
+    /// Refuses (400 `invalid_grant`) a grant whose credentials break the admin rules: an
+    /// admin credential with a non-admin one of the same username, or sudo patterns that no
+    /// granted credential may use (`capabilities::admin::check_grant_credentials`).
+    pub(crate) fn check_grant_credentials(&self, grant: &Grant) -> Result<(), ApiError> {
+        let mut infos = Vec::with_capacity(grant.credentials.len());
+        for name in &grant.credentials {
+            // A name the vault refuses (too long, bad characters) is the process store's to
+            // reject; it cannot name an existing credential.
+            if let Ok(Some(info)) = self.vault.info(name) {
+                infos.push(info);
+            }
+        }
+        check_grant_credentials(grant, &infos)
+            .map_err(|why| ApiError::bad_request("invalid_grant", why))
+    }
 }

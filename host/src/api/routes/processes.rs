@@ -171,6 +171,7 @@ async fn create_process(
         .authorize_system(&caller, Action::ManageProcess, "processes")
         .await?;
     let module = active_module(&state, &req.module_digest)?;
+    state.check_grant_credentials(&req.grant)?;
     let process = state.processes.create(NewProcess {
         name: req.name,
         description: req.description,
@@ -220,6 +221,7 @@ async fn update_process(
         .authorize_process(&caller, Action::ManageProcess, &process)
         .await?;
     let module = active_module(&state, &req.module_digest)?;
+    state.check_grant_credentials(&req.grant)?;
     let updated = state.processes.update(&id, |p| {
         p.name = req.name;
         p.description = req.description;

@@ -83,7 +83,8 @@ fn redact_output(redactor: &Redactor, r: ExecResult) -> ExecOutput {
     }
 }
 
-/// A cut stream may end in the first half of a secret; that fragment is redacted too.
+/// A cut stream may end in the first half of a secret: it loses a fixed tail instead (never
+/// one that depends on what the bytes are, which would be an oracle; see `crate::redact`).
 fn redact_stream(redactor: &Redactor, data: &[u8], truncated: bool) -> Vec<u8> {
     if truncated {
         redactor.redact_truncated(data)

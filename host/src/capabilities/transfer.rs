@@ -1,10 +1,12 @@
 //! `transfer`: files to and from targets over SFTP.
 //!
 //! Threat: a task reading or writing files outside what its process was granted. Paths
-//! must be absolute; they are normalised lexically (so `..` cannot climb out) and the
-//! normalised path — the one actually used on the target — must lie under a granted
-//! prefix. Sizes are capped both ways by the per-call byte limit; downloads stream and
-//! stop at the cap. Downloaded bytes are redacted like command output.
+//! must be absolute; they are normalised lexically (so `..` cannot climb out) and must lie
+//! under a granted prefix. Then the target resolves the path (`ssh::SshPool::resolve`:
+//! the parent's `realpath`, no link as the final component), and the resolved path — the
+//! only one acted on — must lie under a granted prefix too, so a symlink inside the prefix
+//! cannot lead outside it. Sizes are capped both ways by the per-call byte limit; downloads
+//! stream and stop at the cap. Downloaded bytes are redacted like command output.
 
 /// The WIT interface this file implements, as the manifest and policies name it.
 const CAPABILITY: &str = "transfer";
@@ -14,10 +16,10 @@ use wasmtime::component::Resource;
 use crate::audit::Decision;
 use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
-use crate::ssh::SshCredential;
+use crate::ssh::{Access, PendingTransfer, SshCredential};
 
 use super::credentials::CredentialHandle;
-use super::grant::{Request, normalize_path};
+use super::grant::{Denial, Request, normalize_path};
 use super::leases::{Refusal, with_lease};
 use super::ssh::redact_error;
 use super::types::{from_ssh, internal};
@@ -83,35 +85,75 @@ impl HostContext {
                 return self.finish(call, subject, Decision::Allowed, Err(e)).await;
             }
         };
-        let result = self.move_bytes(&target, &cred, &normal, direction).await;
+        // Resolve on the target, authorise the resolved path, then act on exactly that path.
+        let pending = match self.resolve(&target, &cred, &normal, &direction).await {
+            Ok(pending) => pending,
+            Err(e) => return self.finish(call, subject, Decision::Allowed, Err(e)).await,
+        };
+        let resolved = pending.path().to_string();
+        let shown = if resolved == normal {
+            format!("path: {normal}")
+        } else {
+            format!("path: {normal} (resolves to {resolved})")
+        };
+        subject.detail = Some(with_lease(shown.clone(), &handle));
+        let request = Request::Transfer {
+            target: &target,
+            credential: handle.name(),
+            path: &resolved,
+        };
+        if let Err(denial) = self.authorize(CAPABILITY, &request).await {
+            let denial = Denial {
+                detail: format!(
+                    "{normal} resolves to {resolved} on the target; {}",
+                    denial.detail
+                ),
+                ..denial
+            };
+            return self.deny(call, subject, denial).await;
+        }
+        let result = self.move_bytes(pending, direction).await;
         if let Ok((bytes, _)) = &result {
-            let detail = format!("path: {normal}; {bytes} bytes");
-            subject.detail = Some(with_lease(detail, &handle));
+            subject.detail = Some(with_lease(format!("{shown}; {bytes} bytes"), &handle));
         }
         self.finish(call, subject, Decision::Allowed, result).await
     }
 
-    async fn move_bytes(
+    /// Asks the target where `path` really leads (nothing is read or written yet).
+    async fn resolve(
         &mut self,
         target_name: &str,
         cred: &SshCredential,
         path: &str,
-        direction: Direction<'_>,
-    ) -> Result<(u64, Vec<u8>), Error> {
+        direction: &Direction<'_>,
+    ) -> Result<PendingTransfer, Error> {
         let target = match self.services.targets.get(target_name) {
             Ok(Some(t)) => t,
             Ok(None) => return Err(Error::NotFound(format!("no target named '{target_name}'"))),
             Err(e) => return Err(internal("looking up the target", e)),
         };
-        let ssh = &self.services.ssh;
+        let access = match direction {
+            Direction::Upload { .. } => Access::Write,
+            Direction::Download => Access::Read,
+        };
+        let resolved = self.services.ssh.resolve(&target, cred, path, access).await;
+        resolved.map_err(|e| redact_error(&self.redactor, from_ssh(e)))
+    }
+
+    async fn move_bytes(
+        &mut self,
+        pending: PendingTransfer,
+        direction: Direction<'_>,
+    ) -> Result<(u64, Vec<u8>), Error> {
         let result = match direction {
-            Direction::Upload { contents, mode } => ssh
-                .upload(&target, cred, path, contents, mode)
+            Direction::Upload { contents, mode } => pending
+                .upload(contents, mode)
                 .await
                 .map(|n| (n, Vec::new())),
             Direction::Download => {
                 let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
-                ssh.download(&target, cred, path, cap)
+                pending
+                    .download(cap)
                     .await
                     .map(|data| (data.len() as u64, self.redactor.redact(&data)))
             }

@@ -10,6 +10,7 @@ mod approvals;
 mod cli;
 mod languages;
 mod leases;
+mod redact;
 mod rotation;
 mod sandbox;
 mod ssh;

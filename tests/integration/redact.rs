@@ -334,6 +334,40 @@ async fn a_joined_secret_cut_by_the_tasks_own_stdout_cap_leaves_no_visible_start
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_api_a_joined_secret_is_in_no_stored_result_error_event_or_audit_record() {
+    let (server, digest) = crate::leases::Server::start().await;
+    let pw = server.user.password.clone();
+    let file = server.user.home.join("secret.txt");
+    std::fs::write(&file, &pw).expect("write secret");
+    let file = file.display();
+    let half = pw.len() / 2;
+    for sink in ["result", "error"] {
+        let inputs = serde_json::json!({
+            "mode": "assemble",
+            "credential": "pw",
+            "target": "t0",
+            "command": format!("head -c {half} {file}"),
+            "command2": format!("tail -c +{} {file}", half + 1),
+            "sink": sink,
+        });
+        let run = server
+            .start_probe(&digest, &format!("joiner-{sink}"), inputs)
+            .await;
+        let ended = server.wait_ended(&run).await;
+        let record = server.get(&format!("/v1/runs/{run}")).await;
+        let audit = server.get(&format!("/v1/audit?run={run}")).await;
+        for text in [ended.to_string(), record.text, audit.text] {
+            assert!(
+                !text.contains(&pw),
+                "{sink}: the joined secret is visible: {text}"
+            );
+        }
+        let field = if sink == "result" { "result" } else { "error" };
+        assert_eq!(ended[field], format!("{sink}: [REDACTED]"), "{ended}");
+    }
+}
+
 fn p(name: &str, value: &str) -> Param {
     Param {
         name: name.into(),

@@ -6,6 +6,26 @@
 //! string on its way out passes through [`Redactor::redact`], which replaces each occurrence of
 //! a secret, or of one of its common encodings, with `[REDACTED]`.
 //!
+//! Second threat: redaction itself as an oracle. A task controls most of the bytes that are
+//! redacted (it chose the command), so anything redaction does that depends on a *partial*
+//! match would tell it whether its guess is the start of a secret. Two rules close that:
+//! - only full occurrences of a registered form are ever replaced; a fragment is never
+//!   treated differently from any other text;
+//! - output that was cut at a size cap ([`Redactor::redact_truncated`]) always loses its last
+//!   [`Redactor::withheld_at_cut`] bytes, whatever they are. That amount is a function of the
+//!   registered lengths only, rounded up to [`CUT_WITHHOLD_BLOCK`] (so the lengths of
+//!   secrets up to 256 bytes are not revealed either, nor whether any secret is registered),
+//!   and is never less than the longest registered form minus one, so an occurrence that
+//!   the cap cut in two lies wholly in the withheld tail.
+//!
+//! Timing: the scan is a Rabin–Karp rolling hash (modulo 2^61−1, with a random base chosen
+//! per redactor and never shown). Every window of every registered length costs the same
+//! arithmetic, branch-free; bytes are compared only when the whole window's hash equals a
+//! form's hash, i.e. for a full match (or a collision the task cannot aim for, probability
+//! about `len / 2^61`). A window that shares a prefix with a secret therefore costs exactly
+//! what a window that shares nothing costs. (A byte-by-byte comparison that stops at the
+//! first difference, as the previous version did, runs longer the more of a guess is right.)
+//!
 //! Registered forms of a secret `s`:
 //! - the raw bytes;
 //! - standard and URL-safe base64, each with and without padding;
@@ -15,19 +35,24 @@
 //! - lowercase and uppercase hex.
 //!
 //! Limits (documented, not handled): encodings wrapped across lines (`base64 -w 76` output of
-//! a long secret), other encodings (URL-encoding, rot13, reversed text) and a secret
-//! transformed by the command. Secrets of any non-zero length are registered, including very
-//! short ones: a short secret over-redacts matching text, which is the safe failure. The empty
-//! secret is ignored since it would match everywhere.
+//! a long secret), other encodings (URL-encoding, rot13, reversed text), a secret transformed
+//! by the command, and a secret emitted in pieces each shorter than a full form (two calls
+//! that each print half, or one half on stdout and one on stderr): a piece cannot be told
+//! apart from ordinary text without becoming the oracle described above. The final strings
+//! of a run (result, error, log lines, captured stdio) are redacted again as a whole, which
+//! catches pieces a task joined back together there. Secrets of any non-zero length are
+//! registered, including very short ones: a short secret over-redacts matching text, which
+//! is the safe failure. The empty secret is ignored since it would match everywhere.
 //!
 //! Overlapping or adjacent occurrences are merged into one `[REDACTED]`, so no byte of any
 //! registered form survives, whichever form matched first.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// What replaces each redacted span.
 pub const MARKER: &[u8] = b"[REDACTED]";
@@ -40,6 +65,11 @@ pub const MIN_UNALIGNED_BASE64_LEN: usize = 4;
 /// byte against a run that registers secrets without limit.
 pub const MAX_PATTERNS: usize = 4096;
 
+/// Granularity of the tail withheld from cut output. Withholding a multiple of this (at
+/// least one block) hides the registered secrets' lengths up to `CUT_WITHHOLD_BLOCK / 2`
+/// bytes (their hex form is the longest) from a task that measures how much was withheld.
+pub const CUT_WITHHOLD_BLOCK: usize = 512;
+
 /// Errors from registering secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum RedactError {
@@ -51,13 +81,88 @@ pub enum RedactError {
 /// clone is redacted by all.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    patterns: Arc<RwLock<Vec<Zeroizing<Vec<u8>>>>>,
+    patterns: Arc<RwLock<Patterns>>,
+}
+
+/// The registered forms, and their hashes grouped by length for the rolling scan.
+struct Patterns {
+    forms: Vec<Zeroizing<Vec<u8>>>,
+    /// Length → (base^(length−1) mod P, [(hash, index into `forms`)]).
+    by_len: BTreeMap<usize, (u64, Vec<(u64, usize)>)>,
+    /// The hash's secret base, in `[256, P)`.
+    base: u64,
+}
+
+impl Default for Patterns {
+    fn default() -> Self {
+        use rand::Rng;
+        Patterns {
+            forms: Vec::new(),
+            by_len: BTreeMap::new(),
+            base: rand::thread_rng().gen_range(256..P),
+        }
+    }
+}
+
+impl Drop for Patterns {
+    fn drop(&mut self) {
+        // The hashes are a function of the secrets under `base`; wipe them with the forms.
+        self.base.zeroize();
+        for (pow, entries) in self.by_len.values_mut() {
+            pow.zeroize();
+            entries.iter_mut().for_each(|(h, _)| h.zeroize());
+        }
+    }
+}
+
+impl Patterns {
+    fn longest(&self) -> usize {
+        self.by_len.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, form: Zeroizing<Vec<u8>>) {
+        let hash = hash(&form, self.base);
+        let len = form.len();
+        let base = self.base;
+        let entry = self
+            .by_len
+            .entry(len)
+            .or_insert_with(|| (pow(base, len - 1), Vec::new()));
+        entry.1.push((hash, self.forms.len()));
+        self.forms.push(form);
+    }
+
+    /// Marks every full occurrence of every form. See the module docs for why this is a
+    /// rolling hash and not a byte comparison.
+    fn mark(&self, data: &[u8], mask: &mut [bool]) {
+        for (&len, (top, entries)) in &self.by_len {
+            if len == 0 || len > data.len() {
+                continue;
+            }
+            let mut h = hash(&data[..len], self.base);
+            for start in 0..=data.len() - len {
+                if start > 0 {
+                    let out = mul(u64::from(data[start - 1]), *top);
+                    h = add(
+                        mul(sub(h, out), self.base),
+                        u64::from(data[start + len - 1]),
+                    );
+                }
+                for &(form_hash, index) in entries {
+                    let window = &data[start..start + len];
+                    if h == form_hash && window == self.forms[index].as_slice() {
+                        mask[start..start + len].fill(true);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
-            .field("patterns", &self.read().len())
+            .field("patterns", &self.read().forms.len())
             .finish()
     }
 }
@@ -76,38 +181,48 @@ impl Redactor {
         let mut patterns = self.write();
         let new: Vec<_> = forms
             .into_iter()
-            .filter(|f| !patterns.contains(f))
+            .filter(|f| !patterns.forms.contains(f))
             .collect();
-        if patterns.len() + new.len() > MAX_PATTERNS {
+        if patterns.forms.len() + new.len() > MAX_PATTERNS {
             return Err(RedactError::TooManyPatterns);
         }
-        patterns.extend(new);
-        // Longest first, so that at a position where several forms start, the scan below
-        // marks the widest span; overlaps are merged anyway, this only saves work.
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for form in new {
+            patterns.insert(form);
+        }
         Ok(())
     }
 
     /// True if no secret is registered.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().forms.is_empty()
     }
 
-    /// Replaces every occurrence of every registered form with [`MARKER`].
+    /// Replaces every full occurrence of every registered form with [`MARKER`].
     pub fn redact(&self, data: &[u8]) -> Vec<u8> {
         let mut mask = vec![false; data.len()];
-        self.mark_occurrences(data, &mut mask);
+        self.read().mark(data, &mut mask);
         apply_mask(data, &mask)
     }
 
-    /// Like [`Redactor::redact`], for output that was cut at a size cap: a trailing fragment
-    /// that is the start of a registered form is also redacted, so truncation cannot leave
-    /// the first half of a secret visible.
+    /// Like [`Redactor::redact`], for output that was cut at a size cap: the last
+    /// [`Redactor::withheld_at_cut`] bytes are always dropped, whatever they are, so a secret
+    /// the cap cut in two leaves no visible start and nothing depends on a partial match.
+    /// The caller reports the output as truncated.
     pub fn redact_truncated(&self, data: &[u8]) -> Vec<u8> {
+        let patterns = self.read();
         let mut mask = vec![false; data.len()];
-        self.mark_occurrences(data, &mut mask);
-        self.mark_trailing_prefix(data, &mut mask);
-        apply_mask(data, &mask)
+        // Full occurrences are found over everything that arrived, so one that straddles
+        // the withheld tail is still masked in the part that is kept.
+        patterns.mark(data, &mut mask);
+        let keep = data.len().saturating_sub(withheld(patterns.longest()));
+        apply_mask(&data[..keep], &mask[..keep])
+    }
+
+    /// How many trailing bytes [`Redactor::redact_truncated`] withholds: the longest
+    /// registered form minus one, rounded up to a whole number of [`CUT_WITHHOLD_BLOCK`]s,
+    /// and one block when nothing is registered.
+    pub fn withheld_at_cut(&self) -> usize {
+        withheld(self.read().longest())
     }
 
     /// [`Redactor::redact`] for text; invalid UTF-8 produced by a cut is replaced lossily.
@@ -115,39 +230,62 @@ impl Redactor {
         String::from_utf8_lossy(&self.redact(text.as_bytes())).into_owned()
     }
 
-    fn mark_occurrences(&self, data: &[u8], mask: &mut [bool]) {
-        for pattern in self.read().iter() {
-            for start in find_all(data, pattern) {
-                mask[start..start + pattern.len()].fill(true);
-            }
-        }
-    }
-
-    fn mark_trailing_prefix(&self, data: &[u8], mask: &mut [bool]) {
-        let longest = self
-            .read()
-            .iter()
-            .filter_map(|p| {
-                (1..p.len().min(data.len() + 1))
-                    .rev()
-                    .find(|&n| data.ends_with(&p[..n]))
-            })
-            .max();
-        if let Some(n) = longest {
-            let len = mask.len();
-            mask[len - n..].fill(true);
-        }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Zeroizing<Vec<u8>>>> {
-        // A poisoned lock only means another thread panicked mid-insert; the Vec is still
-        // a valid list of patterns, and refusing to redact would be the unsafe choice.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Patterns> {
+        // A poisoned lock only means another thread panicked mid-insert; the patterns are
+        // still valid, and refusing to redact would be the unsafe choice.
         self.patterns.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Zeroizing<Vec<u8>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Patterns> {
         self.patterns.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn withheld(longest: usize) -> usize {
+    longest
+        .saturating_sub(1)
+        .max(1)
+        .div_ceil(CUT_WITHHOLD_BLOCK)
+        .saturating_mul(CUT_WITHHOLD_BLOCK)
+}
+
+/// The Mersenne prime 2^61 − 1: products of two residues fit in a `u128` and reduce with
+/// shifts and masks, with no data-dependent branch.
+const P: u64 = (1 << 61) - 1;
+
+/// `x mod P` for `x < 2P`, branch-free.
+fn reduce(x: u64) -> u64 {
+    let y = x.wrapping_sub(P);
+    // All ones when `y` wrapped (x < P), else zero.
+    let wrapped = 0u64.wrapping_sub(y >> 63);
+    y.wrapping_add(P & wrapped)
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    reduce(a + b)
+}
+
+fn sub(a: u64, b: u64) -> u64 {
+    reduce(a + P - b)
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    // Both halves are below 2^61, so their sum is below 2P.
+    let low = (product as u64) & P;
+    let high = (product >> 61) as u64;
+    reduce(low + high)
+}
+
+fn pow(base: u64, exp: usize) -> u64 {
+    (0..exp).fold(1, |acc, _| mul(acc, base))
+}
+
+/// The polynomial hash `Σ bytes[i]·base^(n−1−i) mod P`.
+fn hash(bytes: &[u8], base: u64) -> u64 {
+    bytes
+        .iter()
+        .fold(0, |h, &b| add(mul(h, base), u64::from(b)))
 }
 
 /// All registered forms of one secret, deduplicated.
@@ -192,16 +330,6 @@ fn unaligned_base64_core(
         return None;
     }
     Some(Zeroizing::new(encoded[first..end].to_vec()))
-}
-
-/// Start offsets of every (possibly overlapping) occurrence of `needle` in `haystack`.
-fn find_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    let first = needle.first().copied();
-    haystack
-        .windows(needle.len().max(1))
-        .enumerate()
-        .filter(move |(_, w)| Some(w[0]) == first && *w == needle)
-        .map(|(i, _)| i)
 }
 
 /// Copies `data`, replacing each maximal run of masked bytes with one [`MARKER`].
@@ -333,12 +461,111 @@ mod tests {
     }
 
     #[test]
-    fn truncated_output_hides_leading_fragment_of_secret() {
+    fn cut_output_withholds_a_fixed_tail_and_never_reacts_to_a_fragment() {
         let red = redactor(&[b"topsecretvalue"]);
-        assert_eq!(red.redact_truncated(b"out: topsec"), b"out: [REDACTED]");
-        assert_eq!(red.redact_truncated(b"out: none"), b"out: none");
-        // Plain redact leaves fragments alone (not cut output).
+        let w = red.withheld_at_cut();
+        assert_eq!(w, CUT_WITHHOLD_BLOCK);
+        let pad = vec![b'x'; 2000];
+        let mut right = pad.clone();
+        right.extend_from_slice(b"topsec");
+        let mut wrong = pad.clone();
+        wrong.extend_from_slice(b"xopsec");
+        let (r, w2) = (red.redact_truncated(&right), red.redact_truncated(&wrong));
+        assert_eq!(r, w2, "a right guess and a wrong one look the same");
+        assert_eq!(r, &right[..right.len() - w]);
+        // Uncut output keeps fragments as the text they are.
         assert_eq!(red.redact(b"out: topsec"), b"out: topsec");
+        // Shorter than the withheld tail: nothing is left.
+        assert_eq!(red.redact_truncated(b"out: topsec"), b"");
+    }
+
+    #[test]
+    fn no_prefix_of_any_form_changes_cut_output() {
+        let secret = b"correct-horse-battery";
+        let red = redactor(&[secret]);
+        let mut forms: Vec<Vec<u8>> = vec![secret.to_vec(), hex::encode(secret).into_bytes()];
+        forms.push(hex::encode_upper(secret).into_bytes());
+        forms.push(STANDARD.encode(secret).into_bytes());
+        forms.push(URL_SAFE_NO_PAD.encode(secret).into_bytes());
+        for form in forms {
+            for cap in [600, 700, 1500] {
+                for n in 1..form.len() {
+                    let mut right = vec![b'.'; cap - n];
+                    right.extend_from_slice(&form[..n]);
+                    let mut wrong = vec![b'.'; cap - n];
+                    wrong.extend(form[..n].iter().map(|b| b ^ 0x20));
+                    assert_eq!(
+                        red.redact_truncated(&right),
+                        red.redact_truncated(&wrong),
+                        "prefix of {n} bytes, cap {cap}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_match_straddling_the_withheld_tail_is_masked_in_the_kept_part() {
+        let red = redactor(&[b"hunter22"]);
+        let w = red.withheld_at_cut();
+        let mut data = vec![b'a'; 100];
+        data.extend_from_slice(b"hunter22");
+        data.extend(vec![b'b'; w - 4]);
+        assert_eq!(
+            red.redact_truncated(&data),
+            [&[b'a'; 100][..], MARKER].concat()
+        );
+    }
+
+    #[test]
+    fn withheld_amount_depends_on_lengths_only_in_whole_blocks() {
+        assert_eq!(Redactor::new().withheld_at_cut(), CUT_WITHHOLD_BLOCK);
+        assert_eq!(redactor(&[b"a"]).withheld_at_cut(), CUT_WITHHOLD_BLOCK);
+        let longest_hidden = vec![b'k'; CUT_WITHHOLD_BLOCK / 2];
+        assert_eq!(
+            redactor(&[&longest_hidden]).withheld_at_cut(),
+            CUT_WITHHOLD_BLOCK
+        );
+        // A 300-byte secret: hex is 600 bytes, so 599 must be withheld: two blocks.
+        let key = vec![b'k'; 300];
+        let red = redactor(&[&key]);
+        assert_eq!(red.withheld_at_cut(), 2 * CUT_WITHHOLD_BLOCK);
+        let mut data = vec![b'.'; 4000];
+        data.extend_from_slice(hex::encode(&key[..299]).as_bytes());
+        let out = red.redact_truncated(&data);
+        assert!(
+            !out.windows(8).any(|w| w == b"6b6b6b6b"),
+            "no hex of the key is left"
+        );
+    }
+
+    /// The rolling-hash scan finds exactly what a naive search finds.
+    #[test]
+    fn rolling_scan_agrees_with_naive_search() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let secret: Vec<u8> = (0..rng.gen_range(1..12))
+                .map(|_| rng.gen_range(b'a'..b'e'))
+                .collect();
+            let data: Vec<u8> = (0..rng.gen_range(0..300))
+                .map(|_| rng.gen_range(b'a'..b'e'))
+                .collect();
+            let red = redactor(&[&secret]);
+            let mut expected = vec![false; data.len()];
+            for form in encoded_forms(&secret) {
+                for start in 0..data.len().saturating_sub(form.len() - 1) {
+                    if data[start..start + form.len()] == form[..] {
+                        expected[start..start + form.len()].fill(true);
+                    }
+                }
+            }
+            assert_eq!(
+                red.redact(&data),
+                apply_mask(&data, &expected),
+                "{secret:?} in {data:?}"
+            );
+        }
     }
 
     #[test]

@@ -204,6 +204,7 @@ async fn a_cedar_policy_forbids_sudo_while_the_grant_allows_it() {
     let policy = HostCallPolicy {
         engine,
         requested: manifest.capabilities.iter().cloned().collect(),
+        scope: manifest.requests.clone(),
     };
     let probe = fleet.env.prepare("probe");
     let both = grant(&["key"], &["id -u", "sudo id -u"]);

@@ -34,29 +34,30 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------
 // Harness: an in-process server with one sshd target `t0` and credential `pw` on it
+// (also used by `redact.rs`)
 // ---------------------------------------------------------------------------------------
 
-struct Server {
+pub(crate) struct Server {
     base: String,
     admin: String,
     client: reqwest::Client,
     state: AppState,
     _dir: TempDir,
     _sshd: Sshd,
-    user: TestUser,
+    pub(crate) user: TestUser,
 }
 
 /// Status and JSON body of one reply.
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+    pub(crate) text: String,
 }
 
 impl Server {
     /// A server over a fresh data directory, with target `t0` (a real sshd), credential
     /// `pw` (a real user's password) and the `probe` module published.
-    async fn start() -> (Server, String) {
+    pub(crate) async fn start() -> (Server, String) {
         let dir = TempDir::new().expect("temp dir");
         let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
         let state = AppState::open(data, &warden_tests::repo_root().join("policies"))
@@ -138,7 +139,7 @@ impl Server {
         reply(req.send().await.expect("request")).await
     }
 
-    async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         self.send(reqwest::Method::GET, path, &self.admin, None)
             .await
     }
@@ -154,7 +155,7 @@ impl Server {
 
     /// Creates a process of the probe granted `pw` on `t0`, starts it with `inputs`, and
     /// returns the run id.
-    async fn start_probe(&self, digest: &str, name: &str, inputs: Value) -> String {
+    pub(crate) async fn start_probe(&self, digest: &str, name: &str, inputs: Value) -> String {
         let body = json!({
             "name": name,
             "module_digest": digest,
@@ -173,7 +174,7 @@ impl Server {
     }
 
     /// Polls until run `id` has ended; returns its record.
-    async fn wait_ended(&self, id: &str) -> Value {
+    pub(crate) async fn wait_ended(&self, id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let r = self.get(&format!("/v1/runs/{id}")).await;

@@ -12,6 +12,7 @@ mod grant;
 mod languages;
 mod leases;
 mod queue;
+mod redact;
 mod rotation;
 mod sandbox;
 mod spine;

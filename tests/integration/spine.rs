@@ -457,6 +457,7 @@ async fn a_warden_exec_killed_mid_command_leaves_its_durable_intent() {
             &format!("command={command}"),
         ])
         .args(["--allow-credential", "pw", "--allow-target", "t0"])
+        .args(["--allow-command", "sleep *"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -13,7 +13,7 @@ use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::targets::Target;
-use warden_host::vault::{CredentialKind, NewCredential, Secret};
+use warden_host::vault::{CredentialKind, Secret};
 use warden_tests::sshd::{Sshd, TestUser};
 
 use crate::support::Env;
@@ -53,17 +53,8 @@ impl Fleet {
 
     /// Adds `name`: the user's password as an admin credential, the kind sudo may type.
     pub(crate) fn add_admin_password(&self, name: &str) {
-        let new = NewCredential {
-            name,
-            username: &self.user.name,
-            kind: CredentialKind::Password,
-            admin: true,
-        };
-        let secret = Secret::from_bytes(self.user.password.as_bytes().to_vec());
         self.env
-            .vault
-            .add_credential(new, secret, "test", "admin credential")
-            .expect("add admin credential");
+            .add_admin_password(name, &self.user.name, &self.user.password);
     }
 
     fn names(&self) -> Vec<String> {

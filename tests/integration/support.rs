@@ -80,6 +80,20 @@ impl Env {
             .expect("add credential");
     }
 
+    /// Adds `name` as an admin password credential: the kind sudo may type.
+    pub fn add_admin_password(&self, name: &str, username: &str, secret: &str) {
+        let new = warden_host::vault::NewCredential {
+            name,
+            username,
+            kind: CredentialKind::Password,
+            admin: true,
+        };
+        let secret = Secret::from_bytes(secret.as_bytes().to_vec());
+        self.vault
+            .add_credential(new, secret, "test", "admin credential")
+            .expect("add admin credential");
+    }
+
     pub fn prepare(&self, component: &str) -> Arc<PreparedTask> {
         let bytes = std::fs::read(guests::component(component)).expect("component built");
         self.bridge.runtime().prepare(&bytes).expect("prepare")

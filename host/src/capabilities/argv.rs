@@ -308,7 +308,13 @@ impl Pattern {
     /// Whether this pattern allows any command at all under sudo (`sudo **`): the grant a
     /// raw shell under sudo needs.
     pub fn allows_any_sudo(&self) -> bool {
-        self.sudo && self.words.is_empty() && self.rest
+        self.allows_any(true)
+    }
+
+    /// Whether this pattern allows any command at all, under sudo or not as `sudo` says
+    /// (`**` or `sudo **`).
+    pub fn allows_any(&self, sudo: bool) -> bool {
+        self.sudo == sudo && self.words.is_empty() && self.rest
     }
 }
 

@@ -486,6 +486,18 @@ impl HostContext {
         Ok(())
     }
 
+    /// Checks a request that an admitted call learned only by acting (the path a target
+    /// resolved a transfer's path to) against the grant, the policies and the manifest,
+    /// exactly as [`HostContext::check`] did for the request it was admitted with.
+    pub(crate) async fn recheck(
+        &mut self,
+        capability: &str,
+        request: &Request<'_>,
+    ) -> Result<(), Denial> {
+        self.authorize(capability, request).await?;
+        self.scope.permits(request, &self.services.targets)
+    }
+
     /// Why the run must stop now, if it must: cancelled, or past its deadline.
     fn stopped(&self) -> Option<RunStop> {
         if self.control_cancelled() {
@@ -510,13 +522,21 @@ impl HostContext {
             (None, Some(seq)) => Some(format!("intent #{seq}")),
             (d, None) => d,
         };
+        // A denial's reason quotes what the guest asked for; it is redacted like the rest.
+        let decision = match written.decision {
+            Decision::Denied { reason, policy } => Decision::Denied {
+                reason: self.redactor.redact_str(&reason),
+                policy,
+            },
+            allowed => allowed,
+        };
         AuditEntry {
             run_id: Some(self.identity.run_id.clone()),
             actor: self.identity.actor.clone(),
             action: action.to_string(),
             target: subject.target,
             credential: subject.credential,
-            decision: written.decision,
+            decision,
             outcome: self.redactor.redact_str(&written.outcome),
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             detail: detail.map(|d| self.redactor.redact_str(&d)),

@@ -12,7 +12,8 @@
 use crate::registry::manifest::Requests;
 use crate::targets::TargetStore;
 
-use super::grant::{self, Denial, Request};
+use super::argv::{self, Pattern};
+use super::grant::{self, CommandLine, Denial, Request};
 
 /// The manifest's narrower requests, ready to check calls against.
 #[derive(Clone, Debug, Default)]
@@ -37,12 +38,30 @@ fn denial(detail: String) -> Denial {
 }
 
 impl ManifestScope {
+    /// Whether the manifest's command patterns allow `line`. Shell text (a raw-shell grant)
+    /// is within them only if it is plain words that they match, or if the manifest asked
+    /// for any command (`**`, `sudo **`): a raw-shell grant widens what the grant allows,
+    /// never what the module asked for.
+    fn command_requested(&self, line: &CommandLine, sudo: bool) -> bool {
+        let patterns = &self.requests.commands;
+        match line {
+            CommandLine::Argv(_) => grant::commands_allow(patterns, line, sudo),
+            CommandLine::Raw(text) => match argv::split(text) {
+                Ok(words) => grant::commands_allow(patterns, &CommandLine::Argv(words), sudo),
+                Err(_) => patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p).ok())
+                    .any(|p| p.allows_any(sudo)),
+            },
+        }
+    }
+
     /// Refuses a call that goes beyond what the manifest requested.
     pub fn permits(&self, request: &Request<'_>, targets: &TargetStore) -> Result<(), Denial> {
         let (target, _, _, path) = request.parts();
         if let Request::Exec { line, sudo, .. } = request
             && !self.requests.commands.is_empty()
-            && !grant::commands_allow(&self.requests.commands, line, *sudo)
+            && !self.command_requested(line, *sudo)
         {
             return Err(denial(
                 "command matches none of the command patterns the module's manifest requests"

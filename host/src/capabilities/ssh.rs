@@ -95,7 +95,8 @@ impl Redact for ExecOutput {
     }
 }
 
-/// A cut stream may end in the first half of a secret; that fragment is redacted too.
+/// A cut stream may end in the first half of a secret: it loses a fixed tail instead (never
+/// one that depends on what the bytes are, which would be an oracle; see `crate::redact`).
 fn redact_stream(redactor: &Redactor, data: &[u8], truncated: bool) -> Vec<u8> {
     if truncated {
         redactor.redact_truncated(data)
@@ -179,14 +180,19 @@ impl Host for HostContext {
         let arg_bytes = target.len() + command.len() + stdin_len;
         // Argv words (or raw shell text); what the target runs is what the grant matched.
         let line = self.grant.command_line(&command);
-        let call = exec_call("ssh.exec", &target, &handle, &command, &line, &options, arg_bytes);
+        let call = exec_call(
+            "ssh.exec", &target, &handle, &command, &line, &options, arg_bytes,
+        );
         let mut admitted = match self.admit(call).await? {
             Ok(admitted) => admitted,
             Err(refused) => return Ok(Err(refused)),
         };
         let cap = self.limits.output_bytes;
         let credential = admitted.credential(0);
-        let wire = line.as_ref().map(CommandLine::shell_text).unwrap_or_default();
+        let wire = line
+            .as_ref()
+            .map(CommandLine::shell_text)
+            .unwrap_or_default();
         let result = self
             .act(async |acting| {
                 let credential = credential?;
@@ -217,7 +223,15 @@ impl Host for HostContext {
             .iter()
             .map(|target| {
                 let bytes = std::mem::take(&mut arg_bytes);
-                exec_call("ssh.exec-many", target, &handle, &command, &line, &options, bytes)
+                exec_call(
+                    "ssh.exec-many",
+                    target,
+                    &handle,
+                    &command,
+                    &line,
+                    &options,
+                    bytes,
+                )
             })
             .collect();
         let admitted = self.admit_all(calls).await?;
@@ -234,7 +248,10 @@ impl Host for HostContext {
                 self.act(async |acting| {
                     let credential = credential?;
                     let (acting, credential) = (&acting, &credential);
-                    let wire = line.as_ref().map(CommandLine::shell_text).unwrap_or_default();
+                    let wire = line
+                        .as_ref()
+                        .map(CommandLine::shell_text)
+                        .unwrap_or_default();
                     let (targets, command, options) = (&targets, &wire, &options);
                     Ok(futures::stream::iter(admitted_targets)
                         .map(|i| async move {

@@ -1,10 +1,12 @@
 //! `transfer`: files to and from targets over SFTP.
 //!
 //! Threat: a task reading or writing files outside what its process was granted. Paths
-//! must be absolute; they are normalised lexically (so `..` cannot climb out) and the
-//! normalised path — the one actually used on the target — must lie under a granted
-//! prefix. Sizes are capped both ways by the per-call byte limit; downloads stream and
-//! stop at the cap. Downloaded bytes are redacted like command output.
+//! must be absolute; they are normalised lexically (so `..` cannot climb out) and must lie
+//! under a granted prefix. Then the target resolves the path (`ssh::SshPool::resolve`:
+//! the parent's `realpath`, no link as the final component), and the resolved path — the
+//! only one acted on — must be permitted too (grant, policy, manifest), so a symlink inside
+//! the prefix cannot lead outside it. Sizes are capped both ways by the per-call byte limit;
+//! downloads stream and stop at the cap. Downloaded bytes are redacted like command output.
 
 /// The WIT interface this file implements, as the manifest and policies name it.
 const CAPABILITY: &str = "transfer";
@@ -13,11 +15,12 @@ use wasmtime::component::Resource;
 
 use crate::runtime::bindings::transfer::Host;
 use crate::runtime::bindings::types::Error;
+use crate::ssh::Access;
 
 use super::admin::CredentialUse;
 use super::call::{Effect, HostCall};
 use super::credentials::CredentialHandle;
-use super::grant::{Request, normalize_path};
+use super::grant::{Denial, Request, normalize_path};
 use super::leases::with_lease;
 use super::types::from_ssh;
 use super::{HostContext, Subject};
@@ -95,20 +98,58 @@ impl HostContext {
             Ok(admitted) => admitted,
             Err(refused) => return Ok(Err(refused)),
         };
-        let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
+        // Resolve on the target (nothing is read or written yet), authorise the resolved
+        // path, then act on exactly that path.
         let credential = admitted.credential(0);
-        let result = self
+        let access = match direction {
+            Direction::Upload { .. } => Access::Write,
+            Direction::Download => Access::Read,
+        };
+        let resolving = self
             .act(async |acting| {
                 let target = acting.target(&target)?;
-                let cred = credential?;
+                let credential = credential?;
                 let ssh = &acting.services.ssh;
+                let resolved = ssh.resolve(&target, &credential, &normal, access).await;
+                resolved.map_err(from_ssh)
+            })
+            .await;
+        let pending = match resolving {
+            Ok(pending) => pending,
+            Err(e) => return self.conclude(admitted, Err(e)).await,
+        };
+        let resolved = pending.path().to_string();
+        let shown = if resolved == normal {
+            format!("path: {normal}")
+        } else {
+            format!("path: {normal} (resolves to {resolved})")
+        };
+        admitted.subject.detail = Some(with_lease(shown.clone(), &handle));
+        let request = Request::Transfer {
+            target: &target,
+            credential: handle.name(),
+            path: &resolved,
+        };
+        if let Err(denial) = self.recheck(CAPABILITY, &request).await {
+            let denial = Denial {
+                detail: format!(
+                    "{normal} resolves to {resolved} on the target; {}",
+                    denial.detail
+                ),
+                ..denial
+            };
+            return self.conclude_denied(admitted, denial).await;
+        }
+        let cap = u64::try_from(self.limits.call_bytes).unwrap_or(u64::MAX);
+        let result = self
+            .act(async |_| {
                 let moved = match direction {
-                    Direction::Upload { contents, mode } => ssh
-                        .upload(&target, &cred, &normal, contents, mode)
+                    Direction::Upload { contents, mode } => pending
+                        .upload(contents, mode)
                         .await
                         .map(|n| (n, Vec::new())),
-                    Direction::Download => ssh
-                        .download(&target, &cred, &normal, cap)
+                    Direction::Download => pending
+                        .download(cap)
                         .await
                         .map(|data| (data.len() as u64, data)),
                 };
@@ -116,8 +157,7 @@ impl HostContext {
             })
             .await;
         if let Ok((bytes, _)) = &result {
-            let detail = format!("path: {normal}; {bytes} bytes");
-            admitted.subject.detail = Some(with_lease(detail, &handle));
+            admitted.subject.detail = Some(with_lease(format!("{shown}; {bytes} bytes"), &handle));
         }
         self.conclude(admitted, result).await
     }

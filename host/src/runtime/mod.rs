@@ -27,6 +27,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::HostContext;
+use crate::redact::Redactor;
 use cache::{ModuleCache, PrepareError, PreparedTask};
 use engine::{EngineConfig, EpochTicker};
 use limits::{LimitExceeded, RunLimiter, RunLimits};
@@ -339,16 +340,59 @@ impl Runtime {
             (Ok(Ok(Err(error))), None) => RunOutcome::Failed { error },
             (Ok(Err(trap)), None) => classify_trap(&trap, &stdout, &stderr, limits),
         };
+        // Redacted again as a whole, with every secret the run touched by now: a task can
+        // join pieces it received separately (each too short to match) into its result.
         let redactor = host.redactor();
         RunReport {
-            outcome,
-            events: host.events.events.clone(),
-            stdout: redactor.redact_str(&String::from_utf8_lossy(&stdout.contents())),
-            stderr: redactor.redact_str(&String::from_utf8_lossy(&stderr.contents())),
+            outcome: redact_outcome(redactor, outcome),
+            events: redact_events(redactor, &host.events.events),
+            stdout: redact_captured(redactor, &stdout),
+            stderr: redact_captured(redactor, &stderr),
             host_calls: host.host_calls(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// The task's own strings (result, error, trap message), before anything stores, streams or
+/// returns them.
+fn redact_outcome(redactor: &Redactor, outcome: RunOutcome) -> RunOutcome {
+    match outcome {
+        RunOutcome::Succeeded { result } => RunOutcome::Succeeded {
+            result: redactor.redact_str(&result),
+        },
+        RunOutcome::Failed { error } => RunOutcome::Failed {
+            error: redactor.redact_str(&error),
+        },
+        RunOutcome::Trapped { error } => RunOutcome::Trapped {
+            error: redactor.redact_str(&error),
+        },
+        stopped @ RunOutcome::Stopped { .. } => stopped,
+    }
+}
+
+/// The stored event log. Each line was redacted when logged; a secret registered later in
+/// the run is removed from the stored copy too (the live stream already carried the line).
+fn redact_events(redactor: &Redactor, events: &[RunEvent]) -> Vec<RunEvent> {
+    events
+        .iter()
+        .map(|e| RunEvent {
+            message: redactor.redact_str(&e.message),
+            ..e.clone()
+        })
+        .collect()
+}
+
+/// The guest's stdout or stderr: redacted as bytes (before a lossy UTF-8 conversion could
+/// break a match), and, when the stream hit its cap, with the cut's fixed tail withheld.
+fn redact_captured(redactor: &Redactor, output: &CappedOutput) -> String {
+    let bytes = output.contents();
+    let clean = if output.overflowed() {
+        redactor.redact_truncated(&bytes)
+    } else {
+        redactor.redact(&bytes)
+    };
+    String::from_utf8_lossy(&clean).into_owned()
 }
 
 /// Extra time the outer timer allows past the epoch deadline, so a guest stuck in wasm is

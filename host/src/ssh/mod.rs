@@ -17,7 +17,7 @@
 //!
 //! Layout: [`pool`] keeps one authenticated connection per (target, credential) and
 //! multiplexes channels on it; [`connect`] opens and authenticates one; [`exec`] runs one
-//! command on a channel; [`sftp`] uploads and downloads; [`error`] is the error type.
+//! command on a channel; [`sftp`] resolves remote paths on the target and uploads and downloads; [`error`] is the error type.
 
 mod connect;
 mod error;
@@ -34,8 +34,8 @@ use secrecy::SecretString;
 
 pub use error::SshError;
 pub use exec::{MAX_COMMAND_LEN, MAX_OUTPUT_CAP, MAX_STDIN_BYTES};
-pub use pool::SshPool;
-pub use sftp::{MAX_DOWNLOAD_BYTES, MAX_PATH_LEN, MAX_UPLOAD_BYTES};
+pub use pool::{PendingTransfer, SshPool};
+pub use sftp::{Access, MAX_DOWNLOAD_BYTES, MAX_PATH_LEN, MAX_UPLOAD_BYTES};
 
 /// How a credential authenticates. The secret is only exposed to russh's authentication
 /// call and to sudo's stdin.

@@ -22,7 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::connect::{self, Connection};
-use super::{ExecRequest, ExecResult, SshConfig, SshCredential, SshError, exec, sftp};
+use super::sftp::{self, Access};
+use super::{ExecRequest, ExecResult, SshConfig, SshCredential, SshError, exec};
 use crate::targets::Target;
 
 /// Time allowed for a polite disconnect of an idle connection.
@@ -80,6 +81,59 @@ impl Drop for Lease {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.conn.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A transfer whose path the target has resolved, holding its SFTP session and channel
+/// slot until the caller has authorised [`PendingTransfer::path`] and acts (or drops it).
+pub struct PendingTransfer {
+    resolved: sftp::Resolved,
+    lease: Lease,
+    inner: Arc<Inner>,
+    key: PoolKey,
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl PendingTransfer {
+    /// The path as resolved on the target: what to authorise, and all that is acted on.
+    pub fn path(&self) -> &str {
+        self.resolved.path()
+    }
+
+    /// Uploads to the resolved path (see [`SshPool::upload`]).
+    pub async fn upload(self, contents: &[u8], mode: u32) -> Result<u64, SshError> {
+        let work = self.resolved.upload(contents, mode);
+        let result = timeout_at(self.deadline, work).await.unwrap_or_else(|_| {
+            Err(SshError::Timeout(format!(
+                "upload of {} did not finish within {:?}",
+                self.path(),
+                self.budget
+            )))
+        });
+        self.forget_if_broken().await;
+        result
+    }
+
+    /// Downloads the resolved path (see [`SshPool::download`]).
+    pub async fn download(self, max_bytes: u64) -> Result<Vec<u8>, SshError> {
+        sftp::validate_download(self.path(), max_bytes)?;
+        let work = self.resolved.download(max_bytes);
+        let result = timeout_at(self.deadline, work).await.unwrap_or_else(|_| {
+            Err(SshError::Timeout(format!(
+                "download of {} did not finish within {:?}",
+                self.path(),
+                self.budget
+            )))
+        });
+        self.forget_if_broken().await;
+        result
+    }
+
+    async fn forget_if_broken(&self) {
+        if self.lease.conn.handle.is_closed() {
+            self.inner.forget(&self.key, &self.lease.conn).await;
+        }
     }
 }
 
@@ -190,8 +244,43 @@ impl SshPool {
         indexed.into_iter().map(|(_, out)| out).collect()
     }
 
+    /// Resolves `path` on the target for a transfer (see [`sftp`]): the parent's `realpath`,
+    /// and the final component's type. The caller authorises [`PendingTransfer::path`],
+    /// the resolved path, then acts; nothing is read or written before that.
+    pub async fn resolve(
+        &self,
+        target: &Target,
+        cred: &SshCredential,
+        path: &str,
+        access: Access,
+    ) -> Result<PendingTransfer, SshError> {
+        sftp::validate_path(path)?;
+        let budget = self.inner.config.transfer_timeout;
+        let (lease, channel, deadline) = self.channel(target, cred, budget).await?;
+        let work = sftp::resolve(channel, budget.as_secs(), path, access);
+        let resolved = timeout_at(deadline, work).await.unwrap_or_else(|_| {
+            Err(SshError::Timeout(format!(
+                "resolving {path} did not finish within {budget:?}"
+            )))
+        });
+        match resolved {
+            Ok(resolved) => Ok(PendingTransfer {
+                resolved,
+                lease,
+                inner: self.inner.clone(),
+                key: PoolKey::new(target, cred),
+                deadline,
+                budget,
+            }),
+            Err(e) => {
+                self.forget_if_broken(target, cred, &lease).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Writes `contents` to the absolute `path` with permission bits `mode`, replacing any
-    /// existing file. Returns the number of bytes written.
+    /// existing regular file (never through a link). Returns the number of bytes written.
     pub async fn upload(
         &self,
         target: &Target,
@@ -201,20 +290,12 @@ impl SshPool {
         mode: u32,
     ) -> Result<u64, SshError> {
         sftp::validate_upload(path, contents, mode)?;
-        let budget = self.inner.config.transfer_timeout;
-        let (lease, channel, deadline) = self.channel(target, cred, budget).await?;
-        let work = sftp::upload(channel, budget.as_secs(), path, contents, mode);
-        let result = timeout_at(deadline, work).await.unwrap_or_else(|_| {
-            Err(SshError::Timeout(format!(
-                "upload of {path} did not finish within {budget:?}"
-            )))
-        });
-        self.forget_if_broken(target, cred, &lease).await;
-        result
+        let pending = self.resolve(target, cred, path, Access::Write).await?;
+        pending.upload(contents, mode).await
     }
 
-    /// Reads the file at the absolute `path`, failing (without reading the rest) as soon as it
-    /// is known to be larger than `max_bytes`.
+    /// Reads the regular file at the absolute `path` (never through a final link), failing
+    /// (without reading the rest) as soon as it is known to be larger than `max_bytes`.
     pub async fn download(
         &self,
         target: &Target,
@@ -223,16 +304,8 @@ impl SshPool {
         max_bytes: u64,
     ) -> Result<Vec<u8>, SshError> {
         sftp::validate_download(path, max_bytes)?;
-        let budget = self.inner.config.transfer_timeout;
-        let (lease, channel, deadline) = self.channel(target, cred, budget).await?;
-        let work = sftp::download(channel, budget.as_secs(), path, max_bytes);
-        let result = timeout_at(deadline, work).await.unwrap_or_else(|_| {
-            Err(SshError::Timeout(format!(
-                "download of {path} did not finish within {budget:?}"
-            )))
-        });
-        self.forget_if_broken(target, cred, &lease).await;
-        result
+        let pending = self.resolve(target, cred, path, Access::Read).await?;
+        pending.download(max_bytes).await
     }
 
     /// Logs in to `target` with `cred` on a fresh connection that is never pooled, then

@@ -72,7 +72,7 @@ fn processes_survive_a_reopen() {
     let created = store.create(new_process("durable")).unwrap();
     drop(store);
     drop(db);
-    let db = sled::open(dir.path()).unwrap();
+    let db = crate::store::reopen_after_drop(dir.path());
     let store = ProcessStore::open(&db).unwrap();
     assert_eq!(store.get_by_name("durable").unwrap(), Some(created));
 }

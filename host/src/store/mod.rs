@@ -202,3 +202,17 @@ fn load_signing_key(path: &Path) -> Result<SigningKey, DataDirError> {
         .map_err(|_| bad("not a 32-byte key"))?;
     Ok(SigningKey::from_bytes(seed))
 }
+
+/// Opens the sled database at `path` in a test that just dropped its last handle: sled's
+/// flusher thread lets go of the file lock shortly after, so this retries (bounded, 10 s).
+#[cfg(test)]
+pub(crate) fn reopen_after_drop(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}

@@ -378,15 +378,7 @@ fn state_survives_reopening_the_database() {
         store.create_user("alice", roles(&[ADMIN])).unwrap();
         store.issue_token("alice", "x").unwrap().token
     };
-    // sled's flusher thread lets go of the file lock shortly after the last handle drops.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::open(dir.path().join("db")) {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    };
+    let db = crate::store::reopen_after_drop(&dir.path().join("db"));
     let store = UserStore::open(&db).unwrap();
     let who = store.authenticate(token.expose_secret()).unwrap();
     assert_eq!(who.map(|u| u.name).as_deref(), Some("alice"));

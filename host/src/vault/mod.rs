@@ -201,6 +201,10 @@ pub struct CredentialInfo {
     pub kind: CredentialKind,
     /// Unix time in milliseconds.
     pub created_ms: u64,
+    /// An admin credential: one the host types only for privileged operations (a rotation's
+    /// admin handle must be one); a task's own commands never run under it.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// Secret bytes (a password or private key): wiped on drop, never printed or serialized.
@@ -391,6 +395,7 @@ impl Vault {
             username: username.to_owned(),
             kind,
             created_ms,
+            admin: false,
         };
         let first = new_version(1, created_by, reason, VersionState::Current);
         let envelope =
@@ -517,6 +522,17 @@ impl Vault {
                 }
             }
             version_info(env, version)
+        })
+    }
+
+    /// Marks the credential as an admin credential, or not (see [`CredentialInfo::admin`]).
+    /// The flag is authenticated with the record's other metadata.
+    // Stand-in for the admin flag of branch `grant` (which owns it): keep that one at merge.
+    pub fn set_admin(&self, name: &str, admin: bool) -> Result<CredentialInfo, VaultError> {
+        validate_name(name)?;
+        self.update(name, |env| {
+            env.meta.admin = admin;
+            Ok(env.info())
         })
     }
 

@@ -79,6 +79,9 @@ pub(crate) struct StoredRecord {
     pub username: String,
     pub kind: CredentialKind,
     pub created_ms: u64,
+    /// Absent (false) in records written before the flag existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
     /// Never reused, so a dropped version's number cannot name a later secret.
     pub next_version: u32,
     /// Public fingerprint of the master key that wraps every data key and seals the header.
@@ -141,6 +144,7 @@ pub(crate) struct RecordMeta {
     pub username: String,
     pub kind: CredentialKind,
     pub created_ms: u64,
+    pub admin: bool,
 }
 
 /// One version with its data key unwrapped (the secret stays sealed).
@@ -211,6 +215,7 @@ impl Envelope {
             created_ms: self
                 .current()
                 .map_or(self.meta.created_ms, |v| v.info.created_ms),
+            admin: self.meta.admin,
         }
     }
 
@@ -251,6 +256,7 @@ impl Envelope {
             username: self.meta.username.clone(),
             kind: self.meta.kind,
             created_ms: self.meta.created_ms,
+            admin: self.meta.admin,
             next_version: self.next_version,
             master_key_id,
             versions,
@@ -271,6 +277,7 @@ impl StoredRecord {
             username: self.username.clone(),
             kind: self.kind,
             created_ms: self.created_ms,
+            admin: self.admin,
         }
     }
 
@@ -338,6 +345,7 @@ impl LegacyRecord {
             username: self.username.clone(),
             kind: self.kind,
             created_ms: self.created_ms,
+            admin: false,
         }
     }
 
@@ -460,6 +468,10 @@ fn header_aad(record: &StoredRecord) -> Vec<u8> {
         record.master_key_id.as_bytes().to_vec(),
         (record.versions.len() as u64).to_be_bytes().to_vec(),
     ];
+    // Bound only when set, so records written before the flag existed still verify.
+    if record.admin {
+        fields.push(b"admin".to_vec());
+    }
     for v in &record.versions {
         fields.push(v.version.to_be_bytes().to_vec());
         fields.push(v.created_ms.to_be_bytes().to_vec());
@@ -493,6 +505,7 @@ mod tests {
             username: "root".into(),
             kind: CredentialKind::Password,
             created_ms: 42,
+            admin: false,
         }
     }
 

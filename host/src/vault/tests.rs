@@ -469,11 +469,16 @@ fn credential_kind_parses_and_serializes_as_documented() {
         username: "u".into(),
         kind: CredentialKind::Password,
         created_ms: 1,
+        admin: false,
     };
     assert_eq!(
         serde_json::to_string(&info).unwrap(),
-        r#"{"name":"n","username":"u","kind":"password","created_ms":1}"#
+        r#"{"name":"n","username":"u","kind":"password","created_ms":1,"admin":false}"#
     );
+    let old: CredentialInfo =
+        serde_json::from_str(r#"{"name":"n","username":"u","kind":"password","created_ms":1}"#)
+            .unwrap();
+    assert_eq!(old, info, "the admin flag defaults to false");
 }
 
 #[test]
@@ -983,6 +988,7 @@ fn put_legacy(fixture: &Fixture, key: &MasterKey, name: &str, secret_bytes: &[u8
         username: "root".into(),
         kind: CredentialKind::Password,
         created_ms: 1_700_000_000_000,
+        admin: false,
     };
     let legacy = record::LegacyRecord::seal(key, &meta, &secret(secret_bytes)).unwrap();
     fixture
@@ -1200,4 +1206,23 @@ fn rekey_to_the_current_key_changes_nothing() {
     assert_eq!((report.rekeyed, report.already_current), (0, 5));
     assert_eq!(fixture.raw("cred-0"), before);
     assert!(opens_everything(&fixture.vault, &expected));
+}
+
+#[test]
+fn admin_flag_persists_and_editing_it_in_the_database_fails_closed() {
+    let fixture = Fixture::new();
+    assert!(!fixture.add("ops", b"pw").admin);
+    assert!(fixture.vault.set_admin("ops", true).unwrap().admin);
+    assert!(fixture.vault.info("ops").unwrap().unwrap().admin);
+    assert_eq!(fixture.vault.secret("ops").unwrap().expose(), b"pw");
+    // Dropping the flag from the stored record (or adding it to another) breaks the header.
+    let mut record = fixture.raw("ops");
+    record.as_object_mut().unwrap().remove("admin");
+    fixture.put_raw("ops", &record);
+    assert!(fixture.vault.info("ops").is_err());
+    fixture.add("web", b"pw2");
+    let mut record = fixture.raw("web");
+    record["admin"] = serde_json::json!(true);
+    fixture.put_raw("web", &record);
+    assert!(fixture.vault.info("web").is_err());
 }

@@ -19,6 +19,7 @@ use crate::bridge::{Bridge, RunSpec};
 use crate::capabilities::grant::Grant;
 use crate::capabilities::{RunIdentity, Services};
 use crate::registry::manifest::Manifest;
+use crate::rotation::{CharClass, RotationPolicy};
 use crate::runtime::bindings::params::{Param, Value};
 use crate::runtime::engine::EngineConfig;
 use crate::runtime::limits::RunLimits;
@@ -55,6 +56,17 @@ pub struct ExecArgs {
     /// A credential the run may rotate (on allowed targets, with an allowed admin credential).
     #[arg(long = "allow-rotate", value_name = "NAME")]
     rotations: Vec<String>,
+    /// Shortest password a rotation may generate (default 24); the task may ask for more.
+    #[arg(long = "rotation-min-length", value_name = "N")]
+    rotation_min_length: Option<u32>,
+    /// Character classes every rotated password uses, comma-separated: lowercase,
+    /// uppercase, digits, symbols (default all). Below 128 bits of entropy is refused.
+    #[arg(
+        long = "rotation-classes",
+        value_name = "CLASSES",
+        value_delimiter = ','
+    )]
+    rotation_classes: Vec<CharClass>,
     /// Wall-time limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     wall_time: Option<u64>,
@@ -80,6 +92,11 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let params = resolve_params(manifest.as_ref(), &args.params)?;
+    let rotation_policy =
+        RotationPolicy::from_flags(args.rotation_min_length, &args.rotation_classes);
+    rotation_policy
+        .check()
+        .context("--rotation-min-length/--rotation-classes")?;
     let limits = limits_from(&args, manifest.as_ref());
 
     let dir = args.data.open()?;
@@ -121,6 +138,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         commands: args.commands,
         paths: args.paths,
         rotations: args.rotations.into_iter().collect(),
+        rotation_policy,
     };
     let module = manifest.as_ref().map_or_else(
         || {

@@ -2,7 +2,8 @@
 //!
 //! Threat: the sudo password leaking on the target. It never goes into the command line
 //! (visible in `/proc/*/cmdline` to every local user) or the environment. The command runs as
-//! `sudo -S -p '<nonce>' -- sh -c '<script>'`; the host writes the password to the channel's
+//! `/usr/bin/sudo -S -p '<nonce>' -- /bin/sh -c '<script>'` (absolute paths, so a `sudo` on
+//! the account's `PATH` or a shell function named `sudo` is not what runs); the host writes the password to the channel's
 //! stdin only after sudo's stderr shows the random prompt `<nonce>`, i.e. only when sudo is
 //! actually reading a password. Without that gate, a sudo that does not ask (NOPASSWD rule,
 //! cached timestamp) would hand the password to the command as its stdin. The script starts
@@ -74,13 +75,17 @@ pub(crate) fn plan(req: &ExecRequest, cred: &SshCredential) -> Result<Plan, SshE
             let mut line = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
             line.push(b'\n');
             let wire = format!(
-                "sudo -S -p {} -- sh -c {}",
+                "/usr/bin/sudo -S -p {} -- /bin/sh -c {}",
                 shell_quote(&gate.prompt_str()),
                 shell_quote(&script)
             );
             (wire, Some(line))
         }
-        SshAuth::PrivateKey(_) => (format!("sudo -n -- sh -c {}", shell_quote(&script)), None),
+        // Absolute paths: the login shell may be one whose start-up the account shaped.
+        SshAuth::PrivateKey(_) => (
+            format!("/usr/bin/sudo -n -- /bin/sh -c {}", shell_quote(&script)),
+            None,
+        ),
     };
     Ok(Plan {
         wire,
@@ -493,7 +498,11 @@ mod tests {
             &password_cred(),
         )
         .unwrap();
-        assert!(p.wire.starts_with("sudo -S -p '[sudo "), "{}", p.wire);
+        assert!(
+            p.wire.starts_with("/usr/bin/sudo -S -p '[sudo "),
+            "{}",
+            p.wire
+        );
         assert!(!p.wire.contains("pa'ss"));
         assert!(!p.wire.contains("pa'\\''ss"));
         assert_eq!(p.password_line.as_deref().unwrap(), b"pa'ss word$1\n");
@@ -510,7 +519,11 @@ mod tests {
             &key,
         )
         .unwrap();
-        assert!(p.wire.starts_with("sudo -n -- sh -c "), "{}", p.wire);
+        assert!(
+            p.wire.starts_with("/usr/bin/sudo -n -- /bin/sh -c "),
+            "{}",
+            p.wire
+        );
         assert!(p.password_line.is_none());
     }
 

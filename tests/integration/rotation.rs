@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use warden_host::audit::{AuditRecord, Decision};
 use warden_host::capabilities::grant::Grant;
+use warden_host::rotation::{CharClass, RotationPolicy};
 use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
@@ -27,7 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 /// The mask the probe's memscan stores needles under (see `tests/fixtures/probe`).
 const MEMSCAN_MASK: u8 = 0xA5;
 
-fn target(name: &str, sshd: &Sshd) -> Target {
+pub(crate) fn target(name: &str, sshd: &Sshd) -> Target {
     Target {
         name: name.into(),
         address: sshd.ip.clone(),
@@ -38,7 +39,7 @@ fn target(name: &str, sshd: &Sshd) -> Target {
     }
 }
 
-fn p(name: &str, value: &str) -> Param {
+pub(crate) fn p(name: &str, value: &str) -> Param {
     Param {
         name: name.into(),
         value: Value::Text(value.into()),
@@ -46,7 +47,7 @@ fn p(name: &str, value: &str) -> Param {
 }
 
 /// Grants the credentials, the targets, and rotation of `rotate`.
-fn rotation_grant(credentials: &[&str], targets: &[&str], rotate: &[&str]) -> Grant {
+pub(crate) fn rotation_grant(credentials: &[&str], targets: &[&str], rotate: &[&str]) -> Grant {
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
     Grant {
         credentials: set(credentials),
@@ -56,8 +57,15 @@ fn rotation_grant(credentials: &[&str], targets: &[&str], rotate: &[&str]) -> Gr
     }
 }
 
+/// Flags a vault credential as an admin credential, as a rotation's admin handle must be.
+/// (The only place the tests set the flag: `warden credential add --admin` is another
+/// branch's; at merge this may call that API instead.)
+pub(crate) fn make_admin(vault: &Vault, name: &str) {
+    assert!(vault.set_admin(name, true).expect("set admin").admin);
+}
+
 /// Logs in once on a fresh connection: `Ok` if the server accepts the secret.
-async fn login(sshd: &Sshd, username: &str, auth: SshAuth) -> Result<(), SshError> {
+pub(crate) async fn login(sshd: &Sshd, username: &str, auth: SshAuth) -> Result<(), SshError> {
     let cred = SshCredential {
         id: format!("check-{}", uuid::Uuid::new_v4()),
         username: username.into(),
@@ -68,20 +76,20 @@ async fn login(sshd: &Sshd, username: &str, auth: SshAuth) -> Result<(), SshErro
         .await
 }
 
-fn password(secret: &str) -> SshAuth {
+pub(crate) fn password(secret: &str) -> SshAuth {
     SshAuth::Password(secret.to_string().into())
 }
 
-fn key(pem: &str) -> SshAuth {
+pub(crate) fn key(pem: &str) -> SshAuth {
     SshAuth::PrivateKey(pem.to_string().into())
 }
 
-fn current_secret(vault: &Vault, name: &str) -> String {
+pub(crate) fn current_secret(vault: &Vault, name: &str) -> String {
     let secret = vault.secret(name).expect("current secret");
     String::from_utf8(secret.expose().to_vec()).expect("utf-8 secret")
 }
 
-fn states(vault: &Vault, name: &str) -> Vec<(u32, VersionState)> {
+pub(crate) fn states(vault: &Vault, name: &str) -> Vec<(u32, VersionState)> {
     vault
         .versions(name)
         .expect("versions")
@@ -90,7 +98,7 @@ fn states(vault: &Vault, name: &str) -> Vec<(u32, VersionState)> {
         .collect()
 }
 
-fn result_json(outcome: &RunOutcome) -> Json {
+pub(crate) fn result_json(outcome: &RunOutcome) -> Json {
     match outcome {
         RunOutcome::Succeeded { result } => serde_json::from_str(result).expect("JSON result"),
         other => panic!("run did not succeed: {other:?}"),
@@ -98,7 +106,7 @@ fn result_json(outcome: &RunOutcome) -> Json {
 }
 
 /// The probe's `rotate` mode on `target`, rotating `account` as `admin`.
-async fn probe_rotate(
+pub(crate) async fn probe_rotate(
     env: &Env,
     account: &str,
     admin: &str,
@@ -118,14 +126,14 @@ async fn probe_rotate(
     (run_id, result_json(&report.outcome))
 }
 
-fn records_of(env: &Env, run_id: &str, action: &str) -> Vec<AuditRecord> {
+pub(crate) fn records_of(env: &Env, run_id: &str, action: &str) -> Vec<AuditRecord> {
     env.host_call_records(run_id)
         .into_iter()
         .filter(|r| r.entry.action == action)
         .collect()
 }
 
-fn all_audit_text(env: &Env) -> String {
+pub(crate) fn all_audit_text(env: &Env) -> String {
     let records = env.audit.query(&Default::default()).expect("query");
     records
         .iter()
@@ -173,6 +181,11 @@ async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_e
     let env = Env::new();
     env.targets.add(target("t0", &sshd)).expect("target");
     env.add_password("acct", &user.name, &user.password);
+    make_admin(&env.vault, "acct");
+    // The handoff wait runs as another account's ordinary credential: an admin credential
+    // is for privileged operations, not a task's commands.
+    let reader = TestUser::create("wrr").expect("reader");
+    env.add_password("reader", &reader.name, &reader.password);
     let handoff = TempFile(PathBuf::from(format!(
         "/tmp/warden-handoff-{}",
         uuid::Uuid::new_v4()
@@ -187,8 +200,9 @@ async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_e
         p("admin", "acct"),
         p("target", "t0"),
         p("handoff", &handoff.0.to_string_lossy()),
+        p("handoff-as", "reader"),
     ];
-    let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
+    let grant = rotation_grant(&["acct", "reader"], &["t0"], &["acct"]);
     let run = env.run(&probe, params, grant, RunLimits::default());
     let hand_over = async {
         assert_eq!(settled(&env.vault, "acct", 2).await, VersionState::Current);
@@ -266,64 +280,26 @@ async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_e
     }
 }
 
-/// A sudoers rule that puts a fake `chpasswd` (reads stdin, changes nothing, exits 0) first
-/// on the user's sudo `secure_path`: the target "accepts" the new password but keeps the old.
-struct ChpasswdShim {
-    _dir: tempfile::TempDir,
-    sudoers: PathBuf,
-}
-
-impl ChpasswdShim {
-    fn install(user: &TestUser) -> ChpasswdShim {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("warden-shim-")
-            .tempdir()
-            .expect("shim dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod dir");
-        let shim = dir.path().join("chpasswd");
-        std::fs::write(&shim, "#!/bin/sh\ncat >/dev/null\nexit 0\n").expect("shim");
-        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let sudoers = PathBuf::from(format!("/etc/sudoers.d/warden-test-shim-{}", user.name));
-        let rule = format!(
-            "Defaults:{} secure_path=\"{}:/usr/sbin:/usr/bin:/sbin:/bin\"\n",
-            user.name,
-            dir.path().display()
-        );
-        std::fs::write(&sudoers, rule).expect("sudoers");
-        std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440))
-            .expect("chmod sudoers");
-        let checked = Command::new("visudo")
-            .args(["-c", "-q", "-f"])
-            .arg(&sudoers)
-            .status()
-            .expect("visudo");
-        assert!(checked.success(), "shim sudoers rule is valid");
-        ChpasswdShim { _dir: dir, sudoers }
-    }
-}
-
-impl Drop for ChpasswdShim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.sudoers);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_verification_keeps_the_old_password_current_and_marks_the_new_one_failed() {
-    let user = TestUser::create("wrf")
-        .expect("user")
+    let user = TestUser::create("wrf").expect("user");
+    let admin = TestUser::create("wrg")
+        .expect("admin")
         .with_sudo()
         .expect("sudo");
-    let _shim = ChpasswdShim::install(&user);
-    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    // The target refuses password logins for the account, so the set step succeeds and
+    // the verification fails; a second server over the same accounts checks the rollback.
+    let refuses = format!("Match User {}\n  PasswordAuthentication no\n", user.name);
+    let sshd = Sshd::start_with("127.0.0.1", &refuses).expect("sshd");
+    let checker = Sshd::start("127.0.0.1").expect("sshd");
     let env = Env::new();
     env.targets.add(target("t0", &sshd)).expect("target");
     env.add_password("acct", &user.name, &user.password);
+    env.add_password("admin", &admin.name, &admin.password);
+    make_admin(&env.vault, "admin");
 
-    let grant = rotation_grant(&["acct"], &["t0"], &["acct"]);
-    let (run_id, json) = probe_rotate(&env, "acct", "acct", "t0", None, grant).await;
+    let grant = rotation_grant(&["acct", "admin"], &["t0"], &["acct"]);
+    let (run_id, json) = probe_rotate(&env, "acct", "admin", "t0", None, grant).await;
 
     let rotation = &json["rotation"];
     assert_eq!(rotation["error"], "auth-failed", "{json}");
@@ -335,9 +311,9 @@ async fn failed_verification_keeps_the_old_password_current_and_marks_the_new_on
         [(1, VersionState::Current), (2, VersionState::Failed)]
     );
     assert_eq!(current_secret(&env.vault, "acct"), user.password);
-    login(&sshd, &user.name, password(&user.password))
+    login(&checker, &user.name, password(&user.password))
         .await
-        .expect("the old password still logs in");
+        .expect("the old password still logs in (rolled back)");
     let calls = records_of(&env, &run_id, "credentials.rotate");
     assert_eq!(calls.len(), 1);
     assert!(
@@ -363,6 +339,7 @@ async fn key_rotation_installs_a_new_ed25519_key_and_removes_the_old_one() {
     let env = Env::new();
     env.targets.add(target("t0", &sshd)).expect("target");
     env.add_password("admin", &user.name, &user.password);
+    make_admin(&env.vault, "admin");
     env.vault
         .add(
             "key",
@@ -438,15 +415,12 @@ async fn key_rotation_installs_a_new_ed25519_key_and_removes_the_old_one() {
 async fn bad_password_policies_are_refused_and_change_nothing() {
     let env = Env::new();
     env.add_password("acct", "nobody", &random_secret(20));
+    make_admin(&env.vault, "acct");
     let too_long_exclude = format!("exclude={}", "x".repeat(257));
+    // A request weaker than the grant (too short, no class) is raised, not refused: see
+    // `rotation_attacks`. What no policy can satisfy is refused.
     let cases = [
-        ("length=11", "length 11"),
         ("length=129", "length 129"),
-        ("length=0", "length 0"),
-        (
-            "no-lower,no-upper,no-digits,no-symbols",
-            "no character class",
-        ),
         (too_long_exclude.as_str(), "exclude list is longer"),
         (
             "no-lower,no-upper,no-symbols,exclude=0123456789",
@@ -513,6 +487,7 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
             .add(target(&format!("t{i}"), sshd))
             .expect("target");
         env.add_password(&format!("root-t{i}"), &user.name, &user.password);
+        make_admin(&env.vault, &format!("root-t{i}"));
     }
     // t2: a registered target where nothing listens.
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -525,6 +500,7 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
     };
     env.targets.add(dead).expect("target");
     env.add_password("root-t2", &users[0].name, "unused-password");
+    make_admin(&env.vault, "root-t2");
 
     let names: Vec<String> = (0..3).map(|i| format!("t{i}")).collect();
     let creds: Vec<String> = (0..3).map(|i| format!("root-t{i}")).collect();
@@ -548,7 +524,17 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
         p("exclude", "0O1lI"),
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let grant = rotation_grant(&creds, &names, &creds);
+    let mut grant = rotation_grant(&creds, &names, &creds);
+    // The administrator allows passwords without symbols (the example asks for none).
+    grant.rotation_policy = RotationPolicy {
+        min_length: 24,
+        classes: [
+            CharClass::Lowercase,
+            CharClass::Uppercase,
+            CharClass::Digits,
+        ]
+        .into(),
+    };
     // As the server runs it: the manifest's interfaces and the shipped Cedar policies too.
     let engine =
         warden_host::policy::PolicyEngine::load(&warden_tests::repo_root().join("policies"))
@@ -593,13 +579,13 @@ async fn rotate_password_example_rotates_each_target_and_reports_the_one_that_fa
 }
 
 /// The `warden-e2e` CLI on one data directory.
-struct Cli {
+pub(crate) struct Cli {
     _dir: tempfile::TempDir,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 impl Cli {
-    fn init() -> Cli {
+    pub(crate) fn init() -> Cli {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let data = dir.path().join("data");
         let cli = Cli { _dir: dir, data };
@@ -616,13 +602,13 @@ impl Cli {
         all
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         let all = self.args(args);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         warden(BIN, &all, stdin).expect("warden runs")
     }
 
-    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+    pub(crate) fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.run(args, stdin);
         assert!(
             out.status.success(),
@@ -668,13 +654,13 @@ impl Cli {
     }
 
     /// The vault, opened in-process (the CLI must not be running: sled allows one process).
-    fn vault(&self) -> (sled::Db, Vault) {
+    pub(crate) fn vault(&self) -> (sled::Db, Vault) {
         let DataDir { db, master_key, .. } = DataDir::open(&self.data).expect("open data dir");
         let vault = Vault::open(&db, master_key).expect("vault");
         (db, vault)
     }
 
-    fn audit_lines(&self, action: &str) -> Vec<Json> {
+    pub(crate) fn audit_lines(&self, action: &str) -> Vec<Json> {
         self.ok(&["audit", "show", "--action", action], None)
             .lines()
             .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -682,7 +668,7 @@ impl Cli {
     }
 }
 
-fn cli_with_target(sshd: &Sshd, user: &TestUser) -> Cli {
+pub(crate) fn cli_with_target(sshd: &Sshd, user: &TestUser) -> Cli {
     let cli = Cli::init();
     cli.ok(
         &[
@@ -700,6 +686,8 @@ fn cli_with_target(sshd: &Sshd, user: &TestUser) -> Cli {
         &["credential", "add", "acct", "--username", &user.name],
         Some(format!("{}\n", user.password).as_bytes()),
     );
+    let (_db, vault) = cli.vault();
+    make_admin(&vault, "acct");
     cli
 }
 
@@ -807,16 +795,16 @@ async fn reconcile_keeps_the_current_password_when_the_pending_one_never_took() 
         .expect("user")
         .with_sudo()
         .expect("sudo");
-    let _shim = ChpasswdShim::install(&user);
     let sshd = Sshd::start("127.0.0.1").expect("sshd");
     let cli = cli_with_target(&sshd, &user);
-
-    let crashed = cli.rotate_and_crash("acct", "acct");
-    assert_eq!(
-        crashed.status.code(),
-        None,
-        "killed by SIGABRT: {crashed:?}"
-    );
+    // What a crash after "stored as pending" and before the set step leaves behind.
+    {
+        let (_db, vault) = cli.vault();
+        let never_set = Secret::from_bytes(random_secret(24).into_bytes());
+        vault
+            .add_pending("acct", never_set, "test", "rotation on target t0")
+            .expect("pending");
+    }
     let out = cli.ok(
         &[
             "credential",

@@ -11,6 +11,7 @@ mod cli;
 mod languages;
 mod leases;
 mod rotation;
+mod rotation_attacks;
 mod sandbox;
 mod ssh;
 mod support;

@@ -526,3 +526,39 @@ async fn with_an_admin_credential_absolute_paths_bypass_a_shadowed_sudo_and_chpa
             .expect("the new password is live");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_refuses_a_non_admin_admin_credential_and_audits_it() {
+    let user = TestUser::create("wrz")
+        .expect("user")
+        .with_sudo()
+        .expect("sudo");
+    let sshd = Sshd::start("127.0.0.1").expect("sshd");
+    let cli = crate::rotation::cli_with_target(&sshd, &user);
+    cli.ok(
+        &["credential", "add", "ops", "--username", &user.name],
+        Some(format!("{}\n", user.password).as_bytes()),
+    );
+    let out = cli.run(
+        &[
+            "credential",
+            "reconcile",
+            "acct",
+            "--target",
+            "t0",
+            "--admin",
+            "ops",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'ops' is not an admin credential"),
+        "{stderr}"
+    );
+    let records = cli.audit_lines("credential.reconcile");
+    assert_eq!(records.len(), 1);
+    let outcome = records[0]["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.starts_with("denied: "), "{outcome}");
+}

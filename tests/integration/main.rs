@@ -12,6 +12,7 @@ mod languages;
 mod leases;
 mod rotation;
 mod rotation_attacks;
+mod rotation_reconcile;
 mod sandbox;
 mod ssh;
 mod support;

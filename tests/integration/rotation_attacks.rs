@@ -23,9 +23,10 @@ use warden_tests::sshd::{Sshd, TestUser};
 use warden_tests::{guests, random_secret, repo_root};
 
 use crate::rotation::{
-    Cli, current_secret, login, make_admin, p, password, probe_rotate, records_of, result_json,
+    current_secret, login, make_admin, p, password, probe_rotate, records_of, result_json,
     rotation_grant, states, target,
 };
+use crate::rotation_reconcile::Cli;
 use crate::support::Env;
 use warden_host::vault::VersionState;
 
@@ -534,7 +535,7 @@ async fn reconcile_refuses_a_non_admin_admin_credential_and_audits_it() {
         .with_sudo()
         .expect("sudo");
     let sshd = Sshd::start("127.0.0.1").expect("sshd");
-    let cli = crate::rotation::cli_with_target(&sshd, &user);
+    let cli = crate::rotation_reconcile::cli_with_target(&sshd, &user);
     cli.ok(
         &["credential", "add", "ops", "--username", &user.name],
         Some(format!("{}\n", user.password).as_bytes()),

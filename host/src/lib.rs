@@ -17,6 +17,8 @@
 //! - [`ssh`]: SSH and SFTP to targets with pinned host keys, pooled connections.
 //! - [`targets`]: registered endpoints and their pinned host keys.
 //! - [`policy`]: Cedar policies for roles and host calls, loaded from `policies/`.
+//! - [`rotation`]: the credential rotation engine (generate, set, verify, promote,
+//!   reconcile) and the administrator's password policy; no WIT types.
 //! - [`redact`]: replaces every secret a run touched (and its encodings) in output.
 //! - [`registry`]: task manifests; signing and verifying task modules.
 //! - [`runs`]: processes and runs: persistence and the run state machine.
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod policy;
 pub mod redact;
 pub mod registry;
+pub mod rotation;
 pub mod runs;
 pub mod runtime;
 pub mod ssh;

@@ -6,14 +6,20 @@
 //! target as the admin credential under `sudo` (stdin only), verifies it with a fresh SSH
 //! login, and only then makes it current. On any failure the old version stays current.
 //! The run's grant must allow rotating the credential (`rotations`), the target and the
-//! admin credential; otherwise [`rotate`] returns [`Error::Denied`].
+//! admin credential, and the admin credential must be one flagged `admin` in the vault;
+//! otherwise [`rotate`] returns [`Error::Denied`].
+//!
+//! The [`PasswordPolicy`] is a request: the administrator's policy in the process grant is
+//! the floor, and the host raises a weaker request to it (longer length, more classes)
+//! rather than obeying it. Only what no password can satisfy is refused.
 
 use crate::Error;
 use crate::bindings::warden::task::credentials as raw;
 pub use crate::bindings::warden::task::credentials::{PasswordPolicy, Rotation};
 use crate::credentials::Credential;
 
-/// The shortest password the host generates.
+/// The shortest password the host ever generates (the grant's policy usually asks for more;
+/// a shorter request is raised, not refused).
 pub const MIN_PASSWORD_LENGTH: u32 = 12;
 /// The longest password the host generates.
 pub const MAX_PASSWORD_LENGTH: u32 = 128;
@@ -36,7 +42,8 @@ impl Default for PasswordPolicy {
 }
 
 impl PasswordPolicy {
-    /// Sets the length (the host accepts [`MIN_PASSWORD_LENGTH`] to [`MAX_PASSWORD_LENGTH`]).
+    /// Sets the requested length (at most [`MAX_PASSWORD_LENGTH`]; the host raises it to the
+    /// grant's minimum).
     ///
     /// ```no_run
     /// let policy = warden_sdk::rotation::PasswordPolicy::default().with_length(32);

@@ -14,6 +14,8 @@ mod leases;
 mod queue;
 mod redact;
 mod rotation;
+mod rotation_attacks;
+mod rotation_reconcile;
 mod sandbox;
 mod spine;
 mod ssh;

@@ -161,6 +161,11 @@ impl Sshd {
     /// Starts an sshd on `ip` (a 127.0.0.x address) and a free port, and waits until it
     /// accepts connections.
     pub fn start(ip: &str) -> Result<Sshd> {
+        Sshd::start_with(ip, "")
+    }
+
+    /// [`Sshd::start`] with `extra` appended to the configuration (e.g. a `Match` block).
+    pub fn start_with(ip: &str, extra: &str) -> Result<Sshd> {
         std::fs::create_dir_all("/run/sshd")?;
         let dir = tempfile::Builder::new().prefix("warden-sshd-").tempdir()?;
         let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)?;
@@ -171,7 +176,8 @@ impl Sshd {
         for _ in 0..START_ATTEMPTS {
             let port = free_port(ip)?;
             let config = dir.path().join("sshd_config");
-            write_file(&config, sshd_config(ip, port, dir.path()).as_bytes(), 0o600)?;
+            let text = sshd_config(ip, port, dir.path()) + extra;
+            write_file(&config, text.as_bytes(), 0o600)?;
             match spawn_and_wait(&config, dir.path(), ip, port) {
                 Ok(child) => {
                     return Ok(Sshd {

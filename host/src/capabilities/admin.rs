@@ -38,6 +38,8 @@ pub(crate) enum CredentialUse {
     Exec { sudo: bool },
     /// An SFTP upload or download.
     Transfer,
+    /// The admin handle of a rotation: the new password is typed into its session.
+    RotationAdmin,
 }
 
 fn denial(rule: &'static str, detail: String) -> Denial {
@@ -75,6 +77,14 @@ fn check_kind(
                 ),
             ))
         }
+        CredentialUse::RotationAdmin if !admin => Err(denial(
+            super::rotation::ADMIN_RULE,
+            format!(
+                "credential '{name}' is not an admin credential: a rotation types the new \
+                 password only into a session of an admin credential, which no task command \
+                 runs under"
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -89,8 +99,12 @@ impl HostContext {
     ) -> Result<(), Denial> {
         let (name, kind, admin) = (handle.name(), handle.kind(), handle.is_admin());
         check_kind(name, kind, admin, using)?;
-        let typed =
-            matches!(using, CredentialUse::Exec { sudo: true }) && kind == CredentialKind::Password;
+        // A secret is typed into the session: sudo's password, or a rotation's new password.
+        let typed = match using {
+            CredentialUse::Exec { sudo } => sudo && kind == CredentialKind::Password,
+            CredentialUse::RotationAdmin => true,
+            CredentialUse::Transfer => false,
+        };
         if !typed {
             return Ok(());
         }

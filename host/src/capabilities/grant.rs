@@ -39,6 +39,8 @@ pub struct Grant {
     /// Credential names the run may rotate (`credentials.rotate`), on granted targets and
     /// with a granted admin credential. Empty: no rotation.
     pub rotations: BTreeSet<String>,
+    /// The floor for passwords those rotations generate; a task may only ask for more.
+    pub rotation_policy: crate::rotation::RotationPolicy,
 }
 
 /// One thing a host call wants to do, as the grant sees it.

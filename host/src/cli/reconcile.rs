@@ -5,7 +5,8 @@
 //! It logs in to the target with each pending version and with the current one, promotes the
 //! pending version that works (or keeps the current one), marks the others failed, and for a
 //! key credential removes the public keys that should no longer open the account (acting as
-//! the admin credential under sudo). Secrets are used only for SSH authentication and sudo;
+//! the admin credential under sudo; `--admin` must name an admin credential, as a rotation's
+//! must). It calls the rotation engine ([`crate::rotation`]) directly. Secrets are used only for SSH authentication and sudo;
 //! nothing is printed but version numbers. One `credential.reconcile` audit record is written
 //! whatever the outcome, after the vault-step records.
 
@@ -15,14 +16,12 @@ use clap::Args;
 
 use super::DataArg;
 use crate::audit::{AuditEntry, AuditLog, Decision};
-use crate::capabilities::Services;
-use crate::capabilities::rotation::{self, Actor, Reconciled, Rotator};
 use crate::redact::Redactor;
+use crate::rotation::{Actor, Backends, Reconciled, Rotator};
 use crate::ssh::{SshConfig, SshPool};
 use crate::store::DataDir;
 use crate::targets::TargetStore;
 use crate::vault::Vault;
-use crate::vault::lease::LeaseStore;
 
 #[derive(Args, Debug)]
 pub struct ReconcileArgs {
@@ -31,7 +30,8 @@ pub struct ReconcileArgs {
     /// The target the rotation was setting the secret on.
     #[arg(long)]
     target: String,
-    /// The admin credential (sudo on the target) used to remove stale public keys.
+    /// The admin credential (sudo on the target) used to remove stale public keys; must be
+    /// an admin credential.
     #[arg(long)]
     admin: String,
     #[command(flatten)]
@@ -47,8 +47,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<i32> {
         ..
     } = args.data.open()?;
     let audit = AuditLog::open(&db, server_key)?;
-    let services = Services {
-        leases: LeaseStore::open(&db, audit.clone())?,
+    let services = Backends {
         audit,
         vault: Vault::open(&db, master_key)?,
         targets: TargetStore::open(&db)?,
@@ -61,14 +60,13 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let redactor = Redactor::new();
     let rotator = Rotator::new(services.clone(), redactor.clone(), actor.clone());
-    let result = match rotation::vault_credential(&services, &redactor, &args.admin) {
-        Ok(admin) => rotator.reconcile(&args.name, &args.target, &admin).await,
-        Err(e) => Err(e),
-    };
+    let result = rotator
+        .reconcile(&args.name, &args.target, &args.admin)
+        .await;
     let (outcome, detail) = match &result {
         Ok(done) => ("ok".to_string(), summary(done)),
         Err(e) => (
-            redactor.redact_str(&rotation::describe(e)),
+            redactor.redact_str(&e.describe()),
             "nothing changed in the vault".to_string(),
         ),
     };

@@ -195,7 +195,12 @@ fn check_grant(grant: &Grant) -> Result<(), RunsError> {
     }
     check_list("grant.paths", grant.paths.iter(), |p| {
         p.len() <= MAX_PATTERN_BYTES && normalize_path(p).is_some()
-    })
+    })?;
+    // Refused here (a 400), not only when a rotation runs: see `rotation::policy`.
+    grant
+        .rotation_policy
+        .check()
+        .map_err(|e| invalid("grant.rotation_policy", e.to_string()))
 }
 
 /// At most [`MAX_GRANT_ENTRIES`] items, each passing `valid`.

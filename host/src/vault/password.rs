@@ -8,9 +8,14 @@
 //! [`Zeroizing`] buffer of exact capacity (no reallocation leaves a copy behind) and is
 //! wiped on drop.
 //!
-//! The policy comes from a guest, so every size in it is capped ([`MIN_LENGTH`],
-//! [`MAX_LENGTH`], [`MAX_EXCLUDE_BYTES`]) and a policy that cannot be satisfied is refused
-//! with a [`PolicyError`] naming the rule.
+//! The policy a rotation generates from is derived from a guest's request and the
+//! administrator's floor (`crate::rotation::RotationPolicy`), so every size in it is capped
+//! ([`MIN_LENGTH`], [`MAX_LENGTH`], [`MAX_EXCLUDE_BYTES`]), its strength is measured as
+//! `length × log2(alphabet)` over the alphabet actually left after exclusions
+//! ([`PasswordPolicy::entropy_bits`]) and must reach [`MIN_ENTROPY_BITS`], and a policy that
+//! cannot be satisfied is refused with a [`PolicyError`] naming the rule. The entropy is that
+//! of a uniform draw; forcing one character of each class costs a fraction of a bit, which
+//! the margin of the default policy (24 characters of 94, about 157 bits) covers.
 
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
@@ -22,6 +27,11 @@ pub const MIN_LENGTH: u32 = 12;
 /// Longest password generated. The guest picks the length; the cap bounds host memory and
 /// stays below what `chpasswd` and common PAM stacks accept.
 pub const MAX_LENGTH: u32 = 128;
+
+/// Weakest password a rotation may generate, in bits (`length × log2(alphabet)`): below
+/// this an offline attack on a stolen hash is within reach, and a task that names a tiny
+/// alphabet (one character) would know the password outright.
+pub const MIN_ENTROPY_BITS: f64 = 128.0;
 
 /// Largest `exclude` list, in bytes. Guest-controlled; checking it costs time per
 /// candidate character, so it is capped.
@@ -70,6 +80,9 @@ pub enum PolicyError {
     ExcludeTooLong,
     #[error("the exclude list removes every {0} character")]
     ClassExcluded(&'static str),
+    /// Below [`MIN_ENTROPY_BITS`] (the whole bits it gives, rounded down).
+    #[error("the policy gives only {0} bits of entropy; at least 128 are required")]
+    TooWeak(u32),
 }
 
 impl PasswordPolicy {
@@ -109,10 +122,55 @@ impl PasswordPolicy {
         Ok(classes)
     }
 
-    /// Checks the policy without generating anything.
+    /// Checks the policy's limits and classes without generating anything (not its
+    /// strength: see [`PasswordPolicy::check_strength`]).
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.classes().map(drop)
     }
+
+    /// How many distinct characters a password may be drawn from.
+    pub fn alphabet_len(&self) -> Result<usize, PolicyError> {
+        Ok(self.classes()?.iter().map(Vec::len).sum())
+    }
+
+    /// `length × log2(alphabet)`, over the alphabet left after exclusions.
+    pub fn entropy_bits(&self) -> Result<f64, PolicyError> {
+        Ok(entropy_bits(self.length, self.alphabet_len()?))
+    }
+
+    /// Refuses a policy below [`MIN_ENTROPY_BITS`] (and one outside its limits).
+    pub fn check_strength(&self) -> Result<(), PolicyError> {
+        let bits = self.entropy_bits()?;
+        if bits + ENTROPY_EPSILON < MIN_ENTROPY_BITS {
+            return Err(PolicyError::TooWeak(floor_bits(bits)));
+        }
+        Ok(())
+    }
+}
+
+/// Tolerance for floating-point rounding at the boundary (`32 × log2(16)` is exactly 128).
+const ENTROPY_EPSILON: f64 = 1e-9;
+
+/// `length × log2(alphabet)`; 0 for an alphabet of one character (or none).
+pub fn entropy_bits(length: u32, alphabet: usize) -> f64 {
+    if alphabet < 2 {
+        return 0.0;
+    }
+    // Alphabets are at most 94 characters: the conversion is exact.
+    let per_char = (alphabet as f64).log2();
+    f64::from(length) * per_char
+}
+
+/// The whole bits of `bits`, for messages.
+fn floor_bits(bits: f64) -> u32 {
+    // Bounded by 128 × log2(94) < 900, never negative.
+    bits.floor().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// The shortest length at which `alphabet` characters reach `bits`; `None` if none up to
+/// [`MAX_LENGTH`] does.
+pub fn length_for(bits: f64, alphabet: usize) -> Option<u32> {
+    (MIN_LENGTH..=MAX_LENGTH).find(|&n| entropy_bits(n, alphabet) + ENTROPY_EPSILON >= bits)
 }
 
 /// Generates a password satisfying `policy` (printable ASCII, so also valid UTF-8).
@@ -236,6 +294,57 @@ mod tests {
             .validate()
             .is_ok()
         );
+    }
+
+    #[test]
+    fn entropy_is_length_times_log2_of_the_alphabet_left_after_exclusions() {
+        let all = policy();
+        assert_eq!(all.alphabet_len().unwrap(), 94);
+        assert!((all.entropy_bits().unwrap() - 24.0 * 94f64.log2()).abs() < 1e-9);
+        // 16 lowercase letters: exactly 4 bits each, so 32 characters are exactly 128 bits.
+        let sixteen = PasswordPolicy {
+            length: 32,
+            uppercase: false,
+            digits: false,
+            symbols: false,
+            exclude: "abcdefghij".into(),
+            ..policy()
+        };
+        assert_eq!(sixteen.alphabet_len().unwrap(), 16);
+        assert_eq!(sixteen.entropy_bits().unwrap(), 128.0);
+        assert_eq!(sixteen.check_strength(), Ok(()));
+        let short = PasswordPolicy {
+            length: 31,
+            ..sixteen.clone()
+        };
+        assert_eq!(short.check_strength(), Err(PolicyError::TooWeak(124)));
+        // One character left: no entropy at all, whatever the length.
+        assert_eq!(entropy_bits(MAX_LENGTH, 1), 0.0);
+    }
+
+    #[test]
+    fn strength_boundary_for_each_common_alphabet() {
+        // (alphabet, shortest length reaching 128 bits)
+        for (alphabet, shortest) in [(94, 20), (62, 22), (36, 25), (26, 28), (10, 39)] {
+            assert_eq!(length_for(MIN_ENTROPY_BITS, alphabet), Some(shortest));
+            assert!(entropy_bits(shortest, alphabet) >= 128.0, "{alphabet}");
+            assert!(entropy_bits(shortest - 1, alphabet) < 128.0, "{alphabet}");
+        }
+        let digits = PasswordPolicy {
+            length: 39,
+            lowercase: false,
+            uppercase: false,
+            symbols: false,
+            ..policy()
+        };
+        assert_eq!(digits.check_strength(), Ok(()));
+        let digits = PasswordPolicy {
+            length: 38,
+            ..digits
+        };
+        assert_eq!(digits.check_strength(), Err(PolicyError::TooWeak(126)));
+        assert_eq!(length_for(MIN_ENTROPY_BITS, 2), Some(MAX_LENGTH));
+        assert_eq!(length_for(MIN_ENTROPY_BITS + 1.0, 2), None);
     }
 
     #[test]

@@ -475,6 +475,10 @@ fn credential_kind_parses_and_serializes_as_documented() {
         serde_json::to_string(&info).unwrap(),
         r#"{"name":"n","username":"u","kind":"password","created_ms":1,"admin":false}"#
     );
+    let old: CredentialInfo =
+        serde_json::from_str(r#"{"name":"n","username":"u","kind":"password","created_ms":1}"#)
+            .unwrap();
+    assert_eq!(old, info, "the admin flag defaults to false");
 }
 
 #[test]

@@ -12,6 +12,7 @@ fn grant() -> Grant {
         paths: vec!["/var/log".to_string()],
         rotations: ["ops".to_string()].into(),
         raw_shell: false,
+        ..Grant::default()
     }
 }
 

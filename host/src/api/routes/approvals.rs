@@ -4,7 +4,8 @@
 //! Who may approve or reject is the policies' call (`ApproveRun` on the run's process, with
 //! the requester in the context so `no-self-approval` applies); a refusal is audited
 //! `run.approval.refused` with the policy that refused. The approval module then refuses the
-//! requester again in code, so a policy edit cannot re-enable self-approval.
+//! requester again in code, so a policy edit cannot re-enable self-approval. The requester
+//! of a scheduled run is the schedule's creator ([`crate::runs::approval::Approvals::requester`]).
 
 use std::collections::BTreeMap;
 
@@ -75,6 +76,12 @@ impl From<ApprovalError> for ApiError {
             E::Start(StartError::Inputs(e)) => {
                 ApiError::bad_request("invalid_inputs", e.to_string())
             }
+            E::Start(e @ StartError::Untrusted(..)) => {
+                ApiError::new(StatusCode::FORBIDDEN, "untrusted_module", e.to_string())
+            }
+            e @ E::NoRequester(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "no_requester", e.to_string())
+            }
             E::Start(StartError::ModuleUnavailable(d)) => ApiError::new(
                 StatusCode::CONFLICT,
                 "module_unavailable",
@@ -119,10 +126,15 @@ impl AppState {
         process: &Process,
         run: &RunRecord,
     ) -> Result<Result<(), String>, ApiError> {
+        let requester = match self.approvals.requester(run) {
+            Ok(requester) => requester,
+            Err(ApprovalError::NoRequester(_)) => return Ok(Err("no-requester".into())),
+            Err(e) => return Err(e.into()),
+        };
         let owner_is_admin = self.owner_is_admin(process)?;
         let resource = Resource::Run {
             process: process_ref(process, owner_is_admin),
-            requester: &run.actor,
+            requester: &requester,
         };
         let decision = self
             .policy

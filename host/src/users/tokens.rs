@@ -339,3 +339,7 @@ impl UserStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "tokens_tests.rs"]
+mod tests;

@@ -111,11 +111,26 @@ impl AppState {
         let Some(process) = process else {
             return Err(not_found());
         };
-        if self.may_view(caller, &process)? || self.may_approve(caller, &process, &run)?.is_ok() {
+        if self.may_view(caller, &process)? || self.approves_for(caller, &process)? {
             Ok((run, Some(process)))
         } else {
             Err(not_found())
         }
+    }
+
+    /// Whether `caller` approves runs of `process` at all (whoever requested them): who may
+    /// see a run's approval request. Not audited.
+    fn approves_for(&self, caller: &Caller, process: &Process) -> Result<bool, ApiError> {
+        let owner_is_admin = self.owner_is_admin(process)?;
+        let resource = Resource::Run {
+            process: process_ref(process, owner_is_admin),
+            // Names no user, so no-self-approval does not apply to this question.
+            requester: "",
+        };
+        Ok(self
+            .policy
+            .authorize(&caller.principal, Action::ApproveRun, resource)
+            .allowed)
     }
 
     /// The policies' verdict on `caller` approving `run`: `Err(policy)` names the refusing

@@ -391,6 +391,7 @@ async fn role_matrix_allows_and_denies_each_operation_as_the_seed_model_says() {
         "target",
         "credential",
         "decision",
+        "policy",
         "outcome",
     ]
     .into();

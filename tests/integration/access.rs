@@ -955,3 +955,104 @@ async fn a_schedule_firing_a_distrusted_module_fails_audited() {
         StatusCode::NO_CONTENT
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 7: the CLI for all of it
+// ---------------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
+
+/// Runs `warden ARGS --server BASE --token TOKEN`; (exit code, stdout, stderr).
+async fn cli(base: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend([
+        "--server".into(),
+        base.into(),
+        "--token".into(),
+        token.into(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        warden_tests::warden(BIN, &refs, None).expect("warden runs")
+    })
+    .await
+    .expect("cli task");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_enrolls_lists_revokes_disables_deletes_and_distrusts() {
+    let (server, _, _) = hello_server().await;
+    let base = server.base.clone();
+    let (code, enrollment, err) = cli(
+        &base,
+        &server.admin,
+        &["user", "create", "carl", "--role", "password-auditor"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(enrollment.starts_with("wdn_"), "{enrollment}");
+    // The enrollment token cannot list anything; it mints carl's own token once.
+    let (code, _, err) = cli(&base, &enrollment, &["publisher", "list"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("enrollment_token"), "{err}");
+    let (code, own, err) = cli(
+        &base,
+        &enrollment,
+        &["token", "create", "--user", "carl", "--ttl", "2h"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(own.starts_with("wdn_") && own != enrollment);
+    let (code, _, _) = cli(&base, &enrollment, &["token", "create", "--user", "carl"]).await;
+    assert_ne!(code, 0, "an enrollment token is single-use");
+    let (code, listed, err) = cli(&base, &own, &["token", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    let own_id = own.split('_').nth(1).expect("id");
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|t| t["id"] == own_id)),
+        "{listed}"
+    );
+    assert!(
+        !listed
+            .to_string()
+            .contains(own.rsplit('_').next().unwrap_or("-"))
+    );
+    // A second token, revoked from the CLI, stops at once.
+    let (_, spare, _) = cli(&base, &own, &["token", "create"]).await;
+    let spare_id = spare.split('_').nth(1).expect("id").to_string();
+    let (code, _, err) = cli(&base, &own, &["token", "revoke", &spare_id]).await;
+    assert_eq!(code, 0, "{err}");
+    server
+        .get("/v1/whoami", &spare)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // Carl may not distrust publishers or disable users.
+    let (code, _, err) = cli(&base, &own, &["publisher", "distrust", "acme"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("403"), "{err}");
+    let (code, _, err) = cli(&base, &own, &["user", "disable", "admin"]).await;
+    assert!(code != 0 && err.contains("403"), "{err}");
+    // The administrator disables, then deletes carl; distrusts acme.
+    let (code, _, err) = cli(&base, &server.admin, &["user", "disable", "carl"]).await;
+    assert_eq!(code, 0, "{err}");
+    server
+        .get("/v1/audit/resources", &own)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let (code, _, err) = cli(&base, &server.admin, &["user", "delete", "carl"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&base, &server.admin, &["user", "enable", "carl"]).await;
+    assert!(code != 0 && err.contains("409"), "{err}");
+    let (code, _, err) = cli(&base, &server.admin, &["publisher", "distrust", "acme"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, listed, err) = cli(&base, &server.admin, &["publisher", "list"]).await;
+    assert_eq!((code, listed.as_str()), (0, "[]"), "{err}");
+}

@@ -303,6 +303,19 @@ impl Approvals {
         approver: &str,
         seen: Option<&str>,
     ) -> Result<ApproveOutcome, ApprovalError> {
+        self.approve_via(run_id, approver, seen, "").await
+    }
+
+    /// [`Self::approve`], noting in the audit record how the approver authenticated (`via`,
+    /// e.g. the API token's id and who enrolled it), so an approval made with a token that
+    /// someone else once held is attributable.
+    pub async fn approve_via(
+        &self,
+        run_id: &str,
+        approver: &str,
+        seen: Option<&str>,
+        via: &str,
+    ) -> Result<ApproveOutcome, ApprovalError> {
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
         if self.is_requester(&run, approver)? {
@@ -363,7 +376,7 @@ impl Approvals {
                 "run.approval.granted",
                 Decision::Allowed,
                 format!(
-                    "approval {count} of {required}, binding sha256:{}, expires in {} s",
+                    "approval {count} of {required}, binding sha256:{}, expires in {} s{via}",
                     resolved.binding,
                     self.ttl.as_secs()
                 ),

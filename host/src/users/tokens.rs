@@ -10,7 +10,8 @@
 //!   is good only for minting that user's own token, and is consumed when it does
 //!   ([`UserStore::redeem`]). An administrator who redeems it first is not prevented but is
 //!   visible: the user's own redemption then fails, and the audit names the minter of every
-//!   token (`minted_by`, `enrolled_by`).
+//!   token (`minted_by`; `enrolled_by`, which the API carries over to every token a user
+//!   mints with a token descending from an enrollment).
 //! - **A revoked or disabled account that keeps working.** Authentication reads the token
 //!   record and the user record on every request: revoking removes the record, disabling or
 //!   deleting the user refuses its tokens from the next request on.

@@ -112,11 +112,36 @@ async fn a_token_minted_for_another_user_cannot_run_or_approve_as_them() {
     r.expect_error(StatusCode::FORBIDDEN, "forbidden");
     let r = server.post("/v1/users/admin/tokens", &sam, json!({})).await;
     r.expect_error(StatusCode::FORBIDDEN, "forbidden");
-    // Bob's own token approves (the four-eyes path still works for the real bob).
+    // A token minted with the redeemed one keeps the trail back to the enrollment, so
+    // "laundering" it through a second mint does not hide who once held the secret.
+    let second = server.post("/v1/users/bob/tokens", &bob, json!({})).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
+    let bob = second.body["token"].as_str().expect("token").to_string();
+    let tokens = server.get("/v1/users/bob/tokens", &bob).await;
+    let with_trail = tokens
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["enrolled_by"] == "sam");
+    assert_eq!(with_trail.count(), 2, "{}", tokens.text);
+    // Bob's token approves (the four-eyes path works for the real bob), and the approval
+    // record says which token, enrolled by whom: whoever redeemed sam's enrollment first
+    // (sam himself, say) stays attributable.
     let r = server
         .post(&format!("/v1/runs/{run}/approve"), &bob, json!({}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let granted = server
+        .audit(&format!("run={run}&action=run.approval.granted"))
+        .await;
+    assert!(
+        granted.iter().any(|r| r["actor"] == "bob"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("(enrolled by sam)"))),
+        "{granted:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -222,9 +222,13 @@ async fn approve_run(
 ) -> Result<Json<ApproveOutcome>, ApiError> {
     let run = state.authorize_approval(&caller, &id, "approval").await?;
     let seen = req.binding.as_deref();
+    let via = match &caller.token.enrolled_by {
+        Some(by) => format!(", with token {} (enrolled by {by})", caller.token.id),
+        None => format!(", with token {}", caller.token.id),
+    };
     let outcome = state
         .approvals
-        .approve(&run.id, &caller.user.name, seen)
+        .approve_via(&run.id, &caller.user.name, seen, &via)
         .await?;
     if outcome.started {
         Metrics::bump(&state.metrics.runs_started);

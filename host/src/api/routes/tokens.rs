@@ -102,12 +102,18 @@ async fn issue_token(
     let issued = if caller.user.name == name && caller.token.kind == TokenKind::Enrollment {
         state.users.redeem(&caller.token, &body.label, ttl)?
     } else {
+        // A user's own token minted with a token that came from an enrollment keeps the
+        // enrollment's minter, so the trail back to whoever held the first secret survives.
+        let enrolled_by = match caller.user.name == name {
+            true => caller.token.enrolled_by.as_deref(),
+            false => None,
+        };
         state.users.issue(&TokenRequest {
             user: &name,
             label: &body.label,
             minted_by: &caller.user.name,
             ttl,
-            enrolled_by: None,
+            enrolled_by,
         })?
     };
     audit_issued(&state, &caller, &issued.info).await?;

@@ -10,328 +10,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use warden_host::api::{AppState, ServerLimits};
-use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
 use warden_host::runtime::cache::MAX_COMPONENT_BYTES;
 use warden_host::store::DataDir;
 use warden_host::users::UserStore;
-use warden_tests::{guests, random_secret, repo_root};
+use warden_tests::http::{
+    PATIENCE, Reply, Server, bootstrap_admin, client, component_bytes, manifest_text, new_key,
+    reply, signed,
+};
+use warden_tests::{random_secret, repo_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
-/// How long a test waits for a run, a stream or a server before failing.
-pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
-
 // ---------------------------------------------------------------------------------------
-// Harness
+// Harness (the shared HTTP harness is `warden_tests::http`)
 // ---------------------------------------------------------------------------------------
-
-/// One HTTP reply: status, raw body text, and the body as JSON (`Null` if it is not JSON).
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: reqwest::header::HeaderMap,
-    pub(crate) text: String,
-    pub(crate) body: Value,
-}
-
-impl Reply {
-    /// The stable error code of a JSON error body.
-    pub(crate) fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    /// Asserts the status and the error code.
-    pub(crate) fn expect_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{}", self.text);
-        assert_eq!(self.code(), code, "{}", self.text);
-    }
-}
-
-/// A Warden server on a real port, and an admin token for it.
-pub(crate) struct Server {
-    pub(crate) base: String,
-    pub(crate) admin: String,
-    pub(crate) client: reqwest::Client,
-    /// The in-process server's state (None for a server in another process).
-    _state: Option<AppState>,
-    _dir: Option<TempDir>,
-}
-
-impl Server {
-    /// Starts the API in-process on 127.0.0.1:0 over a new data directory, with a
-    /// Privileged Administrator `admin` bootstrapped through the user store.
-    pub(crate) async fn start() -> Server {
-        Self::start_with(&ServerLimits::default()).await
-    }
-
-    /// [`Server::start`] with `limits` (pool size, run-queue bounds).
-    pub(crate) async fn start_with(limits: &ServerLimits) -> Server {
-        let dir = TempDir::new().expect("temp dir");
-        let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
-        let state = AppState::open_with(data, &repo_root().join("policies"), limits)
-            .await
-            .expect("app state");
-        let admin = bootstrap_admin(&state.users);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        tokio::spawn(warden_host::api::serve(
-            listener,
-            state.clone(),
-            std::future::pending(),
-        ));
-        Server {
-            base,
-            admin,
-            client: client(),
-            _state: Some(state),
-            _dir: Some(dir),
-        }
-    }
-
-    /// A server already running at `base` (another process).
-    pub(crate) fn remote(base: String, admin: String) -> Server {
-        Server {
-            base,
-            admin,
-            client: client(),
-            _state: None,
-            _dir: None,
-        }
-    }
-
-    pub(crate) async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Reply {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        reply(req.send().await.expect("request sent")).await
-    }
-
-    pub(crate) async fn get(&self, path: &str, token: &str) -> Reply {
-        self.request(Method::GET, path, Some(token), None).await
-    }
-
-    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.request(Method::POST, path, Some(token), Some(&body))
-            .await
-    }
-
-    /// POSTs raw bytes (a module upload, a malformed body).
-    async fn post_raw(&self, path: &str, token: &str, content_type: &str, bytes: Vec<u8>) -> Reply {
-        let req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(bytes);
-        reply(req.send().await.expect("request sent")).await
-    }
-
-    async fn upload(&self, bytes: Vec<u8>) -> Reply {
-        self.post_raw("/v1/modules", &self.admin, "application/wasm", bytes)
-            .await
-    }
-
-    /// Trusts `key` as publisher `name`.
-    pub(crate) async fn trust(&self, name: &str, key: &SigningKey) {
-        let body =
-            json!({ "name": name, "public_key": hex::encode(key.verifying_key().as_bytes()) });
-        let r = self.post("/v1/publishers", &self.admin, body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    }
-
-    /// Signs `component` with its own manifest, uploads it, and returns its digest.
-    pub(crate) async fn publish(&self, component: &str, key: &SigningKey) -> String {
-        let r = self
-            .upload(signed(component, &manifest_text(component), key))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.body["digest"].as_str().expect("digest").to_string()
-    }
-
-    /// Creates a process as `token`'s user; returns its id.
-    pub(crate) async fn create_process(&self, token: &str, name: &str, digest: &str) -> Reply {
-        let body = json!({ "name": name, "module_digest": digest, "grant": {} });
-        self.post("/v1/processes", token, body).await
-    }
-
-    /// Creates a user with `roles` (as the admin) and returns a fresh API token for it.
-    pub(crate) async fn user(&self, name: &str, roles: &[&str]) -> String {
-        let r = self
-            .post(
-                "/v1/users",
-                &self.admin,
-                json!({ "name": name, "roles": roles }),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        let r = self
-            .post(&format!("/v1/users/{name}/tokens"), &self.admin, json!({}))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.body["token"].as_str().expect("token").to_string()
-    }
-
-    /// Starts a run of process `id` as `token`'s user; returns the run id.
-    pub(crate) async fn start_run(&self, id: &str, token: &str, inputs: Value) -> String {
-        let r = self
-            .post(
-                &format!("/v1/processes/{id}/runs"),
-                token,
-                json!({ "inputs": inputs }),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-        r.body["id"].as_str().expect("run id").to_string()
-    }
-
-    /// Polls run `id` until its state is `want`; fails after [`PATIENCE`].
-    pub(crate) async fn wait_for_state(&self, id: &str, want: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-            if r.body["state"] == want {
-                return r.body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run never became {want}: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Audit records matching `query` (e.g. `action=module.upload`), as the admin.
-    pub(crate) async fn audit(&self, query: &str) -> Vec<Value> {
-        let r = self.get(&format!("/v1/audit?{query}"), &self.admin).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.body.as_array().expect("audit array").clone()
-    }
-
-    /// Reads `path`'s server-sent events until a `state` event; returns (event, data) pairs.
-    async fn events_until_state(&self, path: &str, token: &str) -> Vec<(String, String)> {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("events request");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-        assert_eq!(
-            content_type.as_ref().and_then(|v| v.to_str().ok()),
-            Some("text/event-stream")
-        );
-        let mut stream = resp.bytes_stream();
-        let mut buffer = String::new();
-        let mut events = Vec::new();
-        let read = async {
-            while let Some(chunk) = stream.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if let Some(event) = parse_sse_block(&block) {
-                        let done = event.0 == "state";
-                        events.push(event);
-                        if done {
-                            return;
-                        }
-                    }
-                }
-            }
-            panic!("event stream ended without a state event");
-        };
-        tokio::time::timeout(PATIENCE, read)
-            .await
-            .expect("state event in time");
-        events
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().build().expect("http client")
-}
-
-async fn reply(resp: reqwest::Response) -> Reply {
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("response body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
-}
-
-/// One SSE block's (event, data); `None` for a comment-only block (keep-alive).
-fn parse_sse_block(block: &str) -> Option<(String, String)> {
-    let mut event = None;
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            event = Some(v.trim_start().to_string());
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-        }
-    }
-    if event.is_none() && data.is_empty() {
-        return None;
-    }
-    Some((event.unwrap_or_else(|| "message".into()), data.join("\n")))
-}
-
-/// Creates the first Privileged Administrator `admin` directly in the store; its token.
-fn bootstrap_admin(users: &UserStore) -> String {
-    let roles = BTreeSet::from(["privileged-administrator".to_string()]);
-    users.create_user("admin", roles).expect("create admin");
-    let issued = users
-        .issue_token("admin", "bootstrap")
-        .expect("issue token");
-    issued.token.expose_secret().to_string()
-}
-
-pub(crate) fn new_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
-}
-
-fn component_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(guests::component(name)).expect("guest component built")
-}
-
-fn manifest_text(name: &str) -> String {
-    std::fs::read_to_string(guests::manifest(name)).expect("guest manifest")
-}
-
-/// `component` signed with `manifest` (TOML text) by `key`.
-fn signed(component: &str, manifest: &str, key: &SigningKey) -> Vec<u8> {
-    let manifest = Manifest::parse(manifest).expect("manifest parses");
-    signing::sign(&component_bytes(component), &manifest, key).expect("sign")
-}
 
 fn read_leb_u32(bytes: &[u8], at: &mut usize) -> usize {
     let (mut value, mut shift) = (0usize, 0);
@@ -695,6 +391,7 @@ async fn role_matrix_allows_and_denies_each_operation_as_the_seed_model_says() {
         "target",
         "credential",
         "decision",
+        "policy",
         "outcome",
     ]
     .into();
@@ -876,6 +573,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/modules/{digest}/retire"),
     ("get", "/v1/publishers"),
     ("post", "/v1/publishers"),
+    ("delete", "/v1/publishers/{name}"),
     ("get", "/v1/targets"),
     ("post", "/v1/targets"),
     ("get", "/v1/targets/{name}"),
@@ -912,8 +610,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/users"),
     ("post", "/v1/users"),
     ("post", "/v1/users/{name}/tokens"),
+    ("get", "/v1/users/{name}/tokens"),
+    ("delete", "/v1/users/{name}"),
+    ("post", "/v1/users/{name}/disable"),
+    ("post", "/v1/users/{name}/enable"),
+    ("delete", "/v1/tokens/{id}"),
     ("get", "/v1/roles"),
     ("post", "/v1/roles"),
+    ("put", "/v1/roles/{name}/grants"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -1124,7 +828,7 @@ pub(crate) struct ServeProcess {
 
 impl ServeProcess {
     /// Starts `warden serve` on `data` at a free loopback port and waits until it answers.
-    async fn start(data: &Path, log: PathBuf) -> (ServeProcess, String) {
+    pub(crate) async fn start(data: &Path, log: PathBuf) -> (ServeProcess, String) {
         Self::start_with(data, log, &[]).await
     }
 

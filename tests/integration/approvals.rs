@@ -161,10 +161,11 @@ impl Server {
         let r = self
             .post(&format!("/v1/users/{name}/tokens"), &self.admin, json!({}))
             .await;
-        r.expect(StatusCode::CREATED)["token"]
+        let enrollment = r.expect(StatusCode::CREATED)["token"]
             .as_str()
             .expect("token")
-            .to_string()
+            .to_string();
+        warden_tests::http::redeem(&self.client, &self.base, name, &enrollment).await
     }
 
     async fn run(&self, id: &str) -> Value {

@@ -365,12 +365,14 @@ async fn a_lease_revoked_through_the_api_refuses_the_next_use_and_a_reacquire() 
             StatusCode::CREATED,
         )
         .await;
-    let mallory = server
+    let enrollment = server
         .ok("/v1/users/mallory/tokens", json!({}), StatusCode::CREATED)
         .await["token"]
         .as_str()
         .expect("token")
         .to_string();
+    let mallory =
+        warden_tests::http::redeem(&server.client, &server.base, "mallory", &enrollment).await;
     for (method, path) in [
         (reqwest::Method::GET, format!("/v1/leases/{lease_id}")),
         (reqwest::Method::GET, format!("/v1/runs/{run_id}/leases")),

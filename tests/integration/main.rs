@@ -4,6 +4,7 @@
 //! `tests/fixtures/`, sled files in a temporary data directory, OpenSSH `sshd` on
 //! loopback, and the real `warden` command line.
 
+mod access;
 mod accounts;
 mod api;
 mod approvals;

@@ -16,7 +16,9 @@ use warden_host::api::ServerLimits;
 use warden_host::runs::queue::QueueLimits;
 use warden_host::runtime::engine::EngineConfig;
 
-use crate::api::{PATIENCE, Reply, ServeProcess, Server, init_data_dir, new_key};
+use warden_tests::http::{Reply, Server, new_key};
+
+use crate::api::{ServeProcess, init_data_dir};
 
 /// The allocator's error when the pool is exhausted; no run may ever end with it.
 const POOL_EXHAUSTED: &str = "maximum concurrent limit";
@@ -109,33 +111,6 @@ async fn all_succeed(server: &Server, ids: &[String]) {
         let error = body["error"].as_str().unwrap_or("");
         assert!(!error.contains(POOL_EXHAUSTED), "pool exhausted: {body}");
         assert_eq!(body["state"], "succeeded", "{body}");
-    }
-}
-
-impl Server {
-    /// Polls run `id` until it is in a terminal state; fails after [`PATIENCE`].
-    async fn wait_for_state_or_end(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-            let state = r.body["state"].as_str().unwrap_or("");
-            if !matches!(state, "queued" | "running" | "awaiting-approval") {
-                return r.body;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// One sample of `/metrics` (it needs no token).
-    async fn metric(&self, name: &str) -> u64 {
-        let r = self.request(Method::GET, "/metrics", None, None).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{}", r.text))
     }
 }
 

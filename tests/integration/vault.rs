@@ -689,7 +689,8 @@ async fn a_secret_update_adds_an_attributed_version_and_the_list_shows_no_value(
             StatusCode::CREATED,
         )
         .await;
-    let bob = token["token"].as_str().expect("token");
+    let enrollment = token["token"].as_str().expect("token");
+    let bob = &warden_tests::http::redeem(&api.client, &api.base, "bob", enrollment).await;
     let (status, text, _) = api
         .call(Method::GET, "/v1/credentials/db/versions", Some(bob), None)
         .await;

@@ -5,6 +5,7 @@
 //! for `wasm32-wasip2`, SSH goes to OpenSSH on loopback, state lives in real sled files.
 
 pub mod guests;
+pub mod http;
 pub mod scan;
 pub mod sshd;
 

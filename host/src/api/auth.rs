@@ -2,7 +2,10 @@
 //!
 //! Threat: an unauthenticated or under-privileged caller. Every `/v1` route takes a
 //! [`Caller`], which exists only for a valid `Authorization: Bearer` API token (compared in
-//! constant time by the user store). Handlers then ask [`AppState::authorize`], which
+//! constant time by the user store) that has not expired, of a user that is neither
+//! disabled nor deleted; the use of an expired token is audited (`token.expired`). An
+//! enrollment token (minted for the user by someone else) is accepted on one route only:
+//! the user minting their own token. Handlers then ask [`AppState::authorize`], which
 //! consults the Cedar policies and audits every denial with the policy that refused.
 
 use axum::extract::FromRequestParts;
@@ -12,7 +15,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::audit::{AuditEntry, Decision};
 use crate::policy::{Action, Principal, Resource};
-use crate::users::User;
+use crate::users::{Authenticated, TokenInfo, TokenKind, User};
 
 /// Longest `Authorization` header accepted. Blocks oversized headers reaching the parser.
 const MAX_AUTH_HEADER: usize = 256;
@@ -24,6 +27,8 @@ pub struct Caller {
     pub user: User,
     /// Its roles and privileges, as the policies see them.
     pub principal: Principal,
+    /// The token it presented.
+    pub token: TokenInfo,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -39,12 +44,60 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(ApiError::unauthorized)?;
-        let user = state
-            .users
-            .authenticate(token)?
-            .ok_or_else(ApiError::unauthorized)?;
+        let (user, token) = match state.users.authenticate_token(token)? {
+            Authenticated::Valid { user, token } => (user, token),
+            Authenticated::Expired(token) => {
+                state.audit_expired(&token).await?;
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "the API token has expired; mint a new one",
+                ));
+            }
+            Authenticated::Invalid => return Err(ApiError::unauthorized()),
+        };
+        let own_tokens = format!("/v1/users/{}/tokens", user.name);
+        if token.kind == TokenKind::Enrollment
+            && !(parts.method == axum::http::Method::POST && parts.uri.path() == own_tokens)
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "enrollment_token",
+                format!("an enrollment token only mints its user's own token: POST {own_tokens}"),
+            ));
+        }
         let principal = state.users.principal(&user)?;
-        Ok(Caller { user, principal })
+        Ok(Caller {
+            user,
+            principal,
+            token,
+        })
+    }
+}
+
+impl AppState {
+    /// Audits the use of an expired token (the request is refused with 401).
+    async fn audit_expired(&self, token: &TokenInfo) -> Result<(), ApiError> {
+        self.audit
+            .append(AuditEntry {
+                run_id: None,
+                actor: token.user.clone(),
+                action: "token.expired".into(),
+                target: None,
+                credential: None,
+                decision: Decision::Denied {
+                    reason: format!("token {} expired", token.id),
+                    policy: None,
+                },
+                outcome: "denied".into(),
+                duration_us: 0,
+                detail: Some(format!(
+                    "token {} expired at {}",
+                    token.id, token.expires_ms
+                )),
+            })
+            .await?;
+        Ok(())
     }
 }
 

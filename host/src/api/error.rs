@@ -112,7 +112,9 @@ impl From<crate::users::UserError> for ApiError {
         use crate::users::UserError as E;
         match e {
             E::Storage(_) | E::Corrupt(_) => ApiError::internal(e),
-            E::UserExists(_) | E::RoleExists(_) => ApiError::conflict(e.to_string()),
+            E::UserExists(_) | E::RoleExists(_) | E::Deleted(_) | E::EnrollmentUsed => {
+                ApiError::conflict(e.to_string())
+            }
             E::UnknownUser(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request("invalid", other.to_string()),
         }

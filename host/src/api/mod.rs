@@ -10,6 +10,7 @@
 //! are capped ([`MAX_JSON_BODY`], module uploads at [`crate::runtime::cache::MAX_COMPONENT_BYTES`]);
 //! 5xx bodies carry no detail.
 
+mod audit_scope;
 pub mod auth;
 pub mod error;
 mod routes;
@@ -113,6 +114,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::runs::routes())
         .merge(routes::audit::routes())
         .merge(routes::users::routes())
+        .merge(routes::tokens::routes())
         .merge(routes::leases::routes())
         .merge(routes::approvals::routes())
         .merge(routes::schedules::routes())
@@ -200,10 +202,12 @@ impl AppState {
             limits.queue.clone(),
         ));
         let processes = ProcessStore::open(&db)?;
+        let schedules = ScheduleStore::open(&db)?;
         let approvals = Approvals::open(
             &db,
             runs.clone(),
             processes.clone(),
+            schedules.clone(),
             dispatcher.clone(),
             audit.clone(),
         )?;
@@ -213,7 +217,7 @@ impl AppState {
             modules,
             processes,
             approvals,
-            schedules: ScheduleStore::open(&db)?,
+            schedules,
             runs,
             users: UserStore::open(&db)?,
             policy,

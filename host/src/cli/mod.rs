@@ -1,6 +1,7 @@
 //! The `warden` command line: argument parsing (clap) and one handler per subcommand.
 //! Handlers return `anyhow::Result`; `main` prints one clear line on error.
 
+mod access;
 mod audit;
 mod client;
 mod credential;
@@ -61,6 +62,15 @@ enum Command {
     /// Runs on a server.
     #[command(subcommand)]
     Run(client::RunCommand),
+    /// API tokens on a server: mint, list, revoke.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Users on a server: list, create, disable, enable, delete.
+    #[command(subcommand)]
+    User(access::UserCommand),
+    /// Trusted publishers on a server: list, trust, distrust.
+    #[command(subcommand)]
+    Publisher(access::PublisherCommand),
     /// Make a publisher key pair.
     Keygen(sign::KeygenArgs),
     /// Sign a task module with its manifest.
@@ -97,6 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Module(cmd) => client::module(cmd).await,
         Command::Process(cmd) => client::process(cmd).await,
         Command::Run(cmd) => client::run(cmd).await,
+        Command::Token(cmd) => access::token(cmd).await,
+        Command::User(cmd) => access::user(cmd).await,
+        Command::Publisher(cmd) => access::publisher(cmd).await,
         Command::Credential(cmd) => credential::run(cmd).await,
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,

@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock};
 
 pub use load::{MAX_POLICY_FILE_BYTES, MAX_POLICY_FILES, MAX_POLICY_ID_BYTES, SCHEMA_FILE};
 pub use request::MAX_HOST_CALL_TEXT_BYTES;
-pub use resource_audit::{ResourceAuditRecord, resource_audit_view};
+pub use resource_audit::{OutcomeKind, ResourceAuditRecord, ResourceDecision, resource_audit_view};
 
 use load::Loaded;
 
@@ -164,6 +164,11 @@ pub struct Principal {
     pub roles: BTreeSet<String>,
     /// The union of the user's custom roles' privileges.
     pub privileges: BTreeSet<Privilege>,
+    /// Credentials the user's custom roles were granted use of ([`Action::UseCredential`]),
+    /// by name. An administrator grants these per role.
+    pub credentials: BTreeSet<String>,
+    /// Targets the user's custom roles were granted use of ([`Action::UseTarget`]), by name.
+    pub targets: BTreeSet<String>,
 }
 
 impl Principal {
@@ -185,7 +190,7 @@ pub enum Action {
     ExecuteProcess,
     /// See a process's definition; list it.
     ViewProcess,
-    /// Upload or retire task modules; trust publishers.
+    /// Upload or retire task modules.
     ManageModules,
     /// Create credentials, update their secrets.
     ManageCredentials,
@@ -203,11 +208,20 @@ pub enum Action {
     ViewResourceAudit,
     /// Approve a run; the resource must be [`Resource::Run`].
     ApproveRun,
+    /// Trust or distrust a publisher key (which decides what code may run at all).
+    TrustPublishers,
+    /// Name a credential in a process grant; the resource must be [`Resource::Credential`].
+    UseCredential,
+    /// Name a target in a process grant; the resource must be [`Resource::Target`].
+    UseTarget,
+    /// See the audit records of a process and of its runs (in the full audit and in the
+    /// resource audit); the resource must be [`Resource::Process`].
+    ViewProcessAudit,
 }
 
 impl Action {
     /// Every API action.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 15] = [
         Action::ManageProcess,
         Action::ExecuteProcess,
         Action::ViewProcess,
@@ -219,6 +233,10 @@ impl Action {
         Action::ViewAudit,
         Action::ViewResourceAudit,
         Action::ApproveRun,
+        Action::TrustPublishers,
+        Action::UseCredential,
+        Action::UseTarget,
+        Action::ViewProcessAudit,
     ];
 
     /// The `Action` entity id in the schema.
@@ -235,6 +253,10 @@ impl Action {
             Action::ViewAudit => "ViewAudit",
             Action::ViewResourceAudit => "ViewResourceAudit",
             Action::ApproveRun => "ApproveRun",
+            Action::TrustPublishers => "TrustPublishers",
+            Action::UseCredential => "UseCredential",
+            Action::UseTarget => "UseTarget",
+            Action::ViewProcessAudit => "ViewProcessAudit",
         }
     }
 }
@@ -262,6 +284,10 @@ pub enum Resource<'a> {
         process: ProcessRef<'a>,
         requester: &'a str,
     },
+    /// A vault credential by name: for [`Action::UseCredential`].
+    Credential(&'a str),
+    /// A target by name: for [`Action::UseTarget`].
+    Target(&'a str),
     /// The server as a whole: for actions not about one process, and for creating one.
     System,
 }

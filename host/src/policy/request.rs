@@ -105,16 +105,36 @@ impl Names {
         EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
     }
 
-    fn user_entity(&self, principal: &Principal) -> Entity {
+    /// The principal: a member of its roles and privileges, carrying the credentials and
+    /// targets its custom roles were granted use of (`credentials`, `targets`).
+    fn user_entity(&self, principal: &Principal) -> Result<Entity, String> {
         let roles = principal.roles.iter().map(|r| Self::uid(&self.role, r));
         let privileges = principal
             .privileges
             .iter()
             .map(|p| Self::uid(&self.privilege, p.as_str()));
-        Entity::new_no_attrs(
+        let entity_set = |ty: &EntityTypeName, ids: &std::collections::BTreeSet<String>| {
+            RestrictedExpression::new_set(
+                ids.iter()
+                    .map(|id| RestrictedExpression::new_entity_uid(Self::uid(ty, id))),
+            )
+        };
+        let attrs = [
+            (
+                "credentials".to_string(),
+                entity_set(&self.credential, &principal.credentials),
+            ),
+            (
+                "targets".to_string(),
+                entity_set(&self.target, &principal.targets),
+            ),
+        ];
+        Entity::new(
             Self::uid(&self.user, &principal.user),
+            attrs.into(),
             roles.chain(privileges).collect(),
         )
+        .map_err(|e| e.to_string())
     }
 
     fn process_entity(&self, process: &ProcessRef<'_>) -> Result<Entity, String> {
@@ -279,10 +299,14 @@ impl Loaded {
         resource: Resource<'_>,
     ) -> Result<(Request, Entities), String> {
         let names = &self.names;
-        let user = names.user_entity(principal);
+        let user = names.user_entity(principal)?;
         let principal_uid = user.uid();
         let (resource_uid, process, context) = match resource {
             Resource::System => (names.system.clone(), None, Context::empty()),
+            Resource::Credential(name) => {
+                (Names::uid(&names.credential, name), None, Context::empty())
+            }
+            Resource::Target(name) => (Names::uid(&names.target, name), None, Context::empty()),
             Resource::Process(p) => (Names::uid(&names.process, p.id), Some(p), Context::empty()),
             Resource::Run {
                 process: p,

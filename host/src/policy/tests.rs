@@ -21,6 +21,7 @@ fn user(name: &str, roles: &[&str], privileges: &[Privilege]) -> Principal {
         user: name.into(),
         roles: set(roles),
         privileges: privileges.iter().copied().collect(),
+        ..Principal::default()
     }
 }
 
@@ -803,9 +804,13 @@ fn real_policy_set_has_the_documented_ids() {
         "manage-privileged-process-view-shared",
         "no-self-approval",
         "password-auditor",
+        "password-auditor-processes",
         "privileged-administrator",
         "super-administrator",
         "super-administrator-processes",
+        "super-administrator-resources",
+        "use-granted-credential",
+        "use-granted-target",
     ];
     assert_eq!(ids, expected);
 }
@@ -1116,6 +1121,7 @@ fn resource_audit_projection_has_exactly_the_documented_fields() {
         "credential",
         "decision",
         "outcome",
+        "policy",
         "seq",
         "target",
         "time_ms",
@@ -1125,13 +1131,160 @@ fn resource_audit_projection_has_exactly_the_documented_fields() {
     for hidden in [
         "run-9",
         "/etc/shadow",
+        "no grant",
         "duration_us",
         "prev_hash",
         &"11".repeat(32),
     ] {
         assert!(!text.contains(hidden), "{hidden} leaked: {text}");
     }
-    assert_eq!(json["decision"]["policy"], "host-call-requires-grant");
+    assert_eq!(json["decision"], "denied");
+    assert_eq!(json["policy"], "host-call-requires-grant");
+    assert_eq!(json["outcome"], "denied");
+}
+
+#[test]
+fn resource_audit_never_carries_free_text_from_outcomes_or_policies() {
+    let mut failed = record(Some("web-1"), None);
+    failed.entry.decision = Decision::Allowed;
+    failed.entry.outcome = "transfer failed: /srv/app/secret.conf: Permission denied".into();
+    let json = serde_json::to_value(resource_audit_view(&failed).unwrap()).unwrap();
+    assert_eq!(json["outcome"], "failed");
+    assert_eq!(json["decision"], "allowed");
+    assert!(!json.to_string().contains("/srv"), "{json}");
+    let mut odd_policy = record(Some("web-1"), None);
+    odd_policy.entry.decision = Decision::Denied {
+        reason: "x".into(),
+        policy: Some("registry: /etc/passwd".into()),
+    };
+    let json = serde_json::to_value(resource_audit_view(&odd_policy).unwrap()).unwrap();
+    assert_eq!(json["policy"], serde_json::Value::Null, "{json}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Publisher trust, grant names, audit visibility (issue 10, item 6)
+// ---------------------------------------------------------------------------------------
+
+fn custom_manager(credentials: &[&str], targets: &[&str]) -> Principal {
+    Principal {
+        credentials: set(credentials),
+        targets: set(targets),
+        ..user("mona", &["builders"], &[Privilege::ManagePrivilegedProcess])
+    }
+}
+
+#[test]
+fn only_privileged_administrators_trust_publishers() {
+    let engine = engine();
+    let ask = |who: &Principal| {
+        engine
+            .authorize(who, Action::TrustPublishers, Resource::System)
+            .allowed
+    };
+    assert!(ask(&user("ada", &["privileged-administrator"], &[])));
+    assert!(!ask(&sa()));
+    assert!(!ask(&custom_manager(&["root-pw"], &["web-1"])));
+    assert!(!ask(&user("pat", &["password-auditor"], &[])));
+    // Uploading stays with ManageModules.
+    let upload = engine.authorize(
+        &custom_manager(&[], &[]),
+        Action::ManageModules,
+        Resource::System,
+    );
+    assert!(upload.allowed);
+}
+
+#[test]
+fn a_process_manager_names_only_the_credentials_and_targets_its_role_grants() {
+    let engine = engine();
+    let mona = custom_manager(&["db-pw"], &["db-1"]);
+    let allowed =
+        |who: &Principal, action, resource| engine.authorize(who, action, resource).allowed;
+    assert!(allowed(
+        &mona,
+        Action::UseCredential,
+        Resource::Credential("db-pw")
+    ));
+    assert!(allowed(&mona, Action::UseTarget, Resource::Target("db-1")));
+    assert!(!allowed(
+        &mona,
+        Action::UseCredential,
+        Resource::Credential("root-pw")
+    ));
+    assert!(!allowed(
+        &mona,
+        Action::UseTarget,
+        Resource::Target("web-1")
+    ));
+    // A name granted as a target is not thereby a credential, nor the other way round.
+    assert!(!allowed(
+        &mona,
+        Action::UseCredential,
+        Resource::Credential("db-1")
+    ));
+    assert!(!allowed(
+        &mona,
+        Action::UseTarget,
+        Resource::Target("db-pw")
+    ));
+    // Without the privilege, a granted name is nothing.
+    let plain = Principal {
+        credentials: set(&["db-pw"]),
+        ..user("pete", &[], &[])
+    };
+    assert!(!allowed(
+        &plain,
+        Action::UseCredential,
+        Resource::Credential("db-pw")
+    ));
+    for admin in [user("ada", &["privileged-administrator"], &[]), sa()] {
+        assert!(allowed(
+            &admin,
+            Action::UseCredential,
+            Resource::Credential("root-pw")
+        ));
+        assert!(allowed(
+            &admin,
+            Action::UseTarget,
+            Resource::Target("web-1")
+        ));
+    }
+}
+
+#[test]
+fn audit_of_another_admins_unshared_process_is_hidden_from_the_super_admin() {
+    let engine = engine();
+    let none = BTreeSet::new();
+    let other_admins = ProcessRef {
+        id: "p1",
+        owner: "ada",
+        owner_is_admin: true,
+        shared_users: &none,
+        shared_roles: &none,
+    };
+    let ask = |who: &Principal, p: ProcessRef<'_>| {
+        engine
+            .authorize(who, Action::ViewProcessAudit, Resource::Process(p))
+            .allowed
+    };
+    assert!(!ask(&sa(), other_admins));
+    assert!(ask(
+        &user("ada", &["privileged-administrator"], &[]),
+        other_admins
+    ));
+    assert!(ask(&user("pat", &["password-auditor"], &[]), other_admins));
+    let shared = set(&[sa().user.as_str()]);
+    let shared_with_sa = ProcessRef {
+        shared_users: &shared,
+        ..other_admins
+    };
+    assert!(ask(&sa(), shared_with_sa));
+    let users_process = ProcessRef {
+        owner_is_admin: false,
+        ..other_admins
+    };
+    assert!(ask(&sa(), users_process));
+    assert!(!ask(&custom_manager(&[], &[]), users_process));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -116,6 +116,38 @@ pub fn sign(component: &[u8], manifest: &Manifest, key: &SigningKey) -> Result<V
 
 /// Verifies a signed module against the trusted publishers.
 pub fn verify(signed: &[u8], trusted: &TrustedPublishers) -> Result<VerifiedModule, SignError> {
+    verify_sealed(signed, trusted).map(|(verified, _)| verified)
+}
+
+/// The signature of a module whose bytes were hashed once: enough to check it again
+/// against the publishers trusted *now* without reading or hashing the module again (a
+/// run start re-checks it; a 17 MB component takes tens of milliseconds to hash).
+#[derive(Clone, Debug)]
+pub struct Seal {
+    /// The SHA-256 the signature covers, as computed from the bytes when they were verified.
+    hash: Vec<u8>,
+    key_id: String,
+    signature: Signature,
+}
+
+impl Seal {
+    /// Checks the signature against `trusted`; the publisher's name when it verifies.
+    pub fn check(&self, trusted: &TrustedPublishers) -> Result<String, SignError> {
+        let (publisher, key) = trusted
+            .keys
+            .get(&self.key_id)
+            .ok_or_else(|| SignError::UnknownPublisher(self.key_id.clone()))?;
+        key.verify(&[DOMAIN, self.hash.as_slice()].concat(), &self.signature)
+            .map_err(|_| SignError::BadSignature)?;
+        Ok(publisher.clone())
+    }
+}
+
+/// [`verify`], also returning the [`Seal`] of the verified signature.
+pub fn verify_sealed(
+    signed: &[u8],
+    trusted: &TrustedPublishers,
+) -> Result<(VerifiedModule, Seal), SignError> {
     let sections = parse_sections(signed)?;
     let Some(sig_index) = sections
         .iter()
@@ -141,6 +173,11 @@ pub fn verify(signed: &[u8], trusted: &TrustedPublishers) -> Result<VerifiedModu
     }
     key.verify(&[DOMAIN, hash.as_slice()].concat(), &signature)
         .map_err(|_| SignError::BadSignature)?;
+    let seal = Seal {
+        hash,
+        key_id,
+        signature,
+    };
     let manifest_sections: Vec<_> = sections
         .iter()
         .filter(|s| s.custom == Some(MANIFEST_SECTION))
@@ -155,11 +192,12 @@ pub fn verify(signed: &[u8], trusted: &TrustedPublishers) -> Result<VerifiedModu
     manifest
         .validate()
         .map_err(|e| SignError::Manifest(e.to_string()))?;
-    Ok(VerifiedModule {
+    let verified = VerifiedModule {
         digest: component_digest(signed, &sections),
         manifest,
         publisher: publisher.clone(),
-    })
+    };
+    Ok((verified, seal))
 }
 
 /// SHA-256 of the file with Warden's sections left out: the component as built.

@@ -9,12 +9,19 @@
 //! its component digest; re-uploading the same component with a different manifest or
 //! publisher is refused rather than silently keeping either.
 //!
+//! Distrusting a publisher ([`ModuleStore::distrust_publisher`]) stops its modules at their
+//! next run start: [`ModuleStore::check_trusted`] re-verifies a module's signature against
+//! the publishers trusted at that moment (the bytes are hashed once per module and server
+//! process; the signature itself is checked again every time).
+//!
 //! Also here: [`check_imports`], the check that a component imports no Warden interface its
 //! signed manifest did not declare.
 //!
 //! Trees: `modules` (digest → JSON [`ModuleInfo`]), `module_blobs` (digest → signed file
 //! bytes), `publishers` (name → 32-byte ed25519 public key).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
@@ -23,7 +30,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::manifest::Manifest;
-use super::signing::{self, SignError, TrustedPublishers, VerifiedModule};
+use super::signing::{self, Seal, SignError, TrustedPublishers, VerifiedModule};
 
 /// Sled tree of module records.
 pub const MODULES_TREE: &str = "modules";
@@ -101,6 +108,9 @@ pub struct ModuleStore {
     modules: sled::Tree,
     blobs: sled::Tree,
     publishers: sled::Tree,
+    /// The verified signature of each module checked so far, by digest (a stored blob
+    /// never changes). One small entry per stored module.
+    seals: Arc<Mutex<HashMap<String, Seal>>>,
 }
 
 impl std::fmt::Debug for ModuleStore {
@@ -116,7 +126,40 @@ impl ModuleStore {
             modules: db.open_tree(MODULES_TREE)?,
             blobs: db.open_tree(BLOBS_TREE)?,
             publishers: db.open_tree(PUBLISHERS_TREE)?,
+            seals: Arc::default(),
         })
+    }
+
+    /// Re-verifies `module`'s signature against the publishers trusted now; called when a
+    /// run of it starts, so a distrusted publisher's (or a rotated key's) modules stop.
+    /// The first check per module reads and verifies the stored bytes in full.
+    pub fn check_trusted(&self, module: &ModuleInfo) -> Result<(), RegistryError> {
+        let trusted = self.publishers()?;
+        let cached = self
+            .seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&module.digest)
+            .cloned();
+        let seal = match cached {
+            Some(seal) => seal,
+            None => {
+                let bytes = self
+                    .bytes(&module.digest)?
+                    .ok_or_else(|| RegistryError::NotFound(module.digest.clone()))?;
+                let (verified, seal) = signing::verify_sealed(&bytes, &trusted)?;
+                if verified.digest != module.digest || verified.manifest != module.manifest {
+                    return Err(RegistryError::Conflict(module.digest.clone()));
+                }
+                self.seals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(module.digest.clone(), seal.clone());
+                seal
+            }
+        };
+        seal.check(&trusted)?;
+        Ok(())
     }
 
     /// Trusts `key` as publisher `name`, replacing the key `name` had (key rotation). A key

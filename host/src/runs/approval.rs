@@ -10,7 +10,9 @@
 //!   approvals unmatched; they are marked invalidated and audited `run.approval.invalidated`;
 //! - self-approval and one person approving twice: the requester is refused here (and by the
 //!   Cedar `no-self-approval` policy, which the API consults first), and approvals are
-//!   counted per distinct approver;
+//!   counted per distinct approver. The requester of a scheduled run (actor
+//!   `schedule:<id>`) is the user who created the schedule ([`Approvals::requester`]); when
+//!   that schedule is gone the requester cannot be established and nobody may approve;
 //! - an approval left lying around for later: each expires after the configured TTL
 //!   ([`DEFAULT_APPROVAL_TTL`]) and then no longer counts;
 //! - an unaudited decision: every grant, refusal, rejection and invalidation is audited
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::dispatch::{Dispatcher, StartError};
+use super::schedule::ScheduleStore;
 use super::{Process, ProcessStore, RunRecord, RunState, RunStore, RunsError, now_ms};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Decision};
 use crate::capabilities::grant::Grant;
@@ -70,6 +73,9 @@ pub enum ApprovalError {
     Start(#[from] StartError),
     #[error("{0}")]
     Invalid(String),
+    /// A scheduled run whose schedule is gone: who requested it cannot be established.
+    #[error("the schedule {0} that requested this run is gone; nobody can approve it")]
+    NoRequester(String),
     #[error(transparent)]
     Runs(#[from] RunsError),
     #[error("audit: {0}")]
@@ -201,6 +207,7 @@ pub struct Approvals {
     tree: sled::Tree,
     runs: RunStore,
     processes: ProcessStore,
+    schedules: ScheduleStore,
     dispatcher: Dispatcher,
     audit: AuditLog,
     ttl: Duration,
@@ -222,6 +229,7 @@ impl Approvals {
         db: &sled::Db,
         runs: RunStore,
         processes: ProcessStore,
+        schedules: ScheduleStore,
         dispatcher: Dispatcher,
         audit: AuditLog,
     ) -> Result<Self, ApprovalError> {
@@ -229,6 +237,7 @@ impl Approvals {
             tree: db.open_tree(APPROVALS_TREE)?,
             runs,
             processes,
+            schedules,
             dispatcher,
             audit,
             ttl: DEFAULT_APPROVAL_TTL,
@@ -245,6 +254,33 @@ impl Approvals {
     /// How long a new approval lasts.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The user accountable for requesting `run`, whom four eyes exclude from approving it:
+    /// its actor, or for a scheduled run (`schedule:<id>`) the user who created the schedule.
+    pub fn requester(&self, run: &RunRecord) -> Result<String, ApprovalError> {
+        let Some(id) = run.actor.strip_prefix("schedule:") else {
+            return Ok(run.actor.clone());
+        };
+        let schedule = self
+            .schedules
+            .get(id)
+            .map_err(|e| ApprovalError::Invalid(e.to_string()))?;
+        match schedule {
+            Some(s) => Ok(s.created_by),
+            None => Err(ApprovalError::NoRequester(id.to_string())),
+        }
+    }
+
+    /// Whether `who` requested `run` (its actor or, for a scheduled run, the schedule's
+    /// creator); a run whose requester cannot be established counts as requested by
+    /// everyone (fail closed).
+    fn is_requester(&self, run: &RunRecord, who: &str) -> Result<bool, ApprovalError> {
+        Ok(match self.requester(run) {
+            Ok(requester) => requester == who || run.actor == who,
+            Err(ApprovalError::NoRequester(_)) => true,
+            Err(e) => return Err(e),
+        })
     }
 
     /// The approval request of a run (any state; a run that never needed approvals shows
@@ -267,18 +303,39 @@ impl Approvals {
         approver: &str,
         seen: Option<&str>,
     ) -> Result<ApproveOutcome, ApprovalError> {
+        self.approve_via(run_id, approver, seen, "").await
+    }
+
+    /// [`Self::approve`], noting in the audit record how the approver authenticated (`via`,
+    /// e.g. the API token's id and who enrolled it), so an approval made with a token that
+    /// someone else once held is attributable.
+    pub async fn approve_via(
+        &self,
+        run_id: &str,
+        approver: &str,
+        seen: Option<&str>,
+        via: &str,
+    ) -> Result<ApproveOutcome, ApprovalError> {
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
-        if run.actor == approver {
+        if self.is_requester(&run, approver)? {
             self.audit_refusal(
                 &run,
                 approver,
-                "self-approval: the requester cannot approve",
+                "self-approval: the requester (for a scheduled run, the schedule's creator) \
+                 cannot approve",
             )
             .await?;
             return Err(ApprovalError::SelfApproval);
         }
-        let resolved = self.resolve(&run)?;
+        let resolved = match self.resolve(&run) {
+            Ok(resolved) => resolved,
+            Err(e @ ApprovalError::Start(StartError::Untrusted(..))) => {
+                self.audit_refusal(&run, approver, &e.to_string()).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(seen) = seen.filter(|seen| *seen != resolved.binding) {
             let reason = format!(
                 "stale: the approver reviewed binding sha256:{seen}, the run now binds sha256:{}",
@@ -309,7 +366,8 @@ impl Approvals {
             expires_ms: now.saturating_add(ttl_ms),
             invalidated_ms: None,
         });
-        let count = distinct_valid(&approvals, &run.actor, &resolved.binding, now);
+        let requester = self.requester(&run)?;
+        let count = distinct_valid(&approvals, &requester, &resolved.binding, now);
         let required = resolved.process.required_approvals;
         let started = count >= usize::try_from(required).unwrap_or(usize::MAX);
         // The run's place in the queue is reserved before the approval is recorded: a full
@@ -331,7 +389,7 @@ impl Approvals {
                 "run.approval.granted",
                 Decision::Allowed,
                 format!(
-                    "approval {count} of {required}, binding sha256:{}, expires in {} s",
+                    "approval {count} of {required}, binding sha256:{}, expires in {} s{via}",
                     resolved.binding,
                     self.ttl.as_secs()
                 ),
@@ -365,7 +423,7 @@ impl Approvals {
         }
         let _guard = self.lock.lock().await;
         let run = self.load_run(run_id)?;
-        if run.actor == approver {
+        if self.is_requester(&run, approver)? {
             self.audit_refusal(
                 &run,
                 approver,
@@ -519,9 +577,10 @@ impl Approvals {
                 }
             })
             .collect();
+        let requester = self.requester(run).unwrap_or_else(|_| run.actor.clone());
         let valid_approvals = binding
             .as_deref()
-            .map_or(0, |b| distinct_valid(&approvals, &run.actor, b, now));
+            .map_or(0, |b| distinct_valid(&approvals, &requester, b, now));
         let request = ApprovalRequest {
             run_id: run.id.clone(),
             state: run.state,

@@ -43,6 +43,10 @@ pub enum StartError {
     /// Registry failure.
     #[error("registry: {0}")]
     Registry(String),
+    /// The module's signature no longer verifies against the publishers trusted now (its
+    /// publisher was distrusted or its key rotated).
+    #[error("module {0} is refused: {1}")]
+    Untrusted(String, String),
     /// The process now runs another module than the run was requested with; the run must
     /// be requested again.
     #[error("process {0} changed its module since the run was requested")]
@@ -245,6 +249,10 @@ impl Dispatcher {
             .map_err(|e| StartError::Registry(e.to_string()))?
             .filter(|m| !m.retired)
             .ok_or_else(|| StartError::ModuleUnavailable(process.module_digest.clone()))?;
+        // Invariant 3 at run time: only what verifies against the publishers trusted now.
+        self.modules
+            .check_trusted(&module)
+            .map_err(|e| StartError::Untrusted(module.digest.clone(), e.to_string()))?;
         let mut merged = process.default_inputs.clone();
         merged.extend(inputs);
         let given: BTreeMap<String, toml::Value> = merged

@@ -8,14 +8,24 @@
 //!   the stored hash in constant time, and every failure (malformed, unknown id, wrong
 //!   secret, revoked, user gone) looks the same to the caller: `None`.
 //! - **Privilege confusion.** Custom roles may not take a built-in role's name, a user may
-//!   hold only roles that exist, and a [`Principal`]'s privileges are computed here from
-//!   the stored roles, never taken from a request.
+//!   hold only roles that exist, and a [`Principal`]'s privileges (and the credentials and
+//!   targets it may name in a grant) are computed here from the stored roles, never taken
+//!   from a request.
+//! - **Access that outlives its grant.** Every token expires ([`DEFAULT_TOKEN_TTL`], at most
+//!   [`MAX_TOKEN_TTL`]); a revoked token, a disabled or deleted user's token stops working
+//!   at the next request. A deleted user keeps a tombstone so its name (which shares,
+//!   approvals and audit records name) is never given to someone else.
+//! - **Impersonation by whoever mints tokens.** A token minted for another user is an
+//!   enrollment token ([`TokenKind::Enrollment`]): short-lived, single-use, good only for the
+//!   user to mint their own token (see `tokens`).
 //!
-//! Layout: `token` holds the token format, generation, parsing and hashing; this file the
-//! sled trees `users` (name → JSON [`User`]), `roles` (name → JSON [`Role`]) and `tokens`
-//! (id → JSON record with the secret's hash).
+//! Layout: `token` holds the token format, generation, parsing and hashing; `tokens` the
+//! token lifecycle (issue, authenticate, list, revoke, expiry); this file the sled trees
+//! `users` (name → JSON [`User`]), `roles` (name → JSON [`Role`]) and `tokens` (id → JSON
+//! record with the secret's hash).
 
 mod token;
+mod tokens;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +39,10 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{BuiltinRole, Principal, Privilege};
 
 pub use token::MAX_TOKEN_LEN;
+pub use tokens::{
+    Authenticated, DEFAULT_ENROLLMENT_TTL, DEFAULT_TOKEN_TTL, MAX_ENROLLMENT_TTL, MAX_TOKEN_TTL,
+    TokenInfo, TokenKind, TokenRequest,
+};
 
 /// Sled tree of users.
 pub const USERS_TREE: &str = "users";
@@ -46,6 +60,11 @@ pub const MAX_ROLES_PER_USER: usize = 64;
 /// Most live tokens one user holds. Stops a user (or a stolen token) from filling the
 /// database with tokens.
 pub const MAX_TOKENS_PER_USER: usize = 64;
+/// Most credentials, and separately most targets, one custom role grants use of. Every
+/// request builds a principal holding the union of its roles' grants.
+pub const MAX_ROLE_GRANTS: usize = 256;
+/// Longest credential or target name a role grants (the grant's own name limit).
+pub const MAX_GRANT_NAME_LEN: usize = 128;
 
 /// Every privilege a custom role can grant, as [`Privilege::as_str`] names them.
 pub const PRIVILEGES: [Privilege; 3] = [
@@ -93,6 +112,16 @@ pub enum UserError {
     UnknownUser(String),
     #[error("user {0:?} already holds {MAX_TOKENS_PER_USER} tokens; revoke one first")]
     TooManyTokens(String),
+    #[error("token lifetime must be between 1 second and {max_days} days")]
+    InvalidTtl { max_days: u64 },
+    #[error(
+        "invalid {0} grant {1:?}: 1-{MAX_GRANT_NAME_LEN} of A-Z a-z 0-9 . _ -, at most {MAX_ROLE_GRANTS}"
+    )]
+    InvalidGrant(&'static str, String),
+    #[error("user {0:?} was deleted")]
+    Deleted(String),
+    #[error("this enrollment token was already used")]
+    EnrollmentUsed,
     #[error("stored {0} is corrupt")]
     Corrupt(String),
     #[error("user storage failed: {0}")]
@@ -107,24 +136,68 @@ pub struct User {
     /// Built-in role names ([`BuiltinRole::as_str`]) and custom role names.
     pub roles: BTreeSet<String>,
     pub created_ms: u64,
+    /// A disabled user's tokens are refused; an administrator may enable it again.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Set when the user was deleted: its tokens are gone, it holds no role, and its name
+    /// is never reused (processes, approvals and audit records name users by name).
+    #[serde(default)]
+    pub deleted_ms: Option<u64>,
 }
 
-/// A custom role: a name and the privileges it grants.
+impl User {
+    /// Whether its tokens may authenticate.
+    pub fn is_active(&self) -> bool {
+        !self.disabled && self.deleted_ms.is_none()
+    }
+}
+
+/// A custom role: a name, the privileges it grants, and the credentials and targets its
+/// holders may name in a process grant ([`crate::policy::Action::UseCredential`],
+/// [`crate::policy::Action::UseTarget`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Role {
     pub name: String,
     #[serde(with = "privilege_names")]
     pub privileges: BTreeSet<Privilege>,
     pub created_ms: u64,
+    #[serde(default)]
+    pub credentials: BTreeSet<String>,
+    #[serde(default)]
+    pub targets: BTreeSet<String>,
 }
 
-/// What may be shown about a token: never its secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub user: String,
-    pub label: String,
-    pub created_ms: u64,
+/// The credentials and targets a role grants use of.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGrants {
+    #[serde(default)]
+    pub credentials: BTreeSet<String>,
+    #[serde(default)]
+    pub targets: BTreeSet<String>,
+}
+
+impl RoleGrants {
+    fn check(&self) -> Result<(), UserError> {
+        let valid = |n: &String| {
+            !n.is_empty()
+                && n.len() <= MAX_GRANT_NAME_LEN
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        for (what, set) in [("credential", &self.credentials), ("target", &self.targets)] {
+            if set.len() > MAX_ROLE_GRANTS {
+                return Err(UserError::InvalidGrant(
+                    what,
+                    format!("{} entries", set.len()),
+                ));
+            }
+            if let Some(bad) = set.iter().find(|n| !valid(n)) {
+                return Err(UserError::InvalidGrant(what, bad.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A newly issued token. `token` is the only copy of the secret there will ever be: show
@@ -133,16 +206,6 @@ pub struct TokenInfo {
 pub struct IssuedToken {
     pub info: TokenInfo,
     pub token: SecretString,
-}
-
-/// A token as stored: the secret only as its SHA-256.
-#[derive(Serialize, Deserialize)]
-struct StoredToken {
-    user: String,
-    label: String,
-    created_ms: u64,
-    /// Hex SHA-256 of the secret part.
-    hash: String,
 }
 
 /// Users, roles and tokens in one sled database; cheap to clone.
@@ -179,6 +242,8 @@ impl UserStore {
             name: name.to_string(),
             roles,
             created_ms: now_ms(),
+            disabled: false,
+            deleted_ms: None,
         };
         let swapped = self
             .users
@@ -213,15 +278,42 @@ impl UserStore {
     /// Replaces the roles of user `name`.
     pub fn set_roles(&self, name: &str, roles: BTreeSet<String>) -> Result<User, UserError> {
         self.check_roles(&roles)?;
+        self.edit_user(name, |user| {
+            user.roles = roles.clone();
+        })
+    }
+
+    /// Disables (or enables again) user `name`: a disabled user's tokens are refused at the
+    /// next request.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<User, UserError> {
+        self.edit_user(name, |user| user.disabled = disabled)
+    }
+
+    /// Deletes user `name`: revokes every token, drops its roles and leaves a tombstone so
+    /// the name is never reused. Returns the tombstone and how many tokens were revoked.
+    pub fn delete_user(&self, name: &str) -> Result<(User, usize), UserError> {
+        let tombstone = self.edit_user(name, |user| {
+            user.roles.clear();
+            user.disabled = true;
+            user.deleted_ms = Some(now_ms());
+        })?;
+        let revoked = self.revoke_all_tokens(name)?;
+        Ok((tombstone, revoked))
+    }
+
+    /// Applies `edit` to a live (not deleted) user with compare-and-swap, so a concurrent
+    /// change is not silently overwritten with a stale copy; on a race, read again.
+    fn edit_user(&self, name: &str, edit: impl Fn(&mut User)) -> Result<User, UserError> {
         loop {
             let old = self
                 .users
                 .get(name)?
                 .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
             let mut user: User = decode(&old, "user")?;
-            user.roles = roles.clone();
-            // Compare-and-swap so a concurrent change is not silently overwritten with a
-            // stale copy; on a race, read again.
+            if user.deleted_ms.is_some() {
+                return Err(UserError::Deleted(name.to_string()));
+            }
+            edit(&mut user);
             let swapped = self
                 .users
                 .compare_and_swap(name, Some(&old), Some(encode(&user)?))?;
@@ -232,20 +324,34 @@ impl UserStore {
         }
     }
 
-    /// Creates a custom role. Built-in role names are refused.
+    /// Creates a custom role that grants no credential or target. Built-in role names are
+    /// refused.
     pub fn create_role(
         &self,
         name: &str,
         privileges: BTreeSet<Privilege>,
     ) -> Result<Role, UserError> {
+        self.create_role_granting(name, privileges, RoleGrants::default())
+    }
+
+    /// Creates a custom role whose holders may also name `grants` in process grants.
+    pub fn create_role_granting(
+        &self,
+        name: &str,
+        privileges: BTreeSet<Privilege>,
+        grants: RoleGrants,
+    ) -> Result<Role, UserError> {
         check_role_name(name)?;
         if builtin(name).is_some() {
             return Err(UserError::ReservedRole(name.to_string()));
         }
+        grants.check()?;
         let role = Role {
             name: name.to_string(),
             privileges,
             created_ms: now_ms(),
+            credentials: grants.credentials,
+            targets: grants.targets,
         };
         let swapped = self
             .roles
@@ -257,6 +363,27 @@ impl UserStore {
         Ok(role)
     }
 
+    /// Replaces the credentials and targets custom role `name` grants use of.
+    pub fn set_role_grants(&self, name: &str, grants: RoleGrants) -> Result<Role, UserError> {
+        grants.check()?;
+        loop {
+            let old = self
+                .roles
+                .get(name)?
+                .ok_or_else(|| UserError::UnknownRole(name.to_string()))?;
+            let mut role: Role = decode(&old, "role")?;
+            role.credentials = grants.credentials.clone();
+            role.targets = grants.targets.clone();
+            let swapped = self
+                .roles
+                .compare_and_swap(name, Some(&old), Some(encode(&role)?))?;
+            if swapped.is_ok() {
+                self.roles.flush()?;
+                return Ok(role);
+            }
+        }
+    }
+
     /// Every custom role, by name.
     pub fn list_roles(&self) -> Result<Vec<Role>, UserError> {
         self.roles
@@ -266,112 +393,24 @@ impl UserStore {
             .collect()
     }
 
-    /// Issues a new token for `user`. The returned secret is not stored anywhere.
-    pub fn issue_token(&self, user: &str, label: &str) -> Result<IssuedToken, UserError> {
-        if label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
-            return Err(UserError::InvalidLabel);
-        }
-        if self.get_user(user)?.is_none() {
-            return Err(UserError::UnknownUser(user.to_string()));
-        }
-        // Counted, then inserted: two concurrent issues may overshoot the cap by one each,
-        // which still bounds growth.
-        if self.tokens_of(user)?.len() >= MAX_TOKENS_PER_USER {
-            return Err(UserError::TooManyTokens(user.to_string()));
-        }
-        let created_ms = now_ms();
-        loop {
-            let fresh = token::generate();
-            let stored = StoredToken {
-                user: user.to_string(),
-                label: label.to_string(),
-                created_ms,
-                hash: fresh.hash_hex,
-            };
-            let swapped =
-                self.tokens
-                    .compare_and_swap(&fresh.id, None::<&[u8]>, Some(encode(&stored)?))?;
-            // An id collision (64 random bits) would otherwise let one token overwrite
-            // another's record; draw again.
-            if swapped.is_ok() {
-                self.tokens.flush()?;
-                return Ok(IssuedToken {
-                    info: info(fresh.id, stored),
-                    token: fresh.token,
-                });
-            }
-        }
-    }
-
-    /// Revokes token `id`; `false` when there was no such token.
-    pub fn revoke_token(&self, id: &str) -> Result<bool, UserError> {
-        if !token::is_valid_id(id) {
-            return Ok(false);
-        }
-        let removed = self.tokens.remove(id)?.is_some();
-        self.tokens.flush()?;
-        Ok(removed)
-    }
-
-    /// What is known about token `id` (to check whose token it is before revoking it).
-    pub fn token_info(&self, id: &str) -> Result<Option<TokenInfo>, UserError> {
-        if !token::is_valid_id(id) {
-            return Ok(None);
-        }
-        let Some(bytes) = self.tokens.get(id)? else {
-            return Ok(None);
-        };
-        Ok(Some(info(id.to_string(), decode(&bytes, "token")?)))
-    }
-
-    /// The live tokens of `user`, oldest first.
-    pub fn list_tokens(&self, user: &str) -> Result<Vec<TokenInfo>, UserError> {
-        if self.get_user(user)?.is_none() {
-            return Err(UserError::UnknownUser(user.to_string()));
-        }
-        let mut tokens = self.tokens_of(user)?;
-        tokens.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(tokens)
-    }
-
-    /// Parses the token, looks up its id, compares SHA-256(secret) with the stored hash in
-    /// constant time. Any failure gives `None`, with no distinction leaked. `Err` only for
-    /// storage failures.
-    pub fn authenticate(&self, token: &str) -> Result<Option<User>, UserError> {
-        let Some(parsed) = token::parse(token) else {
-            return Ok(None);
-        };
-        let presented = parsed.secret_hash();
-        let stored = match self.tokens.get(parsed.id)? {
-            Some(bytes) => decode::<StoredToken>(&bytes, "token")?,
-            None => {
-                // Same work as a wrong secret, so unknown ids are not told apart by time.
-                let _ = token::hash_matches(&presented, "");
-                return Ok(None);
-            }
-        };
-        if !token::hash_matches(&presented, &stored.hash) {
-            return Ok(None);
-        }
-        self.get_user(&stored.user)
-    }
-
     /// The policy principal for `user`: its roles, plus the union of its custom roles'
     /// privileges. Read from storage, so a role's privileges are always the current ones.
     pub fn principal(&self, user: &User) -> Result<Principal, UserError> {
-        let mut privileges = BTreeSet::new();
+        let mut principal = Principal {
+            user: user.name.clone(),
+            roles: user.roles.clone(),
+            ..Principal::default()
+        };
         for name in user.roles.iter().filter(|r| builtin(r).is_none()) {
             // A role that does not exist grants nothing (fail closed).
             if let Some(bytes) = self.roles.get(name)? {
                 let role: Role = decode(&bytes, "role")?;
-                privileges.extend(role.privileges);
+                principal.privileges.extend(role.privileges);
+                principal.credentials.extend(role.credentials);
+                principal.targets.extend(role.targets);
             }
         }
-        Ok(Principal {
-            user: user.name.clone(),
-            roles: user.roles.clone(),
-            privileges,
-        })
+        Ok(principal)
     }
 
     /// True when there are no users yet (`warden init` creates the first administrator).
@@ -390,20 +429,6 @@ impl UserStore {
             }
         }
         Ok(())
-    }
-
-    fn tokens_of(&self, user: &str) -> Result<Vec<TokenInfo>, UserError> {
-        let mut found = Vec::new();
-        for entry in self.tokens.iter() {
-            let (id, bytes) = entry?;
-            let stored: StoredToken = decode(&bytes, "token")?;
-            if stored.user == user {
-                let id = String::from_utf8(id.to_vec())
-                    .map_err(|_| UserError::Corrupt("token id".into()))?;
-                found.push(info(id, stored));
-            }
-        }
-        Ok(found)
     }
 }
 
@@ -426,15 +451,6 @@ fn check_role_name(name: &str) -> Result<(), UserError> {
         Ok(())
     } else {
         Err(UserError::InvalidRoleName(name.to_string()))
-    }
-}
-
-fn info(id: String, stored: StoredToken) -> TokenInfo {
-    TokenInfo {
-        id,
-        user: stored.user,
-        label: stored.label,
-        created_ms: stored.created_ms,
     }
 }
 

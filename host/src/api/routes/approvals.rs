@@ -4,7 +4,8 @@
 //! Who may approve or reject is the policies' call (`ApproveRun` on the run's process, with
 //! the requester in the context so `no-self-approval` applies); a refusal is audited
 //! `run.approval.refused` with the policy that refused. The approval module then refuses the
-//! requester again in code, so a policy edit cannot re-enable self-approval.
+//! requester again in code, so a policy edit cannot re-enable self-approval. The requester
+//! of a scheduled run is the schedule's creator ([`crate::runs::approval::Approvals::requester`]).
 
 use std::collections::BTreeMap;
 
@@ -75,6 +76,12 @@ impl From<ApprovalError> for ApiError {
             E::Start(StartError::Inputs(e)) => {
                 ApiError::bad_request("invalid_inputs", e.to_string())
             }
+            E::Start(e @ StartError::Untrusted(..)) => {
+                ApiError::new(StatusCode::FORBIDDEN, "untrusted_module", e.to_string())
+            }
+            e @ E::NoRequester(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "no_requester", e.to_string())
+            }
             E::Start(StartError::ModuleUnavailable(d)) => ApiError::new(
                 StatusCode::CONFLICT,
                 "module_unavailable",
@@ -105,11 +112,26 @@ impl AppState {
         let Some(process) = process else {
             return Err(not_found());
         };
-        if self.may_view(caller, &process)? || self.may_approve(caller, &process, &run)?.is_ok() {
+        if self.may_view(caller, &process)? || self.approves_for(caller, &process)? {
             Ok((run, Some(process)))
         } else {
             Err(not_found())
         }
+    }
+
+    /// Whether `caller` approves runs of `process` at all (whoever requested them): who may
+    /// see a run's approval request. Not audited.
+    fn approves_for(&self, caller: &Caller, process: &Process) -> Result<bool, ApiError> {
+        let owner_is_admin = self.owner_is_admin(process)?;
+        let resource = Resource::Run {
+            process: process_ref(process, owner_is_admin),
+            // Names no user, so no-self-approval does not apply to this question.
+            requester: "",
+        };
+        Ok(self
+            .policy
+            .authorize(&caller.principal, Action::ApproveRun, resource)
+            .allowed)
     }
 
     /// The policies' verdict on `caller` approving `run`: `Err(policy)` names the refusing
@@ -120,10 +142,15 @@ impl AppState {
         process: &Process,
         run: &RunRecord,
     ) -> Result<Result<(), String>, ApiError> {
+        let requester = match self.approvals.requester(run) {
+            Ok(requester) => requester,
+            Err(ApprovalError::NoRequester(_)) => return Ok(Err("no-requester".into())),
+            Err(e) => return Err(e.into()),
+        };
         let owner_is_admin = self.owner_is_admin(process)?;
         let resource = Resource::Run {
             process: process_ref(process, owner_is_admin),
-            requester: &run.actor,
+            requester: &requester,
         };
         let decision = self
             .policy
@@ -196,9 +223,13 @@ async fn approve_run(
 ) -> Result<Json<ApproveOutcome>, ApiError> {
     let run = state.authorize_approval(&caller, &id, "approval").await?;
     let seen = req.binding.as_deref();
+    let via = match &caller.token.enrolled_by {
+        Some(by) => format!(", with token {} (enrolled by {by})", caller.token.id),
+        None => format!(", with token {}", caller.token.id),
+    };
     let outcome = state
         .approvals
-        .approve(&run.id, &caller.user.name, seen)
+        .approve_via(&run.id, &caller.user.name, seen, &via)
         .await?;
     if outcome.started {
         Metrics::bump(&state.metrics.runs_started);

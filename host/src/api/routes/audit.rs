@@ -1,5 +1,10 @@
 //! `/v1/audit`: query the log and verify its chain (full audit), and the Password
-//! Auditor's resource view (records about targets and credentials only, projected).
+//! Auditor's resource view (records about targets and credentials only, projected to
+//! structured fields).
+//!
+//! Both views show only the records the viewer may see ([`crate::api::audit_scope`]): a
+//! Super Administrator does not see the runs, commands or ids of another administrator's
+//! unshared process here either. Filters and `limit` apply to what is visible.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -9,9 +14,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::AppState;
+use crate::api::audit_scope::AuditScope;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::audit::{AuditFilter, AuditRecord};
+use crate::audit::{AuditFilter, AuditRecord, MAX_QUERY_RECORDS};
 use crate::policy::Action;
 use crate::policy::{ResourceAuditRecord, resource_audit_view};
 
@@ -63,7 +69,22 @@ async fn query_audit(
     state
         .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
-    Ok(Json(state.audit.query(&q.into())?))
+    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS);
+    let filter = AuditFilter {
+        limit: None,
+        ..q.into()
+    };
+    let mut scope = AuditScope::new(&state, &caller);
+    let mut visible = Vec::new();
+    for record in state.audit.query(&filter)? {
+        if visible.len() >= limit {
+            break;
+        }
+        if scope.visible(&record)? {
+            visible.push(record);
+        }
+    }
+    Ok(Json(visible))
 }
 
 /// Re-walks the hash chain and checks the signed checkpoint.
@@ -95,19 +116,23 @@ async fn resource_audit(
     state
         .authorize_system(&caller, Action::ViewResourceAudit, "resource audit")
         .await?;
-    let limit = q.limit;
+    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS);
     let filter = AuditFilter {
         limit: None,
         ..q.into()
     };
-    let mut view: Vec<_> = state
-        .audit
-        .query(&filter)?
-        .iter()
-        .filter_map(resource_audit_view)
-        .collect();
-    if let Some(limit) = limit {
-        view.truncate(limit);
+    let mut scope = AuditScope::new(&state, &caller);
+    let mut view = Vec::new();
+    for record in state.audit.query(&filter)? {
+        if view.len() >= limit {
+            break;
+        }
+        let Some(projected) = resource_audit_view(&record) else {
+            continue;
+        };
+        if scope.visible(&record)? {
+            view.push(projected);
+        }
     }
     Ok(Json(view))
 }

@@ -10,6 +10,7 @@ pub mod runs;
 pub mod schedules;
 pub mod system;
 pub mod targets;
+pub mod tokens;
 pub mod users;
 
 use axum::extract::{FromRequest, Request};

@@ -1,5 +1,8 @@
 //! `/v1/modules` and `/v1/publishers`: upload (signed), list, get and retire task modules;
-//! trust publishers.
+//! trust and distrust publishers (`TrustPublishers`: Privileged Administrators only, since a
+//! publisher key decides what code may run at all; `ManageModules` does not include it).
+//! Distrust takes effect at the next run start: the dispatcher re-verifies a module's
+//! signature against the publishers trusted then.
 //!
 //! An upload is accepted only if its signature verifies against a trusted publisher, the
 //! component compiles, and it imports no Warden interface its signed manifest did not
@@ -35,6 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_module))
         .routes(routes!(retire_module))
         .routes(routes!(list_publishers, trust_publisher))
+        .routes(routes!(distrust_publisher))
 }
 
 fn registry_error(e: RegistryError) -> ApiError {
@@ -247,7 +251,7 @@ async fn trust_publisher(
     Body(req): Body<TrustRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state
-        .authorize_system(&caller, Action::ManageModules, "publishers")
+        .authorize_system(&caller, Action::TrustPublishers, "publishers")
         .await?;
     // Only the hex key itself: never a path, which would let a request read server files.
     let bytes: [u8; 32] = hex::decode(req.public_key.trim())
@@ -263,12 +267,40 @@ async fn trust_publisher(
             RegistryError::Storage(_) | RegistryError::Encode(_) => ApiError::internal(e),
             other => ApiError::bad_request("invalid", other.to_string()),
         })?;
-    state
-        .audit_ok(&caller.user.name, "publisher.trust", req.name.clone())
-        .await?;
     let key_id = crate::registry::signing::key_id(&key);
+    state
+        .audit_ok(
+            &caller.user.name,
+            "publisher.trust",
+            format!("{} key id {key_id}", req.name),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "name": req.name, "key_id": key_id })),
     ))
+}
+
+/// Stop trusting a publisher: its modules are refused at their next run start (scheduled
+/// and approved runs included) and can no longer be uploaded.
+#[utoipa::path(delete, path = "/v1/publishers/{name}", params(("name" = String, Path, description = "publisher name")), responses((status = 204, description = "distrusted"), (status = 403, description = "not a Privileged Administrator"), (status = 404, description = "not trusted")))]
+async fn distrust_publisher(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .authorize_system(&caller, Action::TrustPublishers, "publishers")
+        .await?;
+    if !state
+        .modules
+        .distrust_publisher(&name)
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::not_found(format!("publisher '{name}'")));
+    }
+    state
+        .audit_ok(&caller.user.name, "publisher.distrust", name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,12 @@
 //! `/v1/processes`: create, read, update, share and delete processes, and start runs of
 //! them. Who may do what is the policies' call ([`crate::policy`]); a Super Administrator,
 //! for one, does not see another administrator's process until it is shared.
+//!
+//! Threat: a process author widening their own reach through the grant. Creating or
+//! updating a process whose grant names a credential (to use or to rotate) or a target
+//! needs `UseCredential` / `UseTarget` on each; a refusal is a 403 naming what is missing,
+//! audited. And a module whose publisher was distrusted since: the run start is refused
+//! (`untrusted_module`) and audited `run.refused`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,11 +21,13 @@ use super::Body;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Metrics};
+use crate::audit::{AuditEntry, Decision};
 use crate::capabilities::grant::Grant;
 use crate::policy::{Action, ProcessRef, Resource};
 use crate::registry::store::ModuleInfo;
 use crate::runs::dispatch::StartError;
 use crate::runs::{NewProcess, Process, RunRecord};
+use axum::http::StatusCode as Status;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -116,10 +124,108 @@ impl AppState {
             .allowed)
     }
 
+    /// Refuses (403 `grant_not_permitted`, audited) a grant naming a credential or a target
+    /// the caller may not use.
+    pub(crate) async fn authorize_grant(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+    ) -> Result<(), ApiError> {
+        let credentials = grant.credentials.iter().chain(&grant.rotations);
+        let named = credentials
+            .map(|c| {
+                (
+                    Action::UseCredential,
+                    Resource::Credential(c),
+                    "credential",
+                    c,
+                )
+            })
+            .chain(
+                grant
+                    .targets
+                    .iter()
+                    .map(|t| (Action::UseTarget, Resource::Target(t), "target", t)),
+            );
+        for (action, resource, kind, name) in named {
+            let decision = self.policy.authorize(&caller.principal, action, resource);
+            if decision.allowed {
+                continue;
+            }
+            let why = format!(
+                "the grant names {kind} '{name}', which you may not use ({} denied by policy {})",
+                action.as_str(),
+                decision.policy()
+            );
+            Metrics::bump(&self.metrics.denials);
+            self.audit
+                .append(AuditEntry {
+                    run_id: None,
+                    actor: caller.user.name.clone(),
+                    action: format!("api.{action:?}"),
+                    target: (kind == "target").then(|| name.clone()),
+                    credential: (kind == "credential").then(|| name.clone()),
+                    decision: Decision::Denied {
+                        reason: why.clone(),
+                        policy: Some(decision.policy()),
+                    },
+                    outcome: "denied".into(),
+                    duration_us: 0,
+                    detail: None,
+                })
+                .await?;
+            return Err(ApiError::new(Status::FORBIDDEN, "grant_not_permitted", why));
+        }
+        Ok(())
+    }
+
+    /// Audits a run start refused because its module no longer verifies.
+    pub(crate) async fn audit_refused_start(
+        &self,
+        actor: &str,
+        process: &Process,
+        error: &StartError,
+    ) -> Result<(), ApiError> {
+        self.audit
+            .append(AuditEntry {
+                run_id: None,
+                actor: actor.to_string(),
+                action: "run.refused".into(),
+                target: None,
+                credential: None,
+                decision: Decision::Denied {
+                    reason: error.to_string(),
+                    policy: Some("registry".into()),
+                },
+                outcome: "denied".into(),
+                duration_us: 0,
+                detail: Some(format!("process {}", process.id)),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub(crate) fn load_process(&self, id: &str) -> Result<Process, ApiError> {
         self.processes
             .get(id)?
             .ok_or_else(|| ApiError::not_found(format!("process {id}")))
+    }
+}
+
+/// The API error for a run that could not be started (or resolved).
+pub(crate) fn start_error(e: StartError) -> ApiError {
+    match e {
+        StartError::Inputs(e) => ApiError::bad_request("invalid_inputs", e.to_string()),
+        StartError::ModuleUnavailable(d) => ApiError::bad_request(
+            "module_unavailable",
+            format!("module {d} is unknown or retired"),
+        ),
+        e @ StartError::Untrusted(..) => {
+            ApiError::new(Status::FORBIDDEN, "untrusted_module", e.to_string())
+        }
+        StartError::Runs(e) => e.into(),
+        StartError::Refused(refusal) => refusal.into(),
+        other => ApiError::internal(other),
     }
 }
 
@@ -170,6 +276,7 @@ async fn create_process(
     state
         .authorize_system(&caller, Action::ManageProcess, "processes")
         .await?;
+    state.authorize_grant(&caller, &req.grant).await?;
     let module = active_module(&state, &req.module_digest)?;
     state.check_grant_credentials(&req.grant)?;
     let process = state.processes.create(NewProcess {
@@ -220,6 +327,7 @@ async fn update_process(
     state
         .authorize_process(&caller, Action::ManageProcess, &process)
         .await?;
+    state.authorize_grant(&caller, &req.grant).await?;
     let module = active_module(&state, &req.module_digest)?;
     state.check_grant_credentials(&req.grant)?;
     let updated = state.processes.update(&id, |p| {
@@ -309,20 +417,20 @@ async fn start_run(
         .authorize_process(&caller, Action::ExecuteProcess, &process)
         .await?;
     let inputs = body.inputs;
-    let run = state
+    let run = match state
         .dispatcher
         .start(&process, inputs, &caller.user.name)
         .await
-        .map_err(|e| match e {
-            StartError::Inputs(e) => ApiError::bad_request("invalid_inputs", e.to_string()),
-            StartError::ModuleUnavailable(d) => ApiError::bad_request(
-                "module_unavailable",
-                format!("module {d} is unknown or retired"),
-            ),
-            StartError::Runs(e) => e.into(),
-            StartError::Refused(refusal) => refusal.into(),
-            other => ApiError::internal(other),
-        })?;
+    {
+        Ok(run) => run,
+        Err(e @ StartError::Untrusted(..)) => {
+            state
+                .audit_refused_start(&caller.user.name, &process, &e)
+                .await?;
+            return Err(start_error(e));
+        }
+        Err(e) => return Err(start_error(e)),
+    };
     Metrics::bump(&state.metrics.runs_started);
     Ok((StatusCode::ACCEPTED, Json(run)))
 }

@@ -13,7 +13,6 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::policy::Action;
-use crate::runs::dispatch::StartError;
 use crate::runs::schedule::{NewSchedule, Schedule, ScheduleError};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -67,14 +66,7 @@ async fn create_schedule(
     state
         .dispatcher
         .resolve(&process, req.inputs.clone())
-        .map_err(|e| match e {
-            StartError::Inputs(e) => ApiError::bad_request("invalid_inputs", e.to_string()),
-            StartError::ModuleUnavailable(d) => ApiError::bad_request(
-                "module_unavailable",
-                format!("module {d} is unknown or retired"),
-            ),
-            other => ApiError::internal(other),
-        })?;
+        .map_err(super::processes::start_error)?;
     let schedule = state
         .schedules
         .create(&process.id, req, &caller.user.name)

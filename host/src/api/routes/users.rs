@@ -1,6 +1,11 @@
-//! `/v1/users`, `/v1/roles`, API tokens. Changing an administrator (or making one) needs
-//! the `ManageAdministrators` action, so a Super Administrator cannot promote itself out
-//! of its process restriction. A token is shown once, in the response that creates it.
+//! `/v1/users` and `/v1/roles`: create, disable, enable and delete users; create custom
+//! roles and set the credentials and targets they grant use of. Changing an administrator
+//! (or making one) needs the `ManageAdministrators` action, so a Super Administrator cannot
+//! promote itself out of its process restriction. Tokens are in `tokens.rs`.
+//!
+//! Threat: an account that outlives its owner's access (disable and delete take effect at
+//! the next request), a name reused by someone else (a deleted user leaves a tombstone), and
+//! an administrator locking everyone out by disabling itself (refused).
 
 use std::collections::BTreeSet;
 
@@ -18,13 +23,16 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::policy::{Action, Resource};
-use crate::users::{Role, User, builtin, parse_privilege};
+use crate::users::{Role, RoleGrants, TokenRequest, User, builtin, parse_privilege};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_users, create_user))
-        .routes(routes!(issue_token))
+        .routes(routes!(delete_user))
+        .routes(routes!(disable_user))
+        .routes(routes!(enable_user))
         .routes(routes!(list_roles, create_role))
+        .routes(routes!(set_role_grants))
 }
 
 #[derive(Deserialize)]
@@ -33,13 +41,9 @@ struct NewUser {
     name: String,
     #[serde(default)]
     roles: BTreeSet<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
+    /// Also mint an enrollment token the new user redeems for their own token.
     #[serde(default)]
-    label: String,
+    enroll: bool,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +51,10 @@ struct NewToken {
 struct NewRole {
     name: String,
     privileges: Vec<String>,
+    #[serde(default)]
+    credentials: BTreeSet<String>,
+    #[serde(default)]
+    targets: BTreeSet<String>,
 }
 
 fn gives_admin(roles: &BTreeSet<String>) -> bool {
@@ -57,7 +65,7 @@ fn gives_admin(roles: &BTreeSet<String>) -> bool {
 }
 
 /// The action needed to change `roles`' holder.
-fn user_action(roles: &BTreeSet<String>) -> Action {
+pub(super) fn user_action(roles: &BTreeSet<String>) -> Action {
     if gives_admin(roles) {
         Action::ManageAdministrators
     } else {
@@ -65,7 +73,25 @@ fn user_action(roles: &BTreeSet<String>) -> Action {
     }
 }
 
-/// Users and their roles.
+impl AppState {
+    /// Loads user `name` and authorizes managing it (ManageAdministrators for an
+    /// administrator); 404 when there is none.
+    pub(super) async fn authorize_user_admin(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<User, ApiError> {
+        let user = self
+            .users
+            .get_user(name)?
+            .ok_or_else(|| ApiError::not_found(format!("user '{name}'")))?;
+        self.authorize(caller, user_action(&user.roles), Resource::System, "users")
+            .await?;
+        Ok(user)
+    }
+}
+
+/// Users and their roles (deleted users appear with `deleted_ms`).
 #[utoipa::path(get, path = "/v1/users", responses((status = 200, description = "users")))]
 async fn list_users(
     State(state): State<AppState>,
@@ -77,13 +103,14 @@ async fn list_users(
     Ok(Json(state.users.list_users()?))
 }
 
-/// Create a user with roles.
+/// Create a user with roles; with `"enroll": true` the response also carries an
+/// enrollment token (shown once) that the user redeems for their own token.
 #[utoipa::path(post, path = "/v1/users", responses((status = 201, description = "created"), (status = 409, description = "exists")))]
 async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
     Body(req): Body<NewUser>,
-) -> Result<(StatusCode, Json<User>), ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     state
         .authorize(&caller, user_action(&req.roles), Resource::System, "users")
         .await?;
@@ -99,45 +126,88 @@ async fn create_user(
             ),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(user)))
+    let mut body = json!(user);
+    if req.enroll {
+        let issued = state.users.issue(&TokenRequest {
+            user: &user.name,
+            label: "enrollment",
+            minted_by: &caller.user.name,
+            ttl: None,
+            enrolled_by: None,
+        })?;
+        super::tokens::audit_issued(&state, &caller, &issued.info).await?;
+        body["enrollment"] = json!({
+            "id": issued.info.id,
+            "token": issued.token.expose_secret(),
+            "expires_ms": issued.info.expires_ms,
+        });
+    }
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Issue an API token for a user; the token is in this response only.
-#[utoipa::path(post, path = "/v1/users/{name}/tokens", params(("name" = String, Path, description = "user name")), responses((status = 201, description = "the token, shown once")))]
-async fn issue_token(
+/// Refuses changing one's own account this way (it would lock the caller out).
+fn not_self(caller: &Caller, name: &str) -> Result<(), ApiError> {
+    if caller.user.name == name {
+        return Err(ApiError::conflict(
+            "you cannot disable or delete your own account",
+        ));
+    }
+    Ok(())
+}
+
+/// Disable a user: its tokens are refused from the next request on.
+#[utoipa::path(post, path = "/v1/users/{name}/disable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "disabled"), (status = 403, description = "not allowed"), (status = 404, description = "unknown")))]
+async fn disable_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Body(body): Body<NewToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let user = state
-        .users
-        .get_user(&name)?
-        .ok_or_else(|| ApiError::not_found(format!("user '{name}'")))?;
+) -> Result<Json<User>, ApiError> {
+    state.authorize_user_admin(&caller, &name).await?;
+    not_self(&caller, &name)?;
+    let user = state.users.set_disabled(&name, true)?;
     state
-        .authorize(
-            &caller,
-            user_action(&user.roles),
-            Resource::System,
-            "tokens",
-        )
+        .audit_ok(&caller.user.name, "user.disable", name)
         .await?;
-    let label = body.label;
-    let issued = state.users.issue_token(&name, &label)?;
+    Ok(Json(user))
+}
+
+/// Enable a disabled user again.
+#[utoipa::path(post, path = "/v1/users/{name}/enable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "enabled"), (status = 404, description = "unknown")))]
+async fn enable_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    state.authorize_user_admin(&caller, &name).await?;
+    let user = state.users.set_disabled(&name, false)?;
+    state
+        .audit_ok(&caller.user.name, "user.enable", name)
+        .await?;
+    Ok(Json(user))
+}
+
+/// Delete a user: every token is revoked, its roles dropped; its name stays reserved so
+/// its runs, approvals and audit records remain attributable.
+#[utoipa::path(delete, path = "/v1/users/{name}", params(("name" = String, Path, description = "user name")), responses((status = 204, description = "deleted"), (status = 403, description = "not allowed"), (status = 404, description = "unknown")))]
+async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize_user_admin(&caller, &name).await?;
+    not_self(&caller, &name)?;
+    let (_, revoked) = state.users.delete_user(&name)?;
     state
         .audit_ok(
             &caller.user.name,
-            "token.issue",
-            format!("{} for {}", issued.info.id, name),
+            "user.delete",
+            format!("{name} ({revoked} tokens revoked)"),
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": issued.info.id, "user": name, "token": issued.token.expose_secret() })),
-    ))
+    Ok(StatusCode::NO_CONTENT)
 }
 
-/// Custom roles and their privileges.
+/// Custom roles, their privileges and the credentials and targets they grant use of.
 #[utoipa::path(get, path = "/v1/roles", responses((status = 200, description = "roles")))]
 async fn list_roles(
     State(state): State<AppState>,
@@ -150,7 +220,8 @@ async fn list_roles(
 }
 
 /// Create a custom role from privileges (`ManagePrivilegedProcess`,
-/// `ExecutePrivilegedProcess`, `ApproveRun`).
+/// `ExecutePrivilegedProcess`, `ApproveRun`) and, optionally, the credentials and targets
+/// its holders may name in process grants.
 #[utoipa::path(post, path = "/v1/roles", responses((status = 201, description = "created")))]
 async fn create_role(
     State(state): State<AppState>,
@@ -168,9 +239,48 @@ async fn create_role(
                 .ok_or_else(|| ApiError::bad_request("invalid", format!("unknown privilege '{p}'")))
         })
         .collect::<Result<BTreeSet<_>, _>>()?;
-    let role = state.users.create_role(&req.name, privileges)?;
+    let grants = RoleGrants {
+        credentials: req.credentials,
+        targets: req.targets,
+    };
+    let role = state
+        .users
+        .create_role_granting(&req.name, privileges, grants)?;
     state
-        .audit_ok(&caller.user.name, "role.create", role.name.clone())
+        .audit_ok(&caller.user.name, "role.create", describe_role(&role))
         .await?;
     Ok((StatusCode::CREATED, Json(role)))
+}
+
+/// Replace the credentials and targets a custom role grants use of.
+#[utoipa::path(put, path = "/v1/roles/{name}/grants", params(("name" = String, Path, description = "role name")), responses((status = 200, description = "updated"), (status = 404, description = "unknown role")))]
+async fn set_role_grants(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Body(grants): Body<RoleGrants>,
+) -> Result<Json<Role>, ApiError> {
+    state
+        .authorize_system(&caller, Action::ManageUsers, "roles")
+        .await?;
+    let role = state.users.set_role_grants(&name, grants)?;
+    state
+        .audit_ok(&caller.user.name, "role.grants", describe_role(&role))
+        .await?;
+    Ok(Json(role))
+}
+
+fn describe_role(role: &Role) -> String {
+    let join = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+    format!(
+        "{}: privileges [{}] credentials [{}] targets [{}]",
+        role.name,
+        role.privileges
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        join(&role.credentials),
+        join(&role.targets)
+    )
 }

@@ -73,12 +73,12 @@ impl Site {
         }
     }
 
-    /// Runs a guest example; returns its run id and outcome.
+    /// Runs a guest example within its manifest's requested commands; returns its run id
+    /// and outcome.
     async fn run(&self, example: &str, params: Vec<Param>) -> (String, RunOutcome) {
-        let task = self.env.prepare(example);
         let (run_id, report) = self
             .env
-            .run(&task, params, self.grant(), RunLimits::default())
+            .run_example(example, params, self.grant(), RunLimits::default())
             .await;
         (run_id, report.outcome)
     }

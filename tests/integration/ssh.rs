@@ -3,7 +3,6 @@
 //! keys, grants, distinct errors per failure, and the real guest examples.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -527,11 +526,11 @@ async fn connections_are_reused_across_calls_and_runs() {
 }
 
 /// Runs a guest example with typed inputs against the fleet.
+/// Runs guest example `name` within its manifest's `[requests]`, as a server would.
 async fn example(fleet: &Fleet, name: &str, params: Vec<Param>, grant: Grant) -> Json {
-    let task: Arc<_> = fleet.env.prepare(name);
     let (_, report) = fleet
         .env
-        .run(&task, params, grant, RunLimits::default())
+        .run_example(name, params, grant, RunLimits::default())
         .await;
     match report.outcome {
         RunOutcome::Succeeded { result } => serde_json::from_str(&result).expect("JSON result"),

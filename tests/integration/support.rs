@@ -110,6 +110,40 @@ impl Env {
             .await
     }
 
+    /// [`Env::run`] of a guest example the way its signed manifest scopes it: every host call
+    /// must also fit the manifest's `[requests]` (commands, paths, target tags).
+    pub async fn run_example(
+        &self,
+        example: &str,
+        params: Vec<Param>,
+        grant: Grant,
+        limits: RunLimits,
+    ) -> (String, RunReport) {
+        let task = self.prepare(example);
+        let manifest = std::fs::read_to_string(guests::manifest(example)).expect("manifest");
+        let manifest =
+            warden_host::registry::manifest::Manifest::parse(&manifest).expect("manifest parses");
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let spec = RunSpec {
+            identity: RunIdentity {
+                run_id: run_id.clone(),
+                actor: "test".into(),
+                module: example.into(),
+            },
+            task,
+            params,
+            grant,
+            limits,
+            control: warden_host::runtime::RunControl::new(),
+        };
+        let report = self
+            .bridge
+            .execute_in_scope(spec, &manifest.requests)
+            .await
+            .expect("run executes");
+        (run_id, report)
+    }
+
     /// [`Env::run`] with the caller holding the run's control (to cancel it mid-run).
     pub async fn run_controlled(
         &self,

@@ -534,3 +534,39 @@ async fn a_users_schedules_count_against_her_own_share_and_cannot_multiply_it() 
     let ids: Vec<String> = hers.iter().map(id).collect();
     all_succeed(&server, &ids).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_run_whose_publisher_is_distrusted_while_it_waits_never_starts() {
+    let server = server_with(1, small_queue()).await;
+    let digest = probe(&server).await;
+    let process = sleeper_process(&server, &digest, "distrusted-while-queued", &[]).await;
+    let running = id(&sleep_run(&server, &process, &server.admin, 1500).await);
+    let waiting = sleep_run(&server, &process, &server.admin, 10).await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    let waiting = id(&waiting);
+
+    let r = server
+        .request(
+            Method::DELETE,
+            "/v1/publishers/acme",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+
+    // The run that had started finishes; the one that waited is refused as it leaves the
+    // queue, without ever running.
+    all_succeed(&server, &[running]).await;
+    let refused = server.wait_for_state_or_end(&waiting).await;
+    assert_eq!(refused["state"], "denied", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer trusted"),
+        "{refused}"
+    );
+    assert_eq!(refused["started_ms"], Value::Null, "{refused}");
+    assert_eq!(refused["host_calls"], 0, "{refused}");
+}

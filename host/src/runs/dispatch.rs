@@ -60,6 +60,9 @@ pub enum StartError {
 /// Audit action of a run refused admission to the queue.
 pub const REFUSED_ACTION: &str = "run.refused";
 
+/// Who refuses a queued run whose module is no longer trusted when it leaves the queue.
+pub const TRUST_ACTOR: &str = "system:trust";
+
 /// What a run of a process would execute: [`Dispatcher::resolve`]'s answer.
 pub struct ResolvedRun {
     /// The (active) module.
@@ -349,6 +352,23 @@ impl Dispatcher {
     /// end.
     async fn begin(&self, spec: RunSpec, policy: HostCallPolicy, slot: Slot) {
         let (run_id, actor) = (spec.identity.run_id.clone(), spec.identity.actor.clone());
+        // A run may wait in the queue while its publisher is distrusted: the signature is
+        // checked against the publishers trusted now, again, as it leaves the queue.
+        if let Err(why) = self.still_trusted(&run_id) {
+            tracing::warn!(run = %run_id, reason = %why, "queued run refused");
+            let note = format!("refused as it left the queue: {why}");
+            let refused = self
+                .runs
+                .transition_noted(&run_id, RunState::Denied, TRUST_ACTOR, &note, |r| {
+                    r.error = Some(note.clone())
+                })
+                .await;
+            if let Err(e) = refused {
+                tracing::warn!(run = %run_id, error = %e, "queued run not refused");
+            }
+            self.lock().remove(&run_id);
+            return;
+        }
         let started_with = Bridge::describe(&spec);
         if let Err(e) = self
             .runs
@@ -362,6 +382,27 @@ impl Dispatcher {
             return;
         }
         self.run_to_end(spec, policy, slot).await;
+    }
+
+    /// Whether run `run_id`'s module still verifies against the publishers trusted now (and
+    /// is not retired); the reason if not.
+    fn still_trusted(&self, run_id: &str) -> Result<(), String> {
+        let digest = self
+            .runs
+            .get(run_id)
+            .map_err(|e| e.to_string())?
+            .map(|r| r.module_digest)
+            .ok_or_else(|| format!("run {run_id} is not recorded"))?;
+        let digest = digest.as_str();
+        let module = self
+            .modules
+            .get(digest)
+            .map_err(|e| e.to_string())?
+            .filter(|m| !m.retired)
+            .ok_or_else(|| format!("module {digest} is unknown or retired"))?;
+        self.modules
+            .check_trusted(&module)
+            .map_err(|e| format!("module {digest} is no longer trusted: {e}"))
     }
 
     /// What the bridge needs to execute `record`, and the checks on its host calls.

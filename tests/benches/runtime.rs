@@ -81,53 +81,18 @@ fn main() -> anyhow::Result<()> {
         samples.len()
     );
 
-    // 2. Audited host calls per second: `concurrency` runs each make `per_run` calls.
+    // 2. Audited host calls per second: `concurrency` runs each make `per_run` calls that
+    //    read only the run's own state (one durable record each, after the call).
     let bridge = Bridge::new(Arc::clone(&runtime), services.clone());
     for concurrency in [1usize, 8, 32] {
-        let per_run: i64 = 2_000;
-        let started = Instant::now();
-        let calls: u64 = rt.block_on(async {
-            let mut tasks = Vec::new();
-            for i in 0..concurrency {
-                let (bridge, probe) = (bridge.clone(), probe.clone());
-                tasks.push(tokio::spawn(async move {
-                    let params = vec![
-                        Param {
-                            name: "mode".into(),
-                            value: Value::Text("calls".into()),
-                        },
-                        Param {
-                            name: "n".into(),
-                            value: Value::Integer(per_run),
-                        },
-                    ];
-                    let identity = RunIdentity {
-                        run_id: format!("bench-{i}"),
-                        actor: "bench".into(),
-                        module: "probe".into(),
-                    };
-                    let spec = RunSpec {
-                        identity,
-                        task: probe,
-                        params,
-                        grant: Grant::default(),
-                        limits: RunLimits::default(),
-                        control: warden_host::runtime::RunControl::new(),
-                    };
-                    bridge
-                        .execute(spec)
-                        .await
-                        .map(|r| r.host_calls)
-                        .unwrap_or(0)
-                }));
-            }
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.unwrap_or(0);
-            }
-            total
-        });
-        let secs = started.elapsed().as_secs_f64();
+        let params = vec![text("mode", "calls"), int("n", 2_000)];
+        let (calls, secs) = rt.block_on(flood(
+            &bridge,
+            &probe,
+            concurrency,
+            params,
+            Grant::default(),
+        ));
         println!(
             "audited host calls/s (durable, group commit), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
             calls as f64 / secs
@@ -141,57 +106,17 @@ fn main() -> anyhow::Result<()> {
         warden_host::vault::CredentialKind::Password,
         warden_host::vault::Secret::from_bytes(b"bench-secret".to_vec()),
     )?;
+    let grant = Grant {
+        credentials: ["bench".to_string()].into(),
+        ..Grant::default()
+    };
     for concurrency in [1usize, 8, 32, 64] {
-        let per_run: i64 = 1_000;
-        let started = Instant::now();
-        let calls: u64 = rt.block_on(async {
-            let mut tasks = Vec::new();
-            for i in 0..concurrency {
-                let (bridge, probe) = (bridge.clone(), probe.clone());
-                tasks.push(tokio::spawn(async move {
-                    let params = vec![
-                        Param {
-                            name: "mode".into(),
-                            value: Value::Text("acquire-repeat".into()),
-                        },
-                        Param {
-                            name: "credential".into(),
-                            value: Value::Text("bench".into()),
-                        },
-                        Param {
-                            name: "n".into(),
-                            value: Value::Integer(per_run),
-                        },
-                    ];
-                    let spec = RunSpec {
-                        identity: RunIdentity {
-                            run_id: format!("bench-acquire-{concurrency}-{i}"),
-                            actor: "bench".into(),
-                            module: "probe".into(),
-                        },
-                        task: probe,
-                        params,
-                        grant: Grant {
-                            credentials: ["bench".to_string()].into(),
-                            ..Grant::default()
-                        },
-                        limits: RunLimits::default(),
-                        control: warden_host::runtime::RunControl::new(),
-                    };
-                    bridge
-                        .execute(spec)
-                        .await
-                        .map(|r| r.host_calls)
-                        .unwrap_or(0)
-                }));
-            }
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.unwrap_or(0);
-            }
-            total
-        });
-        let secs = started.elapsed().as_secs_f64();
+        let params = vec![
+            text("mode", "acquire-repeat"),
+            text("credential", "bench"),
+            int("n", 1_000),
+        ];
+        let (calls, secs) = rt.block_on(flood(&bridge, &probe, concurrency, params, grant.clone()));
         println!(
             "acting host calls/s (intent + outcome, both durable), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
             calls as f64 / secs
@@ -200,4 +125,58 @@ fn main() -> anyhow::Result<()> {
     let verified = warden_host::audit::verify(&data.db, &data.server_key.verifying_key())?;
     println!("audit chain verifies: {} records", verified.count);
     Ok(())
+}
+
+fn text(name: &str, value: &str) -> Param {
+    Param {
+        name: name.into(),
+        value: Value::Text(value.into()),
+    }
+}
+
+fn int(name: &str, value: i64) -> Param {
+    Param {
+        name: name.into(),
+        value: Value::Integer(value),
+    }
+}
+
+/// Runs `concurrency` probe runs at once with `params` under `grant`; the host calls they
+/// made and the seconds it took.
+async fn flood(
+    bridge: &Bridge,
+    probe: &Arc<warden_host::runtime::cache::PreparedTask>,
+    concurrency: usize,
+    params: Vec<Param>,
+    grant: Grant,
+) -> (u64, f64) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let spec = RunSpec {
+            identity: RunIdentity {
+                run_id: format!("bench-{}-{concurrency}-{i}", uuid::Uuid::new_v4()),
+                actor: "bench".into(),
+                module: "probe".into(),
+            },
+            task: probe.clone(),
+            params: params.clone(),
+            grant: grant.clone(),
+            limits: RunLimits::default(),
+            control: warden_host::runtime::RunControl::new(),
+        };
+        let bridge = bridge.clone();
+        tasks.push(tokio::spawn(async move {
+            bridge
+                .execute(spec)
+                .await
+                .map(|r| r.host_calls)
+                .unwrap_or(0)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    (total, started.elapsed().as_secs_f64())
 }

@@ -11,7 +11,6 @@ use warden_host::capabilities::grant::Grant;
 use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
-use warden_host::targets::Target;
 use warden_host::vault::{CredentialKind, Secret};
 use warden_tests::sshd::{Sshd, TestUser};
 
@@ -39,14 +38,7 @@ impl Site {
         let env = Env::new();
         let sshd = Sshd::start("127.0.0.2").expect("sshd");
         env.targets
-            .add(Target {
-                name: "t0".into(),
-                address: sshd.ip.clone(),
-                port: sshd.port,
-                host_key: sshd.host_key_line.clone(),
-                zone: "default".into(),
-                tags: vec![],
-            })
+            .add(crate::support::target_of("t0", &sshd))
             .expect("add target");
         env.vault
             .add(

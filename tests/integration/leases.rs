@@ -22,7 +22,6 @@ use warden_host::runtime::RunOutcome;
 use warden_host::runtime::bindings::params::{Param, Value as ParamValue};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::store::DataDir;
-use warden_host::targets::Target;
 use warden_host::vault::lease::{LeaseDenial, LeaseStatus, LeaseStore, REVOKED_ACTION};
 use warden_tests::guests;
 use warden_tests::sshd::{Sshd, TestUser};
@@ -447,14 +446,7 @@ impl ShortLeases {
         let env = Env::new();
         let sshds = Sshd::fleet(targets).expect("sshd");
         for (i, sshd) in sshds.iter().enumerate() {
-            let target = Target {
-                name: format!("t{i}"),
-                address: sshd.ip.clone(),
-                port: sshd.port,
-                host_key: sshd.host_key_line.clone(),
-                zone: "default".into(),
-                tags: vec![],
-            };
+            let target = crate::support::target_of(&format!("t{i}"), sshd);
             env.targets.add(target).expect("add target");
         }
         let user = TestUser::create("wle").expect("user");
@@ -616,14 +608,7 @@ fn warden_exec_runs_get_leases_revoked_when_they_end() {
             .add("pw", &user.name, kind, secret)
             .expect("credential");
         let targets = warden_host::targets::TargetStore::open(&dir.db).expect("targets");
-        let target = Target {
-            name: "t0".into(),
-            address: sshd.ip.clone(),
-            port: sshd.port,
-            host_key: sshd.host_key_line.clone(),
-            zone: "default".into(),
-            tags: vec![],
-        };
+        let target = crate::support::target_of("t0", &sshd);
         targets.add(target).expect("target");
         dir.db.flush().expect("flush");
     }

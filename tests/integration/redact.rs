@@ -24,7 +24,6 @@ use warden_host::capabilities::grant::Grant;
 use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::runtime::{RunOutcome, RunReport};
-use warden_host::targets::Target;
 use warden_host::vault::{CredentialKind, Secret};
 use warden_tests::sshd::{Sshd, TestUser};
 
@@ -44,14 +43,7 @@ impl Lab {
     fn new(user: TestUser) -> Lab {
         let env = Env::new();
         let sshd = Sshd::start("127.0.0.1").expect("sshd");
-        let target = Target {
-            name: "t0".into(),
-            address: sshd.ip.clone(),
-            port: sshd.port,
-            host_key: sshd.host_key_line.clone(),
-            zone: "default".into(),
-            tags: vec![],
-        };
+        let target = crate::support::target_of("t0", &sshd);
         env.targets.add(target).expect("add target");
         env.add_password("pw", &user.name, &user.password);
         let key = Secret::from_bytes(user.private_key_openssh.as_bytes().to_vec());

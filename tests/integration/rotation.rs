@@ -27,14 +27,7 @@ use crate::support::Env;
 const MEMSCAN_MASK: u8 = 0xA5;
 
 pub(crate) fn target(name: &str, sshd: &Sshd) -> Target {
-    Target {
-        name: name.into(),
-        address: sshd.ip.clone(),
-        port: sshd.port,
-        host_key: sshd.host_key_line.clone(),
-        zone: "default".into(),
-        tags: vec![],
-    }
+    crate::support::target_of(name, sshd)
 }
 
 pub(crate) fn p(name: &str, value: &str) -> Param {

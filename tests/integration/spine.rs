@@ -237,7 +237,7 @@ async fn exec_many_admits_each_target_through_the_same_path() {
     }
     env.add_password("pw", &user.name, &user.password);
     let probe = env.prepare("probe");
-    let params = vec![
+    let params = [
         text_params(&[
             ("mode", "exec-many"),
             ("credential", "pw"),

@@ -65,17 +65,8 @@ pub enum ProcessCommand {
         /// A credential the process may rotate (`credentials.rotate`).
         #[arg(long = "rotate")]
         rotations: Vec<String>,
-        /// Shortest password a rotation may generate (default 24).
-        #[arg(long = "rotation-min-length", value_name = "N")]
-        rotation_min_length: Option<u32>,
-        /// Classes every rotated password uses: lowercase,uppercase,digits,symbols (default
-        /// all). The server refuses a policy below 128 bits of entropy.
-        #[arg(
-            long = "rotation-classes",
-            value_name = "CLASSES",
-            value_delimiter = ','
-        )]
-        rotation_classes: Vec<crate::rotation::CharClass>,
+        #[command(flatten)]
+        rotation_policy: super::RotationPolicyArgs,
         /// A default input, `key=value` (JSON values are parsed as JSON).
         #[arg(long = "input")]
         inputs: Vec<String>,
@@ -301,15 +292,13 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             raw_shell,
             paths,
             rotations,
-            rotation_min_length,
-            rotation_classes,
+            rotation_policy,
             inputs,
             required_approvals,
             server,
         } => {
             let client = Client::new(&server)?;
-            let rotation_policy =
-                crate::rotation::RotationPolicy::from_flags(rotation_min_length, &rotation_classes);
+            let rotation_policy = rotation_policy.policy();
             let body = json!({
                 "name": name,
                 "module_digest": module,

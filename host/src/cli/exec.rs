@@ -21,7 +21,6 @@ use crate::capabilities::argv::Pattern;
 use crate::capabilities::grant::Grant;
 use crate::capabilities::{RunIdentity, Services};
 use crate::registry::manifest::Manifest;
-use crate::rotation::{CharClass, RotationPolicy};
 use crate::runtime::bindings::params::{Param, Value};
 use crate::runtime::engine::EngineConfig;
 use crate::runtime::limits::RunLimits;
@@ -64,17 +63,8 @@ pub struct ExecArgs {
     /// A credential the run may rotate (on allowed targets, with an allowed admin credential).
     #[arg(long = "allow-rotate", value_name = "NAME")]
     rotations: Vec<String>,
-    /// Shortest password a rotation may generate (default 24); the task may ask for more.
-    #[arg(long = "rotation-min-length", value_name = "N")]
-    rotation_min_length: Option<u32>,
-    /// Character classes every rotated password uses, comma-separated: lowercase,
-    /// uppercase, digits, symbols (default all). Below 128 bits of entropy is refused.
-    #[arg(
-        long = "rotation-classes",
-        value_name = "CLASSES",
-        value_delimiter = ','
-    )]
-    rotation_classes: Vec<CharClass>,
+    #[command(flatten)]
+    rotation_policy: super::RotationPolicyArgs,
     /// Wall-time limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     wall_time: Option<u64>,
@@ -100,8 +90,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let params = resolve_params(manifest.as_ref(), &args.params)?;
-    let rotation_policy =
-        RotationPolicy::from_flags(args.rotation_min_length, &args.rotation_classes);
+    let rotation_policy = args.rotation_policy.policy();
     rotation_policy
         .check()
         .context("--rotation-min-length/--rotation-classes")?;

@@ -19,6 +19,33 @@ use clap::{Parser, Subcommand};
 
 use crate::store::DataDir;
 
+/// The administrator's password policy for rotations, as `warden exec` and
+/// `warden process create` take it.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RotationPolicyArgs {
+    /// Shortest password a rotation may generate (default 24); the task may ask for more.
+    #[arg(long = "rotation-min-length", value_name = "N")]
+    rotation_min_length: Option<u32>,
+    /// Character classes every rotated password uses, comma-separated: lowercase,
+    /// uppercase, digits, symbols (default all). Below 128 bits of entropy is refused.
+    #[arg(
+        long = "rotation-classes",
+        value_name = "CLASSES",
+        value_delimiter = ','
+    )]
+    rotation_classes: Vec<crate::rotation::CharClass>,
+}
+
+impl RotationPolicyArgs {
+    /// The policy the flags describe (the default where none is given).
+    pub(crate) fn policy(&self) -> crate::rotation::RotationPolicy {
+        crate::rotation::RotationPolicy::from_flags(
+            self.rotation_min_length,
+            &self.rotation_classes,
+        )
+    }
+}
+
 /// Warden: privileged automation without handing credentials to scripts.
 #[derive(Parser, Debug)]
 #[command(name = "warden", version, about)]

@@ -496,3 +496,74 @@ async fn a_warden_exec_killed_mid_command_leaves_its_durable_intent() {
             .contains(&command)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fan_out_that_breaks_the_host_call_limit_acts_on_no_target_and_records_each() {
+    let env = Env::new();
+    let sshds = warden_tests::sshd::Sshd::fleet(3).expect("sshd fleet");
+    let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
+    for (i, sshd) in sshds.iter().enumerate() {
+        env.targets
+            .add(target_of(&format!("t{i}"), sshd))
+            .expect("add target");
+    }
+    env.add_password("pw", &user.name, &user.password);
+    let probe = env.prepare("probe");
+    let marker = format!("/tmp/wdn-fanout-{}", rand_digits());
+    let params = || {
+        [
+            text_params(&[
+                ("mode", "exec-many"),
+                ("credential", "pw"),
+                ("command", &format!("touch {marker}")),
+            ]),
+            vec![warden_host::runtime::bindings::params::Param {
+                name: "targets".into(),
+                value: warden_host::runtime::bindings::params::Value::TextList(vec![
+                    "t0".into(),
+                    "t1".into(),
+                    "t2".into(),
+                ]),
+            }],
+        ]
+        .concat()
+    };
+    let all = grant(&["pw"], &["t0", "t1", "t2"]);
+    // How many calls the probe makes before its fan-out: a run with room for everything.
+    let (_, report) = env
+        .run(&probe, params(), all.clone(), RunLimits::default())
+        .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    let _ = std::fs::remove_file(&marker);
+    let before_fan_out = report.host_calls - 3;
+
+    // Room for one more call: the fan-out's second target breaks the limit.
+    let limits = RunLimits {
+        host_calls: before_fan_out + 1,
+        ..RunLimits::default()
+    };
+    let (run_id, report) = env.run(&probe, params(), all, limits).await;
+    assert!(
+        matches!(
+            report.outcome,
+            RunOutcome::Stopped {
+                reason: RunStop::Limit(LimitExceeded::HostCalls { .. })
+            }
+        ),
+        "{:?}",
+        report.outcome
+    );
+    let fanned = records(&env, &run_id, "ssh.exec-many");
+    assert_eq!(
+        fanned.len(),
+        2,
+        "t0 and t1 are recorded, t2 was never reached: {fanned:#?}"
+    );
+    for record in &fanned {
+        let Decision::Denied { policy, .. } = &record.entry.decision else {
+            panic!("refused, never admitted: {record:#?}");
+        };
+        assert_eq!(policy.as_deref(), Some("limits"));
+    }
+    assert!(!std::path::Path::new(&marker).exists(), "no target acted");
+}

@@ -285,9 +285,17 @@ impl HostContext {
         for call in calls {
             let started = Instant::now();
             if let Some(exceeded) = self.count(&call) {
+                // The call that broke the limit, and the calls of the same fan-out checked
+                // before it (none of which acts now), are each recorded as refused.
                 let denial = limit_denial(&exceeded);
-                let entry = self.entry(call.action, call.subject, started, denied(&denial));
-                self.write(vec![entry]).await?;
+                let mut entries: Vec<AuditEntry> = decided
+                    .into_iter()
+                    .map(|(action, _, subject, started, _)| {
+                        self.entry(action, subject, started, denied(&denial))
+                    })
+                    .collect();
+                entries.push(self.entry(call.action, call.subject, started, denied(&denial)));
+                self.write(entries).await?;
                 return Err(self.end_run(RunStop::Limit(exceeded)));
             }
             let verdict = match self.check(&call).await {

@@ -101,13 +101,18 @@ impl HostContext {
         };
         let lease = self.lease_for_acquire(&info.name).await?;
         *detail = Some(lease.detail());
-        Ok(CredentialHandle {
+        let handle = CredentialHandle {
             name: info.name,
             username: info.username,
             kind: info.kind,
             admin: info.admin,
             lease_id: lease.id,
-        })
+        };
+        // Registered with the run's redactor now, not only at first use: every later record,
+        // result or output of the run (a refused command that quotes it, too) is redacted
+        // for this credential.
+        fetch_secret(&self.services, &self.redactor, &handle).map_err(Refusal::Failed)?;
+        Ok(handle)
     }
 
     /// Audits a call on a handle (its name, username or kind) and returns `value`.

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use warden_host::audit::AuditLog;
+use warden_host::bridge::Runtime;
 use warden_host::bridge::{Bridge, RunSpec};
 use warden_host::capabilities::grant::Grant;
 use warden_host::capabilities::{RunIdentity, Services};
-use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::registry::inputs::{Param, Value};
+use warden_host::runtime::RunOutcome;
 use warden_host::runtime::engine::EngineConfig;
 use warden_host::runtime::limits::RunLimits;
-use warden_host::runtime::{RunOutcome, Runtime};
 use warden_host::ssh::{SshConfig, SshPool};
 use warden_host::store::DataDir;
 use warden_host::targets::{Target, TargetStore};

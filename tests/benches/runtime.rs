@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use warden_host::audit::AuditLog;
+use warden_host::bridge::Runtime;
 use warden_host::bridge::{Bridge, RunSpec};
 use warden_host::capabilities::grant::Grant;
 use warden_host::capabilities::{HostContext, RunIdentity, Services};
-use warden_host::runtime::Runtime;
-use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::registry::inputs::{Param, Value};
 use warden_host::runtime::engine::EngineConfig;
 use warden_host::runtime::limits::RunLimits;
 use warden_host::ssh::{SshConfig, SshPool};
@@ -145,7 +145,7 @@ fn int(name: &str, value: i64) -> Param {
 /// made and the seconds it took.
 async fn flood(
     bridge: &Bridge,
-    probe: &Arc<warden_host::runtime::cache::PreparedTask>,
+    probe: &Arc<warden_host::bridge::PreparedTask>,
     concurrency: usize,
     params: Vec<Param>,
     grant: Grant,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use warden_host::capabilities::grant::Grant;
+use warden_host::registry::inputs::{Param, Value};
 use warden_host::runtime::RunOutcome;
-use warden_host::runtime::bindings::params::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::vault::{CredentialKind, Secret};
 use warden_tests::sshd::{Sshd, TestUser};

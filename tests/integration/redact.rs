@@ -21,7 +21,7 @@ use base64::Engine;
 use serde_json::Value as Json;
 use warden_host::audit::{AuditRecord, Decision};
 use warden_host::capabilities::grant::Grant;
-use warden_host::runtime::bindings::params::{Param, Value};
+use warden_host::registry::inputs::{Param, Value};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::runtime::{RunOutcome, RunReport};
 use warden_host::vault::{CredentialKind, Secret};

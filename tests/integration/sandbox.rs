@@ -322,13 +322,13 @@ async fn every_host_call_has_exactly_one_audit_record() {
     let env = Env::new();
     let probe = env.prepare("probe");
     let params = vec![
-        warden_host::runtime::bindings::params::Param {
+        warden_host::registry::inputs::Param {
             name: "mode".into(),
-            value: warden_host::runtime::bindings::params::Value::Text("calls".into()),
+            value: warden_host::registry::inputs::Value::Text("calls".into()),
         },
-        warden_host::runtime::bindings::params::Param {
+        warden_host::registry::inputs::Param {
             name: "n".into(),
-            value: warden_host::runtime::bindings::params::Value::Integer(40),
+            value: warden_host::registry::inputs::Value::Integer(40),
         },
     ];
     let (run_id, report) = env

@@ -243,9 +243,9 @@ async fn exec_many_admits_each_target_through_the_same_path() {
             ("credential", "pw"),
             ("command", "whoami"),
         ]),
-        vec![warden_host::runtime::bindings::params::Param {
+        vec![warden_host::registry::inputs::Param {
             name: "targets".into(),
-            value: warden_host::runtime::bindings::params::Value::TextList(vec![
+            value: warden_host::registry::inputs::Value::TextList(vec![
                 "t0".into(),
                 "t1".into(),
                 "not-granted".into(),
@@ -517,9 +517,9 @@ async fn a_fan_out_that_breaks_the_host_call_limit_acts_on_no_target_and_records
                 ("credential", "pw"),
                 ("command", &format!("touch {marker}")),
             ]),
-            vec![warden_host::runtime::bindings::params::Param {
+            vec![warden_host::registry::inputs::Param {
                 name: "targets".into(),
-                value: warden_host::runtime::bindings::params::Value::TextList(vec![
+                value: warden_host::registry::inputs::Value::TextList(vec![
                     "t0".into(),
                     "t1".into(),
                     "t2".into(),

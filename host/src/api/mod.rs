@@ -148,7 +148,7 @@ impl AppState {
         limits: &ServerLimits,
     ) -> anyhow::Result<Self> {
         use crate::runs::RunState;
-        let runtime = crate::runtime::Runtime::new(&limits.engine, &dir.artifacts())?;
+        let runtime = crate::bridge::Runtime::new(&limits.engine, &dir.artifacts())?;
         let crate::store::DataDir {
             db,
             master_key,

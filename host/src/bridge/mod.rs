@@ -10,11 +10,16 @@ use std::time::Instant;
 use crate::audit::{AuditEntry, Decision};
 use crate::capabilities::grant::Grant;
 use crate::capabilities::{HostCallPolicy, HostContext, RunIdentity, Services};
+use crate::registry::inputs::Param;
 use crate::registry::manifest::Requests;
-use crate::runtime::bindings::params::Param;
-use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::RunLimits;
-use crate::runtime::{RunControl, RunOutcome, RunReport, Runtime};
+use crate::runtime::{RunControl, RunOutcome, RunReport};
+
+/// The sandbox with Warden's capabilities linked: what a bridge runs tasks in.
+pub type Runtime = crate::runtime::Runtime<HostContext>;
+
+/// A task compiled and linked against Warden's capabilities, ready to run.
+pub type PreparedTask = crate::runtime::cache::PreparedTask<HostContext>;
 
 /// Who revokes a run's leases when it ends, in `lease.revoked` audit records.
 pub const RUN_END_ACTOR: &str = "system:run-end";

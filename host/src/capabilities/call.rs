@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEntry, Decision};
+use crate::capabilities::bindings::types::Error;
 use crate::redact::Redactor;
 use crate::runtime::RunStop;
-use crate::runtime::bindings::types::Error;
 use crate::runtime::limits::LimitExceeded;
 use crate::ssh::SshCredential;
 use crate::targets::Target;

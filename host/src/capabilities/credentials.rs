@@ -11,11 +11,11 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use wasmtime::component::Resource;
 
-use crate::redact::Redactor;
-use crate::runtime::bindings::credentials::{
+use crate::capabilities::bindings::credentials::{
     CredentialKind, Host, HostCredential, PasswordPolicy, Rotation,
 };
-use crate::runtime::bindings::types::Error;
+use crate::capabilities::bindings::types::Error;
+use crate::redact::Redactor;
 use crate::runtime::limits::LimitExceeded;
 use crate::ssh::{SshAuth, SshCredential};
 use crate::vault::{self, VaultError};

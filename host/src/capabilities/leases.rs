@@ -13,7 +13,7 @@ use super::HostContext;
 use super::credentials::CredentialHandle;
 use super::grant::Denial;
 use super::types::internal;
-use crate::runtime::bindings::types::Error;
+use crate::capabilities::bindings::types::Error;
 
 /// The audit rule that names lease refusals.
 pub const LEASE_RULE: &str = "lease";

@@ -1,7 +1,7 @@
 //! `log`: leveled messages into the run's event log, redacted and size-capped.
 
+use crate::capabilities::bindings::log::{Host, Level};
 use crate::runtime::RunStop;
-use crate::runtime::bindings::log::{Host, Level};
 use crate::runtime::limits::LimitExceeded;
 
 use super::call::HostCall;

@@ -17,10 +17,12 @@
 
 pub mod admin;
 pub mod argv;
+pub mod bindings;
 mod call;
 pub mod credentials;
 pub mod grant;
 pub mod leases;
+mod link;
 pub mod log;
 pub mod params;
 pub mod rotation;
@@ -37,7 +39,7 @@ use std::collections::BTreeSet;
 use crate::audit::AuditLog;
 use crate::policy::{HostCallRequest, PolicyEngine};
 use crate::redact::Redactor;
-use crate::runtime::bindings::params::Param;
+use crate::registry::inputs::Param;
 use crate::runtime::limits::RunLimits;
 use crate::runtime::{EventLog, RunControl, RunStop};
 use crate::ssh::SshPool;

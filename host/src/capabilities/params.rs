@@ -1,6 +1,9 @@
-//! `params`: the run's inputs, validated by the host before the run started.
+//! `params`: the run's inputs, validated by the host before the run started. The run holds
+//! them as domain values ([`crate::registry::inputs`]); this file alone turns them into the
+//! WIT types the guest receives.
 
-use crate::runtime::bindings::params::{Host, Param, Value};
+use super::bindings::params::{Host, Param, Value};
+use crate::registry::inputs;
 
 use super::call::HostCall;
 use super::{HostContext, Subject};
@@ -11,7 +14,7 @@ impl Host for HostContext {
             .local_call(HostCall::local("params.all", "params", 0))
             .await?;
         Ok(if allowed {
-            self.params.clone()
+            self.params.iter().map(to_wit).collect()
         } else {
             Vec::new()
         })
@@ -32,6 +35,21 @@ impl Host for HostContext {
             .params
             .iter()
             .find(|p| p.name == name)
-            .map(|p| p.value.clone()))
+            .map(|p| to_wit(p).value))
+    }
+}
+
+/// An input as the guest receives it.
+fn to_wit(param: &inputs::Param) -> Param {
+    let value = match &param.value {
+        inputs::Value::Text(s) => Value::Text(s.clone()),
+        inputs::Value::Integer(i) => Value::Integer(*i),
+        inputs::Value::Number(f) => Value::Number(*f),
+        inputs::Value::Flag(b) => Value::Flag(*b),
+        inputs::Value::TextList(l) => Value::TextList(l.clone()),
+    };
+    Param {
+        name: param.name.clone(),
+        value,
     }
 }

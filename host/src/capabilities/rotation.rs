@@ -10,10 +10,10 @@
 
 use wasmtime::component::Resource;
 
+use crate::capabilities::bindings::credentials::{PasswordPolicy as WitPolicy, Rotation};
+use crate::capabilities::bindings::types::Error;
 use crate::redact::Redactor;
 use crate::rotation::{Actor, Backends, RotationError, Rotator, TargetFailure};
-use crate::runtime::bindings::credentials::{PasswordPolicy as WitPolicy, Rotation};
-use crate::runtime::bindings::types::Error;
 use crate::vault::password::PasswordPolicy;
 
 use super::admin::CredentialUse;

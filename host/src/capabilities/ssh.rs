@@ -15,9 +15,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use wasmtime::component::Resource;
 
+use crate::capabilities::bindings::ssh::{ExecOptions, ExecOutput, Host, TargetResult};
+use crate::capabilities::bindings::types::Error;
 use crate::redact::Redactor;
-use crate::runtime::bindings::ssh::{ExecOptions, ExecOutput, Host, TargetResult};
-use crate::runtime::bindings::types::Error;
 use crate::ssh::{ExecRequest, ExecResult, SshCredential};
 
 use super::HostContext;

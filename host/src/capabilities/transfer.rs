@@ -13,8 +13,8 @@ const CAPABILITY: &str = "transfer";
 
 use wasmtime::component::Resource;
 
-use crate::runtime::bindings::transfer::Host;
-use crate::runtime::bindings::types::Error;
+use crate::capabilities::bindings::transfer::Host;
+use crate::capabilities::bindings::types::Error;
 use crate::ssh::Access;
 
 use super::admin::CredentialUse;

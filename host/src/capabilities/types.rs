@@ -1,6 +1,6 @@
 //! The shared `error` type: how host-side failures become guest-visible errors.
 
-use crate::runtime::bindings::types::{Error, Host};
+use crate::capabilities::bindings::types::{Error, Host};
 use crate::ssh::SshError;
 
 use super::HostContext;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::bindings::params::{Param, Value};
+use crate::registry::inputs::{Param, Value};
 
 /// Largest manifest accepted. Blocks a parser memory bomb.
 pub const MAX_MANIFEST_BYTES: usize = 64 << 10;

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::queue::{Admission, Place, Refusal, RunQueue, Slot};
 use super::{Process, RunRecord, RunState, RunStore, RunsError};
 use crate::audit::{AuditEntry, Decision};
+use crate::bridge::PreparedTask;
 use crate::bridge::{Bridge, RunSpec};
 use crate::capabilities::{HostCallPolicy, RunIdentity};
 use crate::policy::PolicyEngine;
+use crate::registry::inputs::Param;
 use crate::registry::manifest::ManifestError;
 use crate::registry::store::{ModuleInfo, ModuleStore};
-use crate::runtime::bindings::params::Param;
-use crate::runtime::cache::PreparedTask;
 use crate::runtime::limits::{LimitExceeded, RunLimits};
 use crate::runtime::{RunControl, RunOutcome, RunReport, RunStop};
 

@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use super::RunState;
-use super::bindings::TaskPre;
+use super::{RunState, TaskHost};
 
 /// Largest component accepted. Blocks a compile-time memory/CPU bomb.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -44,24 +43,24 @@ pub enum PrepareError {
 }
 
 /// A compiled task, ready to instantiate into a fresh store.
-pub struct PreparedTask {
+pub struct PreparedTask<H: TaskHost> {
     /// Lowercase hex SHA-256 of the component bytes.
     pub digest: String,
     /// The component's import names (e.g. `warden:task/ssh@0.1.0`), to check against the
     /// interfaces its manifest declares.
     pub imports: Vec<String>,
-    pub(crate) pre: TaskPre<RunState>,
+    pub(crate) pre: H::Pre,
 }
 
 /// The compiled-module cache.
-pub struct ModuleCache {
+pub struct ModuleCache<H: TaskHost> {
     dir: PathBuf,
     compat: String,
-    loaded: Mutex<HashMap<String, Arc<PreparedTask>>>,
+    loaded: Mutex<HashMap<String, Arc<PreparedTask<H>>>>,
     compiles: std::sync::atomic::AtomicU64,
 }
 
-impl ModuleCache {
+impl<H: TaskHost> ModuleCache<H> {
     /// A cache storing artifacts under `dir` (created 0700 if missing).
     pub fn open(engine: &Engine, dir: &Path) -> Result<Self, PrepareError> {
         create_private_dir(dir)?;
@@ -84,9 +83,9 @@ impl ModuleCache {
     pub fn prepare(
         &self,
         engine: &Engine,
-        linker: &Linker<RunState>,
+        linker: &Linker<RunState<H>>,
         bytes: &[u8],
-    ) -> Result<Arc<PreparedTask>, PrepareError> {
+    ) -> Result<Arc<PreparedTask<H>>, PrepareError> {
         check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         if let Some(task) = self.lock().get(&digest) {
@@ -101,7 +100,7 @@ impl ModuleCache {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let pre = TaskPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let pre = H::pre(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let task = Arc::new(PreparedTask {
             digest: digest.clone(),
             imports,
@@ -111,7 +110,7 @@ impl ModuleCache {
         Ok(task)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PreparedTask>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PreparedTask<H>>>> {
         self.loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

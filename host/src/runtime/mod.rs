@@ -1,5 +1,7 @@
 //! The sandbox: runs one task component per run in wasmtime, with nothing granted but the
-//! Warden capabilities and the limits of [`limits::RunLimits`].
+//! host functions of its [`TaskHost`] (Warden's capabilities, linked in
+//! `capabilities/link.rs`) and the limits of [`limits::RunLimits`]. The runtime knows
+//! nothing of the capabilities' state.
 //!
 //! Threat: a guest reaching the host's files, environment, network or stdio, or starving
 //! the host of CPU, memory or output space. WASI p2 is linked because Rust `std` guests
@@ -10,23 +12,22 @@
 //! One [`Runtime`] owns the shared engine, the linker and the compiled-module cache; every
 //! run gets a fresh `Store` (a trapped instance cannot be re-entered).
 
-pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod limits;
 pub mod output;
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::component::{InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::HostContext;
 use crate::redact::Redactor;
 use cache::{ModuleCache, PrepareError, PreparedTask};
 use engine::{EngineConfig, EpochTicker};
@@ -128,6 +129,11 @@ impl EventLog {
         }
     }
 
+    /// The events logged, in order.
+    pub fn into_events(self) -> Vec<RunEvent> {
+        self.events
+    }
+
     /// Appends an event; false (and nothing stored) when the cap would be passed.
     pub fn push(&mut self, level: &str, message: String) -> bool {
         if self.bytes + message.len() > self.cap {
@@ -185,15 +191,54 @@ pub struct RunReport {
     pub duration_ms: u64,
 }
 
-/// A store's data: WASI's empty context plus Warden's per-run state.
-pub struct RunState {
+/// What the sandbox needs of the per-run host state it runs a task with: how to link the
+/// host functions, how to call the task's `run` export, and what the run leaves behind.
+/// The capabilities implement it ([`crate::capabilities::HostContext`]); the runtime knows
+/// nothing else of them.
+pub trait TaskHost: Send + Sized + 'static {
+    /// A component linked against this host's imports, ready to instantiate.
+    type Pre: Send + Sync + 'static;
+
+    /// Adds the host functions to `linker` (WASI is already there).
+    fn add_to_linker(linker: &mut Linker<RunState<Self>>) -> anyhow::Result<()>;
+
+    /// Checks that `pre` has the task's exports and keeps it for instantiation.
+    fn pre(pre: InstancePre<RunState<Self>>) -> wasmtime::Result<Self::Pre>;
+
+    /// Instantiates `pre` in `store` and calls the task's `run`.
+    fn call_run<'a>(
+        pre: &'a Self::Pre,
+        store: &'a mut Store<RunState<Self>>,
+    ) -> impl Future<Output = wasmtime::Result<Result<String, String>>> + Send + 'a;
+
+    /// Why the host stopped the run, once it has: set by the runtime on a cancel or at the
+    /// deadline, and by the host on a limit or an audit failure.
+    fn stop(&mut self) -> &mut Option<RunStop>;
+
+    /// What the finished run leaves behind: its events, host-call count and redactor.
+    fn finish(self) -> Finished;
+}
+
+/// What a finished run's host state leaves behind for its report.
+pub struct Finished {
+    /// The event log (redacted again as the report is made).
+    pub events: Vec<RunEvent>,
+    /// Host calls the guest made.
+    pub host_calls: u64,
+    /// Every secret the run touched.
+    pub redactor: crate::redact::Redactor,
+}
+
+/// A store's data: WASI's empty context plus the per-run host state.
+pub struct RunState<H> {
     wasi: WasiCtx,
     wasi_table: ResourceTable,
     limiter: RunLimiter,
-    host: HostContext,
+    /// The host functions' state.
+    pub host: H,
 }
 
-impl WasiView for RunState {
+impl<H: Send> WasiView for RunState<H> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -202,31 +247,23 @@ impl WasiView for RunState {
     }
 }
 
-/// Selects the Warden part of the store as the data the generated host traits see.
-struct WardenView;
-
-impl HasData for WardenView {
-    type Data<'a> = &'a mut HostContext;
-}
-
-/// The shared engine, linker and module cache.
-pub struct Runtime {
+/// The shared engine, linker and module cache, for host state `H`.
+pub struct Runtime<H: TaskHost> {
     engine: Engine,
-    linker: Linker<RunState>,
-    cache: ModuleCache,
+    linker: Linker<RunState<H>>,
+    cache: ModuleCache<H>,
     max_memory_bytes: usize,
     _ticker: EpochTicker,
 }
 
-impl Runtime {
+impl<H: TaskHost> Runtime<H> {
     /// Builds the engine and linker; artifacts are cached under `artifact_dir`.
     pub fn new(config: &EngineConfig, artifact_dir: &Path) -> anyhow::Result<Arc<Self>> {
         let engine = engine::build_engine(config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
-        bindings::Task::add_to_linker::<RunState, WardenView>(&mut linker, |s| &mut s.host)
-            .map_err(|e| anyhow::anyhow!("linking Warden capabilities: {e}"))?;
+        H::add_to_linker(&mut linker)?;
         let cache = ModuleCache::open(&engine, artifact_dir)?;
         let ticker = EpochTicker::start(engine.clone())?;
         Ok(Arc::new(Runtime {
@@ -240,7 +277,7 @@ impl Runtime {
 
     /// Compiles (or loads from cache) a component, refusing anything that is not a
     /// component this host can run.
-    pub fn prepare(&self, component: &[u8]) -> Result<Arc<PreparedTask>, PrepareError> {
+    pub fn prepare(&self, component: &[u8]) -> Result<Arc<PreparedTask<H>>, PrepareError> {
         self.cache.prepare(&self.engine, &self.linker, component)
     }
 
@@ -259,8 +296,8 @@ impl Runtime {
     /// or returns early on guest misbehaviour: every ending is a [`RunOutcome`].
     pub async fn run(
         &self,
-        task: &PreparedTask,
-        host: HostContext,
+        task: &PreparedTask<H>,
+        host: H,
         limits: &RunLimits,
         control: &Arc<RunControl>,
     ) -> RunReport {
@@ -285,7 +322,7 @@ impl Runtime {
         let watched = Arc::clone(control);
         store.epoch_deadline_callback(move |mut ctx| {
             if watched.is_cancelled() {
-                ctx.data_mut().host.stop.get_or_insert(RunStop::Cancelled);
+                ctx.data_mut().host.stop().get_or_insert(RunStop::Cancelled);
                 return Ok(UpdateDeadline::Interrupt);
             }
             if Instant::now() < deadline {
@@ -293,15 +330,11 @@ impl Runtime {
                 return Ok(UpdateDeadline::Yield(1));
             }
             let stop = RunStop::Limit(LimitExceeded::WallTime { limit_ms: wall_ms });
-            ctx.data_mut().host.stop.get_or_insert(stop);
+            ctx.data_mut().host.stop().get_or_insert(stop);
             Ok(UpdateDeadline::Interrupt)
         });
 
-        let call = async {
-            let instance = task.pre.instantiate_async(&mut store).await?;
-            instance.call_run(&mut store).await
-        };
-        let mut call = Box::pin(call);
+        let mut call = Box::pin(H::call_run(&task.pre, &mut store));
         // Epochs cannot interrupt host code, so the whole call is also bounded by a timer.
         // Host calls stop by themselves at a cancel or at the deadline (and record their
         // outcome first); the timers here are the backstop for one that does not, and are
@@ -323,12 +356,12 @@ impl Runtime {
         let result = match result {
             Some(r) => r,
             None => {
-                host.stop.get_or_insert(RunStop::Cancelled);
+                host.stop().get_or_insert(RunStop::Cancelled);
                 Ok(Err(wasmtime::Error::msg("cancelled")))
             }
         };
         let stop = host
-            .stop
+            .stop()
             .clone()
             .or(state.limiter.exceeded.clone().map(RunStop::Limit));
         let outcome = match (result, stop) {
@@ -342,13 +375,14 @@ impl Runtime {
         };
         // Redacted again as a whole, with every secret the run touched by now: a task can
         // join pieces it received separately (each too short to match) into its result.
-        let redactor = host.redactor();
+        let finished = host.finish();
+        let redactor = &finished.redactor;
         RunReport {
             outcome: redact_outcome(redactor, outcome),
-            events: redact_events(redactor, &host.events.events),
+            events: redact_events(redactor, &finished.events),
             stdout: redact_captured(redactor, &stdout),
             stderr: redact_captured(redactor, &stderr),
-            host_calls: host.host_calls(),
+            host_calls: finished.host_calls,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }

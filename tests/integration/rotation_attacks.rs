@@ -542,18 +542,7 @@ async fn reconcile_refuses_a_non_admin_admin_credential_and_audits_it() {
         &["credential", "add", "ops", "--username", &user.name],
         Some(format!("{}\n", user.password).as_bytes()),
     );
-    let out = cli.run(
-        &[
-            "credential",
-            "reconcile",
-            "acct",
-            "--target",
-            "t0",
-            "--admin",
-            "ops",
-        ],
-        None,
-    );
+    let out = cli.reconcile("acct", "ops");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -47,6 +47,34 @@ impl Cli {
         warden(BIN, &all, stdin).expect("warden runs")
     }
 
+    /// `warden credential reconcile CREDENTIAL --target t0 --admin ADMIN`.
+    pub(crate) fn reconcile(&self, credential: &str, admin: &str) -> std::process::Output {
+        let args = [
+            "credential",
+            "reconcile",
+            credential,
+            "--target",
+            "t0",
+            "--admin",
+            admin,
+        ];
+        self.run(&args, None)
+    }
+
+    /// [`Cli::reconcile`] that must succeed; its standard output.
+    pub(crate) fn reconcile_ok(&self, credential: &str, admin: &str) -> String {
+        let args = [
+            "credential",
+            "reconcile",
+            credential,
+            "--target",
+            "t0",
+            "--admin",
+            admin,
+        ];
+        self.ok(&args, None)
+    }
+
     pub(crate) fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.run(args, stdin);
         assert!(
@@ -203,18 +231,7 @@ async fn crash_between_set_and_promote_is_resolved_by_reconcile_promoting_the_li
             .is_err()
     );
 
-    let out = cli.ok(
-        &[
-            "credential",
-            "reconcile",
-            "acct",
-            "--target",
-            "t0",
-            "--admin",
-            "acct",
-        ],
-        None,
-    );
+    let out = cli.reconcile_ok("acct", "acct");
     assert!(out.contains("promoted pending version 2"), "{out}");
     {
         let (_dir, vault) = cli.vault();
@@ -227,18 +244,7 @@ async fn crash_between_set_and_promote_is_resolved_by_reconcile_promoting_the_li
             .await
             .expect("current logs in");
     }
-    let again = cli.ok(
-        &[
-            "credential",
-            "reconcile",
-            "acct",
-            "--target",
-            "t0",
-            "--admin",
-            "acct",
-        ],
-        None,
-    );
+    let again = cli.reconcile_ok("acct", "acct");
     assert!(
         again.contains("nothing pending; version 2 is current"),
         "{again}"
@@ -272,18 +278,7 @@ async fn reconcile_keeps_the_current_password_when_the_pending_one_never_took() 
             .expect("pending");
     }
     cli.wait_unlocked();
-    let out = cli.ok(
-        &[
-            "credential",
-            "reconcile",
-            "acct",
-            "--target",
-            "t0",
-            "--admin",
-            "acct",
-        ],
-        None,
-    );
+    let out = cli.reconcile_ok("acct", "acct");
     assert!(out.contains("kept version 1 current"), "{out}");
     assert!(out.contains("marked failed: [2]"), "{out}");
     let (_dir, vault) = cli.vault();
@@ -321,18 +316,7 @@ async fn reconcile_fails_clearly_and_changes_nothing_when_no_version_logs_in() {
         .expect("write");
     assert!(chpasswd.wait().expect("chpasswd").success());
 
-    let out = cli.run(
-        &[
-            "credential",
-            "reconcile",
-            "acct",
-            "--target",
-            "t0",
-            "--admin",
-            "acct",
-        ],
-        None,
-    );
+    let out = cli.reconcile("acct", "acct");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("vault is left unchanged"), "{stderr}");
@@ -395,18 +379,7 @@ async fn key_rotation_crash_is_resolved_by_reconcile_which_removes_the_old_key()
         .await
         .expect("old key not yet removed");
 
-    let out = cli.ok(
-        &[
-            "credential",
-            "reconcile",
-            "key",
-            "--target",
-            "t0",
-            "--admin",
-            "acct",
-        ],
-        None,
-    );
+    let out = cli.reconcile_ok("key", "acct");
     assert!(out.contains("promoted pending version 2"), "{out}");
     login(&sshd, &user.name, key(&pending))
         .await

@@ -227,15 +227,7 @@ async fn acquire_exec_and_transfer_each_write_their_intent_before_acting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_many_admits_each_target_through_the_same_path() {
-    let env = Env::new();
-    let sshds = warden_tests::sshd::Sshd::fleet(2).expect("sshd fleet");
-    let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
-    for (i, sshd) in sshds.iter().enumerate() {
-        env.targets
-            .add(target_of(&format!("t{i}"), sshd))
-            .expect("add target");
-    }
-    env.add_password("pw", &user.name, &user.password);
+    let (env, _sshds, _user) = Env::with_targets(2);
     let probe = env.prepare("probe");
     let params = [
         text_params(&[
@@ -499,15 +491,7 @@ async fn a_warden_exec_killed_mid_command_leaves_its_durable_intent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fan_out_that_breaks_the_host_call_limit_acts_on_no_target_and_records_each() {
-    let env = Env::new();
-    let sshds = warden_tests::sshd::Sshd::fleet(3).expect("sshd fleet");
-    let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
-    for (i, sshd) in sshds.iter().enumerate() {
-        env.targets
-            .add(target_of(&format!("t{i}"), sshd))
-            .expect("add target");
-    }
-    env.add_password("pw", &user.name, &user.password);
+    let (env, _sshds, _user) = Env::with_targets(3);
     let probe = env.prepare("probe");
     let marker = format!("/tmp/wdn-fanout-{}", rand_digits());
     let params = || {

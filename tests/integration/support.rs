@@ -173,12 +173,30 @@ impl Env {
     /// A one-target environment: an sshd on loopback registered as target `t0`, and a fresh
     /// account on it whose password is credential `pw`.
     pub fn with_target() -> (Env, warden_tests::sshd::Sshd, warden_tests::sshd::TestUser) {
-        let env = Env::new();
-        let sshd = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
-        let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
-        env.targets.add(target_of("t0", &sshd)).expect("add target");
-        env.add_password("pw", &user.name, &user.password);
+        let (env, mut sshds, user) = Env::with_targets(1);
+        let sshd = sshds.pop().expect("one sshd");
         (env, sshd, user)
+    }
+
+    /// [`Env::with_target`] with `n` targets `t0`, `t1`, … (one sshd each, one account on
+    /// all of them whose password is credential `pw`).
+    pub fn with_targets(
+        n: usize,
+    ) -> (
+        Env,
+        Vec<warden_tests::sshd::Sshd>,
+        warden_tests::sshd::TestUser,
+    ) {
+        let env = Env::new();
+        let sshds = warden_tests::sshd::Sshd::fleet(n).expect("sshd fleet");
+        let user = warden_tests::sshd::TestUser::create("wdn").expect("test user");
+        for (i, sshd) in sshds.iter().enumerate() {
+            env.targets
+                .add(target_of(&format!("t{i}"), sshd))
+                .expect("add target");
+        }
+        env.add_password("pw", &user.name, &user.password);
+        (env, sshds, user)
     }
 
     /// [`Env::run`] the way the server runs processes: every host call is also checked

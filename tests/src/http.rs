@@ -181,6 +181,13 @@ impl Server {
         r.body["digest"].as_str().expect("digest").to_string()
     }
 
+    /// Shares process `id` with `users`, as `token`'s user; it must succeed.
+    pub async fn share(&self, id: &str, token: &str, users: &[&str]) {
+        let path = format!("/v1/processes/{id}/share");
+        let r = self.post(&path, token, json!({ "users": users })).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+
     /// Creates a process as `token`'s user; returns its id.
     pub async fn create_process(&self, token: &str, name: &str, digest: &str) -> Reply {
         let body = json!({ "name": name, "module_digest": digest, "grant": {} });

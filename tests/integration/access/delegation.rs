@@ -36,14 +36,7 @@ async fn a_token_minted_for_another_user_cannot_run_or_approve_as_them() {
     // Sam's own process, shared with bob only, needing one approval.
     let p = process(&server, &sam, "sams", &digest, json!({}), 1).await;
     let pid = id_of(&p);
-    let r = server
-        .post(
-            &format!("/v1/processes/{pid}/share"),
-            &sam,
-            json!({ "users": ["bob"] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    server.share(&pid, &sam, &["bob"]).await;
     let run = server.start_run(&pid, &sam, json!({})).await;
 
     // Sam (ManageUsers) mints "bob's" token: an enrollment token, good for nothing else.
@@ -184,14 +177,7 @@ async fn the_creator_of_a_schedule_cannot_approve_or_reject_the_runs_it_fires() 
     let carol = server.user("carol", &["approvers"]).await;
     let p = process(&server, &server.admin, "nightly", &digest, json!({}), 1).await;
     let pid = id_of(&p);
-    let r = server
-        .post(
-            &format!("/v1/processes/{pid}/share"),
-            &server.admin,
-            json!({ "users": ["carol"] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    server.share(&pid, &server.admin, &["carol"]).await;
     let schedule = server
         .post(
             &format!("/v1/processes/{pid}/schedules"),

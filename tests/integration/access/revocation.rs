@@ -20,14 +20,7 @@ async fn revoked_tokens_and_disabled_or_deleted_users_are_refused_at_once() {
     let sam = server.user("sam", &["super-administrator"]).await;
     let p = process(&server, &server.admin, "greet", &digest, json!({}), 0).await;
     let pid = id_of(&p);
-    let r = server
-        .post(
-            &format!("/v1/processes/{pid}/share"),
-            &server.admin,
-            json!({ "users": ["bob"] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    server.share(&pid, &server.admin, &["bob"]).await;
     let run = server.start_run(&pid, &bob, json!({})).await;
     server.wait_for_state(&run, "succeeded").await;
 

@@ -275,14 +275,7 @@ async fn super_admin_sees_no_trace_of_another_admins_unshared_process_anywhere()
     assert_eq!(one.body.as_array().map(Vec::len), Some(1), "{}", one.text);
 
     // Shared with it, all of it appears (so the checks above could fail).
-    let r = server
-        .post(
-            &format!("/v1/processes/{pid}/share"),
-            &server.admin,
-            json!({ "users": ["sam"] }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    server.share(&pid, &server.admin, &["sam"]).await;
     let seen = audit_text(&server, &sam, &format!("run={run}")).await;
     assert!(
         seen.contains("run.succeeded") && seen.contains(&run),

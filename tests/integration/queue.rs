@@ -540,7 +540,8 @@ async fn a_queued_run_whose_publisher_is_distrusted_while_it_waits_never_starts(
     let server = server_with(1, small_queue()).await;
     let digest = probe(&server).await;
     let process = sleeper_process(&server, &digest, "distrusted-while-queued", &[]).await;
-    let running = id(&sleep_run(&server, &process, &server.admin, 1500).await);
+    // Long enough that the distrust below lands while the second run still waits.
+    let running = id(&sleep_run(&server, &process, &server.admin, 5000).await);
     let waiting = sleep_run(&server, &process, &server.admin, 10).await;
     assert_eq!(waiting["state"], "queued", "{waiting}");
     let waiting = id(&waiting);

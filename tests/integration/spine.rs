@@ -79,17 +79,15 @@ fn intent_then_outcome(records: &[AuditRecord]) -> AuditRecord {
     outcome.clone()
 }
 
-/// Waits (bounded) until the run's `ssh.exec` intent is durable, i.e. the call is acting.
-async fn until_acting(env: &Env, run_id: &str) {
-    let until = Instant::now() + Duration::from_secs(15);
+/// Waits (bounded) until the run's `ssh.exec` intent is durable and its `command` runs on
+/// the target, i.e. the call is acting.
+async fn until_acting(env: &Env, run_id: &str, command: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        if records(env, run_id, "ssh.exec")
+        let intent = records(env, run_id, "ssh.exec")
             .iter()
-            .any(|r| r.entry.outcome == "intent")
-        {
-            // The intent is written just before the command is sent; give it a moment to
-            // start on the target.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            .any(|r| r.entry.outcome == "intent");
+        if intent && running(command) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -119,8 +117,7 @@ async fn a_run_cancelled_mid_command_records_the_outcome_and_signals_the_command
         &run_id,
     );
     let watcher = async {
-        until_acting(&env, &run_id).await;
-        assert!(running(&command), "the command runs on the target");
+        until_acting(&env, &run_id, &command).await;
         control.cancel();
     };
     let (report, ()) = tokio::join!(run, watcher);

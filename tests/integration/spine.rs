@@ -23,6 +23,32 @@ fn rand_digits() -> u32 {
     100_000 + (uuid::Uuid::new_v4().as_u128() % 800_000) as u32
 }
 
+/// The probe's `exec` of `command` on `t0` with credential `pw`.
+fn exec_params(command: &str) -> Vec<warden_host::registry::inputs::Param> {
+    text_params(&[
+        ("mode", "exec"),
+        ("credential", "pw"),
+        ("target", "t0"),
+        ("command", command),
+    ])
+}
+
+/// The probe's `exec-many` of `command` on `targets` with credential `pw`.
+fn exec_many_params(command: &str, targets: &[&str]) -> Vec<warden_host::registry::inputs::Param> {
+    let mut params = text_params(&[
+        ("mode", "exec-many"),
+        ("credential", "pw"),
+        ("command", command),
+    ]);
+    params.push(warden_host::registry::inputs::Param {
+        name: "targets".into(),
+        value: warden_host::registry::inputs::Value::TextList(
+            targets.iter().map(|t| t.to_string()).collect(),
+        ),
+    });
+    params
+}
+
 /// True while a process whose command line is exactly `command` runs on this machine (the
 /// target's sshd is on loopback). Anchored, so a host process that merely names the command
 /// in its own arguments does not count.
@@ -100,12 +126,7 @@ async fn a_run_cancelled_mid_command_records_the_outcome_and_signals_the_command
     let (env, _sshd, _user) = Env::with_target();
     let probe = env.prepare("probe");
     let command = long_sleep();
-    let params = text_params(&[
-        ("mode", "exec"),
-        ("credential", "pw"),
-        ("target", "t0"),
-        ("command", &command),
-    ]);
+    let params = exec_params(&command);
     let control = RunControl::new();
     let run_id = uuid::Uuid::new_v4().to_string();
     let run = env.run_controlled(
@@ -140,12 +161,7 @@ async fn a_run_at_its_wall_time_mid_command_records_the_outcome_and_signals_the_
     let (env, _sshd, _user) = Env::with_target();
     let probe = env.prepare("probe");
     let command = long_sleep();
-    let params = text_params(&[
-        ("mode", "exec"),
-        ("credential", "pw"),
-        ("target", "t0"),
-        ("command", &command),
-    ]);
+    let params = exec_params(&command);
     let limits = RunLimits {
         wall_time: Duration::from_secs(3),
         ..RunLimits::default()
@@ -196,12 +212,7 @@ async fn acquire_exec_and_transfer_each_write_their_intent_before_acting() {
     intent_then_outcome(&records(&env, &run_id, "transfer.download"));
     let _ = std::fs::remove_file(&path);
 
-    let params = text_params(&[
-        ("mode", "exec"),
-        ("credential", "pw"),
-        ("target", "t0"),
-        ("command", "whoami"),
-    ]);
+    let params = exec_params("whoami");
     let (run_id, report) = env
         .run(
             &probe,
@@ -226,22 +237,7 @@ async fn acquire_exec_and_transfer_each_write_their_intent_before_acting() {
 async fn exec_many_admits_each_target_through_the_same_path() {
     let (env, _sshds, _user) = Env::with_targets(2);
     let probe = env.prepare("probe");
-    let params = [
-        text_params(&[
-            ("mode", "exec-many"),
-            ("credential", "pw"),
-            ("command", "whoami"),
-        ]),
-        vec![warden_host::registry::inputs::Param {
-            name: "targets".into(),
-            value: warden_host::registry::inputs::Value::TextList(vec![
-                "t0".into(),
-                "t1".into(),
-                "not-granted".into(),
-            ]),
-        }],
-    ]
-    .concat();
+    let params = exec_many_params("whoami", &["t0", "t1", "not-granted"]);
     let (run_id, report) = env
         .run(
             &probe,
@@ -283,12 +279,7 @@ async fn exec_many_admits_each_target_through_the_same_path() {
 /// Runs the probe's `exec` under a broad grant and a manifest scope; the guest-visible JSON.
 async fn exec_in_scope(env: &Env, scope: &Requests, command: &str) -> (String, serde_json::Value) {
     let probe = env.prepare("probe");
-    let params = text_params(&[
-        ("mode", "exec"),
-        ("credential", "pw"),
-        ("target", "t0"),
-        ("command", command),
-    ]);
+    let params = exec_params(command);
     let run_id = uuid::Uuid::new_v4().to_string();
     let spec = warden_host::bridge::RunSpec {
         identity: warden_host::capabilities::RunIdentity {
@@ -491,24 +482,7 @@ async fn a_fan_out_that_breaks_the_host_call_limit_acts_on_no_target_and_records
     let (env, _sshds, _user) = Env::with_targets(3);
     let probe = env.prepare("probe");
     let marker = format!("/tmp/wdn-fanout-{}", rand_digits());
-    let params = || {
-        [
-            text_params(&[
-                ("mode", "exec-many"),
-                ("credential", "pw"),
-                ("command", &format!("touch {marker}")),
-            ]),
-            vec![warden_host::registry::inputs::Param {
-                name: "targets".into(),
-                value: warden_host::registry::inputs::Value::TextList(vec![
-                    "t0".into(),
-                    "t1".into(),
-                    "t2".into(),
-                ]),
-            }],
-        ]
-        .concat()
-    };
+    let params = || exec_many_params(&format!("touch {marker}"), &["t0", "t1", "t2"]);
     let all = grant(&["pw"], &["t0", "t1", "t2"]);
     // How many calls the probe makes before its fan-out: a run with room for everything.
     let (_, report) = env

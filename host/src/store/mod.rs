@@ -17,9 +17,21 @@
 //!
 //! Layout: `rekey` replaces the master key file (see [`rekey_master_key`]).
 
+pub mod postgres;
 mod rekey;
+mod sled_audit;
+mod sled_backend;
+mod table;
 
 pub use rekey::rekey_master_key;
+pub use sled_audit::{
+    CHECKPOINT_KEY as AUDIT_CHECKPOINT_KEY, META as AUDIT_META, RECORDS as AUDIT_RECORDS,
+};
+pub use sled_backend::SledBackend;
+pub use table::{
+    AuditBatch, AuditQuery, AuditRow, AuditTip, Backend, Batch, ColumnValue, Database, Expect, Op,
+    Scan, Seal, StoreError, Table, TableDef,
+};
 
 use std::fs;
 use std::io::Write;

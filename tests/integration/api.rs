@@ -906,7 +906,6 @@ pub(crate) fn init_data_dir(data: &Path) -> String {
     let dir = DataDir::init(data).expect("init data dir");
     let users = UserStore::open(&dir.db).expect("user store");
     let token = bootstrap_admin(&users);
-    dir.db.flush().expect("flush");
     drop(users);
     drop(dir);
     token

@@ -891,7 +891,6 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
         let dir = DataDir::init(&data).expect("init data dir");
         let users = UserStore::open(&dir.db).expect("users");
         let token = bootstrap_admin(&users);
-        dir.db.flush().expect("flush");
         token
     };
     let (mut first, base) = ServeProcess::start(&data).await;

@@ -432,7 +432,6 @@ async fn restart_loads_the_precompiled_python_module_and_its_first_run_starts_fa
         let dir = DataDir::init(&data).expect("init");
         let users = UserStore::open(&dir.db).expect("users");
         let token = bootstrap_admin(&users);
-        dir.db.flush().expect("flush");
         token
     };
     let target = Target::start();

@@ -610,7 +610,6 @@ fn warden_exec_runs_get_leases_revoked_when_they_end() {
         let targets = warden_host::targets::TargetStore::open(&dir.db).expect("targets");
         let target = crate::support::target_of("t0", &sshd);
         targets.add(target).expect("target");
-        dir.db.flush().expect("flush");
     }
     let probe = guests::component("probe").to_string_lossy().into_owned();
     let manifest = guests::manifest("probe").to_string_lossy().into_owned();

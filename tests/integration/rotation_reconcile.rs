@@ -121,7 +121,7 @@ impl Cli {
     }
 
     /// The vault, opened in-process (the CLI must not be running: sled allows one process).
-    pub(crate) fn vault(&self) -> (sled::Db, Vault) {
+    pub(crate) fn vault(&self) -> (warden_host::store::Database, Vault) {
         let DataDir { db, master_key, .. } = DataDir::open(&self.data).expect("open data dir");
         let vault = Vault::open(&db, master_key).expect("vault");
         (db, vault)

@@ -419,7 +419,6 @@ async fn a_warden_exec_killed_mid_command_leaves_its_durable_intent() {
             .expect("add credential");
         let targets = TargetStore::open(&data.db).expect("targets");
         targets.add(target_of("t0", &sshd)).expect("add target");
-        data.db.flush().expect("flush");
     }
     let command = long_sleep();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden-e2e"))

@@ -226,7 +226,6 @@ impl Api {
 fn init_data_dir(data: &Path) -> String {
     let dir = DataDir::init(data).expect("init data dir");
     let token = bootstrap_admin(&dir);
-    dir.db.flush().expect("flush");
     token
 }
 
@@ -373,7 +372,7 @@ async fn rekey_then_restart_every_credential_decrypts_and_the_old_key_no_longer_
     // The old key opens nothing: directly, and the server refuses to start with it.
     let old_command = key_command(tmp.path(), "old.hex", &hex::encode(&old_key));
     {
-        let db = sled::open(data.join("db")).expect("db");
+        let db = warden_host::store::open_database(&data, &Default::default()).expect("db");
         let old = key_source(&old_command).load().expect("old key loads");
         let vault = Vault::open(&db, old).expect("vault");
         for name in ["db-root", "web-key"] {

@@ -3,16 +3,13 @@
 //! The hash chain alone is keyless: anyone with write access to the database could rewrite a
 //! suffix and recompute every hash, or append forged records, or cut the tail off. The writer
 //! therefore signs the chain head `{seq, hash}` with the host's ed25519 key after every batch,
-//! in the same sled transaction as the records. A verifier holding only the public key can then
+//! in the same commit as the records. A verifier holding only the public key can then
 //! tell that the last record is the one the host last wrote. (It cannot detect a rollback to an
 //! older, genuinely signed state of the whole database; that needs the head anchored outside
 //! it, e.g. exported to a remote log.)
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-
-/// Key of the checkpoint in the `audit_meta` tree.
-pub(crate) const CHECKPOINT_KEY: &[u8] = b"head";
 
 /// Domain separation: the signature cannot be replayed as any other Warden signature.
 const SIGNING_CONTEXT: &[u8] = b"warden-audit-checkpoint-v1\0";

@@ -1,4 +1,4 @@
-//! Append-only, hash-chained, signed audit log in sled.
+//! Append-only, hash-chained, signed audit log, stored through [`crate::store`].
 //!
 //! Threat: an attacker (or a bug) that edits, deletes, reorders or forges audit records, or a
 //! host call whose record is silently lost. Every record carries the hash of its predecessor;
@@ -12,11 +12,13 @@
 //! - `writer`: the single writer thread doing group commit.
 //! - `verify`: chain verification, also used at open to refuse a tampered tail.
 //!
-//! Storage: tree [`RECORDS_TREE`] maps big-endian `seq` to the record's canonical JSON, so sled
-//! iterates in sequence order; tree [`META_TREE`] holds the signed checkpoint. Open one
-//! [`AuditLog`] per database: two writers on the same trees would fork the chain.
+//! Storage: the backend keeps each record's canonical JSON under its `seq` with the columns
+//! queries filter on, and the signed checkpoint beside them (sled: `store::sled_audit`;
+//! PostgreSQL: table `audit_records` and `audit_head`). Several servers may open one
+//! PostgreSQL log: each commit locks the head, so the chain stays one.
 
 mod checkpoint;
+mod copy;
 mod record;
 mod verify;
 mod writer;
@@ -31,22 +33,18 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::oneshot;
 
+pub use copy::copy_log;
 pub use record::{
     AuditEntry, AuditRecord, Decision, GENESIS_HASH, MAX_NAME_BYTES, MAX_TEXT_BYTES,
     TRUNCATION_MARKER,
 };
 pub use verify::{CheckpointProblem, RecordProblem, VerifyError, VerifyReport, verify};
 
-use verify::decode_key;
-use writer::{AfterWrite, Pending, Writer};
+use crate::store::{AuditQuery, Batch, Database, StoreError};
+use writer::{Pending, Writer, Written};
 
 /// Where a caller waits for its records.
-type Reply = oneshot::Receiver<Result<Vec<AuditRecord>, AuditError>>;
-
-/// Tree holding the records.
-pub const RECORDS_TREE: &str = "audit";
-/// Tree holding the signed checkpoint.
-pub const META_TREE: &str = "audit_meta";
+type Reply = oneshot::Receiver<Result<Written, AuditError>>;
 
 /// Entries that may wait for the writer. A burst beyond this makes appenders wait
 /// (backpressure) rather than grow memory without bound; nothing is ever dropped.
@@ -72,7 +70,7 @@ pub enum AuditError {
     #[error("stored audit record {seq} is unreadable")]
     Corrupt { seq: u64 },
     #[error("audit storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
 }
 
 /// Which records [`AuditLog::query`] returns; `None` fields match everything.
@@ -85,25 +83,35 @@ pub struct AuditFilter {
     pub since_ms: Option<u64>,
     /// Inclusive upper bound on `time_ms`.
     pub until_ms: Option<u64>,
+    /// The target or other resource the record is about.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Only records after this sequence number (the cursor of the previous page).
+    #[serde(default)]
+    pub after_seq: Option<u64>,
     /// At most this many records (the first ones in sequence order), capped at
     /// [`MAX_QUERY_RECORDS`].
     pub limit: Option<usize>,
 }
 
 impl AuditFilter {
-    fn matches(&self, record: &AuditRecord) -> bool {
-        let entry = &record.entry;
-        (self.run_id.is_none() || self.run_id == entry.run_id)
-            && self.actor.as_ref().is_none_or(|a| *a == entry.actor)
-            && self.action.as_ref().is_none_or(|a| *a == entry.action)
-            && self.since_ms.is_none_or(|t| record.time_ms >= t)
-            && self.until_ms.is_none_or(|t| record.time_ms <= t)
-    }
-
     fn effective_limit(&self) -> usize {
         self.limit
             .unwrap_or(MAX_QUERY_RECORDS)
             .min(MAX_QUERY_RECORDS)
+    }
+
+    fn to_query(&self) -> AuditQuery {
+        AuditQuery {
+            run_id: self.run_id.clone(),
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+            after_seq: self.after_seq,
+            limit: self.effective_limit(),
+        }
     }
 }
 
@@ -116,8 +124,7 @@ pub struct AuditLog {
 struct Inner {
     queue: SyncSender<Pending>,
     failed: Arc<AtomicBool>,
-    records: sled::Tree,
-    meta: sled::Tree,
+    db: Database,
     verifying_key: VerifyingKey,
 }
 
@@ -134,18 +141,16 @@ impl AuditLog {
     ///
     /// Refuses ([`AuditError::Tampered`]) a log whose last record is not the head signed by
     /// this key: continuing it would sign over forged or rewritten records.
-    pub fn open(db: &sled::Db, signing_key: SigningKey) -> Result<Self, AuditError> {
-        let records = db.open_tree(RECORDS_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
+    pub fn open(db: &Database, signing_key: SigningKey) -> Result<Self, AuditError> {
         let verifying_key = signing_key.verifying_key();
-        let head = verify::check_head(&records, &meta, &verifying_key)?;
+        let tip = db.backend().audit_tip()?;
+        let head = verify::check_head(&tip, &verifying_key)?;
         let failed = Arc::new(AtomicBool::new(false));
         let (queue, receiver) = sync_channel(QUEUE_CAPACITY);
         let writer = Writer {
-            records: records.clone(),
-            meta: meta.clone(),
+            db: db.clone(),
             signing_key,
-            head,
+            head: Some((head, tip.last)),
             failed: failed.clone(),
             queue: receiver,
         };
@@ -156,8 +161,7 @@ impl AuditLog {
         let inner = Inner {
             queue,
             failed,
-            records,
-            meta,
+            db: db.clone(),
             verifying_key,
         };
         Ok(Self {
@@ -170,7 +174,7 @@ impl AuditLog {
     /// Never blocks the async runtime: a full queue is waited out on a blocking-pool thread.
     pub async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, AuditError> {
         let (pending, reply) = self.prepare(vec![entry], None)?;
-        let records = self.enqueue(pending, reply).await?;
+        let (records, _) = self.enqueue(pending, reply).await?;
         records.into_iter().next().ok_or_else(|| self.writer_gone())
     }
 
@@ -184,55 +188,45 @@ impl AuditLog {
             return Ok(Vec::new());
         }
         let (pending, reply) = self.prepare(entries, None)?;
-        self.enqueue(pending, reply).await
+        Ok(self.enqueue(pending, reply).await?.0)
     }
 
-    /// Appends one record, then runs `then` (a write to another tree of the same sled
-    /// database) in the same commit, and returns both once one flush made them durable.
-    /// See [`Self::append_all_then`].
-    pub async fn append_then<T: Send + 'static>(
+    /// Appends one record and applies `then` in the same durable commit. See
+    /// [`Self::append_all_then`].
+    pub async fn append_then(
         &self,
         entry: AuditEntry,
-        then: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<(AuditRecord, T), AuditError> {
-        let (records, value) = self.append_all_then(vec![entry], then).await?;
+        then: Batch,
+    ) -> Result<(AuditRecord, Result<(), StoreError>), AuditError> {
+        let (records, outcome) = self.append_all_then(vec![entry], then).await?;
         let record = records
             .into_iter()
             .next()
             .ok_or_else(|| self.writer_gone())?;
-        Ok((record, value))
+        Ok((record, outcome))
     }
 
-    /// Appends `entries` as consecutive records, then runs `then` (a write to another tree
-    /// of the same sled database) in the same commit, and returns both once one flush made
-    /// them durable.
+    /// Appends `entries` as consecutive records and applies `then` (writes to other tables of
+    /// the same database) in the same durable commit, and returns the records and whether
+    /// `then` applied.
     ///
-    /// `then` runs on the audit writer thread, after the records' batch is written and before
-    /// the batch's flush, and only if the records were written: a write that `then` makes can
-    /// never be durable without the audit records before it in the sled log. It must be short
-    /// and must not block on the audit log. This is how run transitions are recorded with one
-    /// fsync instead of two.
-    pub async fn append_all_then<T: Send + 'static>(
+    /// `then` is applied only if the records are written, so a write it makes is never
+    /// durable without the audit records before it. If its expectations do not hold it is
+    /// skipped (`Err(Conflict)`) while the records still commit: the caller records that the
+    /// audited change did not take effect. This is how run transitions are recorded with one
+    /// commit instead of two.
+    pub async fn append_all_then(
         &self,
         entries: Vec<AuditEntry>,
-        then: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<(Vec<AuditRecord>, T), AuditError> {
-        let (done, outcome) = oneshot::channel();
-        let then: AfterWrite = Box::new(move || {
-            let _ = done.send(then());
-        });
+        then: Batch,
+    ) -> Result<(Vec<AuditRecord>, Result<(), StoreError>), AuditError> {
         let (pending, reply) = self.prepare(entries, Some(then))?;
-        let records = self.enqueue(pending, reply).await?;
-        // The writer runs `then` before answering with the records, so it has sent by now.
-        let value = outcome.await.map_err(|_| self.writer_gone())?;
-        Ok((records, value))
+        let (records, outcome) = self.enqueue(pending, reply).await?;
+        let outcome = outcome.ok_or_else(|| self.writer_gone())?;
+        Ok((records, outcome))
     }
 
-    async fn enqueue(
-        &self,
-        pending: Pending,
-        reply: Reply,
-    ) -> Result<Vec<AuditRecord>, AuditError> {
+    async fn enqueue(&self, pending: Pending, reply: Reply) -> Result<Written, AuditError> {
         match self.inner.queue.try_send(pending) {
             Ok(()) => {}
             Err(TrySendError::Full(pending)) => {
@@ -256,7 +250,7 @@ impl AuditLog {
             .queue
             .send(pending)
             .map_err(|_| self.writer_gone())?;
-        let records = reply.blocking_recv().map_err(|_| self.writer_gone())??;
+        let (records, _) = reply.blocking_recv().map_err(|_| self.writer_gone())??;
         records.into_iter().next().ok_or_else(|| self.writer_gone())
     }
 
@@ -272,38 +266,29 @@ impl AuditLog {
 
     /// Verifies the whole chain (see [`verify`]); safe while appends continue.
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
-        verify::verify_trees(
-            &self.inner.records,
-            &self.inner.meta,
-            &self.inner.verifying_key,
-        )
+        verify::verify(&self.inner.db, &self.inner.verifying_key)
     }
 
-    /// Records matching `filter`, in sequence order, at most [`MAX_QUERY_RECORDS`].
+    /// Records matching `filter`, in sequence order, at most [`MAX_QUERY_RECORDS`] (a page:
+    /// pass the last `seq` as `after_seq` for the next). Answered from the backend's index.
     ///
-    /// Scans the log; it does not verify the chain (use [`Self::verify`] for that).
+    /// It does not verify the chain (use [`Self::verify`] for that).
     pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
-        let limit = filter.effective_limit();
-        let mut found = Vec::new();
-        for item in self.inner.records.iter() {
-            if found.len() >= limit {
-                break;
-            }
-            let (key, value) = item?;
-            let seq = decode_key(&key).unwrap_or(u64::MAX);
-            let record: AuditRecord =
-                serde_json::from_slice(&value).map_err(|_| AuditError::Corrupt { seq })?;
-            if filter.matches(&record) {
-                found.push(record);
-            }
-        }
-        Ok(found)
+        self.inner
+            .db
+            .backend()
+            .audit_query(&filter.to_query())?
+            .into_iter()
+            .map(|(seq, bytes)| {
+                serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt { seq })
+            })
+            .collect()
     }
 
     fn prepare(
         &self,
         mut entries: Vec<AuditEntry>,
-        then: Option<AfterWrite>,
+        then: Option<Batch>,
     ) -> Result<(Pending, Reply), AuditError> {
         if self.is_failed() {
             return Err(AuditError::Failed);

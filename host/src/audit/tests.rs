@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tempfile::TempDir;
 
-use super::checkpoint::{CHECKPOINT_KEY, Checkpoint};
+use super::checkpoint::Checkpoint;
 use super::*;
+use crate::store::AUDIT_CHECKPOINT_KEY as CHECKPOINT_KEY;
 
 fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
@@ -43,7 +44,7 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db, signing_key()).unwrap();
+        let log = AuditLog::open(&crate::store::sled_db(&db), signing_key()).unwrap();
         Self { dir, db, log }
     }
 
@@ -56,15 +57,18 @@ impl Fixture {
     }
 
     fn records(&self) -> sled::Tree {
-        self.db.open_tree(RECORDS_TREE).unwrap()
+        self.db.open_tree(crate::store::AUDIT_RECORDS.name).unwrap()
     }
 
     fn meta(&self) -> sled::Tree {
-        self.db.open_tree(META_TREE).unwrap()
+        self.db.open_tree(crate::store::AUDIT_META.name).unwrap()
     }
 
     fn verify(&self) -> Result<VerifyReport, VerifyError> {
-        verify(&self.db, &signing_key().verifying_key())
+        verify(
+            &crate::store::sled_db(&self.db),
+            &signing_key().verifying_key(),
+        )
     }
 
     fn stored(&self, seq: u64) -> Vec<u8> {
@@ -348,7 +352,7 @@ fn verify_rejects_log_checked_with_the_wrong_key() {
     let fixture = Fixture::with_records(2);
     let other = SigningKey::from_bytes(&[9; 32]).verifying_key();
     assert!(matches!(
-        verify(&fixture.db, &other),
+        verify(&crate::store::sled_db(&fixture.db), &other),
         Err(VerifyError::Checkpoint(CheckpointProblem::BadSignature))
     ));
 }
@@ -373,13 +377,15 @@ fn reopen_continues_the_chain() {
         .pop()
         .unwrap();
     let (_dir, db) = fixture.reopen();
-    let log = AuditLog::open(&db, signing_key()).unwrap();
+    let log = AuditLog::open(&crate::store::sled_db(&db), signing_key()).unwrap();
     let next = log.append_blocking(entry(3)).unwrap();
     assert_eq!(next.seq, 3);
     assert_eq!(next.prev_hash, head.hash);
     assert!(next.time_ms >= head.time_ms);
     assert_eq!(
-        verify(&db, &signing_key().verifying_key()).unwrap().count,
+        verify(&crate::store::sled_db(&db), &signing_key().verifying_key())
+            .unwrap()
+            .count,
         4
     );
 }
@@ -389,7 +395,7 @@ fn open_refuses_log_whose_tail_was_forged_while_down() {
     let fixture = Fixture::with_records(3);
     forge_next(&fixture, 3);
     let (_dir, db) = fixture.reopen();
-    let err = AuditLog::open(&db, signing_key()).unwrap_err();
+    let err = AuditLog::open(&crate::store::sled_db(&db), signing_key()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -406,10 +412,10 @@ fn open_refuses_log_whose_tail_was_forged_while_down() {
 fn open_refuses_log_whose_head_was_rewritten_or_truncated() {
     let fixture = Fixture::with_records(3);
     rewrite(&fixture, 2, "forged");
-    let err = AuditLog::open(&fixture.db, signing_key()).unwrap_err();
+    let err = AuditLog::open(&crate::store::sled_db(&fixture.db), signing_key()).unwrap_err();
     assert!(matches!(err, AuditError::Tampered(_)), "{err:?}");
     fixture.records().remove(2u64.to_be_bytes()).unwrap();
-    let err = AuditLog::open(&fixture.db, signing_key()).unwrap_err();
+    let err = AuditLog::open(&crate::store::sled_db(&fixture.db), signing_key()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -425,7 +431,11 @@ fn open_refuses_log_whose_head_was_rewritten_or_truncated() {
 #[test]
 fn open_refuses_log_with_another_hosts_key() {
     let fixture = Fixture::with_records(1);
-    let err = AuditLog::open(&fixture.db, SigningKey::from_bytes(&[9; 32])).unwrap_err();
+    let err = AuditLog::open(
+        &crate::store::sled_db(&fixture.db),
+        SigningKey::from_bytes(&[9; 32]),
+    )
+    .unwrap_err();
     assert!(matches!(
         err,
         AuditError::Tampered(VerifyError::Checkpoint(_))
@@ -519,7 +529,12 @@ fn append_caps_oversized_guest_text() {
 #[test]
 fn fails_closed_after_a_write_failure() {
     let fixture = Fixture::with_records(2);
-    assert!(fixture.db.drop_tree(RECORDS_TREE).unwrap());
+    assert!(
+        fixture
+            .db
+            .drop_tree(crate::store::AUDIT_RECORDS.name)
+            .unwrap()
+    );
     let err = fixture.log.append_blocking(entry(2)).unwrap_err();
     assert!(matches!(err, AuditError::WriteFailed(_)), "{err:?}");
     assert!(fixture.log.is_failed());
@@ -532,7 +547,7 @@ fn fails_closed_after_a_write_failure() {
 async fn async_appends_fail_closed_after_a_write_failure() {
     let fixture = Fixture::new();
     fixture.log.append(entry(0)).await.unwrap();
-    fixture.db.drop_tree(META_TREE).unwrap();
+    fixture.db.drop_tree(crate::store::AUDIT_META.name).unwrap();
     let results = futures_join(&fixture.log, 8).await;
     assert!(results.iter().all(|r| r.is_err()), "{results:?}");
     assert!(fixture.log.is_failed());
@@ -542,30 +557,58 @@ async fn async_appends_fail_closed_after_a_write_failure() {
     ));
 }
 
-/// `append_then` runs its write after the record is written (it sees the record in the
-/// tree) and hands back the write's value with the record.
+/// A test table for the writes that follow audit records.
+const OTHER: crate::store::TableDef = crate::store::TableDef {
+    name: "other",
+    columns: &[],
+    columns_of: None,
+};
+
+fn put_other(expect: crate::store::Expect) -> crate::store::Batch {
+    let mut batch = crate::store::Batch::new();
+    batch.put(&OTHER, "k", "v", expect);
+    batch
+}
+
+/// `append_then` commits its write with its record and reports that it applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_then_writes_after_its_record() {
+async fn append_then_writes_with_its_record() {
     let fixture = Fixture::new();
     fixture.log.append(entry(0)).await.unwrap();
-    let (records, other) = (fixture.records(), fixture.db.open_tree("other").unwrap());
-    let (record, seen) = fixture
+    let (record, applied) = fixture
         .log
-        .append_then(entry(1), move || {
-            let own_record_written = records.get(1u64.to_be_bytes()).unwrap().is_some();
-            other.insert("k", "v").unwrap();
-            own_record_written
-        })
+        .append_then(entry(1), put_other(crate::store::Expect::Absent))
         .await
         .unwrap();
     assert_eq!(record.seq, 1);
-    assert!(
-        seen,
-        "the follow-up write ran before its audit record was written"
-    );
+    applied.unwrap();
+    assert!(fixture.records().get(1u64.to_be_bytes()).unwrap().is_some());
     let other = fixture.db.open_tree("other").unwrap();
     assert_eq!(other.get("k").unwrap().as_deref(), Some(&b"v"[..]));
     fixture.verify().unwrap();
+}
+
+/// A follow-up write whose expectation fails is skipped and reported, while its record (and
+/// the records of others in the same batch) still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_then_reports_a_conflicting_write_and_keeps_the_record() {
+    let fixture = Fixture::new();
+    fixture
+        .db
+        .open_tree("other")
+        .unwrap()
+        .insert("k", "old")
+        .unwrap();
+    let (record, applied) = fixture
+        .log
+        .append_then(entry(0), put_other(crate::store::Expect::Absent))
+        .await
+        .unwrap();
+    assert!(applied.unwrap_err().is_conflict());
+    assert_eq!(record.seq, 0);
+    let other = fixture.db.open_tree("other").unwrap();
+    assert_eq!(other.get("k").unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(fixture.verify().unwrap().count, 1);
 }
 
 /// Fail closed: when the record cannot be written, the follow-up write never happens.
@@ -573,12 +616,11 @@ async fn append_then_writes_after_its_record() {
 async fn append_then_skips_its_write_when_the_record_fails() {
     let fixture = Fixture::new();
     fixture.log.append(entry(0)).await.unwrap();
-    fixture.db.drop_tree(META_TREE).unwrap();
+    fixture.db.drop_tree(crate::store::AUDIT_META.name).unwrap();
     let other = fixture.db.open_tree("other").unwrap();
-    let writer_tree = other.clone();
     let err = fixture
         .log
-        .append_then(entry(1), move || writer_tree.insert("k", "v").unwrap())
+        .append_then(entry(1), put_other(crate::store::Expect::Any))
         .await
         .unwrap_err();
     assert!(matches!(err, AuditError::WriteFailed(_)), "{err:?}");
@@ -586,10 +628,9 @@ async fn append_then_skips_its_write_when_the_record_fails() {
         other.get("k").unwrap().is_none(),
         "write made without its record"
     );
-    let writer_tree = other.clone();
     let err = fixture
         .log
-        .append_then(entry(2), move || writer_tree.insert("k", "v").unwrap())
+        .append_then(entry(2), put_other(crate::store::Expect::Any))
         .await
         .unwrap_err();
     assert!(matches!(err, AuditError::Failed), "{err:?}");

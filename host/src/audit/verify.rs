@@ -6,11 +6,13 @@
 //! checkpoint the host signed. Errors name the first bad sequence number and why.
 
 use ed25519_dalek::VerifyingKey;
-use sled::Tree;
 
-use super::checkpoint::{CHECKPOINT_KEY, Checkpoint};
+use super::checkpoint::Checkpoint;
 use super::record::{AuditRecord, GENESIS_HASH};
-use super::{META_TREE, RECORDS_TREE};
+use crate::store::{AuditTip, Database, StoreError};
+
+/// Records read per round trip while walking the chain.
+const VERIFY_CHUNK: usize = 4096;
 
 /// Outcome of a successful verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub enum VerifyError {
     #[error("audit checkpoint: {0}")]
     Checkpoint(CheckpointProblem),
     #[error("audit storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
 }
 
 impl VerifyError {
@@ -81,29 +83,29 @@ pub enum CheckpointProblem {
 /// Walks the whole log in `db` from seq 0 and checks it against the signed checkpoint.
 ///
 /// Safe to run while the log is being appended to: records committed after the walk started
-/// are covered by re-reading the checkpoint, which sled commits atomically with them.
-pub fn verify(db: &sled::Db, verifying_key: &VerifyingKey) -> Result<VerifyReport, VerifyError> {
-    let records = db.open_tree(RECORDS_TREE)?;
-    let meta = db.open_tree(META_TREE)?;
-    verify_trees(&records, &meta, verifying_key)
-}
-
-pub(crate) fn verify_trees(
-    records: &Tree,
-    meta: &Tree,
-    key: &VerifyingKey,
-) -> Result<VerifyReport, VerifyError> {
-    let mut checkpoint = read_checkpoint(meta, key)?;
+/// are covered by re-reading the checkpoint, which is committed atomically with them.
+pub fn verify(db: &Database, key: &VerifyingKey) -> Result<VerifyReport, VerifyError> {
+    let mut checkpoint = read_checkpoint(db, key)?;
     let mut walker = Walker::new();
-    for item in records.iter() {
-        let (k, value) = item?;
-        if !covers(checkpoint.as_ref(), walker.next_seq) {
-            // A concurrent batch may have committed this record and its new checkpoint.
-            checkpoint = read_checkpoint(meta, key)?;
+    let mut from = 0;
+    loop {
+        let chunk = db.backend().audit_range(from, VERIFY_CHUNK)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        for (seq, value) in chunk {
+            if !covers(checkpoint.as_ref(), walker.next_seq) {
+                // A concurrent batch may have committed this record and its new checkpoint.
+                checkpoint = read_checkpoint(db, key)?;
+            }
+            walker.check(seq, &value)?;
+            if !covers(checkpoint.as_ref(), walker.next_seq - 1) {
+                return Err(beyond(checkpoint.as_ref(), walker.next_seq - 1));
+            }
         }
-        walker.check(&k, &value)?;
-        if !covers(checkpoint.as_ref(), walker.next_seq - 1) {
-            return Err(beyond(checkpoint.as_ref(), walker.next_seq - 1));
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
         }
     }
     walker.finish(checkpoint.as_ref())
@@ -125,13 +127,20 @@ fn beyond(checkpoint: Option<&Checkpoint>, seq: u64) -> VerifyError {
 
 /// Reads and authenticates the checkpoint; `None` if none was ever written.
 pub(crate) fn read_checkpoint(
-    meta: &Tree,
+    db: &Database,
     key: &VerifyingKey,
 ) -> Result<Option<Checkpoint>, VerifyError> {
-    let Some(bytes) = meta.get(CHECKPOINT_KEY)? else {
+    authentic_checkpoint(db.backend().audit_tip()?.checkpoint.as_deref(), key)
+}
+
+fn authentic_checkpoint(
+    bytes: Option<&[u8]>,
+    key: &VerifyingKey,
+) -> Result<Option<Checkpoint>, VerifyError> {
+    let Some(bytes) = bytes else {
         return Ok(None);
     };
-    let checkpoint: Checkpoint = serde_json::from_slice(&bytes)
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes)
         .map_err(|_| VerifyError::Checkpoint(CheckpointProblem::Unreadable))?;
     if !checkpoint.is_authentic(key) {
         return Err(VerifyError::Checkpoint(CheckpointProblem::BadSignature));
@@ -152,19 +161,17 @@ pub(crate) struct Head {
 /// Run when the log is opened, so the writer never signs a new checkpoint over records an
 /// attacker appended or rewrote at the tail while the host was down (that would launder them).
 /// Damage further back stays visible to [`verify`] because it breaks the chain's linkage.
-pub(crate) fn check_head(
-    records: &Tree,
-    meta: &Tree,
-    key: &VerifyingKey,
-) -> Result<Head, VerifyError> {
-    let checkpoint = read_checkpoint(meta, key)?;
-    let (last, checkpoint) = match (records.last()?, checkpoint) {
+pub(crate) fn check_head(tip: &AuditTip, key: &VerifyingKey) -> Result<Head, VerifyError> {
+    let checkpoint = authentic_checkpoint(tip.checkpoint.as_deref(), key)?;
+    let (last, checkpoint) = match (tip.last.as_deref(), checkpoint) {
         (None, None) => return Ok(Head::genesis()),
         (None, Some(_)) => return Err(record_error(0, RecordProblem::Truncated)),
         (Some(_), None) => return Err(VerifyError::Checkpoint(CheckpointProblem::Missing)),
         (Some(last), Some(checkpoint)) => (last, checkpoint),
     };
-    let seq = decode_key(&last.0).ok_or(record_error(checkpoint.seq, RecordProblem::BadKey))?;
+    let seq = serde_json::from_slice::<AuditRecord>(last)
+        .map_err(|_| record_error(checkpoint.seq, RecordProblem::Unparseable))?
+        .seq;
     if seq < checkpoint.seq {
         return Err(record_error(seq + 1, RecordProblem::Truncated));
     }
@@ -174,7 +181,7 @@ pub(crate) fn check_head(
             RecordProblem::BeyondCheckpoint,
         ));
     }
-    let record = check_record(seq, &last.0, &last.1)?;
+    let record = check_record(seq, seq, last)?;
     if record.hash != checkpoint.hash {
         return Err(record_error(seq, RecordProblem::NotSignedHead));
     }
@@ -209,14 +216,16 @@ impl Walker {
         }
     }
 
-    fn check(&mut self, key: &[u8], value: &[u8]) -> Result<(), VerifyError> {
+    fn check(&mut self, seq: u64, value: &[u8]) -> Result<(), VerifyError> {
         let expected = self.next_seq;
-        let seq = decode_key(key).ok_or(record_error(expected, RecordProblem::BadKey))?;
+        if seq == u64::MAX {
+            return Err(record_error(expected, RecordProblem::BadKey));
+        }
         if seq != expected {
             // Keys are sorted and unique, so a different key means `expected` was removed.
             return Err(record_error(expected, RecordProblem::Missing));
         }
-        let record = check_record(seq, key, value)?;
+        let record = check_record(seq, seq, value)?;
         if record.prev_hash != self.prev_hash {
             return Err(record_error(seq, RecordProblem::BrokenLink));
         }
@@ -246,8 +255,9 @@ impl Walker {
     }
 }
 
-/// Checks one stored record on its own: key, parse, canonical form, seq and hash.
-fn check_record(seq: u64, key: &[u8], value: &[u8]) -> Result<AuditRecord, VerifyError> {
+/// Checks one stored record on its own: parse, canonical form, seq (against `stored_seq`, the
+/// sequence number it is stored under) and hash.
+fn check_record(seq: u64, stored_seq: u64, value: &[u8]) -> Result<AuditRecord, VerifyError> {
     let record: AuditRecord =
         serde_json::from_slice(value).map_err(|_| record_error(seq, RecordProblem::Unparseable))?;
     // Re-encoding must reproduce the stored bytes: catches edits serde would tolerate.
@@ -255,17 +265,13 @@ fn check_record(seq: u64, key: &[u8], value: &[u8]) -> Result<AuditRecord, Verif
         Ok(bytes) if bytes == value => {}
         _ => return Err(record_error(seq, RecordProblem::NotCanonical)),
     }
-    if decode_key(key) != Some(record.seq) {
+    if stored_seq != record.seq {
         return Err(record_error(seq, RecordProblem::SeqMismatch));
     }
     match record.recompute_hash() {
         Ok(hash) if hash == record.hash => Ok(record),
         _ => Err(record_error(seq, RecordProblem::HashMismatch)),
     }
-}
-
-pub(crate) fn decode_key(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 fn record_error(seq: u64, problem: RecordProblem) -> VerifyError {

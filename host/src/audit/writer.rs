@@ -1,50 +1,57 @@
 //! The single writer thread: group commit of audit records.
 //!
-//! One thread owns the chain head, so sequence numbers and hash links are assigned without
-//! locks and can never fork. It drains every pending entry, seals them into chained records,
-//! writes them and the newly signed checkpoint in one sled transaction (atomic, so a crash
-//! cannot leave records without their checkpoint), flushes once and only then answers every
-//! waiter. A failed write or flush marks the log failed for good: invariant 2 requires that a
-//! host call whose record is not durable fails, and a log with an unknown tail cannot safely
-//! continue its chain.
+//! One thread per server drains every pending entry, seals them into chained records and
+//! hands them to the storage backend's audit commit, which writes them, the newly signed
+//! checkpoint and the writes that must follow them atomically and durably, and only then
+//! answers every waiter. The backend gives the writer the stored tip under the chain's lock
+//! (PostgreSQL: a row lock several servers queue on; sled: the process owns the directory),
+//! so sequence numbers and hash links can never fork. A tip the writer did not write itself
+//! (another server's) is checked against its signed checkpoint before the chain continues.
+//!
+//! A failed local write (sled) marks the log failed for good: invariant 2 requires that a host
+//! call whose record is not durable fails, and a log with an unknown tail cannot safely
+//! continue its chain. An unreachable PostgreSQL server fails only the batch at hand: its
+//! transaction rolled back whole, so the tail is known, and the next batch re-reads the tip.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionResult, TransactionError};
 use tokio::sync::oneshot;
 
 use super::AuditError;
-use super::checkpoint::{CHECKPOINT_KEY, Checkpoint};
+use super::checkpoint::Checkpoint;
 use super::record::{AuditEntry, AuditRecord};
-use super::verify::Head;
+use super::verify::{Head, check_head};
+use crate::store::{AuditBatch, AuditRow, AuditTip, Batch, Database, StoreError};
 
-/// Most entries sealed into one batch. Bounds the size of one sled transaction and the delay a
-/// waiter at the back of a long queue sees before its batch flushes.
+/// Most entries sealed into one batch. Bounds the size of one commit and the delay a waiter at
+/// the back of a long queue sees before its batch is durable.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// A write to another tree that must be durable together with (and never before) its
-/// audit record: see [`super::AuditLog::append_then`].
-pub(crate) type AfterWrite = Box<dyn FnOnce() + Send>;
+/// What one commit wrote: the sealed records and each follow-up write's outcome.
+type Persisted = (Vec<AuditRecord>, Vec<Result<(), StoreError>>);
+
+/// What one caller gets back: its records, and the outcome of the write that followed them.
+pub(crate) type Written = (Vec<AuditRecord>, Option<Result<(), StoreError>>);
 
 /// The entries (one or a few, always sealed consecutively) waiting for the writer, the
-/// write that follows them, and the channel their caller waits on.
+/// write that must be durable together with (and never before) them, and the channel their
+/// caller waits on.
 pub(crate) struct Pending {
     pub entries: Vec<AuditEntry>,
-    pub then: Option<AfterWrite>,
-    pub reply: oneshot::Sender<Result<Vec<AuditRecord>, AuditError>>,
+    pub then: Option<Batch>,
+    pub reply: oneshot::Sender<Result<Written, AuditError>>,
 }
 
 pub(crate) struct Writer {
-    pub records: sled::Tree,
-    pub meta: sled::Tree,
+    pub db: Database,
     pub signing_key: SigningKey,
-    pub head: Head,
+    /// The head this writer last wrote, with the stored bytes of its last record: a tip with
+    /// the same bytes needs no re-check.
+    pub head: Option<(Head, Option<Vec<u8>>)>,
     pub failed: Arc<AtomicBool>,
     pub queue: Receiver<Pending>,
 }
@@ -71,94 +78,120 @@ impl Writer {
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
-        let mut after = Vec::new();
+        let mut thens = Vec::new();
         for pending in batch {
-            replies.push((pending.reply, pending.entries.len()));
+            replies.push((pending.reply, pending.entries.len(), pending.then.is_some()));
             entries.extend(pending.entries);
-            after.extend(pending.then);
+            thens.extend(pending.then);
         }
-        match self.seal_and_persist(entries, after) {
-            Ok(records) => {
+        match self.seal_and_persist(entries, &thens) {
+            Ok((records, outcomes)) => {
                 let mut records = records.into_iter();
-                for (reply, count) in replies {
+                let mut outcomes = outcomes.into_iter();
+                for (reply, count, has_then) in replies {
+                    let outcome = if has_then { outcomes.next() } else { None };
                     // The caller may have stopped waiting; its records are durable regardless.
-                    let _ = reply.send(Ok(records.by_ref().take(count).collect()));
+                    let _ = reply.send(Ok((records.by_ref().take(count).collect(), outcome)));
                 }
             }
-            Err(reason) => {
-                // Set before answering, so no caller can append after learning of the failure.
-                self.failed.store(true, Ordering::SeqCst);
-                tracing::error!(%reason, "audit write failed; audit log is now closed");
-                for (reply, _) in replies {
+            Err(error) => {
+                let reason = error.to_string();
+                if matches!(error, StoreError::Unavailable(_)) {
+                    // Rolled back whole: nothing of this batch is stored; re-read the tip next.
+                    self.head = None;
+                    tracing::warn!(%reason, "audit commit failed; the database is unavailable");
+                } else {
+                    // Set before answering, so no caller can append after learning of it.
+                    self.failed.store(true, Ordering::SeqCst);
+                    tracing::error!(%reason, "audit write failed; audit log is now closed");
+                }
+                for (reply, _, _) in replies {
                     let _ = reply.send(Err(AuditError::WriteFailed(reason.clone())));
                 }
             }
         }
     }
 
-    /// Seals the entries onto the chain and makes them durable, with the writes that follow
-    /// them; advances the head on success.
+    /// Seals the entries onto the stored chain and makes them durable, with the writes that
+    /// follow them; remembers the new head on success.
     fn seal_and_persist(
         &mut self,
         entries: Vec<AuditEntry>,
-        after: Vec<AfterWrite>,
-    ) -> Result<Vec<AuditRecord>, String> {
-        let time_ms = now_ms().max(self.head.last_time_ms);
-        let mut prev_hash = self.head.prev_hash.clone();
-        let mut records = Vec::with_capacity(entries.len());
-        let mut encoded = Vec::with_capacity(entries.len());
-        for (seq, entry) in (self.head.next_seq..).zip(entries) {
-            let record = AuditRecord::seal(seq, time_ms, entry, prev_hash)
-                .map_err(|e| format!("cannot encode record {seq}: {e}"))?;
-            let bytes = record
-                .canonical()
-                .map_err(|e| format!("cannot encode: {e}"))?;
-            prev_hash = record.hash.clone();
-            encoded.push((seq.to_be_bytes(), bytes));
-            records.push(record);
+        thens: &[Batch],
+    ) -> Result<Persisted, StoreError> {
+        let key = self.signing_key.clone();
+        let known = self.head.clone();
+        let mut sealed: Option<(Vec<AuditRecord>, Head, Vec<u8>)> = None;
+        let mut entries = Some(entries);
+        let mut seal = |tip: &AuditTip| -> Result<AuditBatch, String> {
+            let head = match &known {
+                Some((head, last)) if *last == tip.last => head.clone(),
+                _ => check_head(tip, &key.verifying_key())
+                    .map_err(|e| format!("the stored audit tip is not the signed head: {e}"))?,
+            };
+            let entries = entries.take().ok_or("audit batch sealed twice")?;
+            let (records, batch, next) = seal_batch(&key, &head, entries)?;
+            let last = batch
+                .rows
+                .last()
+                .map(|r| r.canonical.clone())
+                .unwrap_or_default();
+            sealed = Some((records, next, last));
+            Ok(batch)
+        };
+        let (_, outcomes) = self.db.backend().audit_commit(&mut seal, thens)?;
+        let Some((records, head, last)) = sealed else {
+            return Ok((Vec::new(), outcomes));
+        };
+        if !records.is_empty() {
+            self.head = Some((head, Some(last)));
         }
-        let Some(last) = records.last() else {
-            return Ok(records);
-        };
-        let checkpoint = Checkpoint::sign(&self.signing_key, last.seq, &last.hash);
-        let checkpoint =
-            serde_json::to_vec(&checkpoint).map_err(|e| format!("cannot encode: {e}"))?;
-        self.persist(&encoded, &checkpoint, after)?;
-        self.head = Head {
-            next_seq: last.seq + 1,
-            prev_hash: last.hash.clone(),
-            last_time_ms: time_ms,
-        };
-        Ok(records)
+        Ok((records, outcomes))
     }
+}
 
-    fn persist(
-        &self,
-        encoded: &[([u8; 8], Vec<u8>)],
-        checkpoint: &[u8],
-        after: Vec<AfterWrite>,
-    ) -> Result<(), String> {
-        let result = (&self.records, &self.meta).transaction(
-            |(records, meta)| -> ConflictableTransactionResult<(), Infallible> {
-                for (key, value) in encoded {
-                    records.insert(key, value.as_slice())?;
-                }
-                meta.insert(CHECKPOINT_KEY, checkpoint)?;
-                Ok(())
-            },
-        );
-        result.map_err(|e: TransactionError<Infallible>| format!("insert failed: {e}"))?;
-        // Written after the records, so the sled log holds them after the records too: a
-        // crash can lose them with or after their records, never keep them without.
-        for write in after {
-            write();
-        }
-        // One fsync for the whole batch: this is what makes group commit pay off.
-        self.records
-            .flush()
-            .map_err(|e| format!("flush failed: {e}"))?;
-        Ok(())
+/// Chains `entries` after `head` and signs the new head.
+fn seal_batch(
+    key: &SigningKey,
+    head: &Head,
+    entries: Vec<AuditEntry>,
+) -> Result<(Vec<AuditRecord>, AuditBatch, Head), String> {
+    let time_ms = now_ms().max(head.last_time_ms);
+    let mut prev_hash = head.prev_hash.clone();
+    let mut records = Vec::with_capacity(entries.len());
+    let mut rows = Vec::with_capacity(entries.len());
+    for (seq, entry) in (head.next_seq..).zip(entries) {
+        let record = AuditRecord::seal(seq, time_ms, entry, prev_hash)
+            .map_err(|e| format!("cannot encode record {seq}: {e}"))?;
+        let canonical = record
+            .canonical()
+            .map_err(|e| format!("cannot encode: {e}"))?;
+        prev_hash = record.hash.clone();
+        rows.push(AuditRow {
+            seq,
+            time_ms,
+            run_id: record.entry.run_id.clone(),
+            actor: record.entry.actor.clone(),
+            action: record.entry.action.clone(),
+            resource: record.entry.target.clone(),
+            credential: record.entry.credential.clone(),
+            hash: record.hash.clone(),
+            prev_hash: record.prev_hash.clone(),
+            canonical,
+        });
+        records.push(record);
     }
+    let Some(last) = records.last() else {
+        return Ok((records, AuditBatch::default(), head.clone()));
+    };
+    let checkpoint = Checkpoint::sign(key, last.seq, &last.hash);
+    let checkpoint = serde_json::to_vec(&checkpoint).map_err(|e| format!("cannot encode: {e}"))?;
+    let next = Head {
+        next_seq: last.seq + 1,
+        prev_hash: last.hash.clone(),
+        last_time_ms: time_ms,
+    };
+    Ok((records, AuditBatch { rows, checkpoint }, next))
 }
 
 fn answer_all(batch: Vec<Pending>, error: impl Fn() -> AuditError) {

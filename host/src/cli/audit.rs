@@ -43,15 +43,24 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
         AuditCommand::Show { run, action, data } => {
             let dir = data.open()?;
             let log = AuditLog::open(&dir.db, dir.server_key)?;
-            let filter = AuditFilter {
+            let mut filter = AuditFilter {
                 run_id: run,
                 action,
                 ..AuditFilter::default()
             };
-            for record in log.query(&filter)? {
-                println!("{}", serde_json::to_string(&record)?);
+            // Page by page, so a long log is printed whole without loading it at once.
+            loop {
+                let page = log.query(&filter)?;
+                for record in &page {
+                    println!("{}", serde_json::to_string(record)?);
+                }
+                match page.last() {
+                    Some(last) if page.len() >= audit::MAX_QUERY_RECORDS => {
+                        filter.after_seq = Some(last.seq);
+                    }
+                    _ => return Ok(0),
+                }
             }
-            Ok(0)
         }
     }
 }

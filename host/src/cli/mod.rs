@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod client;
 mod credential;
+mod db;
 mod exec;
 mod reconcile;
 mod scaffold;
@@ -60,6 +61,15 @@ pub struct DataArg {
     /// The data directory.
     #[arg(long, env = "WARDEN_DATA", default_value = "warden-data")]
     pub data: PathBuf,
+    /// Keep the state in this PostgreSQL database (`postgres://user@host/db`) instead of
+    /// sled under DATA/db; the keys stay in DATA.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WARDEN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
     #[command(flatten)]
     pub master_key: vault::MasterKeyArgs,
 }
@@ -105,6 +115,9 @@ enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The state's database: status, migrations, copying sled into PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Vault maintenance (master key rekey).
     #[command(subcommand)]
     Vault(vault::VaultCommand),
@@ -142,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec(args) => exec::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),
         Command::Vault(cmd) => vault::run(cmd),
+        Command::Db(cmd) => db::run(cmd),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
         Command::New(args) => scaffold::new(args),
@@ -151,7 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Creates a data directory with the first Privileged Administrator; returns its token.
 fn init_data_dir(data: &DataArg) -> anyhow::Result<String> {
-    let dir = DataDir::init_with(&data.data, &data.key_source()?)?;
+    let dir = DataDir::init_at(&data.data, &data.key_source()?, &data.location())?;
     serve::bootstrap_admin(&dir)
 }
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::DataArg;
-use crate::store::{self, DataDir, DataDirError};
+use crate::store::{self, DataDir, DataDirError, DatabaseLocation};
 use crate::vault::MasterKeySource;
 
 /// Where the vault master key comes from; the data directory's `master.key` by default.
@@ -39,10 +39,15 @@ impl DataArg {
         Ok(DataDir::default_key_source(&self.data))
     }
 
-    /// Opens the data directory with the chosen master key.
+    /// Where the state is: `--database` (or its environment variable), else sled in DATA.
+    pub fn location(&self) -> DatabaseLocation {
+        DatabaseLocation::from_flag(self.database.as_deref())
+    }
+
+    /// Opens the data directory with the chosen master key and database.
     pub fn open(&self) -> anyhow::Result<DataDir> {
         let source = self.key_source()?;
-        DataDir::open_with(&self.data, &source)
+        DataDir::open_at(&self.data, &source, &self.location())
             .with_context(|| format!("opening {}", self.data.display()))
     }
 }
@@ -67,7 +72,7 @@ pub fn run(cmd: VaultCommand) -> anyhow::Result<i32> {
             if data.master_key.master_key_command.is_some() {
                 return Err(DataDirError::RekeyNeedsKeyFile("--master-key-command").into());
             }
-            let report = store::rekey_master_key(&data.data)
+            let report = store::rekey_master_key(&data.data, &data.location())
                 .with_context(|| format!("rekeying {}", data.data.display()))?;
             println!(
                 "rekeyed {}: {} credential(s) re-wrapped, {} already under the new key; \

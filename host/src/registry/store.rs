@@ -1,5 +1,5 @@
-//! The module registry on disk: uploaded task modules and the publishers this server trusts,
-//! in sled.
+//! The module registry: uploaded task modules and the publishers this server trusts, kept
+//! through [`crate::store`].
 //!
 //! Threat: running a module no trusted publisher signed, or one whose stored bytes are not
 //! the ones whose signature was checked. Publisher keys are kept per server and only an
@@ -24,25 +24,36 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::store::{Batch, Database, Expect, Table, TableDef};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::manifest::Manifest;
 use super::signing::{self, Seal, SignError, TrustedPublishers, VerifiedModule};
 
-/// Sled tree of module records.
-pub const MODULES_TREE: &str = "modules";
-/// Sled tree of signed module files.
-pub const BLOBS_TREE: &str = "module_blobs";
-/// Sled tree of trusted publisher keys.
-pub const PUBLISHERS_TREE: &str = "publishers";
+/// Table of module records.
+pub const MODULES: TableDef = TableDef {
+    name: "modules",
+    columns: &[],
+    columns_of: None,
+};
+/// Table of signed module files.
+pub const BLOBS: TableDef = TableDef {
+    name: "module_blobs",
+    columns: &[],
+    columns_of: None,
+};
+/// Table of trusted publisher keys.
+pub const PUBLISHERS: TableDef = TableDef {
+    name: "publishers",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Largest signed module accepted. An upload is held in memory, hashed and compiled; this
 /// bounds the memory and CPU one upload can cost.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
-/// Longest publisher name. Names reach sled keys, API responses and audit records.
+/// Longest publisher name. Names reach storage keys, API responses and audit records.
 pub const MAX_PUBLISHER_NAME_LEN: usize = 64;
 /// Most trusted publishers. Bounds the key set loaded for every verification.
 pub const MAX_PUBLISHERS: usize = 256;
@@ -78,7 +89,7 @@ pub enum RegistryError {
     #[error("stored {0} is corrupt")]
     Encode(String),
     #[error("module storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
 }
 
 /// A stored module, as listed and shown.
@@ -105,9 +116,9 @@ pub struct ModuleInfo {
 /// Uploaded modules and trusted publishers; cheap to clone.
 #[derive(Clone)]
 pub struct ModuleStore {
-    modules: sled::Tree,
-    blobs: sled::Tree,
-    publishers: sled::Tree,
+    modules: Table,
+    blobs: Table,
+    publishers: Table,
     /// The verified signature of each module checked so far, by digest (a stored blob
     /// never changes). One small entry per stored module.
     seals: Arc<Mutex<HashMap<String, Seal>>>,
@@ -120,12 +131,12 @@ impl std::fmt::Debug for ModuleStore {
 }
 
 impl ModuleStore {
-    /// Opens (creating if needed) the three trees.
-    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
+    /// Opens the three tables.
+    pub fn open(db: &Database) -> Result<Self, RegistryError> {
         Ok(ModuleStore {
-            modules: db.open_tree(MODULES_TREE)?,
-            blobs: db.open_tree(BLOBS_TREE)?,
-            publishers: db.open_tree(PUBLISHERS_TREE)?,
+            modules: db.table(&MODULES),
+            blobs: db.table(&BLOBS),
+            publishers: db.table(&PUBLISHERS),
             seals: Arc::default(),
         })
     }
@@ -179,17 +190,14 @@ impl ModuleStore {
         if count >= MAX_PUBLISHERS {
             return Err(RegistryError::TooManyPublishers);
         }
-        self.publishers.insert(name, key.as_bytes().as_slice())?;
-        self.publishers.flush()?;
+        self.publishers.put(name, key.as_bytes().as_slice())?;
         Ok(())
     }
 
     /// Stops trusting publisher `name`; `false` if it was not trusted. Modules it signed
     /// stay stored but no longer verify (re-checked when fetched by a bridge).
     pub fn distrust_publisher(&self, name: &str) -> Result<bool, RegistryError> {
-        let removed = self.publishers.remove(name)?.is_some();
-        self.publishers.flush()?;
-        Ok(removed)
+        Ok(self.publishers.remove(name)?)
     }
 
     /// The trusted publisher keys, for [`signing::verify`].
@@ -255,12 +263,12 @@ impl ModuleStore {
 
     /// The signed file of module `digest`, if stored.
     pub fn bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        Ok(self.blobs.get(digest)?.map(|b| b.to_vec()))
+        Ok(self.blobs.get(digest)?)
     }
 
     /// Every stored module, by digest.
     pub fn list(&self) -> Result<Vec<ModuleInfo>, RegistryError> {
-        self.modules.iter().values().map(|v| decode(&v?)).collect()
+        self.modules.all()?.iter().map(|(_, v)| decode(v)).collect()
     }
 
     /// Marks module `digest` retired and returns its record. Idempotent.
@@ -273,11 +281,7 @@ impl ModuleStore {
             let mut info: ModuleInfo = decode(&old)?;
             info.retired = true;
             // Compare-and-swap: a concurrent change is re-read, never overwritten.
-            let swapped =
-                self.modules
-                    .compare_and_swap(digest, Some(&old), Some(encode(&info)?))?;
-            if swapped.is_ok() {
-                self.modules.flush()?;
+            if self.modules.swap(digest, &old, encode(&info)?)? {
                 return Ok(info);
             }
         }
@@ -291,35 +295,37 @@ impl ModuleStore {
         signed: &[u8],
     ) -> Result<ModuleInfo, RegistryError> {
         let record = encode(info)?;
-        let result = (&self.modules, &self.blobs).transaction(
-            |(modules, blobs)| -> Result<sled::IVec, ConflictableTransactionError<()>> {
-                if let Some(existing) = modules.get(&info.digest)? {
-                    return Ok(existing);
-                }
-                modules.insert(info.digest.as_str(), record.as_slice())?;
-                blobs.insert(info.digest.as_str(), signed)?;
-                Ok(sled::IVec::from(record.as_slice()))
-            },
-        );
-        let stored = match result {
-            Ok(stored) => stored,
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => {
-                return Err(RegistryError::Encode("module (aborted)".into()));
+        let mut batch = Batch::new();
+        batch
+            .put(
+                &MODULES,
+                info.digest.as_str(),
+                record.clone(),
+                Expect::Absent,
+            )
+            .put(&BLOBS, info.digest.as_str(), signed, Expect::Any);
+        match self.modules.database().apply(&batch) {
+            Ok(()) => decode(&record),
+            // Stored already (perhaps just now by another upload or server): keep that one.
+            Err(e) if e.is_conflict() => {
+                let stored = self
+                    .modules
+                    .get(info.digest.as_str())?
+                    .ok_or_else(|| RegistryError::Encode("module (vanished)".into()))?;
+                decode(&stored)
             }
-        };
-        self.modules.flush()?;
-        decode(&stored)
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn publisher_keys(&self) -> Result<Vec<(String, VerifyingKey)>, RegistryError> {
         let corrupt = || RegistryError::Encode("publisher key".into());
         self.publishers
-            .iter()
-            .map(|entry| {
-                let (name, key) = entry?;
+            .all()?
+            .into_iter()
+            .map(|(name, key)| {
                 let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt())?;
-                let key: [u8; 32] = key.as_ref().try_into().map_err(|_| corrupt())?;
+                let key: [u8; 32] = key.as_slice().try_into().map_err(|_| corrupt())?;
                 let key = VerifyingKey::from_bytes(&key).map_err(|_| corrupt())?;
                 Ok((name, key))
             })

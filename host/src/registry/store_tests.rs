@@ -16,7 +16,7 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        let store = ModuleStore::open(&db).unwrap();
+        let store = ModuleStore::open(&crate::store::sled_db(&db)).unwrap();
         let key = SigningKey::from_bytes(&[7u8; 32]);
         store.trust_publisher("acme", &key.verifying_key()).unwrap();
         Fixture {
@@ -243,7 +243,7 @@ fn refuses_publishers_over_the_cap() {
 #[test]
 fn corrupt_records_are_reported() {
     let f = Fixture::new();
-    f.db.open_tree(PUBLISHERS_TREE)
+    f.db.open_tree(PUBLISHERS.name)
         .unwrap()
         .insert("short", b"123".to_vec())
         .unwrap();
@@ -251,7 +251,7 @@ fn corrupt_records_are_reported() {
         f.store.publishers(),
         Err(RegistryError::Encode(_))
     ));
-    f.db.open_tree(MODULES_TREE)
+    f.db.open_tree(MODULES.name)
         .unwrap()
         .insert("d", b"{".to_vec())
         .unwrap();
@@ -265,13 +265,13 @@ fn modules_and_publishers_survive_reopening() {
     let signed = signing::sign(&component(b"x"), &manifest(&[]), &key).unwrap();
     let digest = {
         let db = sled::open(dir.path().join("db")).unwrap();
-        let store = ModuleStore::open(&db).unwrap();
+        let store = ModuleStore::open(&crate::store::sled_db(&db)).unwrap();
         store.trust_publisher("acme", &key.verifying_key()).unwrap();
         let verified = store.verify(&signed).unwrap();
         store.store(&verified, &signed, "alice").unwrap().digest
     };
     let db = sled::open(dir.path().join("db")).unwrap();
-    let store = ModuleStore::open(&db).unwrap();
+    let store = ModuleStore::open(&crate::store::sled_db(&db)).unwrap();
     assert_eq!(store.bytes(&digest).unwrap(), Some(signed.clone()));
     assert!(store.verify(&signed).is_ok());
 }

@@ -21,13 +21,17 @@
 //! Who may approve (the ApproveRun privilege, the process shared with them) is the policies'
 //! call, made by the API before it calls [`Approvals::approve`].
 //!
-//! Storage: tree [`APPROVALS_TREE`] maps a run id to the JSON list of its [`Approval`]s.
+//! Storage: table [`APPROVALS`] maps a run id to the JSON list of its [`Approval`]s. A write
+//! is a compare-and-swap against the list as read, so two servers approving one run at once
+//! cannot lose either approval: the loser is refused and asked to retry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::{Batch, Database, Expect, StoreError, Table, TableDef};
 use sha2::{Digest, Sha256};
 
 use super::dispatch::{Dispatcher, StartError};
@@ -38,7 +42,11 @@ use crate::capabilities::grant::Grant;
 use crate::registry::manifest::Manifest;
 
 /// Tree holding each run's approvals.
-pub const APPROVALS_TREE: &str = "approvals";
+pub const APPROVALS: TableDef = TableDef {
+    name: "approvals",
+    columns: &[],
+    columns_of: None,
+};
 
 /// How long an approval counts unless the server is configured otherwise.
 pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -81,7 +89,10 @@ pub enum ApprovalError {
     #[error("audit: {0}")]
     Audit(#[from] AuditError),
     #[error("approval storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
+    /// The run's approvals changed (on another server) between reading and writing them.
+    #[error("the approvals of run {0} changed meanwhile; retry")]
+    Concurrent(String),
     #[error("stored approvals of run {0} are corrupt")]
     Corrupt(String),
     #[error("cannot encode approvals: {0}")]
@@ -204,7 +215,7 @@ struct Resolved {
 /// rare, human-paced operations).
 #[derive(Clone)]
 pub struct Approvals {
-    tree: sled::Tree,
+    table: Table,
     runs: RunStore,
     processes: ProcessStore,
     schedules: ScheduleStore,
@@ -226,7 +237,7 @@ impl Approvals {
     /// Opens (creating if needed) the approvals tree in `db`; approvals last
     /// [`DEFAULT_APPROVAL_TTL`].
     pub fn open(
-        db: &sled::Db,
+        db: &Database,
         runs: RunStore,
         processes: ProcessStore,
         schedules: ScheduleStore,
@@ -234,7 +245,7 @@ impl Approvals {
         audit: AuditLog,
     ) -> Result<Self, ApprovalError> {
         Ok(Approvals {
-            tree: db.open_tree(APPROVALS_TREE)?,
+            table: db.table(&APPROVALS),
             runs,
             processes,
             schedules,
@@ -345,7 +356,7 @@ impl Approvals {
             return Err(ApprovalError::Stale(reason));
         }
         let now = now_ms();
-        let mut approvals = self.load(run_id)?;
+        let (stored, mut approvals) = self.load_stored(run_id)?;
         if approvals
             .iter()
             .any(|a| a.approver == approver && a.is_valid(&resolved.binding, now))
@@ -395,7 +406,7 @@ impl Approvals {
                 ),
             ))
             .await?;
-        self.store(run_id, &approvals).await?;
+        self.store(run_id, &approvals, stored).await?;
         if let Some(admission) = admission {
             self.dispatcher
                 .start_approved(&run, &resolved.process, approver, admission)
@@ -512,7 +523,7 @@ impl Approvals {
     ) -> Result<usize, ApprovalError> {
         let binding = self.resolve(run).ok().map(|r| r.binding);
         let now = now_ms();
-        let mut approvals = self.load(&run.id)?;
+        let (stored, mut approvals) = self.load_stored(&run.id)?;
         let mut stale = Vec::new();
         for approval in &mut approvals {
             let live = approval.invalidated_ms.is_none() && now < approval.expires_ms;
@@ -534,7 +545,7 @@ impl Approvals {
                 detail,
             ))
             .await?;
-        self.store(&run.id, &approvals).await?;
+        self.store(&run.id, &approvals, stored).await?;
         Ok(stale.len())
     }
 
@@ -670,22 +681,42 @@ impl Approvals {
     }
 
     fn load(&self, run_id: &str) -> Result<Vec<Approval>, ApprovalError> {
-        match self.tree.get(run_id.as_bytes())? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|_| ApprovalError::Corrupt(run_id.to_string())),
-            None => Ok(Vec::new()),
+        Ok(self.load_stored(run_id)?.1)
+    }
+
+    /// A run's approvals with the bytes they are stored as (`None`: none yet).
+    fn load_stored(&self, run_id: &str) -> Result<(Option<Vec<u8>>, Vec<Approval>), ApprovalError> {
+        match self.table.get(run_id.as_bytes())? {
+            Some(bytes) => {
+                let approvals = serde_json::from_slice(&bytes)
+                    .map_err(|_| ApprovalError::Corrupt(run_id.to_string()))?;
+                Ok((Some(bytes), approvals))
+            }
+            None => Ok((None, Vec::new())),
         }
     }
 
-    /// Stores a run's approvals and waits until they are durable.
-    async fn store(&self, run_id: &str, approvals: &[Approval]) -> Result<(), ApprovalError> {
-        self.tree
-            .insert(run_id.as_bytes(), serde_json::to_vec(approvals)?)?;
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
-            .await
-            .map_err(|_| RunsError::TaskFailed)??;
-        Ok(())
+    /// Stores a run's approvals in place of exactly `stored` (as read) and waits until they
+    /// are durable; [`ApprovalError::Concurrent`] if they changed meanwhile.
+    async fn store(
+        &self,
+        run_id: &str,
+        approvals: &[Approval],
+        stored: Option<Vec<u8>>,
+    ) -> Result<(), ApprovalError> {
+        let expect = stored.map_or(Expect::Absent, Expect::Equals);
+        let mut batch = Batch::new();
+        batch.put(
+            &APPROVALS,
+            run_id.as_bytes(),
+            serde_json::to_vec(approvals)?,
+            expect,
+        );
+        match self.table.database().apply_async(batch).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_conflict() => Err(ApprovalError::Concurrent(run_id.to_string())),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -46,11 +46,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use process::{
     MAX_DEFAULT_INPUTS, MAX_DEFAULT_INPUTS_BYTES, MAX_DESCRIPTION_BYTES, MAX_GRANT_ENTRIES,
     MAX_GRANT_NAME_LEN, MAX_PATTERN_BYTES, MAX_PROCESS_BYTES, MAX_REQUIRED_APPROVALS, MAX_SHARES,
-    MAX_VERSION_LEN, NewProcess, PROCESS_NAMES_TREE, PROCESSES_TREE, Process, ProcessStore,
+    MAX_VERSION_LEN, NewProcess, PROCESS_NAMES, PROCESSES, Process, ProcessStore,
 };
 pub use run::{
     INTERRUPTED_ERROR, LOST_TRANSITION_ACTION, MAX_LIST_RUNS, MAX_RUN_RECORD_BYTES,
-    RECOVERED_ACTION, RECOVERY_ACTOR, RUNS_BY_TIME_TREE, RUNS_TREE, RunFilter, RunRecord, RunStore,
+    RECOVERED_ACTION, RECOVERY_ACTOR, RUNS, RUNS_BY_TIME, RunFilter, RunRecord, RunStore,
 };
 pub use state::RunState;
 
@@ -100,18 +100,9 @@ pub enum RunsError {
     #[error("audit: {0}")]
     Audit(#[from] AuditError),
     #[error("run storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
     #[error("cannot encode record: {0}")]
     Encode(#[from] serde_json::Error),
-}
-
-impl From<sled::transaction::TransactionError<RunsError>> for RunsError {
-    fn from(error: sled::transaction::TransactionError<RunsError>) -> Self {
-        match error {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => RunsError::Storage(e),
-        }
-    }
 }
 
 /// True for 1..=64 characters of `[A-Za-z0-9._-]`: process names and ids.

@@ -6,26 +6,33 @@
 //! process (id, owner and creation time are immutable), and definitions a request inflates
 //! without bound (every field is capped and validated before each write).
 //!
-//! Storage: tree [`PROCESSES_TREE`] maps id to the process's JSON, tree [`PROCESS_NAMES_TREE`]
-//! maps name to id. Both are written in one sled transaction, so the name index never points
-//! at a missing process and two creates of one name cannot both succeed. Every write is
-//! flushed before it returns (these calls block on the flush; they are rare admin actions).
+//! Storage: table [`PROCESSES`] maps id to the process's JSON, table [`PROCESS_NAMES`] maps
+//! name to id. Both are written in one conditional batch, so the name index never points at a
+//! missing process and two creates of one name cannot both succeed (not even from two servers).
+//! Every write is durable before it returns (they are rare admin actions).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal, now_ms};
 use crate::capabilities::argv::Pattern;
 use crate::capabilities::grant::{Grant, normalize_path};
+use crate::store::{Batch, Database, Expect, StoreError, Table, TableDef};
 
-/// Tree holding processes by id.
-pub const PROCESSES_TREE: &str = "processes";
-/// Tree mapping each process name to its id.
-pub const PROCESS_NAMES_TREE: &str = "process_names";
+/// Processes by id.
+pub const PROCESSES: TableDef = TableDef {
+    name: "processes",
+    columns: &[],
+    columns_of: None,
+};
+/// Each process name to its id.
+pub const PROCESS_NAMES: TableDef = TableDef {
+    name: "process_names",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Longest description. It is shown in listings and approval requests; the cap stops one
 /// request from bloating every listing.
@@ -262,8 +269,8 @@ fn check_shares(field: &'static str, names: &BTreeSet<String>) -> Result<(), Run
 /// conflicting write is refused with [`RunsError::Conflict`] — but not retried.
 #[derive(Clone)]
 pub struct ProcessStore {
-    processes: sled::Tree,
-    names: sled::Tree,
+    processes: Table,
+    names: Table,
     write_lock: Arc<Mutex<()>>,
 }
 
@@ -273,14 +280,12 @@ impl std::fmt::Debug for ProcessStore {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<RunsError>>;
-
 impl ProcessStore {
-    /// Opens (creating if needed) the process trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, RunsError> {
+    /// Opens the process tables in `db`.
+    pub fn open(db: &Database) -> Result<Self, RunsError> {
         Ok(Self {
-            processes: db.open_tree(PROCESSES_TREE)?,
-            names: db.open_tree(PROCESS_NAMES_TREE)?,
+            processes: db.table(&PROCESSES),
+            names: db.table(&PROCESS_NAMES),
             write_lock: Arc::new(Mutex::new(())),
         })
     }
@@ -306,12 +311,16 @@ impl ProcessStore {
         };
         process.validate()?;
         let bytes = process.encode()?;
-        (&self.processes, &self.names).transaction(|(processes, names)| -> TxResult<()> {
-            claim_name(names, &process.name, &process.id)?;
-            processes.insert(process.id.as_bytes(), bytes.as_slice())?;
-            Ok(())
-        })?;
-        self.processes.flush()?;
+        let mut batch = Batch::new();
+        batch
+            .put(
+                &PROCESS_NAMES,
+                process.name.as_bytes(),
+                process.id.as_bytes(),
+                Expect::Absent,
+            )
+            .put(&PROCESSES, process.id.as_bytes(), bytes, Expect::Absent);
+        self.apply(batch, &process.id, &process.name)?;
         Ok(process)
     }
 
@@ -333,8 +342,7 @@ impl ProcessStore {
     /// number stays small; the API layer filters by what the caller may view.
     pub fn list(&self) -> Result<Vec<Process>, RunsError> {
         let mut all = Vec::new();
-        for item in self.processes.iter() {
-            let (key, value) = item?;
+        for (key, value) in self.processes.all()? {
             all.push(decode(&String::from_utf8_lossy(&key), &value)?);
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -357,16 +365,24 @@ impl ProcessStore {
         new.updated_ms = now_ms().max(old.updated_ms);
         new.validate()?;
         let new_bytes = new.encode()?;
-        (&self.processes, &self.names).transaction(|(processes, names)| -> TxResult<()> {
-            expect_unchanged(processes, id, &old_bytes)?;
-            if new.name != old.name {
-                claim_name(names, &new.name, id)?;
-                names.remove(old.name.as_bytes())?;
-            }
-            processes.insert(id.as_bytes(), new_bytes.as_slice())?;
-            Ok(())
-        })?;
-        self.processes.flush()?;
+        let mut batch = Batch::new();
+        if new.name != old.name {
+            batch
+                .put(
+                    &PROCESS_NAMES,
+                    new.name.as_bytes(),
+                    id.as_bytes(),
+                    Expect::Absent,
+                )
+                .delete(&PROCESS_NAMES, old.name.as_bytes(), Expect::Any);
+        }
+        batch.put(
+            &PROCESSES,
+            id.as_bytes(),
+            new_bytes,
+            Expect::Equals(old_bytes),
+        );
+        self.apply(batch, id, &new.name)?;
         Ok(new)
     }
 
@@ -407,46 +423,36 @@ impl ProcessStore {
         let Some((old_bytes, old)) = self.load(id)? else {
             return Ok(false);
         };
-        (&self.processes, &self.names).transaction(|(processes, names)| -> TxResult<()> {
-            expect_unchanged(processes, id, &old_bytes)?;
-            processes.remove(id.as_bytes())?;
-            names.remove(old.name.as_bytes())?;
-            Ok(())
-        })?;
-        self.processes.flush()?;
+        let mut batch = Batch::new();
+        batch
+            .delete(&PROCESSES, id.as_bytes(), Expect::Equals(old_bytes))
+            .delete(&PROCESS_NAMES, old.name.as_bytes(), Expect::Any);
+        self.apply(batch, id, &old.name)?;
         Ok(true)
     }
 
-    fn load(&self, id: &str) -> Result<Option<(sled::IVec, Process)>, RunsError> {
+    /// Applies a batch about process `id` named `name`, naming what a conflict means: the
+    /// name is taken, or the process changed (or went) since it was read.
+    fn apply(&self, batch: Batch, id: &str, name: &str) -> Result<(), RunsError> {
+        match self.processes.database().apply(&batch) {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict { table, .. }) if table == PROCESS_NAMES.name => {
+                Err(RunsError::NameTaken(name.to_string()))
+            }
+            Err(e) if e.is_conflict() => match self.processes.get(id.as_bytes())? {
+                Some(_) => Err(RunsError::Conflict(id.to_string())),
+                None => Err(RunsError::NotFound(id.to_string())),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn load(&self, id: &str) -> Result<Option<(Vec<u8>, Process)>, RunsError> {
         let Some(bytes) = self.processes.get(id.as_bytes())? else {
             return Ok(None);
         };
         let process = decode(id, &bytes)?;
         Ok(Some((bytes, process)))
-    }
-}
-
-/// Points `name` at `id` inside a transaction, aborting if another process holds it.
-fn claim_name(names: &TransactionalTree, name: &str, id: &str) -> TxResult<()> {
-    if names.get(name.as_bytes())?.is_some() {
-        return Err(ConflictableTransactionError::Abort(RunsError::NameTaken(
-            name.to_string(),
-        )));
-    }
-    names.insert(name.as_bytes(), id.as_bytes())?;
-    Ok(())
-}
-
-/// Aborts unless the stored process is still exactly `expected` (compare-and-swap).
-fn expect_unchanged(processes: &TransactionalTree, id: &str, expected: &[u8]) -> TxResult<()> {
-    match processes.get(id.as_bytes())? {
-        Some(current) if current == expected => Ok(()),
-        Some(_) => Err(ConflictableTransactionError::Abort(RunsError::Conflict(
-            id.to_string(),
-        ))),
-        None => Err(ConflictableTransactionError::Abort(RunsError::NotFound(
-            id.to_string(),
-        ))),
     }
 }
 

@@ -10,7 +10,7 @@ use super::*;
 fn fixture() -> (TempDir, sled::Db, ProcessStore) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
-    let store = ProcessStore::open(&db).unwrap();
+    let store = ProcessStore::open(&crate::store::sled_db(&db)).unwrap();
     (dir, db, store)
 }
 
@@ -300,7 +300,7 @@ fn update_of_a_missing_process_is_not_found() {
 fn update_refuses_a_write_that_raced_another_store() {
     let (_dir, db, store) = fixture();
     let created = store.create(new_process("raced")).unwrap();
-    let other = ProcessStore::open(&db).unwrap();
+    let other = ProcessStore::open(&crate::store::sled_db(&db)).unwrap();
     let err = store
         .update(&created.id, |p| {
             // Another store (another lock) commits while this edit is in progress.
@@ -365,7 +365,7 @@ fn delete_removes_the_process_and_frees_its_name() {
 fn reports_a_corrupt_stored_process() {
     let (_dir, db, store) = fixture();
     let created = store.create(new_process("corrupt")).unwrap();
-    db.open_tree(PROCESSES_TREE)
+    db.open_tree(PROCESSES.name)
         .unwrap()
         .insert(created.id.as_bytes(), &b"{nope"[..])
         .unwrap();

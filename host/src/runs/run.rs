@@ -15,8 +15,9 @@
 //!    now is the transition acknowledged.
 //!
 //! Steps 3 and 4 run on their own task, so a caller that stops waiting (a dropped request
-//! future) cannot leave an audited transition half done. Because the state is written after
-//! its record in the one sled log, a crash can never keep a new state without its record.
+//! future) cannot leave an audited transition half done. Because the state is written in the
+//! audit commit, after its record (PostgreSQL: in the same transaction; sled: later in the one
+//! log), a crash can never keep a new state without its record.
 //!
 //! The window that remains: a crash can keep the record and lose the state written after it
 //! (a torn tail of the log), leaving an audit record of a transition the stored state does
@@ -40,9 +41,10 @@
 //! transition did not take effect, a [`LOST_TRANSITION_ACTION`] record says so, and the caller
 //! gets [`RunsError::BadTransition`].
 //!
-//! Storage: tree [`RUNS_TREE`] maps run id to the record's JSON; tree [`RUNS_BY_TIME_TREE`]
-//! maps `created_ms` (big-endian) followed by the id to the id, for newest-first listing. Both
-//! are written together once, at creation; `created_ms` never changes afterwards.
+//! Storage: table [`RUNS`] maps run id to the record's JSON (with typed columns state, process,
+//! actor and creation time for SQL); table [`RUNS_BY_TIME`] maps `created_ms` (big-endian)
+//! followed by the id to the id, for newest-first listing. Both are written together once, at
+//! creation; `created_ms` never changes afterwards.
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
@@ -50,20 +52,27 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{RunState, RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal};
 use crate::audit::{AuditEntry, AuditLog, Decision};
+use crate::store::{Batch, ColumnValue, Database, Expect, Scan, StoreError, Table, TableDef};
 
-/// Tree holding run records by id.
-pub const RUNS_TREE: &str = "runs";
-/// Index tree: `created_ms` big-endian ++ id -> id.
-pub const RUNS_BY_TIME_TREE: &str = "runs_by_time";
+/// Run records by id.
+pub const RUNS: TableDef = TableDef {
+    name: "runs",
+    columns: &["state", "process_id", "actor", "created_ms"],
+    columns_of: Some(columns),
+};
+/// Index: `created_ms` big-endian ++ id -> id.
+pub const RUNS_BY_TIME: TableDef = TableDef {
+    name: "runs_by_time",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Largest encoded run record. Inputs, events and output are capped by the caller; this is
-/// the backstop that stops one run from writing an unbounded value into sled (and into
+/// the backstop that stops one run from writing an unbounded value into the store (and into
 /// every listing that returns it). A transition that would exceed it fails with
 /// [`RunsError::RecordTooLarge`] and changes nothing: the caller must trim and retry.
 pub const MAX_RUN_RECORD_BYTES: usize = 8 << 20;
@@ -72,6 +81,9 @@ pub const MAX_RUN_RECORD_BYTES: usize = 8 << 20;
 /// record can be large (up to [`MAX_RUN_RECORD_BYTES`]); without a cap one request could load
 /// the whole run history into memory.
 pub const MAX_LIST_RUNS: usize = 100;
+
+/// Index entries read per round trip while listing.
+const LIST_PAGE: usize = 256;
 
 /// Actor named in the audit records [`RunStore::recover`] writes.
 pub const RECOVERY_ACTOR: &str = "system:recovery";
@@ -181,8 +193,8 @@ impl RunFilter {
 /// Open one per database (see the module doc for what a second one can and cannot break).
 #[derive(Clone)]
 pub struct RunStore {
-    runs: sled::Tree,
-    by_time: sled::Tree,
+    runs: Table,
+    by_time: Table,
     audit: AuditLog,
     locks: Arc<Locks>,
 }
@@ -198,11 +210,9 @@ impl std::fmt::Debug for RunStore {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<RunsError>>;
-
 impl RunStore {
-    /// Opens (creating if needed) the run trees in `db`; transitions are audited to `audit`.
-    pub fn open(db: &sled::Db, audit: AuditLog) -> Result<Self, RunsError> {
+    /// Opens the run tables in `db`; transitions are audited to `audit`.
+    pub fn open(db: &Database, audit: AuditLog) -> Result<Self, RunsError> {
         let locks = Locks {
             stripes: (0..LOCK_STRIPES)
                 .map(|_| Arc::new(Mutex::new(())))
@@ -210,8 +220,8 @@ impl RunStore {
             hasher: RandomState::new(),
         };
         Ok(Self {
-            runs: db.open_tree(RUNS_TREE)?,
-            by_time: db.open_tree(RUNS_BY_TIME_TREE)?,
+            runs: db.table(&RUNS),
+            by_time: db.table(&RUNS_BY_TIME),
             audit,
             locks: Arc::new(locks),
         })
@@ -255,15 +265,26 @@ impl RunStore {
     ) -> Result<(), RunsError> {
         let bytes = encode(run)?;
         let guard = self.lock(&run.id).await;
-        if self.runs.contains_key(run.id.as_bytes())? {
+        if self.runs.get(run.id.as_bytes())?.is_some() {
             return Err(RunsError::RunExists(run.id.clone()));
         }
-        let (store, id, created_ms) = (self.clone(), run.id.clone(), run.created_ms);
+        let mut insert = Batch::new();
+        insert
+            .put(&RUNS, run.id.as_bytes(), bytes, Expect::Absent)
+            .put(
+                &RUNS_BY_TIME,
+                time_key(run.created_ms, &run.id),
+                run.id.as_bytes(),
+                Expect::Any,
+            );
+        let (store, id) = (self.clone(), run.id.clone());
         finish_detached(guard, async move {
-            let trees = (store.runs.clone(), store.by_time.clone());
-            let insert = move || insert_new(&trees.0, &trees.1, &id, created_ms, &bytes);
             let (_, inserted) = store.audit.append_all_then(entries, insert).await?;
-            inserted
+            match inserted {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_conflict() => Err(RunsError::RunExists(id)),
+                Err(e) => Err(e.into()),
+            }
         })
         .await
     }
@@ -378,21 +399,29 @@ impl RunStore {
     pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, RunsError> {
         let limit = filter.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
         let mut found = Vec::new();
-        for item in self.by_time.iter().rev() {
-            if found.len() >= limit {
-                break;
+        // Newest first, a page of the index at a time, so a listing never loads the whole
+        // history.
+        let mut page = Scan::all().reversed().limit(LIST_PAGE);
+        loop {
+            let entries = self.by_time.scan(&page)?;
+            for (_, id) in &entries {
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+                let Some(bytes) = self.runs.get(id)? else {
+                    continue;
+                };
+                let id = String::from_utf8_lossy(id);
+                let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
+                if filter.matches(&head) {
+                    found.push(decode(&id, &bytes)?);
+                }
             }
-            let (_, id) = item?;
-            let Some(bytes) = self.runs.get(&id)? else {
-                continue;
-            };
-            let id = String::from_utf8_lossy(&id);
-            let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
-            if filter.matches(&head) {
-                found.push(decode(&id, &bytes)?);
+            match entries.last() {
+                Some((key, _)) if entries.len() == LIST_PAGE => page.until = Some(key.clone()),
+                _ => return Ok(found),
             }
         }
-        Ok(found)
     }
 
     /// Ids of every run in `state`, oldest first, uncapped: what a dispatcher re-queues at
@@ -444,8 +473,7 @@ impl RunStore {
     /// (id, state) of every run, oldest first.
     fn scan_states(&self) -> Result<Vec<(String, RunState)>, RunsError> {
         let mut states = Vec::new();
-        for item in self.by_time.iter() {
-            let (_, id) = item?;
+        for (_, id) in self.by_time.all()? {
             let Some(bytes) = self.runs.get(&id)? else {
                 continue;
             };
@@ -471,14 +499,12 @@ impl RunStore {
             next,
             actor,
         } = change;
+        let mut swap = Batch::new();
+        swap.put(&RUNS, id.as_bytes(), new_bytes, Expect::Equals(old_bytes));
         let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
         finish_detached(guard, async move {
-            let runs = store.runs.clone();
-            let key = id.clone();
-            let swap =
-                move || runs.compare_and_swap(key.as_bytes(), Some(old_bytes), Some(new_bytes));
             let (_, swapped) = store.audit.append_then(entry, swap).await?;
-            store.lost_if_conflict(&id, swapped?, next, &actor).await
+            store.lost_if_conflict(&id, swapped, next, &actor).await
         })
         .await
     }
@@ -488,17 +514,19 @@ impl RunStore {
     async fn lost_if_conflict(
         &self,
         id: &str,
-        swapped: Result<(), sled::CompareAndSwapError>,
+        swapped: Result<(), StoreError>,
         next: RunState,
         actor: &str,
     ) -> Result<(), RunsError> {
-        let Err(lost) = swapped else {
-            return Ok(());
-        };
-        let current = lost
-            .current
-            .as_deref()
-            .map(|bytes| serde_json::from_slice::<RunHead>(bytes).map(|head| head.state));
+        match swapped {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let current = self
+            .runs
+            .get(id.as_bytes())?
+            .map(|bytes| serde_json::from_slice::<RunHead>(&bytes).map(|head| head.state));
         let found = match &current {
             Some(Ok(state)) => state.as_str(),
             Some(Err(_)) => "unreadable",
@@ -515,7 +543,7 @@ impl RunStore {
         })
     }
 
-    fn load(&self, id: &str) -> Result<Option<(sled::IVec, RunRecord)>, RunsError> {
+    fn load(&self, id: &str) -> Result<Option<(Vec<u8>, RunRecord)>, RunsError> {
         let Some(bytes) = self.runs.get(id.as_bytes())? else {
             return Ok(None);
         };
@@ -534,32 +562,30 @@ impl RunStore {
 /// A stored run's bytes replaced by new ones (state `next`), by `actor`.
 struct Change<'a> {
     id: &'a str,
-    old_bytes: sled::IVec,
+    old_bytes: Vec<u8>,
     new_bytes: Vec<u8>,
     next: RunState,
     actor: &'a str,
 }
 
-/// Stores a new run and its index entry together, unless the id is already taken. Runs on
-/// the audit writer thread, after the run's `run.<state>` record (see the module doc).
-fn insert_new(
-    runs: &sled::Tree,
-    by_time: &sled::Tree,
-    id: &str,
-    created_ms: u64,
-    bytes: &[u8],
-) -> Result<(), RunsError> {
-    let index_key = time_key(created_ms, id);
-    (runs, by_time).transaction(|(runs, by_time)| -> TxResult<()> {
-        if runs.get(id.as_bytes())?.is_some() {
-            let exists = RunsError::RunExists(id.to_string());
-            return Err(ConflictableTransactionError::Abort(exists));
-        }
-        runs.insert(id.as_bytes(), bytes)?;
-        by_time.insert(index_key.as_slice(), id.as_bytes())?;
-        Ok(())
-    })?;
-    Ok(())
+/// The typed columns of a stored run (see [`RUNS`]); all null for bytes that do not decode.
+fn columns(bytes: &[u8]) -> Vec<ColumnValue> {
+    #[derive(Deserialize)]
+    struct Columns {
+        state: RunState,
+        process_id: String,
+        actor: String,
+        created_ms: u64,
+    }
+    match serde_json::from_slice::<Columns>(bytes) {
+        Ok(c) => vec![
+            ColumnValue::Text(c.state.as_str().to_string()),
+            ColumnValue::Text(c.process_id),
+            ColumnValue::Text(c.actor),
+            ColumnValue::Int(i64::try_from(c.created_ms).unwrap_or(i64::MAX)),
+        ],
+        Err(_) => vec![ColumnValue::Null; 4],
+    }
 }
 
 /// Runs the audited half of a write (audit record, then state) on its own task while holding

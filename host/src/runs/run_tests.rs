@@ -7,7 +7,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::*;
-use crate::audit::{AuditFilter, AuditRecord, RECORDS_TREE, verify};
+use crate::audit::{AuditFilter, AuditRecord, verify};
 
 fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&[9; 32])
@@ -28,8 +28,8 @@ impl Fixture {
     }
 
     fn open(dir: TempDir, db: sled::Db) -> Self {
-        let audit = AuditLog::open(&db, signing_key()).unwrap();
-        let store = RunStore::open(&db, audit.clone()).unwrap();
+        let audit = AuditLog::open(&crate::store::sled_db(&db), signing_key()).unwrap();
+        let store = RunStore::open(&crate::store::sled_db(&db), audit.clone()).unwrap();
         Self {
             dir,
             db,
@@ -81,11 +81,15 @@ impl Fixture {
     }
 
     fn raw(&self, id: &str) -> Option<sled::IVec> {
-        self.db.open_tree(RUNS_TREE).unwrap().get(id).unwrap()
+        self.db.open_tree(RUNS.name).unwrap().get(id).unwrap()
     }
 
     fn assert_chain_verifies(&self) {
-        verify(&self.db, &signing_key().verifying_key()).unwrap();
+        verify(
+            &crate::store::sled_db(&self.db),
+            &signing_key().verifying_key(),
+        )
+        .unwrap();
     }
 
     /// A run created in `start` (queued or awaiting-approval) and driven to `state`.
@@ -198,7 +202,11 @@ async fn create_running_records_queued_then_running_in_one_commit() {
     let f = f.restart();
     assert_eq!(f.store.get("r1").unwrap(), Some(run));
     assert_eq!(f.actions_of("r1"), ["run.queued", "run.running"]);
-    verify(&f.db, &signing_key().verifying_key()).unwrap();
+    verify(
+        &crate::store::sled_db(&f.db),
+        &signing_key().verifying_key(),
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -475,7 +483,7 @@ async fn oversized_output_is_refused_and_the_run_keeps_its_state() {
 async fn a_failed_audit_append_prevents_the_transition() {
     let f = Fixture::new();
     let before = f.run_in("r1", RunState::Running).await;
-    assert!(f.db.drop_tree(RECORDS_TREE).unwrap());
+    assert!(f.db.drop_tree(crate::store::AUDIT_RECORDS.name).unwrap());
     let err = f
         .store
         .transition("r1", RunState::Succeeded, "bridge", |_| {})
@@ -548,7 +556,7 @@ async fn concurrent_transitions_of_one_run_have_exactly_one_winner() {
 async fn a_transition_that_loses_its_swap_is_refused_and_audited_as_lost() {
     let f = Fixture::new();
     f.run_in("r1", RunState::Running).await;
-    let runs = f.db.open_tree(RUNS_TREE).unwrap();
+    let runs = f.db.open_tree(RUNS.name).unwrap();
     let err = f
         .store
         .transition("r1", RunState::Succeeded, "bridge", |r| {
@@ -613,7 +621,11 @@ async fn records_each_transition_in_a_verifying_audit_chain() {
         denied.detail.as_deref(),
         Some("awaiting-approval -> denied: rejected")
     );
-    let report = verify(&f.db, &signing_key().verifying_key()).unwrap();
+    let report = verify(
+        &crate::store::sled_db(&f.db),
+        &signing_key().verifying_key(),
+    )
+    .unwrap();
     assert_eq!(report.count, 5);
 }
 
@@ -812,7 +824,7 @@ async fn runs_and_their_audit_survive_a_restart() {
 async fn reports_a_corrupt_stored_run() {
     let f = Fixture::new();
     f.run_in("r1", RunState::Queued).await;
-    f.db.open_tree(RUNS_TREE)
+    f.db.open_tree(RUNS.name)
         .unwrap()
         .insert("r1", &b"{garbage"[..])
         .unwrap();

@@ -16,8 +16,10 @@
 //! its next occurrence after that time (or after its creation, if it never fired) has
 //! passed. At start ([`Scheduler::catch_up`]) a due schedule was missed while the server was
 //! down: it fires once if `catch_up` is set (however many occurrences were missed), and is
-//! skipped otherwise. The firing time is stored (durably) before the run is started, so a
-//! crash in between loses that one firing rather than repeating it.
+//! skipped otherwise. The firing time is stored (durably, as a compare-and-swap against the
+//! schedule as the sweep read it) before the firing is audited and the run started: with
+//! several servers over one database only the one whose swap wins fires a slot, and a crash
+//! in between loses that one firing rather than repeating it.
 //!
 //! Threats: a request that creates unbounded schedules or oversized records (counts, the
 //! expression and inputs are capped), and a scheduler loop that cannot be stopped (it ends
@@ -34,9 +36,14 @@ use serde::{Deserialize, Serialize};
 use super::dispatch::Dispatcher;
 use super::{ProcessStore, RunsError, now_ms};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Decision};
+use crate::store::{Database, StoreError, Table, TableDef};
 
-/// Tree holding schedules by id.
-pub const SCHEDULES_TREE: &str = "schedules";
+/// Schedules by id.
+pub const SCHEDULES: TableDef = TableDef {
+    name: "schedules",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Most schedules one process may have. Every tick scans every schedule.
 pub const MAX_SCHEDULES_PER_PROCESS: usize = 32;
@@ -66,7 +73,7 @@ pub enum ScheduleError {
     #[error("audit: {0}")]
     Audit(#[from] AuditError),
     #[error("schedule storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("stored schedule {0} is corrupt")]
     Corrupt(String),
     #[error("cannot encode schedule: {0}")]
@@ -152,7 +159,7 @@ fn next_after(cron: &Cron, after_ms: u64) -> Option<u64> {
 /// Persistent schedules. Cheap to clone.
 #[derive(Clone)]
 pub struct ScheduleStore {
-    tree: sled::Tree,
+    table: Table,
 }
 
 impl std::fmt::Debug for ScheduleStore {
@@ -162,10 +169,10 @@ impl std::fmt::Debug for ScheduleStore {
 }
 
 impl ScheduleStore {
-    /// Opens (creating if needed) the schedules tree in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, ScheduleError> {
+    /// Opens the schedules table in `db`.
+    pub fn open(db: &Database) -> Result<Self, ScheduleError> {
         Ok(ScheduleStore {
-            tree: db.open_tree(SCHEDULES_TREE)?,
+            table: db.table(&SCHEDULES),
         })
     }
 
@@ -212,7 +219,7 @@ impl ScheduleStore {
 
     /// The schedule with this id.
     pub fn get(&self, id: &str) -> Result<Option<Schedule>, ScheduleError> {
-        match self.tree.get(id.as_bytes())? {
+        match self.table.get(id.as_bytes())? {
             Some(bytes) => Ok(Some(decode(id, &bytes)?)),
             None => Ok(None),
         }
@@ -231,22 +238,42 @@ impl ScheduleStore {
 
     /// Every schedule.
     pub fn all(&self) -> Result<Vec<Schedule>, ScheduleError> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (key, bytes) = item?;
-                decode(&String::from_utf8_lossy(&key), &bytes)
+        Ok(self.all_stored()?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Every schedule with the bytes it is stored as (for [`Self::claim_firing`]).
+    fn all_stored(&self) -> Result<Vec<(Vec<u8>, Schedule)>, ScheduleError> {
+        self.table
+            .all()?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let schedule = decode(&String::from_utf8_lossy(&key), &bytes)?;
+                Ok((bytes, schedule))
             })
             .collect()
+    }
+
+    /// Stores `fired` in place of exactly `stored` (the schedule as read before firing):
+    /// false if it changed meanwhile (another server fired this slot, or it was deleted).
+    async fn claim_firing(&self, stored: Vec<u8>, fired: &Schedule) -> Result<bool, ScheduleError> {
+        let table = self.table.clone();
+        let (id, bytes) = (fired.id.clone(), serde_json::to_vec(fired)?);
+        let swapped = tokio::task::spawn_blocking(move || table.swap(id, &stored, bytes))
+            .await
+            .map_err(|_| RunsError::TaskFailed)??;
+        Ok(swapped)
     }
 
     /// Deletes schedule `id` of `process_id`; false if there is none.
     pub async fn delete(&self, process_id: &str, id: &str) -> Result<bool, ScheduleError> {
         match self.get(id)? {
             Some(s) if s.process_id == process_id => {
-                self.tree.remove(id.as_bytes())?;
-                self.flush().await?;
-                Ok(true)
+                let table = self.table.clone();
+                let id = id.to_string();
+                let removed = tokio::task::spawn_blocking(move || table.remove(id))
+                    .await
+                    .map_err(|_| RunsError::TaskFailed)??;
+                Ok(removed)
             }
             _ => Ok(false),
         }
@@ -255,25 +282,24 @@ impl ScheduleStore {
     /// Deletes every schedule of a process (when the process is deleted); how many.
     pub async fn delete_all(&self, process_id: &str) -> Result<usize, ScheduleError> {
         let schedules = self.list(process_id)?;
+        let mut batch = crate::store::Batch::new();
         for s in &schedules {
-            self.tree.remove(s.id.as_bytes())?;
+            batch.delete(&SCHEDULES, s.id.as_bytes(), crate::store::Expect::Any);
         }
-        self.flush().await?;
+        self.table.database().apply_async(batch).await?;
         Ok(schedules.len())
     }
 
+    /// Stores `schedule`, durable before it returns (on the blocking pool).
     async fn put(&self, schedule: &Schedule) -> Result<(), ScheduleError> {
-        self.tree
-            .insert(schedule.id.as_bytes(), serde_json::to_vec(schedule)?)?;
-        self.flush().await
-    }
-
-    /// Durable before it returns (the blocking flush runs on the blocking pool).
-    async fn flush(&self) -> Result<(), ScheduleError> {
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
-            .await
-            .map_err(|_| RunsError::TaskFailed)??;
+        let mut batch = crate::store::Batch::new();
+        batch.put(
+            &SCHEDULES,
+            schedule.id.as_bytes(),
+            serde_json::to_vec(schedule)?,
+            crate::store::Expect::Any,
+        );
+        self.table.database().apply_async(batch).await?;
         Ok(())
     }
 }
@@ -332,7 +358,7 @@ impl Scheduler {
     }
 
     async fn sweep(&self, now_ms: u64, why: Firing) -> Vec<String> {
-        let schedules = match self.schedules.all() {
+        let schedules = match self.schedules.all_stored() {
             Ok(all) => all,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read schedules");
@@ -340,8 +366,8 @@ impl Scheduler {
             }
         };
         let mut started = Vec::new();
-        for schedule in schedules.into_iter().filter(|s| s.is_due(now_ms)) {
-            match self.fire(schedule, now_ms, why).await {
+        for (stored, schedule) in schedules.into_iter().filter(|(_, s)| s.is_due(now_ms)) {
+            match self.fire(stored, schedule, now_ms, why).await {
                 Ok(Some(run)) => started.push(run),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "schedule not fired"),
@@ -354,12 +380,17 @@ impl Scheduler {
     /// schedule without catch-up).
     async fn fire(
         &self,
+        stored: Vec<u8>,
         mut schedule: Schedule,
         now_ms: u64,
         why: Firing,
     ) -> Result<Option<String>, ScheduleError> {
         let actor = schedule.actor();
         schedule.last_fired_ms = Some(now_ms);
+        if !self.schedules.claim_firing(stored, &schedule).await? {
+            // Another server fired (or skipped) this slot, or the schedule changed.
+            return Ok(None);
+        }
         if why == Firing::CatchUp && !schedule.catch_up {
             self.audit_schedule(
                 &schedule,
@@ -368,7 +399,6 @@ impl Scheduler {
                 "missed while the server was down; catch_up is off".into(),
             )
             .await?;
-            self.schedules.put(&schedule).await?;
             return Ok(None);
         }
         let detail = match why {
@@ -379,7 +409,6 @@ impl Scheduler {
         };
         self.audit_schedule(&schedule, "schedule.fired", None, detail)
             .await?;
-        self.schedules.put(&schedule).await?;
         let Some(process) = self.processes.get(&schedule.process_id)? else {
             let why = format!("process {} is gone", schedule.process_id);
             self.audit_schedule(&schedule, "schedule.failed", None, why)

@@ -1,8 +1,14 @@
-//! The data directory: where Warden keeps its state, and the keys that guard it.
+//! Where Warden keeps its state: the storage layer ([`Database`], one interface over the sled
+//! and PostgreSQL backends) and the data directory with the keys that guard it.
+//!
+//! Layout: `table` (the interface: tables, conditional batches, audit rows), `sled_backend`
+//! and `sled_audit` (embedded), `postgres/` (PostgreSQL: pool, migrations, tables, audit),
+//! `rekey` (replacing the master key file). No `sled::` or SQL appears outside this module.
 //!
 //! ```text
 //! DATA/            0700
-//!   db/            sled database: vault, audit log, targets, …
+//!   db/            sled database: vault, audit log, targets, … (absent when the state is
+//!                  in PostgreSQL: `--database postgres://…`; the keys stay here either way)
 //!   master.key     256-bit vault master key, 0600, never inside the database (default
 //!                  source; an environment variable or a command may supply it instead)
 //!   master.key.new only while `warden vault rekey` runs: the key taking over
@@ -15,8 +21,9 @@
 //! opens every vault record, so a wrong or retired key stops the server at startup instead
 //! of failing each credential use later.
 //!
-//! Layout: `rekey` replaces the master key file (see [`rekey_master_key`]).
 
+pub mod catalog;
+pub mod copy;
 pub mod postgres;
 mod rekey;
 mod sled_audit;
@@ -86,17 +93,54 @@ pub enum DataDirError {
     RekeyNeedsKeyFile(&'static str),
     /// The database could not be opened (for example another process holds it).
     #[error("database: {0}")]
-    Database(#[from] sled::Error),
+    Database(#[from] StoreError),
+    /// The data directory keeps its state in an external database, but none was given.
+    #[error(
+        "{0} keeps its state in PostgreSQL: pass --database postgres://… (or set \
+         WARDEN_DATABASE_URL)"
+    )]
+    NeedsDatabaseUrl(PathBuf),
     /// Some other filesystem error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// Which database holds the state: sled inside the data directory (the default) or a
+/// PostgreSQL server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    #[default]
+    Embedded,
+    /// A `postgres://` URL (it may carry a password: never print it whole).
+    Postgres(String),
+}
+
+/// The environment variable naming the database when `--database` is not given.
+pub const DATABASE_URL_ENV: &str = "WARDEN_DATABASE_URL";
+
+impl DatabaseLocation {
+    /// From the `--database` flag, else [`DATABASE_URL_ENV`], else embedded.
+    pub fn from_flag(flag: Option<&str>) -> Self {
+        let url = flag
+            .map(str::to_owned)
+            .or_else(|| std::env::var(DATABASE_URL_ENV).ok())
+            .filter(|u| !u.trim().is_empty());
+        match url {
+            Some(url) => DatabaseLocation::Postgres(url),
+            None => DatabaseLocation::Embedded,
+        }
+    }
+}
+
+/// The file in a data directory whose state lives in PostgreSQL (so opening it without
+/// `--database` is a clear error, not a fresh empty sled database).
+const EXTERNAL_DATABASE_MARKER: &str = "database";
+
 /// An opened data directory.
 pub struct DataDir {
     root: PathBuf,
-    /// The sled database.
-    pub db: sled::Db,
+    /// The database (sled under `db/`, or PostgreSQL).
+    pub db: Database,
     /// The vault master key.
     pub master_key: MasterKey,
     /// The server's audit-signing key.
@@ -113,6 +157,16 @@ impl DataDir {
     /// Creates a new data directory. A [`MasterKeySource::File`] gets a fresh key file; an
     /// environment variable or command must already supply a key, which is checked.
     pub fn init_with(root: &Path, source: &MasterKeySource) -> Result<Self, DataDirError> {
+        Self::init_at(root, source, &DatabaseLocation::Embedded)
+    }
+
+    /// Creates a new data directory whose state lives at `location` (for PostgreSQL: the
+    /// schema is created; the keys stay in `root`).
+    pub fn init_at(
+        root: &Path,
+        source: &MasterKeySource,
+        location: &DatabaseLocation,
+    ) -> Result<Self, DataDirError> {
         if root.join(SERVER_KEY_FILE).exists()
             || root.join(MASTER_KEY_FILE).exists()
             || root.join("db").exists()
@@ -131,7 +185,13 @@ impl DataDir {
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(seed.as_mut());
         write_new_private(&root.join(SERVER_KEY_FILE), seed.as_ref())?;
-        Self::open_with(root, source)
+        if let DatabaseLocation::Postgres(_) = location {
+            write_new_private(
+                &root.join(EXTERNAL_DATABASE_MARKER),
+                b"postgres: pass --database or WARDEN_DATABASE_URL\n",
+            )?;
+        }
+        Self::open_at(root, source, location)
     }
 
     /// Opens an existing data directory with the master key in its `master.key`.
@@ -143,6 +203,15 @@ impl DataDir {
     /// file others may access, a key that does not open every vault record, and a data
     /// directory whose rekey was interrupted.
     pub fn open_with(root: &Path, source: &MasterKeySource) -> Result<Self, DataDirError> {
+        Self::open_at(root, source, &DatabaseLocation::Embedded)
+    }
+
+    /// Opens an existing data directory whose state lives at `location`.
+    pub fn open_at(
+        root: &Path,
+        source: &MasterKeySource,
+        location: &DatabaseLocation,
+    ) -> Result<Self, DataDirError> {
         if !root.join(SERVER_KEY_FILE).exists() {
             return Err(DataDirError::NotInitialised(root.to_path_buf()));
         }
@@ -152,7 +221,7 @@ impl DataDir {
         }
         let master_key = source.load()?;
         let server_key = load_signing_key(&root.join(SERVER_KEY_FILE))?;
-        let db = sled::Config::new().path(root.join("db")).open()?;
+        let db = open_database(root, location)?;
         check_key_opens_vault(&db, &master_key)?;
         Ok(DataDir {
             root: root.to_path_buf(),
@@ -178,8 +247,25 @@ impl DataDir {
     }
 }
 
+/// Opens the database of the data directory at `root`.
+pub fn open_database(root: &Path, location: &DatabaseLocation) -> Result<Database, DataDirError> {
+    match location {
+        DatabaseLocation::Embedded => {
+            if root.join(EXTERNAL_DATABASE_MARKER).exists() {
+                return Err(DataDirError::NeedsDatabaseUrl(root.to_path_buf()));
+            }
+            let backend = SledBackend::open(&root.join("db"))?;
+            Ok(Database::from_backend(std::sync::Arc::new(backend)))
+        }
+        DatabaseLocation::Postgres(url) => {
+            let backend = postgres::PgBackend::connect(url)?;
+            Ok(Database::from_backend(std::sync::Arc::new(backend)))
+        }
+    }
+}
+
 /// Authenticates every vault record with `key` (metadata only; no secret is decrypted).
-fn check_key_opens_vault(db: &sled::Db, key: &MasterKey) -> Result<(), DataDirError> {
+fn check_key_opens_vault(db: &Database, key: &MasterKey) -> Result<(), DataDirError> {
     let vault = Vault::open(db, key.duplicate())?;
     match vault.list() {
         Ok(_) => Ok(()),
@@ -218,13 +304,23 @@ fn load_signing_key(path: &Path) -> Result<SigningKey, DataDirError> {
 /// Opens the sled database at `path` in a test that just dropped its last handle: sled's
 /// flusher thread lets go of the file lock shortly after, so this retries (bounded, 10 s).
 #[cfg(test)]
-pub(crate) fn reopen_after_drop(path: &std::path::Path) -> sled::Db {
+pub(crate) fn reopen_after_drop(path: &std::path::Path) -> Database {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(path) {
-            Ok(db) => return db,
+        match SledBackend::open(path) {
+            Ok(backend) => return Database::from_backend(std::sync::Arc::new(backend)),
             Err(e) if std::time::Instant::now() > deadline => panic!("cannot reopen: {e}"),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     }
+}
+
+/// A [`Database`] over an open sled database, for tests that also read or tamper with the
+/// raw trees.
+#[cfg(test)]
+pub(crate) fn sled_db(db: &sled::Db) -> Database {
+    Database::from_backend(std::sync::Arc::new(SledBackend::from_db(
+        db.clone(),
+        "test".into(),
+    )))
 }

@@ -15,12 +15,18 @@
 use std::fs::{self, File};
 use std::path::Path;
 
-use super::{DataDirError, MASTER_KEY_FILE, NEW_MASTER_KEY_FILE, SERVER_KEY_FILE};
+use super::{
+    DataDirError, DatabaseLocation, MASTER_KEY_FILE, NEW_MASTER_KEY_FILE, SERVER_KEY_FILE,
+    open_database,
+};
 use crate::vault::{MasterKey, RekeyReport, Vault, VaultError};
 
 /// Moves the data directory at `root` to a fresh master key (or finishes an interrupted
 /// move) and retires the old key file. Needs the key in `master.key`.
-pub fn rekey_master_key(root: &Path) -> Result<RekeyReport, DataDirError> {
+pub fn rekey_master_key(
+    root: &Path,
+    location: &DatabaseLocation,
+) -> Result<RekeyReport, DataDirError> {
     if !root.join(SERVER_KEY_FILE).exists() {
         return Err(DataDirError::NotInitialised(root.to_path_buf()));
     }
@@ -28,10 +34,10 @@ pub fn rekey_master_key(root: &Path) -> Result<RekeyReport, DataDirError> {
     let new_path = root.join(NEW_MASTER_KEY_FILE);
     let old = MasterKey::load(&current_path)?;
     let new = new_or_resumed_key(&new_path)?;
-    let db = sled::Config::new().path(root.join("db")).open()?;
+    let db = open_database(root, location)?;
     let vault = Vault::open_with_keys(&db, new.duplicate(), Some(old))?;
+    // Every swap is durable when it returns.
     let report = vault.rekey(&new)?;
-    db.flush()?;
     drop(vault);
     drop(db);
     // Only now, with every record under the new key, does the old key file go.
@@ -87,7 +93,7 @@ mod tests {
         let old_bytes = fs::read(root.join(MASTER_KEY_FILE)).unwrap();
         drop(dir);
 
-        let report = rekey_master_key(&root).unwrap();
+        let report = rekey_master_key(&root, &DatabaseLocation::Embedded).unwrap();
         assert_eq!((report.rekeyed, report.already_current), (2, 0));
         let key_file = root.join(MASTER_KEY_FILE);
         assert_ne!(fs::read(&key_file).unwrap(), old_bytes);
@@ -136,7 +142,7 @@ mod tests {
         let err = DataDir::open(&root).err().unwrap();
         assert!(matches!(err, DataDirError::InterruptedRekey(_)), "{err:?}");
 
-        let report = rekey_master_key(&root).unwrap();
+        let report = rekey_master_key(&root, &DatabaseLocation::Embedded).unwrap();
         assert_eq!((report.rekeyed, report.already_current), (2, 3));
         assert_eq!(report.key_id, new.id());
         let dir = DataDir::open(&root).unwrap();
@@ -157,7 +163,7 @@ mod tests {
         let torn = root.join(NEW_MASTER_KEY_FILE);
         fs::write(&torn, [7u8; 5]).unwrap();
         fs::set_permissions(&torn, fs::Permissions::from_mode(0o600)).unwrap();
-        let report = rekey_master_key(&root).unwrap();
+        let report = rekey_master_key(&root, &DatabaseLocation::Embedded).unwrap();
         assert_eq!(report.rekeyed, 1);
         let dir = DataDir::open(&root).unwrap();
         let vault = Vault::open(&dir.db, dir.master_key.duplicate()).unwrap();
@@ -167,7 +173,7 @@ mod tests {
     #[test]
     fn rekey_refuses_an_uninitialised_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = rekey_master_key(tmp.path()).unwrap_err();
+        let err = rekey_master_key(tmp.path(), &DatabaseLocation::Embedded).unwrap_err();
         assert!(matches!(err, DataDirError::NotInitialised(_)), "{err:?}");
     }
 }

@@ -2,32 +2,128 @@
 //! JSON (so sled iterates in sequence order), tree [`META`] holds the signed checkpoint under
 //! [`CHECKPOINT_KEY`].
 //!
+//! Index trees answer queries without scanning the log: `audit_by_run`, `audit_by_actor`,
+//! `audit_by_action` and `audit_by_resource` map `value NUL seq` (big-endian), `audit_by_time`
+//! maps `time_ms seq`, all to nothing. They are written in the records' transaction, and built
+//! once from the records when a data directory from before them is opened. An index only
+//! narrows the search: every candidate is decoded and checked against every filter, so a value
+//! that itself contains NUL cannot make a record match another's query.
+//!
 //! One commit = one multi-tree transaction for the records and checkpoint, then the `then`
 //! batches (each its own transaction, after the records, so the sled log can lose them with or
 //! after their records but never keep them without), then one flush. sled's directory lock
 //! makes this process the only writer.
 
 use super::sled_backend::{SledBackend, sled_error};
-use super::table::{AuditBatch, AuditQuery, AuditTip, Batch, Seal, StoreError, TableDef};
+use super::table::{
+    AuditQuery, AuditRow, AuditTip, Batch, Committed, Expect, Seal, StoreError, TableDef,
+};
 
 /// Tree of records by big-endian seq.
 pub const RECORDS: TableDef = TableDef {
     name: "audit",
     columns: &[],
+    columns_of: None,
 };
 /// Tree of the signed checkpoint.
 pub const META: TableDef = TableDef {
     name: "audit_meta",
     columns: &[],
+    columns_of: None,
 };
 /// The checkpoint's key in [`META`].
 pub const CHECKPOINT_KEY: &[u8] = b"head";
+
+const BY_RUN: TableDef = TableDef {
+    name: "audit_by_run",
+    columns: &[],
+    columns_of: None,
+};
+const BY_ACTOR: TableDef = TableDef {
+    name: "audit_by_actor",
+    columns: &[],
+    columns_of: None,
+};
+const BY_ACTION: TableDef = TableDef {
+    name: "audit_by_action",
+    columns: &[],
+    columns_of: None,
+};
+const BY_RESOURCE: TableDef = TableDef {
+    name: "audit_by_resource",
+    columns: &[],
+    columns_of: None,
+};
+const BY_TIME: TableDef = TableDef {
+    name: "audit_by_time",
+    columns: &[],
+    columns_of: None,
+};
+/// Marks, in [`META`], a log whose index trees cover every record.
+const INDEXED_KEY: &[u8] = b"indexed-v1";
+
+/// Records indexed per transaction while building the index of an older log.
+const INDEX_BUILD_CHUNK: usize = 4096;
+
+/// The index entries of one record.
+fn index_entries(batch: &mut Batch, row: &AuditRow) {
+    let seq = row.seq.to_be_bytes();
+    let mut by_value = |table: &'static TableDef, value: &str| {
+        let mut key = Vec::with_capacity(value.len() + 9);
+        key.extend_from_slice(value.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&seq);
+        batch.put(table, key, Vec::new(), Expect::Any);
+    };
+    if let Some(run) = &row.run_id {
+        by_value(&BY_RUN, run);
+    }
+    by_value(&BY_ACTOR, &row.actor);
+    by_value(&BY_ACTION, &row.action);
+    if let Some(resource) = &row.resource {
+        by_value(&BY_RESOURCE, resource);
+    }
+    let mut key = row.time_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq);
+    batch.put(&BY_TIME, key, Vec::new(), Expect::Any);
+}
+
+/// Builds the index trees of a log written before they existed (once; resumable, since
+/// index entries are idempotent and the marker is written last).
+pub(crate) fn ensure_index(backend: &SledBackend) -> Result<(), StoreError> {
+    let meta = backend.tree(META.name)?;
+    if meta.get(INDEXED_KEY).map_err(sled_error)?.is_some() {
+        return Ok(());
+    }
+    let mut from = 0u64;
+    loop {
+        let chunk = range(backend, from, INDEX_BUILD_CHUNK)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        let mut batch = Batch::new();
+        for (seq, bytes) in &chunk {
+            if let Ok(fields) = serde_json::from_slice::<QueryFields>(bytes) {
+                index_entries(&mut batch, &fields.row(*seq));
+            }
+        }
+        backend.apply_unflushed(&batch)?;
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let mut marker = Batch::new();
+    marker.put(&META, INDEXED_KEY.to_vec(), Vec::new(), Expect::Any);
+    backend.apply_unflushed(&marker)?;
+    backend.flush()
+}
 
 pub(crate) fn commit(
     backend: &SledBackend,
     seal: Seal<'_>,
     then: &[Batch],
-) -> Result<(AuditBatch, Vec<Result<(), StoreError>>), StoreError> {
+) -> Result<Committed, StoreError> {
     let tip = tip(backend)?;
     let sealed = seal(&tip).map_err(StoreError::Io)?;
     if sealed.rows.is_empty() {
@@ -39,14 +135,15 @@ pub(crate) fn commit(
             &RECORDS,
             row.seq.to_be_bytes().to_vec(),
             row.canonical.clone(),
-            super::table::Expect::Absent,
+            Expect::Absent,
         );
+        index_entries(&mut batch, row);
     }
     batch.put(
         &META,
         CHECKPOINT_KEY.to_vec(),
         sealed.checkpoint.clone(),
-        super::table::Expect::Any,
+        Expect::Any,
     );
     backend.apply_unflushed(&batch)?;
     let outcomes = then
@@ -90,20 +187,84 @@ pub(crate) fn range(
     Ok(rows)
 }
 
-/// Scans the log for matching records (no index yet).
-pub(crate) fn query(backend: &SledBackend, query: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError> {
-    let from = query.after_seq.map_or(0, |s| s.saturating_add(1));
+/// The records matching `query`, from the most selective index its filters allow.
+pub(crate) fn query(
+    backend: &SledBackend,
+    query: &AuditQuery,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let after = query.after_seq.map_or(0, |s| s.saturating_add(1));
+    if query.after_seq == Some(u64::MAX) || query.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let by_value = [
+        (&BY_RUN, &query.run_id),
+        (&BY_RESOURCE, &query.resource),
+        (&BY_ACTOR, &query.actor),
+        (&BY_ACTION, &query.action),
+    ]
+    .into_iter()
+    .find_map(|(table, value)| value.as_deref().map(|v| (table, v)));
+    let records = backend.tree(RECORDS.name)?;
     let mut found = Vec::new();
-    for item in backend.tree(RECORDS.name)?.range(from.to_be_bytes()..) {
-        if found.len() >= query.limit {
-            break;
+    let mut check = |seq: u64| -> Result<bool, StoreError> {
+        if let Some(bytes) = records.get(seq.to_be_bytes()).map_err(sled_error)? {
+            match serde_json::from_slice::<QueryFields>(&bytes) {
+                Ok(fields) if !fields.matches(query) => {}
+                // A matching record, or one too damaged to tell: the caller reports that.
+                _ => found.push((seq, bytes.to_vec())),
+            }
         }
-        let (_, value) = item.map_err(sled_error)?;
-        let Ok(fields) = serde_json::from_slice::<QueryFields>(&value) else {
-            continue;
-        };
-        if fields.matches(query) {
-            found.push(value.to_vec());
+        Ok(found.len() < query.limit)
+    };
+    let index_seq = |key: &[u8]| -> Option<u64> {
+        let tail = key.len().checked_sub(8).and_then(|at| key.get(at..))?;
+        Some(u64::from_be_bytes(tail.try_into().ok()?))
+    };
+    if let Some((table, value)) = by_value {
+        let mut prefix = value.as_bytes().to_vec();
+        prefix.push(0);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&after.to_be_bytes());
+        for item in backend.tree(table.name)?.range(start..) {
+            let (key, _) = item.map_err(sled_error)?;
+            if !key.starts_with(&prefix) || key.len() != prefix.len() + 8 {
+                break;
+            }
+            let Some(seq) = index_seq(&key) else { break };
+            if !check(seq)? {
+                break;
+            }
+        }
+    } else if query.since_ms.is_some() || query.until_ms.is_some() {
+        // Time order is sequence order (the chain keeps time non-decreasing), so this
+        // visits the window's records in seq order.
+        let since = query.since_ms.unwrap_or(0).to_be_bytes();
+        for item in backend.tree(BY_TIME.name)?.range(since..) {
+            let (key, _) = item.map_err(sled_error)?;
+            let Some(time) = key.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok()) else {
+                break;
+            };
+            if query
+                .until_ms
+                .is_some_and(|until| u64::from_be_bytes(time) > until)
+            {
+                break;
+            }
+            let Some(seq) = index_seq(&key) else { break };
+            if seq < after {
+                continue;
+            }
+            if !check(seq)? {
+                break;
+            }
+        }
+    } else {
+        for item in records.range(after.to_be_bytes()..) {
+            let (key, _) = item.map_err(sled_error)?;
+            let Some(seq) = index_seq(&key) else { continue };
+            if !check(seq)? {
+                break;
+            }
         }
     }
     Ok(found)
@@ -127,5 +288,21 @@ impl QueryFields {
             && (q.resource.is_none() || q.resource == self.target)
             && q.since_ms.is_none_or(|t| self.time_ms >= t)
             && q.until_ms.is_none_or(|t| self.time_ms <= t)
+    }
+
+    /// The index columns of the record stored under `seq`.
+    fn row(self, seq: u64) -> AuditRow {
+        AuditRow {
+            seq,
+            time_ms: self.time_ms,
+            run_id: self.run_id,
+            actor: self.actor,
+            action: self.action,
+            resource: self.target,
+            credential: None,
+            hash: String::new(),
+            prev_hash: String::new(),
+            canonical: Vec::new(),
+        }
     }
 }

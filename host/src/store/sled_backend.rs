@@ -28,7 +28,9 @@ impl SledBackend {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(sled_error)?;
-        Ok(Self::from_db(db, path.display().to_string()))
+        let backend = Self::from_db(db, path.display().to_string());
+        sled_audit::ensure_index(&backend)?;
+        Ok(backend)
     }
 
     pub(crate) fn from_db(db: sled::Db, path: String) -> Self {
@@ -37,11 +39,6 @@ impl SledBackend {
             trees: RwLock::new(HashMap::new()),
             path,
         }
-    }
-
-    /// The raw database, for the storage layer's own sled code (audit trees, copying).
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.db
     }
 
     pub(crate) fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
@@ -155,7 +152,7 @@ impl Backend for SledBackend {
         &self,
         table: &'static TableDef,
         scan: &Scan,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<super::table::Rows, StoreError> {
         let tree = self.tree(table.name)?;
         let start = match &scan.from {
             Some(from) if from.as_slice() > scan.prefix.as_slice() => from.clone(),
@@ -199,7 +196,7 @@ impl Backend for SledBackend {
         &self,
         seal: Seal<'_>,
         then: &[Batch],
-    ) -> Result<(super::table::AuditBatch, Vec<Result<(), StoreError>>), StoreError> {
+    ) -> Result<super::table::Committed, StoreError> {
         sled_audit::commit(self, seal, then)
     }
 
@@ -211,7 +208,7 @@ impl Backend for SledBackend {
         sled_audit::range(self, from, limit)
     }
 
-    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         sled_audit::query(self, query)
     }
 }

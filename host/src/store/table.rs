@@ -24,12 +24,32 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A table: its name (a sled tree, a PostgreSQL table) and its typed columns, if any.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct TableDef {
     pub name: &'static str,
-    /// Names of the typed columns a put supplies values for, in order. Empty for most tables.
+    /// Names of the typed columns, in order. Empty for most tables.
     pub columns: &'static [&'static str],
+    /// Computes the typed columns' values from a stored value (every put of this table gets
+    /// them this way, so they can never disagree with the record).
+    pub columns_of: Option<ColumnsOf>,
 }
+
+impl PartialEq for TableDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TableDef {}
+
+/// Computes a table's typed column values from a stored value.
+pub type ColumnsOf = fn(&[u8]) -> Vec<ColumnValue>;
+
+/// Rows of a scan: `(key, value)` in scan order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What an audit commit wrote, and each follow-up batch's outcome.
+pub type Committed = (AuditBatch, Vec<Result<(), StoreError>>);
 
 /// The value of a typed column in one put.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +79,8 @@ pub enum Op {
         table: &'static TableDef,
         key: Vec<u8>,
         value: Vec<u8>,
-        /// Values of `table.columns`, in order (empty when the table has none).
+        /// Values of `table.columns`, in order (empty when the table has none), computed by
+        /// `table.columns_of`.
         columns: Vec<ColumnValue>,
         expect: Expect,
     },
@@ -101,7 +122,8 @@ impl Batch {
         Self::default()
     }
 
-    /// Adds a put of `value` under `key` if `expect` holds.
+    /// Adds a put of `value` under `key` if `expect` holds (with the table's typed columns
+    /// computed from `value`).
     pub fn put(
         &mut self,
         table: &'static TableDef,
@@ -109,22 +131,12 @@ impl Batch {
         value: impl Into<Vec<u8>>,
         expect: Expect,
     ) -> &mut Self {
-        self.put_with_columns(table, key, value, Vec::new(), expect)
-    }
-
-    /// Adds a put that also sets the table's typed columns.
-    pub fn put_with_columns(
-        &mut self,
-        table: &'static TableDef,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-        columns: Vec<ColumnValue>,
-        expect: Expect,
-    ) -> &mut Self {
+        let value = value.into();
+        let columns = table.columns_of.map(|of| of(&value)).unwrap_or_default();
         self.ops.push(Op::Put {
             table,
             key: key.into(),
-            value: value.into(),
+            value,
             columns,
             expect,
         });
@@ -292,11 +304,7 @@ pub trait Backend: Send + Sync + 'static {
     fn location(&self) -> String;
 
     fn get(&self, table: &'static TableDef, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn scan(
-        &self,
-        table: &'static TableDef,
-        scan: &Scan,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, table: &'static TableDef, scan: &Scan) -> Result<Rows, StoreError>;
     /// Applies the batch atomically and durably, or returns why not (nothing written).
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
 
@@ -305,18 +313,14 @@ pub trait Backend: Send + Sync + 'static {
     /// conflicts is skipped and reported, the others and the audit rows still commit) in the
     /// same durable commit. Returns the batch `seal` made and each `then`'s outcome. If `seal`
     /// fails or the write fails, nothing is written.
-    fn audit_commit(
-        &self,
-        seal: Seal<'_>,
-        then: &[Batch],
-    ) -> Result<(AuditBatch, Vec<Result<(), StoreError>>), StoreError>;
+    fn audit_commit(&self, seal: Seal<'_>, then: &[Batch]) -> Result<Committed, StoreError>;
     /// The stored tip (for opening the log and `audit verify`).
     fn audit_tip(&self) -> Result<AuditTip, StoreError>;
     /// Canonical bytes of records with `seq >= from`, in order, at most `limit`.
     fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-    /// Canonical bytes of the records matching `query`, from an index (time independent of
-    /// the log's length for the indexed fields).
-    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// `(seq, canonical bytes)` of the records matching `query`, in seq order, from an index
+    /// (time independent of the log's length for the indexed fields).
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }
 
 /// The handle every store holds: cheap to clone, shared by all stores of one server.
@@ -393,12 +397,12 @@ impl Table {
         self.db.backend.get(self.def, key.as_ref())
     }
 
-    pub fn scan(&self, scan: &Scan) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, scan: &Scan) -> Result<Rows, StoreError> {
         self.db.backend.scan(self.def, scan)
     }
 
     /// Every row, in key order.
-    pub fn all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn all(&self) -> Result<Rows, StoreError> {
         self.scan(&Scan::all())
     }
 

@@ -6,7 +6,7 @@
 //! administrator (`warden target scan` prints the key, the admin checks and adds it), never
 //! learned on first use.
 //!
-//! Names, zones and tags come from administrators and reach logs, audit records and sled keys,
+//! Names, zones and tags come from administrators and reach logs, audit records and storage keys,
 //! so they are restricted to a small character set and bounded in length.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -14,8 +14,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use russh::keys::{HashAlg, PublicKey};
 use serde::{Deserialize, Serialize};
 
-/// Name of the sled tree holding targets (key: target name, value: JSON [`Target`]).
-pub const TREE: &str = "targets";
+/// The table of targets (key: target name, value: JSON [`Target`]).
+pub const TABLE: crate::store::TableDef = crate::store::TableDef {
+    name: "targets",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Default SSH port when an address omits one.
 pub const DEFAULT_PORT: u16 = 22;
@@ -23,7 +27,7 @@ pub const DEFAULT_PORT: u16 = 22;
 /// Default zone for targets added without `--zone`.
 pub const DEFAULT_ZONE: &str = "default";
 
-/// Longest name, zone or tag. Bounds sled keys and audit lines an admin request controls.
+/// Longest name, zone or tag. Bounds storage keys and audit lines an admin request controls.
 pub const MAX_NAME_LEN: usize = 64;
 
 /// Most tags per target. Bounds the stored record and policy matching work per target.
@@ -58,7 +62,7 @@ pub enum TargetError {
     #[error("stored target {0:?} is corrupt")]
     Corrupt(String),
     #[error("target storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
 }
 
 /// An SSH endpoint with its pinned host key.
@@ -216,16 +220,16 @@ pub fn key_fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Targets persisted in the sled tree [`TREE`].
+/// Targets persisted in the table [`TABLE`].
 #[derive(Clone)]
 pub struct TargetStore {
-    tree: sled::Tree,
+    tree: crate::store::Table,
 }
 
 impl TargetStore {
-    pub fn open(db: &sled::Db) -> Result<Self, TargetError> {
+    pub fn open(db: &crate::store::Database) -> Result<Self, TargetError> {
         Ok(TargetStore {
-            tree: db.open_tree(TREE)?,
+            tree: db.table(&TABLE),
         })
     }
 
@@ -235,15 +239,9 @@ impl TargetStore {
         target.validate()?;
         let value =
             serde_json::to_vec(&target).map_err(|_| TargetError::Corrupt(target.name.clone()))?;
-        let swapped = self.tree.compare_and_swap(
-            target.name.as_bytes(),
-            None as Option<&[u8]>,
-            Some(value),
-        )?;
-        if swapped.is_err() {
+        if !self.tree.insert_new(target.name.as_bytes(), value)? {
             return Err(TargetError::Duplicate(target.name));
         }
-        self.tree.flush()?;
         Ok(())
     }
 
@@ -260,20 +258,17 @@ impl TargetStore {
     /// All targets, ordered by name.
     pub fn list(&self) -> Result<Vec<Target>, TargetError> {
         self.tree
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
+            .all()?
+            .into_iter()
+            .map(|(k, v)| decode(&String::from_utf8_lossy(&k), &v))
             .collect()
     }
 
     /// Deletes a target; `NotFound` if it did not exist.
     pub fn remove(&self, name: &str) -> Result<(), TargetError> {
-        if self.tree.remove(name.as_bytes())?.is_none() {
+        if !self.tree.remove(name.as_bytes())? {
             return Err(TargetError::NotFound(name.to_string()));
         }
-        self.tree.flush()?;
         Ok(())
     }
 }
@@ -308,7 +303,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, sled::Db, TargetStore) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let store = TargetStore::open(&db).unwrap();
+        let store = TargetStore::open(&crate::store::sled_db(&db)).unwrap();
         (dir, db, store)
     }
 
@@ -472,7 +467,7 @@ mod tests {
     #[test]
     fn reports_corrupt_record_instead_of_using_it() {
         let (_dir, db, store) = store();
-        db.open_tree(TREE)
+        db.open_tree(TABLE.name)
             .unwrap()
             .insert("web1", b"{not json".to_vec())
             .unwrap();
@@ -480,7 +475,10 @@ mod tests {
         let mut renamed = target("other");
         renamed.name = "other".into();
         let bytes = serde_json::to_vec(&renamed).unwrap();
-        db.open_tree(TREE).unwrap().insert("web2", bytes).unwrap();
+        db.open_tree(TABLE.name)
+            .unwrap()
+            .insert("web2", bytes)
+            .unwrap();
         assert!(matches!(store.get("web2"), Err(TargetError::Corrupt(_))));
     }
 
@@ -490,11 +488,17 @@ mod tests {
         let t = target("web1");
         {
             let db = sled::open(dir.path()).unwrap();
-            TargetStore::open(&db).unwrap().add(t.clone()).unwrap();
+            TargetStore::open(&crate::store::sled_db(&db))
+                .unwrap()
+                .add(t.clone())
+                .unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(
-            TargetStore::open(&db).unwrap().get("web1").unwrap(),
+            TargetStore::open(&crate::store::sled_db(&db))
+                .unwrap()
+                .get("web1")
+                .unwrap(),
             Some(t)
         );
     }

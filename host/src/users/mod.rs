@@ -1,4 +1,4 @@
-//! Users, custom roles and API tokens, kept in sled.
+//! Users, custom roles and API tokens, kept through [`crate::store`].
 //!
 //! Threats this module stops:
 //! - **A stolen database yielding usable tokens.** Only SHA-256 of each token's 256-bit
@@ -20,7 +20,7 @@
 //!   user to mint their own token (see `tokens`).
 //!
 //! Layout: `token` holds the token format, generation, parsing and hashing; `tokens` the
-//! token lifecycle (issue, authenticate, list, revoke, expiry); this file the sled trees
+//! token lifecycle (issue, authenticate, list, revoke, expiry); this file the tables
 //! `users` (name → JSON [`User`]), `roles` (name → JSON [`Role`]) and `tokens` (id → JSON
 //! record with the secret's hash).
 
@@ -37,6 +37,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{BuiltinRole, Principal, Privilege};
+use crate::store::{Database, Scan, Table, TableDef};
 
 pub use token::MAX_TOKEN_LEN;
 pub use tokens::{
@@ -44,14 +45,26 @@ pub use tokens::{
     TokenInfo, TokenKind, TokenRequest,
 };
 
-/// Sled tree of users.
-pub const USERS_TREE: &str = "users";
-/// Sled tree of custom roles.
-pub const ROLES_TREE: &str = "roles";
-/// Sled tree of token records.
-pub const TOKENS_TREE: &str = "tokens";
+/// Table of users.
+pub const USERS: TableDef = TableDef {
+    name: "users",
+    columns: &[],
+    columns_of: None,
+};
+/// Table of custom roles.
+pub const ROLES: TableDef = TableDef {
+    name: "roles",
+    columns: &[],
+    columns_of: None,
+};
+/// Table of token records.
+pub const TOKENS: TableDef = TableDef {
+    name: "tokens",
+    columns: &[],
+    columns_of: None,
+};
 
-/// Longest user or role name. Names reach sled keys, policy entities and audit records.
+/// Longest user or role name. Names reach storage keys, policy entities and audit records.
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest token label. Bounds a stored record and the audit lines a request controls.
 pub const MAX_LABEL_LEN: usize = 128;
@@ -125,7 +138,7 @@ pub enum UserError {
     #[error("stored {0} is corrupt")]
     Corrupt(String),
     #[error("user storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
 }
 
 /// A user account.
@@ -208,12 +221,12 @@ pub struct IssuedToken {
     pub token: SecretString,
 }
 
-/// Users, roles and tokens in one sled database; cheap to clone.
+/// Users, roles and tokens in one database; cheap to clone.
 #[derive(Clone)]
 pub struct UserStore {
-    users: sled::Tree,
-    roles: sled::Tree,
-    tokens: sled::Tree,
+    users: Table,
+    roles: Table,
+    tokens: Table,
 }
 
 impl std::fmt::Debug for UserStore {
@@ -223,12 +236,12 @@ impl std::fmt::Debug for UserStore {
 }
 
 impl UserStore {
-    /// Opens (creating if needed) the three trees.
-    pub fn open(db: &sled::Db) -> Result<Self, UserError> {
+    /// Opens the three tables.
+    pub fn open(db: &Database) -> Result<Self, UserError> {
         Ok(UserStore {
-            users: db.open_tree(USERS_TREE)?,
-            roles: db.open_tree(ROLES_TREE)?,
-            tokens: db.open_tree(TOKENS_TREE)?,
+            users: db.table(&USERS),
+            roles: db.table(&ROLES),
+            tokens: db.table(&TOKENS),
         })
     }
 
@@ -245,13 +258,9 @@ impl UserStore {
             disabled: false,
             deleted_ms: None,
         };
-        let swapped = self
-            .users
-            .compare_and_swap(name, None::<&[u8]>, Some(encode(&user)?))?;
-        if swapped.is_err() {
+        if !self.users.insert_new(name, encode(&user)?)? {
             return Err(UserError::UserExists(name.to_string()));
         }
-        self.users.flush()?;
         Ok(user)
     }
 
@@ -269,9 +278,9 @@ impl UserStore {
     /// Every user, by name.
     pub fn list_users(&self) -> Result<Vec<User>, UserError> {
         self.users
+            .all()?
             .iter()
-            .values()
-            .map(|v| decode(&v?, "user"))
+            .map(|(_, v)| decode(v, "user"))
             .collect()
     }
 
@@ -314,11 +323,7 @@ impl UserStore {
                 return Err(UserError::Deleted(name.to_string()));
             }
             edit(&mut user);
-            let swapped = self
-                .users
-                .compare_and_swap(name, Some(&old), Some(encode(&user)?))?;
-            if swapped.is_ok() {
-                self.users.flush()?;
+            if self.users.swap(name, &old, encode(&user)?)? {
                 return Ok(user);
             }
         }
@@ -353,13 +358,9 @@ impl UserStore {
             credentials: grants.credentials,
             targets: grants.targets,
         };
-        let swapped = self
-            .roles
-            .compare_and_swap(name, None::<&[u8]>, Some(encode(&role)?))?;
-        if swapped.is_err() {
+        if !self.roles.insert_new(name, encode(&role)?)? {
             return Err(UserError::RoleExists(name.to_string()));
         }
-        self.roles.flush()?;
         Ok(role)
     }
 
@@ -374,11 +375,7 @@ impl UserStore {
             let mut role: Role = decode(&old, "role")?;
             role.credentials = grants.credentials.clone();
             role.targets = grants.targets.clone();
-            let swapped = self
-                .roles
-                .compare_and_swap(name, Some(&old), Some(encode(&role)?))?;
-            if swapped.is_ok() {
-                self.roles.flush()?;
+            if self.roles.swap(name, &old, encode(&role)?)? {
                 return Ok(role);
             }
         }
@@ -387,9 +384,9 @@ impl UserStore {
     /// Every custom role, by name.
     pub fn list_roles(&self) -> Result<Vec<Role>, UserError> {
         self.roles
+            .all()?
             .iter()
-            .values()
-            .map(|v| decode(&v?, "role"))
+            .map(|(_, v)| decode(v, "role"))
             .collect()
     }
 
@@ -415,7 +412,7 @@ impl UserStore {
 
     /// True when there are no users yet (`warden init` creates the first administrator).
     pub fn is_empty(&self) -> Result<bool, UserError> {
-        Ok(self.users.is_empty())
+        Ok(self.users.scan(&Scan::all().limit(1))?.is_empty())
     }
 
     fn check_roles(&self, roles: &BTreeSet<String>) -> Result<(), UserError> {
@@ -424,7 +421,7 @@ impl UserStore {
         }
         for role in roles {
             check_role_name(role)?;
-            if builtin(role).is_none() && !self.roles.contains_key(role)? {
+            if builtin(role).is_none() && self.roles.get(role)?.is_none() {
                 return Err(UserError::UnknownRole(role.clone()));
             }
         }

@@ -17,7 +17,7 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        let store = UserStore::open(&db).unwrap();
+        let store = UserStore::open(&crate::store::sled_db(&db)).unwrap();
         Fixture { dir, db, store }
     }
 }
@@ -204,7 +204,7 @@ fn a_token_whose_user_is_gone_does_not_authenticate() {
     let f = Fixture::new();
     f.store.create_user("alice", BTreeSet::new()).unwrap();
     let issued = f.store.issue_token("alice", "ci").unwrap();
-    f.db.open_tree(USERS_TREE).unwrap().remove("alice").unwrap();
+    f.db.open_tree(USERS.name).unwrap().remove("alice").unwrap();
     assert_eq!(
         f.store.authenticate(issued.token.expose_secret()).unwrap(),
         None
@@ -335,7 +335,7 @@ fn roles_round_trip_through_storage_with_privilege_names() {
         .create_role("ops", [Privilege::ApproveRun].into())
         .unwrap();
     let raw =
-        f.db.open_tree(ROLES_TREE)
+        f.db.open_tree(ROLES.name)
             .unwrap()
             .get("ops")
             .unwrap()
@@ -351,7 +351,7 @@ fn roles_round_trip_through_storage_with_privilege_names() {
 #[test]
 fn corrupt_records_are_reported_not_trusted() {
     let f = Fixture::new();
-    f.db.open_tree(USERS_TREE)
+    f.db.open_tree(USERS.name)
         .unwrap()
         .insert("mallory", b"{not json".to_vec())
         .unwrap();
@@ -359,7 +359,7 @@ fn corrupt_records_are_reported_not_trusted() {
         f.store.get_user("mallory"),
         Err(UserError::Corrupt(_))
     ));
-    f.db.open_tree(ROLES_TREE)
+    f.db.open_tree(ROLES.name)
         .unwrap()
         .insert(
             "bad",
@@ -374,7 +374,7 @@ fn state_survives_reopening_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let token = {
         let db = sled::open(dir.path().join("db")).unwrap();
-        let store = UserStore::open(&db).unwrap();
+        let store = UserStore::open(&crate::store::sled_db(&db)).unwrap();
         store.create_user("alice", roles(&[ADMIN])).unwrap();
         store.issue_token("alice", "x").unwrap().token
     };

@@ -21,7 +21,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{IssuedToken, User, UserError, UserStore, decode, encode, now_ms, token};
-use super::{MAX_LABEL_LEN, MAX_TOKENS_PER_USER};
+use super::{MAX_LABEL_LEN, MAX_TOKENS_PER_USER, TOKENS};
+use crate::store::{Batch, Expect};
 
 /// Lifetime of a token when the request names none.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -199,13 +200,12 @@ impl UserStore {
                 minted_by: req.minted_by.to_string(),
                 enrolled_by: req.enrolled_by.map(str::to_string),
             };
-            let swapped =
-                self.tokens
-                    .compare_and_swap(&fresh.id, None::<&[u8]>, Some(encode(&stored)?))?;
             // An id collision (64 random bits) would otherwise let one token overwrite
             // another's record; draw again.
-            if swapped.is_ok() {
-                self.tokens.flush()?;
+            if self
+                .tokens
+                .insert_new(fresh.id.as_str(), encode(&stored)?)?
+            {
                 return Ok(IssuedToken {
                     info: info(fresh.id, stored),
                     token: fresh.token,
@@ -245,18 +245,13 @@ impl UserStore {
         if !token::is_valid_id(id) {
             return Ok(false);
         }
-        let removed = self.tokens.remove(id)?.is_some();
-        self.tokens.flush()?;
-        Ok(removed)
+        Ok(self.tokens.remove(id)?)
     }
 
     /// Revokes every token of `user`; how many.
     pub fn revoke_all_tokens(&self, user: &str) -> Result<usize, UserError> {
         let mine = self.tokens_of(user)?;
-        for t in &mine {
-            self.tokens.remove(t.id.as_str())?;
-        }
-        self.tokens.flush()?;
+        self.remove_tokens(&mine)?;
         Ok(mine.len())
     }
 
@@ -320,8 +315,7 @@ impl UserStore {
 
     pub(super) fn tokens_of(&self, user: &str) -> Result<Vec<TokenInfo>, UserError> {
         let mut found = Vec::new();
-        for entry in self.tokens.iter() {
-            let (id, bytes) = entry?;
+        for (id, bytes) in self.tokens.all()? {
             let stored: StoredToken = decode(&bytes, "token")?;
             if stored.user == user {
                 let id = String::from_utf8(id.to_vec())
@@ -334,10 +328,21 @@ impl UserStore {
 
     fn prune_expired(&self, user: &str) -> Result<(), UserError> {
         let now = now_ms();
-        for t in self.tokens_of(user)?.iter().filter(|t| t.is_expired(now)) {
-            self.tokens.remove(t.id.as_str())?;
+        let expired: Vec<_> = self
+            .tokens_of(user)?
+            .into_iter()
+            .filter(|t| t.is_expired(now))
+            .collect();
+        self.remove_tokens(&expired)
+    }
+
+    /// Deletes these tokens' records in one durable batch.
+    fn remove_tokens(&self, tokens: &[TokenInfo]) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        for t in tokens {
+            batch.delete(&TOKENS, t.id.as_bytes(), Expect::Any);
         }
-        Ok(())
+        Ok(self.tokens.database().apply(&batch)?)
     }
 }
 

@@ -10,7 +10,7 @@ use super::*;
 fn store() -> (tempfile::TempDir, UserStore) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path().join("db")).unwrap();
-    let store = UserStore::open(&db).unwrap();
+    let store = UserStore::open(&crate::store::sled_db(&db)).unwrap();
     store.create_user("alice", BTreeSet::new()).unwrap();
     store
         .create_user("admin", ["privileged-administrator".to_string()].into())

@@ -9,30 +9,43 @@
 //! revoked when its run ends (whatever the outcome), by an administrator, and — for every
 //! lease still active — when the server starts again, since no run survives a restart.
 //!
-//! Durability (invariant 7): issuing and revoking are flushed before they are acknowledged.
+//! Durability (invariant 7): issuing and revoking are durable before they are acknowledged.
 //! A revocation is written before its `lease.revoked` audit record: should the record fail,
 //! the lease is already unusable (failing towards less access), and the caller gets the error.
 //! A lease that cannot be read is treated as refused, never as allowed.
 //!
-//! Storage: tree [`LEASES_TREE`] maps the lease id to its JSON; [`LEASES_BY_RUN_TREE`] indexes
-//! `run id NUL lease id`, and [`ACTIVE_LEASES_TREE`] holds the ids of leases not yet revoked,
-//! so ending a run or restarting the server never scans every lease ever issued.
+//! Storage: table [`LEASES`] maps the lease id to its JSON; [`LEASES_BY_RUN`] indexes
+//! `run id NUL lease id`, and [`ACTIVE_LEASES`] holds the ids of leases not yet revoked, so
+//! ending a run or restarting the server never scans every lease ever issued. A revocation is
+//! a compare-and-swap against the lease as read, so it cannot be lost to a concurrent one on
+//! another server.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::audit::{AuditEntry, AuditError, AuditLog, Decision};
+use crate::store::{Batch, Database, Expect, Scan, StoreError, Table, TableDef};
 
 /// Tree holding the leases, keyed by id.
-pub const LEASES_TREE: &str = "leases";
+pub const LEASES: TableDef = TableDef {
+    name: "leases",
+    columns: &[],
+    columns_of: None,
+};
 /// Index tree: `run id NUL lease id` → empty.
-pub const LEASES_BY_RUN_TREE: &str = "leases_by_run";
+pub const LEASES_BY_RUN: TableDef = TableDef {
+    name: "leases_by_run",
+    columns: &[],
+    columns_of: None,
+};
 /// Tree of the ids of leases that are not revoked.
-pub const ACTIVE_LEASES_TREE: &str = "leases_active";
+pub const ACTIVE_LEASES: TableDef = TableDef {
+    name: "leases_active",
+    columns: &[],
+    columns_of: None,
+};
 
 /// The audit action of a revocation (not a host call: no guest asked for it).
 pub const REVOKED_ACTION: &str = "lease.revoked";
@@ -74,18 +87,9 @@ pub enum LeaseError {
     #[error("lease store task failed")]
     TaskFailed,
     #[error("lease storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     #[error("cannot encode lease: {0}")]
     Encode(#[from] serde_json::Error),
-}
-
-impl From<TransactionError<LeaseError>> for LeaseError {
-    fn from(e: TransactionError<LeaseError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => LeaseError::Storage(e),
-        }
-    }
 }
 
 /// Who revoked a lease, when and why.
@@ -182,22 +186,20 @@ pub struct NewLease<'a> {
 /// The lease store. Cheap to clone; clones share the trees and the configuration.
 #[derive(Clone)]
 pub struct LeaseStore {
-    leases: sled::Tree,
-    by_run: sled::Tree,
-    active: sled::Tree,
+    leases: Table,
+    by_run: Table,
+    active: Table,
     audit: AuditLog,
     max_ttl: Option<Duration>,
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<LeaseError>>;
-
 impl LeaseStore {
-    /// Opens (creating if needed) the lease trees in `db`; revocations are audited to `audit`.
-    pub fn open(db: &sled::Db, audit: AuditLog) -> Result<Self, LeaseError> {
+    /// Opens the lease tables in `db`; revocations are audited to `audit`.
+    pub fn open(db: &Database, audit: AuditLog) -> Result<Self, LeaseError> {
         Ok(LeaseStore {
-            leases: db.open_tree(LEASES_TREE)?,
-            by_run: db.open_tree(LEASES_BY_RUN_TREE)?,
-            active: db.open_tree(ACTIVE_LEASES_TREE)?,
+            leases: db.table(&LEASES),
+            by_run: db.table(&LEASES_BY_RUN),
+            active: db.table(&ACTIVE_LEASES),
             audit,
             max_ttl: None,
         })
@@ -231,15 +233,12 @@ impl LeaseStore {
         }
         let bytes = serde_json::to_vec(&lease)?;
         let index = run_key(&lease.run_id, &lease.id);
-        (&self.leases, &self.by_run, &self.active).transaction(
-            |(leases, by_run, active)| -> TxResult<()> {
-                leases.insert(lease.id.as_bytes(), bytes.as_slice())?;
-                by_run.insert(index.as_slice(), &[])?;
-                active.insert(lease.id.as_bytes(), &[])?;
-                Ok(())
-            },
-        )?;
-        self.flush().await?;
+        let mut batch = Batch::new();
+        batch
+            .put(&LEASES, lease.id.as_bytes(), bytes, Expect::Absent)
+            .put(&LEASES_BY_RUN, index, Vec::new(), Expect::Any)
+            .put(&ACTIVE_LEASES, lease.id.as_bytes(), Vec::new(), Expect::Any);
+        self.leases.database().apply_async(batch).await?;
         Ok(lease)
     }
 
@@ -313,26 +312,41 @@ impl LeaseStore {
             by: by.to_string(),
             reason: reason.to_string(),
         };
-        let lease = (&self.leases, &self.active).transaction(|(leases, active)| {
-            let Some(bytes) = leases.get(id.as_bytes())? else {
-                return abort(LeaseError::NotFound(id.to_string()));
-            };
-            let Ok(mut lease) = serde_json::from_slice::<Lease>(&bytes) else {
-                return abort(LeaseError::Corrupt(id.to_string()));
-            };
-            if lease.revoked.is_some() {
-                return abort(LeaseError::AlreadyRevoked(id.to_string()));
-            }
-            lease.revoked = Some(revocation.clone());
-            let encoded = serde_json::to_vec(&lease)
-                .map_err(|e| ConflictableTransactionError::Abort(LeaseError::Encode(e)))?;
-            leases.insert(id.as_bytes(), encoded)?;
-            active.remove(id.as_bytes())?;
-            Ok(lease)
-        })?;
-        self.flush().await?;
+        let lease = self.mark_revoked(id, revocation).await?;
         self.audit.append(revoked_entry(&lease)).await?;
         Ok(lease)
+    }
+
+    /// Writes the revocation onto the lease as read (compare-and-swap, re-read on a
+    /// concurrent change: one of the racing revocations wins, the others find it revoked).
+    async fn mark_revoked(&self, id: &str, revocation: Revocation) -> Result<Lease, LeaseError> {
+        loop {
+            let Some(bytes) = self.leases.get(id.as_bytes())? else {
+                return Err(LeaseError::NotFound(id.to_string()));
+            };
+            let Ok(mut lease) = serde_json::from_slice::<Lease>(&bytes) else {
+                return Err(LeaseError::Corrupt(id.to_string()));
+            };
+            if lease.revoked.is_some() {
+                return Err(LeaseError::AlreadyRevoked(id.to_string()));
+            }
+            lease.revoked = Some(revocation.clone());
+            let mut batch = Batch::new();
+            batch
+                .put(
+                    &LEASES,
+                    id.as_bytes(),
+                    serde_json::to_vec(&lease)?,
+                    Expect::Equals(bytes),
+                )
+                .delete(&ACTIVE_LEASES, id.as_bytes(), Expect::Any);
+            match self.leases.database().apply_async(batch).await {
+                Ok(()) => return Ok(lease),
+                // Changed meanwhile: the next read sees why (revoked, or gone).
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Revokes every lease of `run_id` not yet revoked (the run ended); returns them.
@@ -345,7 +359,7 @@ impl LeaseStore {
         let ids = self
             .ids_for_run(run_id)?
             .into_iter()
-            .filter(|id| self.active.contains_key(id.as_bytes()).unwrap_or(true));
+            .filter(|id| !matches!(self.active.get(id.as_bytes()), Ok(None)));
         self.revoke_each(ids.collect(), by, reason).await
     }
 
@@ -355,10 +369,12 @@ impl LeaseStore {
         by: &str,
         reason: &str,
     ) -> Result<Vec<Lease>, LeaseError> {
-        let mut ids = Vec::new();
-        for key in self.active.iter().keys() {
-            ids.push(String::from_utf8_lossy(&key?).into_owned());
-        }
+        let ids = self
+            .active
+            .all()?
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect();
         self.revoke_each(ids, by, reason).await
     }
 
@@ -403,34 +419,21 @@ impl LeaseStore {
 
     fn ids_for_run(&self, run_id: &str) -> Result<Vec<String>, LeaseError> {
         let prefix = run_key(run_id, "");
-        let mut ids = Vec::new();
-        for key in self.by_run.scan_prefix(&prefix).keys() {
-            let key = key?;
-            ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
-        }
+        let ids = self
+            .by_run
+            .scan(&Scan::prefix(prefix.clone()))?
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
+            .collect();
         Ok(ids)
     }
 
     fn count_for_run(&self, run_id: &str) -> usize {
+        // An unreadable index counts as full: refuse rather than exceed the cap.
         self.by_run
-            .scan_prefix(run_key(run_id, ""))
-            .take(MAX_LEASES_PER_RUN)
-            .count()
+            .scan(&Scan::prefix(run_key(run_id, "")).limit(MAX_LEASES_PER_RUN))
+            .map_or(MAX_LEASES_PER_RUN, |rows| rows.len())
     }
-
-    /// Makes every write so far durable, on the blocking pool (see `RunStore::flush` for why
-    /// not sled's `flush_async`).
-    async fn flush(&self) -> Result<(), LeaseError> {
-        let tree = self.leases.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
-            .await
-            .map_err(|_| LeaseError::TaskFailed)??;
-        Ok(())
-    }
-}
-
-fn abort<T>(e: LeaseError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
 }
 
 /// `run id NUL lease id`: run ids never contain NUL, so one run's keys never prefix another's.

@@ -23,8 +23,12 @@ impl Fixture {
     }
 
     fn open(dir: TempDir, db: sled::Db) -> Self {
-        let audit = AuditLog::open(&db, SigningKey::from_bytes(&[7; 32])).unwrap();
-        let store = LeaseStore::open(&db, audit.clone()).unwrap();
+        let audit = AuditLog::open(
+            &crate::store::sled_db(&db),
+            SigningKey::from_bytes(&[7; 32]),
+        )
+        .unwrap();
+        let store = LeaseStore::open(&crate::store::sled_db(&db), audit.clone()).unwrap();
         Fixture {
             dir,
             db,
@@ -313,7 +317,7 @@ async fn leases_and_revocations_survive_reopening_and_restart_revokes_what_is_le
 async fn a_corrupt_lease_is_refused_not_allowed() {
     let f = Fixture::new();
     let lease = issue(&f.store, "run-1", "pw", far_deadline()).await;
-    f.db.open_tree(LEASES_TREE)
+    f.db.open_tree(LEASES.name)
         .unwrap()
         .insert(lease.id.as_bytes(), b"{not json".as_slice())
         .unwrap();

@@ -1,4 +1,4 @@
-//! Encrypted, versioned credential store in sled.
+//! Encrypted, versioned credential store, kept through [`crate::store`].
 //!
 //! Threat: theft of the data directory must not reveal any secret, and secrets must not linger
 //! in memory or leak through logs, `Debug` or errors. Every version of every secret is sealed
@@ -27,8 +27,11 @@
 //! - `lease`: run-scoped, time-bounded grants to use a credential (just-in-time access).
 //! - `password`: generating passwords for rotations from a policy.
 //!
-//! Removal deletes the record; sled may keep the old (encrypted) bytes in its log until
-//! compaction, which is harmless because they remain sealed under the master key.
+//! Stored rows hold only sealed data: ciphertext, wrapped data keys and authenticated
+//! metadata (table [`CREDENTIALS`]; PostgreSQL sees nothing more than sled does). Removal
+//! deletes the record; sled may keep the old (encrypted) bytes in its log until compaction
+//! (PostgreSQL: until vacuum), which is harmless because they remain sealed under the master
+//! key.
 
 mod crypto;
 pub mod lease;
@@ -53,8 +56,12 @@ pub use rekey::RekeyReport;
 
 use record::{Envelope, RecordMeta, Stored};
 
-/// Tree holding the credential records, keyed by name.
-pub const CREDENTIALS_TREE: &str = "credentials";
+/// The credential records, keyed by name.
+pub const CREDENTIALS: crate::store::TableDef = crate::store::TableDef {
+    name: "credentials",
+    columns: &[],
+    columns_of: None,
+};
 
 /// Longest credential name, in characters (names are ASCII). Names come from API requests and
 /// appear in grants, URLs and audit records; the cap keeps them from bloating any of those.
@@ -150,7 +157,7 @@ pub enum VaultError {
     #[error("cannot encode credential record: {0}")]
     Encode(#[source] serde_json::Error),
     #[error("vault storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
 }
 
 /// What a credential is; decides how the host uses it (password auth vs public-key auth).
@@ -331,7 +338,7 @@ impl KeyRing {
 /// of them switches the writes of all.
 #[derive(Clone)]
 pub struct Vault {
-    tree: sled::Tree,
+    tree: crate::store::Table,
     keys: Arc<RwLock<KeyRing>>,
     retention: Retention,
 }
@@ -345,15 +352,15 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Opens the vault in `db` (tree [`CREDENTIALS_TREE`]).
-    pub fn open(db: &sled::Db, key: MasterKey) -> Result<Self, VaultError> {
+    /// Opens the vault in `db` (table [`CREDENTIALS`]).
+    pub fn open(db: &crate::store::Database, key: MasterKey) -> Result<Self, VaultError> {
         Self::open_with_keys(db, key, None)
     }
 
     /// Opens the vault with `current` for writing and reading, and `previous` for reading
     /// records a crashed rekey left under it; run [`Vault::rekey`] with `current` to finish.
     pub fn open_with_keys(
-        db: &sled::Db,
+        db: &crate::store::Database,
         current: MasterKey,
         previous: Option<MasterKey>,
     ) -> Result<Self, VaultError> {
@@ -362,7 +369,7 @@ impl Vault {
             older: previous.map(Arc::new).into_iter().collect(),
         };
         Ok(Self {
-            tree: db.open_tree(CREDENTIALS_TREE)?,
+            tree: db.table(&CREDENTIALS),
             keys: Arc::new(RwLock::new(ring)),
             retention: Retention::default(),
         })
@@ -439,14 +446,9 @@ impl Vault {
             Envelope::new(meta, first, &secret).map_err(|_| VaultError::EncryptionFailed)?;
         let bytes = self.encode(&envelope, &self.keyring().current)?;
         // Compare-and-swap from "absent" makes the duplicate check and the insert one step.
-        if self
-            .tree
-            .compare_and_swap(name, None::<&[u8]>, Some(bytes))?
-            .is_err()
-        {
+        if !self.tree.insert_new(name, bytes)? {
             return Err(VaultError::AlreadyExists(name.to_owned()));
         }
-        self.tree.flush()?;
         Ok(envelope.info())
     }
 
@@ -574,8 +576,7 @@ impl Vault {
     /// All credentials' metadata, in name order, each authenticated.
     pub fn list(&self) -> Result<Vec<CredentialInfo>, VaultError> {
         let mut infos = Vec::new();
-        for item in self.tree.iter() {
-            let (key, value) = item?;
+        for (key, value) in self.tree.all()? {
             infos.push(self.authenticated(&key, &value)?.info());
         }
         Ok(infos)
@@ -618,11 +619,7 @@ impl Vault {
     /// Deletes the credential and all its versions durably; `false` if it did not exist.
     pub fn remove(&self, name: &str) -> Result<bool, VaultError> {
         validate_name(name)?;
-        let existed = self.tree.remove(name)?.is_some();
-        if existed {
-            self.tree.flush()?;
-        }
-        Ok(existed)
+        Ok(self.tree.remove(name)?)
     }
 
     fn keyring(&self) -> KeyRing {
@@ -651,12 +648,7 @@ impl Vault {
             })?;
             let result = change(&mut envelope)?;
             let bytes = self.encode(&envelope, &ring.current)?;
-            if self
-                .tree
-                .compare_and_swap(name, Some(old), Some(bytes))?
-                .is_ok()
-            {
-                self.tree.flush()?;
+            if self.tree.swap(name, &old, bytes)? {
                 return Ok(result);
             }
         }

@@ -67,12 +67,10 @@ impl Vault {
         };
         for pass in 0..MAX_REKEY_PASSES {
             let mut moved = 0;
-            for item in self.tree.iter() {
+            for (key, _) in self.tree.all()? {
                 if stop_after.is_some_and(|limit| report.rekeyed >= limit) {
-                    self.tree.flush()?;
                     return Ok(report);
                 }
-                let (key, _) = item?;
                 match self.rekey_record(&key, &new)? {
                     Outcome::Rekeyed => {
                         moved += 1;
@@ -82,7 +80,6 @@ impl Vault {
                     Outcome::AlreadyCurrent | Outcome::Gone => {}
                 }
             }
-            self.tree.flush()?;
             if moved == 0 {
                 return Ok(report);
             }
@@ -120,11 +117,7 @@ impl Vault {
             let master = ring.find(stored.master_key_id()).ok_or_else(corrupt)?;
             let envelope = stored.open(master).map_err(|_| corrupt())?;
             let bytes = self.encode(&envelope, new)?;
-            if self
-                .tree
-                .compare_and_swap(key, Some(old), Some(bytes))?
-                .is_ok()
-            {
+            if self.tree.swap(key, &old, bytes)? {
                 return Ok(Outcome::Rekeyed);
             }
         }

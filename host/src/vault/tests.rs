@@ -21,7 +21,7 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        let vault = Vault::open(&db, MasterKey::generate()).unwrap();
+        let vault = Vault::open(&crate::store::sled_db(&db), MasterKey::generate()).unwrap();
         Self { dir, db, vault }
     }
 
@@ -33,7 +33,7 @@ impl Fixture {
     }
 
     fn tree(&self) -> sled::Tree {
-        self.db.open_tree(CREDENTIALS_TREE).unwrap()
+        self.db.open_tree(CREDENTIALS.name).unwrap()
     }
 
     fn raw(&self, name: &str) -> serde_json::Value {
@@ -98,13 +98,21 @@ fn survives_reopen_with_key_loaded_from_file() {
     let db_path = dir.path().join("db");
     {
         let db = sled::open(&db_path).unwrap();
-        let vault = Vault::open(&db, MasterKey::create(&key_path).unwrap()).unwrap();
+        let vault = Vault::open(
+            &crate::store::sled_db(&db),
+            MasterKey::create(&key_path).unwrap(),
+        )
+        .unwrap();
         vault
             .add("db", "sa", CredentialKind::Password, secret(CANARY))
             .unwrap();
     }
     let db = sled::open(&db_path).unwrap();
-    let vault = Vault::open(&db, MasterKey::load(&key_path).unwrap()).unwrap();
+    let vault = Vault::open(
+        &crate::store::sled_db(&db),
+        MasterKey::load(&key_path).unwrap(),
+    )
+    .unwrap();
     assert_eq!(vault.secret("db").unwrap().expose(), CANARY);
 }
 
@@ -171,7 +179,7 @@ fn database_files_contain_no_plaintext_secret() {
 fn wrong_master_key_fails_decryption() {
     let fixture = Fixture::new();
     fixture.add("db", CANARY);
-    let other = Vault::open(&fixture.db, MasterKey::generate()).unwrap();
+    let other = Vault::open(&crate::store::sled_db(&fixture.db), MasterKey::generate()).unwrap();
     assert!(matches!(
         other.secret("db"),
         Err(VaultError::DecryptionFailed)
@@ -437,7 +445,7 @@ fn errors_show_no_secret_bytes() {
             .vault
             .add("db", "root", CredentialKind::Password, secret(CANARY))
             .unwrap_err(),
-        Vault::open(&fixture.db, MasterKey::generate())
+        Vault::open(&crate::store::sled_db(&fixture.db), MasterKey::generate())
             .unwrap()
             .secret("db")
             .unwrap_err(),
@@ -1002,7 +1010,7 @@ fn format_1_record_opens_and_migrates_on_write_keeping_its_secret() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path().join("db")).unwrap();
     let key = MasterKey::generate();
-    let vault = Vault::open(&db, key.duplicate()).unwrap();
+    let vault = Vault::open(&crate::store::sled_db(&db), key.duplicate()).unwrap();
     let fixture = Fixture { dir, db, vault };
     put_legacy(&fixture, &key, "old", CANARY);
     let vault = &fixture.vault;
@@ -1052,7 +1060,7 @@ fn populated() -> Populated {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path().join("db")).unwrap();
     let old = MasterKey::generate();
-    let vault = Vault::open(&db, old.duplicate()).unwrap();
+    let vault = Vault::open(&crate::store::sled_db(&db), old.duplicate()).unwrap();
     let fixture = Fixture { dir, db, vault };
     let mut expected = Vec::new();
     for c in 0..5 {
@@ -1109,10 +1117,10 @@ fn rekey_then_only_the_new_key_opens_every_version() {
     let report = fixture.vault.rekey(&new).unwrap();
     assert_eq!((report.rekeyed, report.already_current), (5, 0));
     assert_eq!(report.key_id, new.id());
-    let with_new = Vault::open(&fixture.db, new.duplicate()).unwrap();
+    let with_new = Vault::open(&crate::store::sled_db(&fixture.db), new.duplicate()).unwrap();
     assert!(opens_everything(&with_new, &expected));
     assert_eq!(with_new.list().unwrap().len(), 5);
-    let with_old = Vault::open(&fixture.db, old).unwrap();
+    let with_old = Vault::open(&crate::store::sled_db(&fixture.db), old).unwrap();
     assert!(opens_nothing(&with_old, &expected));
     assert!(matches!(
         with_old.list(),
@@ -1149,11 +1157,16 @@ fn rekey_interrupted_midway_leaves_every_record_openable_and_rerun_finishes() {
     assert_eq!(partial.rekeyed, 2);
     drop(fixture.vault);
     // "Restart": neither key alone opens everything, both together do.
-    let with_old = Vault::open(&fixture.db, old.duplicate()).unwrap();
-    let with_new = Vault::open(&fixture.db, new.duplicate()).unwrap();
+    let with_old = Vault::open(&crate::store::sled_db(&fixture.db), old.duplicate()).unwrap();
+    let with_new = Vault::open(&crate::store::sled_db(&fixture.db), new.duplicate()).unwrap();
     assert!(!opens_everything(&with_old, &expected));
     assert!(!opens_everything(&with_new, &expected));
-    let both = Vault::open_with_keys(&fixture.db, new.duplicate(), Some(old.duplicate())).unwrap();
+    let both = Vault::open_with_keys(
+        &crate::store::sled_db(&fixture.db),
+        new.duplicate(),
+        Some(old.duplicate()),
+    )
+    .unwrap();
     assert!(opens_everything(&both, &expected));
     let report = both.rekey(&new).unwrap();
     assert_eq!((report.rekeyed, report.already_current), (3, 2));
@@ -1167,14 +1180,14 @@ fn rekey_migrates_format_1_records_without_touching_their_secret() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path().join("db")).unwrap();
     let old = MasterKey::generate();
-    let vault = Vault::open(&db, old.duplicate()).unwrap();
+    let vault = Vault::open(&crate::store::sled_db(&db), old.duplicate()).unwrap();
     let fixture = Fixture { dir, db, vault };
     put_legacy(&fixture, &old, "legacy", CANARY);
     let ciphertext = fixture.raw("legacy")["secret"].clone();
     let new = MasterKey::generate();
     fixture.vault.rekey(&new).unwrap();
     assert_eq!(fixture.raw("legacy")["versions"][0]["secret"], ciphertext);
-    let with_new = Vault::open(&fixture.db, new).unwrap();
+    let with_new = Vault::open(&crate::store::sled_db(&fixture.db), new).unwrap();
     assert_eq!(with_new.secret("legacy").unwrap().expose(), CANARY);
 }
 

@@ -36,6 +36,10 @@ struct AuditQuery {
     action: Option<String>,
     since_ms: Option<u64>,
     until_ms: Option<u64>,
+    /// The target or credential-bearing resource the record is about.
+    resource: Option<String>,
+    /// Only records after this sequence number: the `x-warden-next-after` of the last page.
+    after: Option<u64>,
     limit: Option<usize>,
 }
 
@@ -47,10 +51,15 @@ impl From<AuditQuery> for AuditFilter {
             action: q.action,
             since_ms: q.since_ms,
             until_ms: q.until_ms,
+            resource: q.resource,
+            after_seq: q.after,
             limit: q.limit,
         }
     }
 }
+
+/// Response header naming the cursor of the next page (absent on the last page).
+pub const NEXT_AFTER_HEADER: &str = "x-warden-next-after";
 
 /// Audit records matching the filters, in sequence order.
 #[utoipa::path(get, path = "/v1/audit", params(
@@ -59,32 +68,39 @@ impl From<AuditQuery> for AuditFilter {
     ("action" = Option<String>, Query, description = "action, e.g. ssh.exec"),
     ("since_ms" = Option<u64>, Query, description = "from this time (Unix ms)"),
     ("until_ms" = Option<u64>, Query, description = "until this time (Unix ms)"),
+    ("resource" = Option<String>, Query, description = "target the record is about"),
+    ("after" = Option<u64>, Query, description = "only records after this seq (pagination)"),
     ("limit" = Option<usize>, Query, description = "at most this many")),
-    responses((status = 200, description = "records")))]
+    responses((status = 200, description = "records, in sequence order; header \
+        x-warden-next-after names the cursor of the next page when there may be one")))]
 async fn query_audit(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+) -> Result<([(&'static str, String); 1], Json<Vec<AuditRecord>>), ApiError> {
     state
         .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
-    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS);
+    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS).min(MAX_QUERY_RECORDS);
     let filter = AuditFilter {
-        limit: None,
+        limit: Some(limit),
         ..q.into()
     };
     let mut scope = AuditScope::new(&state, &caller);
+    let page = state.audit.query(&filter)?;
+    // A full page may have more after it; the cursor is the last record scanned (visible or
+    // not), so records the caller may not see never make pagination stop early.
+    let next = match page.last() {
+        Some(last) if page.len() >= limit => last.seq.to_string(),
+        _ => String::new(),
+    };
     let mut visible = Vec::new();
-    for record in state.audit.query(&filter)? {
-        if visible.len() >= limit {
-            break;
-        }
+    for record in page {
         if scope.visible(&record)? {
             visible.push(record);
         }
     }
-    Ok(Json(visible))
+    Ok(([(NEXT_AFTER_HEADER, next)], Json(visible)))
 }
 
 /// Re-walks the hash chain and checks the signed checkpoint.

@@ -1,7 +1,7 @@
 //! The PostgreSQL backend (being written): connection pool, migrations, tables, audit rows.
 
 use super::table::{
-    AuditBatch, AuditQuery, AuditTip, Backend, Batch, Scan, Seal, StoreError, TableDef,
+    AuditQuery, AuditTip, Backend, Batch, Committed, Scan, Seal, StoreError, TableDef,
 };
 
 /// A PostgreSQL database holding Warden's state.
@@ -29,17 +29,13 @@ impl Backend for PgBackend {
     fn get(&self, _: &'static TableDef, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
-    fn scan(&self, _: &'static TableDef, _: &Scan) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, _: &'static TableDef, _: &Scan) -> Result<super::table::Rows, StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
     fn apply(&self, _: &Batch) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
-    fn audit_commit(
-        &self,
-        _: Seal<'_>,
-        _: &[Batch],
-    ) -> Result<(AuditBatch, Vec<Result<(), StoreError>>), StoreError> {
+    fn audit_commit(&self, _: Seal<'_>, _: &[Batch]) -> Result<Committed, StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
     fn audit_tip(&self) -> Result<AuditTip, StoreError> {
@@ -48,7 +44,32 @@ impl Backend for PgBackend {
     fn audit_range(&self, _: u64, _: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
-    fn audit_query(&self, _: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn audit_query(&self, _: &AuditQuery) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         Err(StoreError::Unavailable("unimplemented".into()))
     }
+}
+
+/// What `warden db status` reports about a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbStatus {
+    /// The schema version found (0: no Warden schema yet).
+    pub schema_version: u32,
+    /// The newest schema version this binary knows.
+    pub binary_version: u32,
+    /// The server's version string.
+    pub server_version: String,
+    /// The URL without its password.
+    pub location: String,
+}
+
+/// Connects without changing anything and reports the schema state.
+pub fn status(url: &str) -> Result<DbStatus, StoreError> {
+    let _ = url;
+    Err(StoreError::Unavailable("unimplemented".into()))
+}
+
+/// Applies pending migrations; returns the versions before and after.
+pub fn migrate(url: &str) -> Result<(u32, u32), StoreError> {
+    let _ = url;
+    Err(StoreError::Unavailable("unimplemented".into()))
 }

@@ -1,0 +1,28 @@
+//! Every table Warden keeps besides the audit log: what `warden db copy` moves and what the
+//! PostgreSQL schema must hold. A table missing here would be silently left behind by a copy,
+//! so each domain module's tables are listed (the PostgreSQL tests check that each exists).
+
+use super::TableDef;
+
+/// The domain tables, in no particular order.
+pub fn tables() -> [&'static TableDef; 17] {
+    [
+        &crate::users::USERS,
+        &crate::users::ROLES,
+        &crate::users::TOKENS,
+        &crate::targets::TABLE,
+        &crate::vault::CREDENTIALS,
+        &crate::vault::lease::LEASES,
+        &crate::vault::lease::LEASES_BY_RUN,
+        &crate::vault::lease::ACTIVE_LEASES,
+        &crate::registry::store::MODULES,
+        &crate::registry::store::BLOBS,
+        &crate::registry::store::PUBLISHERS,
+        &crate::runs::PROCESSES,
+        &crate::runs::PROCESS_NAMES,
+        &crate::runs::RUNS,
+        &crate::runs::RUNS_BY_TIME,
+        &crate::runs::schedule::SCHEDULES,
+        &crate::runs::approval::APPROVALS,
+    ]
+}

@@ -31,6 +31,7 @@ async fn server_with(slots: u32, queue: QueueLimits) -> Server {
             ..EngineConfig::default()
         },
         queue,
+        ..ServerLimits::default()
     };
     Server::start_with(&limits).await
 }

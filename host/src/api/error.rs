@@ -76,6 +76,34 @@ impl ApiError {
         )
     }
 
+    /// 503 (with `Retry-After`) when `error` comes from a database that cannot be reached
+    /// (nothing was written: the caller may retry), else [`Self::internal`].
+    pub fn failure(error: impl std::error::Error + 'static) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = cause {
+            if let Some(crate::store::StoreError::Unavailable(detail)) = e.downcast_ref() {
+                tracing::warn!(%detail, "database unavailable");
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database-unavailable",
+                    "the database is unavailable; nothing was changed, retry later",
+                )
+                .retry_after(1);
+            }
+            if let Some(crate::audit::AuditError::Unavailable(detail)) = e.downcast_ref() {
+                tracing::warn!(%detail, "database unavailable for the audit log");
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database-unavailable",
+                    "the database is unavailable; nothing was changed, retry later",
+                )
+                .retry_after(1);
+            }
+            cause = e.source();
+        }
+        Self::internal(error)
+    }
+
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code
@@ -95,23 +123,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-macro_rules! internal_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ApiError {
-            fn from(e: $t) -> Self {
-                ApiError::internal(e)
-            }
-        }
-    )*};
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::failure(e)
+    }
 }
 
-internal_from!(sled::Error, crate::audit::AuditError);
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        ApiError::failure(e)
+    }
+}
 
 impl From<crate::users::UserError> for ApiError {
     fn from(e: crate::users::UserError) -> Self {
         use crate::users::UserError as E;
         match e {
-            E::Storage(_) | E::Corrupt(_) => ApiError::internal(e),
+            E::Storage(_) | E::Corrupt(_) => ApiError::failure(e),
             E::UserExists(_) | E::RoleExists(_) | E::Deleted(_) | E::EnrollmentUsed => {
                 ApiError::conflict(e.to_string())
             }
@@ -131,7 +159,7 @@ impl From<crate::runs::RunsError> for ApiError {
                 ApiError::bad_request("invalid", e.to_string())
             }
             e @ (E::BadTransition { .. } | E::Conflict(_)) => ApiError::conflict(e.to_string()),
-            other => ApiError::internal(other),
+            other => ApiError::failure(other),
         }
     }
 }
@@ -164,7 +192,7 @@ impl From<crate::vault::VaultError> for ApiError {
             e @ (E::InvalidName(_) | E::InvalidUsername(_) | E::InvalidSecret(_)) => {
                 ApiError::bad_request("invalid", e.to_string())
             }
-            other => ApiError::internal(other),
+            other => ApiError::failure(other),
         }
     }
 }
@@ -173,7 +201,7 @@ impl From<crate::targets::TargetError> for ApiError {
     fn from(e: crate::targets::TargetError) -> Self {
         use crate::targets::TargetError as E;
         match e {
-            E::Storage(_) | E::Corrupt(_) => ApiError::internal(e),
+            E::Storage(_) | E::Corrupt(_) => ApiError::failure(e),
             E::Duplicate(name) => ApiError::conflict(format!("target '{name}' exists")),
             E::NotFound(name) => ApiError::not_found(format!("target '{name}'")),
             other => ApiError::bad_request("invalid", other.to_string()),

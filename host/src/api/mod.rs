@@ -44,6 +44,8 @@ pub const MAX_JSON_BODY: usize = 1 << 20;
 pub struct ServerLimits {
     pub engine: crate::runtime::engine::EngineConfig,
     pub queue: crate::runs::queue::QueueLimits,
+    /// Heartbeat and takeover timings when several servers share a database.
+    pub cluster: crate::runs::cluster::ClusterConfig,
 }
 
 /// Counters for `/metrics`.
@@ -92,6 +94,9 @@ pub struct AppState {
     pub approvals: Approvals,
     /// Cron schedules of processes (fired by the scheduler [`serve`] runs).
     pub schedules: ScheduleStore,
+    /// This server among the others on the same database (heartbeat, runs of stopped
+    /// servers, cancels of runs held elsewhere); its loop runs in [`serve`].
+    pub cluster: crate::runs::cluster::Cluster,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -161,34 +166,46 @@ impl AppState {
         let vault = Vault::open(&db, master_key)?;
         let targets = TargetStore::open(&db)?;
         let leases = crate::vault::lease::LeaseStore::open(&db, audit.clone())?;
-        // No run survives a restart, so neither may any of their leases.
-        let stale = leases
-            .revoke_all_active(crate::runs::RECOVERY_ACTOR, "server restarted")
-            .await?;
-        if !stale.is_empty() {
-            tracing::warn!(count = stale.len(), "leases revoked at start");
+        // The database belongs to this process alone (sled): no run of the previous one
+        // survives a restart, so neither may any of their leases. Over a shared database the
+        // other servers' runs and leases live on; the cluster sweep ends those of servers
+        // that stopped.
+        let shared = db.kind() != "sled";
+        if !shared {
+            let stale = leases
+                .revoke_all_active(crate::runs::RECOVERY_ACTOR, "server restarted")
+                .await?;
+            if !stale.is_empty() {
+                tracing::warn!(count = stale.len(), "leases revoked at start");
+            }
         }
         let services = crate::capabilities::Services {
             audit: audit.clone(),
             vault: vault.clone(),
             targets: targets.clone(),
             ssh: crate::ssh::SshPool::new(crate::ssh::SshConfig::default()),
-            leases,
+            leases: leases.clone(),
         };
         let bridge = Bridge::new(runtime, services);
         let modules = ModuleStore::open(&db)?;
-        let runs = RunStore::open(&db, audit.clone())?;
-        let interrupted = runs.recover().await?;
-        if !interrupted.is_empty() {
-            tracing::warn!(count = interrupted.len(), "runs interrupted by a restart");
-        }
-        // Queued runs lived in the previous process's run queue only: they never started,
-        // and the queue is not rebuilt (their callers request them again).
-        for id in runs.ids_in_state(RunState::Queued)? {
-            runs.transition(&id, RunState::Cancelled, crate::runs::RECOVERY_ACTOR, |r| {
-                r.error = Some("the server restarted before the run started".into());
-            })
-            .await?;
+        let server_id = uuid::Uuid::new_v4().to_string();
+        let runs = RunStore::open(&db, audit.clone())?.owned_by(&server_id);
+        let cluster =
+            crate::runs::cluster::Cluster::new(&db, runs.clone(), leases, limits.cluster.clone());
+        cluster.beat().await?;
+        if !shared {
+            let interrupted = runs.recover().await?;
+            if !interrupted.is_empty() {
+                tracing::warn!(count = interrupted.len(), "runs interrupted by a restart");
+            }
+            // Queued runs lived in the previous process's run queue only: they never started,
+            // and the queue is not rebuilt (their callers request them again).
+            for id in runs.ids_in_state(RunState::Queued)? {
+                runs.transition(&id, RunState::Cancelled, crate::runs::RECOVERY_ACTOR, |r| {
+                    r.error = Some("the server restarted before the run started".into());
+                })
+                .await?;
+            }
         }
         let dispatcher = Dispatcher::new(
             bridge.clone(),
@@ -224,6 +241,7 @@ impl AppState {
             audit,
             vault,
             targets,
+            cluster,
             metrics: Arc::default(),
         })
     }
@@ -262,9 +280,11 @@ pub async fn serve(
         }
     });
     let scheduler = state.scheduler().spawn(SCHEDULE_TICK);
+    let cluster = state.cluster.clone().spawn(state.dispatcher.clone());
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await;
     scheduler.stop().await;
+    cluster.stop().await;
     served
 }

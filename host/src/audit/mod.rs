@@ -61,6 +61,10 @@ pub enum AuditError {
     Failed,
     #[error("audit record could not be written durably: {0}")]
     WriteFailed(String),
+    /// The database could not be reached; nothing of the batch was written and the log stays
+    /// open (a later append may succeed).
+    #[error("audit record not written: the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("audit writer thread is gone")]
     WriterGone,
     #[error("cannot start the audit writer thread: {0}")]

@@ -105,8 +105,13 @@ impl Writer {
                     self.failed.store(true, Ordering::SeqCst);
                     tracing::error!(%reason, "audit write failed; audit log is now closed");
                 }
+                let unavailable = matches!(error, StoreError::Unavailable(_));
                 for (reply, _, _) in replies {
-                    let _ = reply.send(Err(AuditError::WriteFailed(reason.clone())));
+                    let _ = reply.send(Err(if unavailable {
+                        AuditError::Unavailable(reason.clone())
+                    } else {
+                        AuditError::WriteFailed(reason.clone())
+                    }));
                 }
             }
         }

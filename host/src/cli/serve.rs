@@ -59,6 +59,10 @@ pub struct RunQueueArgs {
     /// Runs of one process that may wait.
     #[arg(long, env = "WARDEN_MAX_QUEUED_PER_PROCESS", default_value_t = 256)]
     max_queued_per_process: usize,
+    /// With several servers on one database: after how many seconds without a heartbeat
+    /// another server ends a stopped server's runs (running ones as interrupted).
+    #[arg(long, env = "WARDEN_SERVER_DEAD_AFTER_SECS", default_value_t = 10)]
+    server_dead_after_secs: u64,
 }
 
 impl RunQueueArgs {
@@ -79,9 +83,21 @@ impl RunQueueArgs {
             max_concurrent_runs: self.max_concurrent_runs,
             ..EngineConfig::default()
         };
+        if !(1..=3600).contains(&self.server_dead_after_secs) {
+            anyhow::bail!("--server-dead-after-secs must be between 1 and 3600");
+        }
+        let dead_after = std::time::Duration::from_secs(self.server_dead_after_secs);
+        let cluster = crate::runs::cluster::ClusterConfig {
+            dead_after,
+            // A heartbeat several times within the window, and a sweep soon after it ends.
+            heartbeat: (dead_after / 4).min(std::time::Duration::from_secs(1)),
+            sweep: (dead_after / 2).min(std::time::Duration::from_secs(2)),
+            ..Default::default()
+        };
         Ok(ServerLimits {
             engine,
             queue: queue.normalized(),
+            cluster,
         })
     }
 }

@@ -64,6 +64,14 @@ pub const RUNS: TableDef = TableDef {
     columns: &["state", "process_id", "actor", "created_ms"],
     columns_of: Some(columns),
 };
+/// Runs a server holds (queued in its run queue, or running on its bridge): run id -> the
+/// holding server's id. Written with every transition, so it is exact; what the sweeper of
+/// [`super::cluster`] reads to find the runs of a server that died.
+pub const RUNS_ACTIVE: TableDef = TableDef {
+    name: "runs_active",
+    columns: &[],
+    columns_of: None,
+};
 /// Index: `created_ms` big-endian ++ id -> id.
 pub const RUNS_BY_TIME: TableDef = TableDef {
     name: "runs_by_time",
@@ -195,6 +203,9 @@ impl RunFilter {
 pub struct RunStore {
     runs: Table,
     by_time: Table,
+    active: Table,
+    /// The id of the server this store belongs to: the holder of the runs it queues or starts.
+    owner: Arc<str>,
     audit: AuditLog,
     locks: Arc<Locks>,
 }
@@ -222,9 +233,45 @@ impl RunStore {
         Ok(Self {
             runs: db.table(&RUNS),
             by_time: db.table(&RUNS_BY_TIME),
+            active: db.table(&RUNS_ACTIVE),
+            owner: Arc::from(uuid::Uuid::new_v4().to_string()),
             audit,
             locks: Arc::new(locks),
         })
+    }
+
+    /// This store as held by server `owner` (see [`RUNS_ACTIVE`]).
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = Arc::from(owner);
+        self
+    }
+
+    /// The id of the server whose runs this store queues and starts.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs some server holds, with the holder's id (a page at a time, all of them).
+    pub fn held(&self) -> Result<Vec<(String, String)>, RunsError> {
+        Ok(self
+            .active
+            .all()?
+            .into_iter()
+            .map(|(id, owner)| {
+                (
+                    String::from_utf8_lossy(&id).into_owned(),
+                    String::from_utf8_lossy(&owner).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// The server holding run `id`, if one does.
+    pub fn held_by(&self, id: &str) -> Result<Option<String>, RunsError> {
+        Ok(self
+            .active
+            .get(id.as_bytes())?
+            .map(|owner| String::from_utf8_lossy(&owner).into_owned()))
     }
 
     /// Stores a new run (state `queued` or `awaiting-approval`, not started), audited as
@@ -277,6 +324,7 @@ impl RunStore {
                 run.id.as_bytes(),
                 Expect::Any,
             );
+        self.hold(&mut insert, &run.id, run.state);
         let (store, id) = (self.clone(), run.id.clone());
         finish_detached(guard, async move {
             let (_, inserted) = store.audit.append_all_then(entries, insert).await?;
@@ -501,6 +549,7 @@ impl RunStore {
         } = change;
         let mut swap = Batch::new();
         swap.put(&RUNS, id.as_bytes(), new_bytes, Expect::Equals(old_bytes));
+        self.hold(&mut swap, id, next);
         let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
         finish_detached(guard, async move {
             let (_, swapped) = store.audit.append_then(entry, swap).await?;
@@ -541,6 +590,21 @@ impl RunStore {
             Some(Err(_)) => corrupt(id),
             None => RunsError::NotFound(id.to_string()),
         })
+    }
+
+    /// Adds to `batch` who holds run `id` once it is in `state`: this server while it is
+    /// queued or running, nobody otherwise.
+    fn hold(&self, batch: &mut Batch, id: &str, state: RunState) {
+        if matches!(state, RunState::Queued | RunState::Running) {
+            batch.put(
+                &RUNS_ACTIVE,
+                id.as_bytes(),
+                self.owner.as_bytes(),
+                Expect::Any,
+            );
+        } else {
+            batch.delete(&RUNS_ACTIVE, id.as_bytes(), Expect::Any);
+        }
     }
 
     fn load(&self, id: &str) -> Result<Option<(Vec<u8>, RunRecord)>, RunsError> {

@@ -5,7 +5,7 @@
 use super::TableDef;
 
 /// The domain tables, in no particular order.
-pub fn tables() -> [&'static TableDef; 17] {
+pub fn tables() -> [&'static TableDef; 20] {
     [
         &crate::users::USERS,
         &crate::users::ROLES,
@@ -22,6 +22,9 @@ pub fn tables() -> [&'static TableDef; 17] {
         &crate::runs::PROCESS_NAMES,
         &crate::runs::RUNS,
         &crate::runs::RUNS_BY_TIME,
+        &crate::runs::RUNS_ACTIVE,
+        &crate::runs::cluster::SERVERS,
+        &crate::runs::cluster::RUN_CANCELS,
         &crate::runs::schedule::SCHEDULES,
         &crate::runs::approval::APPROVALS,
     ]

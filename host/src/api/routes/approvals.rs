@@ -90,7 +90,7 @@ impl From<ApprovalError> for ApiError {
             E::Start(StartError::Runs(e)) | E::Runs(e) => e.into(),
             E::Start(StartError::Refused(refusal)) => refusal.into(),
             e @ E::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
-            other => ApiError::internal(other),
+            other => ApiError::failure(other),
         }
     }
 }

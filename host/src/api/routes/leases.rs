@@ -53,7 +53,7 @@ impl From<LeaseError> for ApiError {
             LeaseError::NotFound(id) => ApiError::not_found(format!("lease {id}")),
             e @ LeaseError::AlreadyRevoked(_) => ApiError::conflict(e.to_string()),
             e @ LeaseError::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
-            other => ApiError::internal(other),
+            other => ApiError::failure(other),
         }
     }
 }

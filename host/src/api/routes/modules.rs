@@ -74,7 +74,7 @@ fn registry_error(e: RegistryError) -> ApiError {
             "module {d} is already registered with a different manifest"
         )),
         RegistryError::NotFound(d) => ApiError::not_found(format!("module {d}")),
-        other => ApiError::internal(other),
+        other => ApiError::failure(other),
     }
 }
 
@@ -264,7 +264,7 @@ async fn trust_publisher(
         .modules
         .trust_publisher(&req.name, &key)
         .map_err(|e| match e {
-            RegistryError::Storage(_) | RegistryError::Encode(_) => ApiError::internal(e),
+            RegistryError::Storage(_) | RegistryError::Encode(_) => ApiError::failure(e),
             other => ApiError::bad_request("invalid", other.to_string()),
         })?;
     let key_id = crate::registry::signing::key_id(&key);

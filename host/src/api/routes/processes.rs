@@ -225,7 +225,7 @@ pub(crate) fn start_error(e: StartError) -> ApiError {
         }
         StartError::Runs(e) => e.into(),
         StartError::Refused(refusal) => refusal.into(),
-        other => ApiError::internal(other),
+        other => ApiError::failure(other),
     }
 }
 

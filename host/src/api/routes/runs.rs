@@ -111,6 +111,9 @@ async fn run_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// How often a stream of a run held by another server looks for its end.
+const REMOTE_POLL: Duration = Duration::from_millis(100);
+
 /// How long an SSE stream may stay open. Blocks clients that hold streams forever.
 const MAX_STREAM: Duration = Duration::from_secs(3600);
 
@@ -141,6 +144,21 @@ fn async_stream(
                     }
                 }
                 false
+            }
+            // Not executing here: it may be running on another server over the same database.
+            // Wait (bounded, polling the store) for its end, then replay what it stored.
+            None if !run.state.is_terminal() => {
+                loop {
+                    match state.runs.get(&run.id) {
+                        Ok(Some(record)) if !record.state.is_terminal() => {}
+                        _ => break,
+                    }
+                    if tokio::time::Instant::now() >= deadline || tx.is_closed() {
+                        break;
+                    }
+                    tokio::time::sleep(REMOTE_POLL).await;
+                }
+                true
             }
             _ => true,
         };
@@ -181,5 +199,10 @@ async fn cancel_run(
             .authorize_process(&caller, Action::ManageProcess, &process)
             .await?;
     }
-    Ok(Json(state.dispatcher.cancel(&id, &caller.user.name).await?))
+    let record = state.dispatcher.cancel(&id, &caller.user.name).await?;
+    // Running on another server over the same database: ask it to stop the run.
+    if record.state == RunState::Running && state.dispatcher.control(&id).is_none() {
+        state.cluster.request_cancel(&id, &caller.user.name).await?;
+    }
+    Ok(Json(record))
 }

@@ -30,7 +30,7 @@ impl From<ScheduleError> for ApiError {
             e @ ScheduleError::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
             e @ ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
             ScheduleError::Runs(e) => e.into(),
-            other => ApiError::internal(other),
+            other => ApiError::failure(other),
         }
     }
 }

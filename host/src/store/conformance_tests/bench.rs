@@ -36,6 +36,10 @@ fn row(i: u64, runs: u64) -> Spec {
 
 fn writes(kind: &str, db: &Database) {
     let table = db.table(&USERS);
+    // Warm up: connections, prepared statements, the fresh database's first pages.
+    for i in 0..100 {
+        table.put(format!("w{i}"), vec![7u8; 200]).unwrap();
+    }
     let samples = (0..500)
         .map(|i| timed(|| table.put(format!("k{i}"), vec![7u8; 200]).unwrap()))
         .collect();

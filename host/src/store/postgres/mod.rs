@@ -31,7 +31,9 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
@@ -88,7 +90,9 @@ impl PgBackend {
     /// [`Self::connect`] with explicit pool size and timeouts.
     pub fn connect_with(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
         let driver = Driver::open(url, options)?;
-        driver.run(|pool| async move { migrations::migrate(&pool).await.map(drop) })?;
+        driver
+            .run(|pool| async move { migrations::migrate(&pool).await.map(drop) })
+            .map_err(|e| driver.named(e))?;
         Ok(Self { driver })
     }
 }
@@ -101,7 +105,9 @@ pub fn migrate(url: &str) -> Result<(u32, u32), StoreError> {
         ..PgOptions::default()
     };
     let driver = Driver::open(url, &options)?;
-    driver.run(|pool| async move { migrations::migrate(&pool).await })
+    driver
+        .run(|pool| async move { migrations::migrate(&pool).await })
+        .map_err(|e| driver.named(e))
 }
 
 /// The database's schema version, the server's version and where it is; changes nothing.
@@ -112,8 +118,9 @@ pub fn status(url: &str) -> Result<DbStatus, StoreError> {
     };
     let driver = Driver::open(url, &options)?;
     let location = driver.location.clone();
-    let (schema_version, server_version) =
-        driver.run(|pool| async move { migrations::status(&pool).await })?;
+    let (schema_version, server_version) = driver
+        .run(|pool| async move { migrations::status(&pool).await })
+        .map_err(|e| driver.named(e))?;
     Ok(DbStatus {
         schema_version,
         binary_version: BINARY_SCHEMA_VERSION,
@@ -186,6 +193,18 @@ impl Driver {
             // A call may wait for a pool slot, connect, then run statements.
             call_timeout: options.statement_timeout * 3 + options.connect_timeout,
         })
+    }
+
+    /// `e` with the database's location in front, for errors at connect (which database
+    /// could not be reached matters to whoever reads it).
+    fn named(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("{}: {m}", self.location))
+            }
+            StoreError::Io(m) => StoreError::Io(format!("{}: {m}", self.location)),
+            other => other,
+        }
     }
 
     /// Runs the future `make` builds on the driver's runtime and waits for its result.
@@ -300,6 +319,12 @@ impl Failure {
             Failure::Pg(e) => pg_error(&e),
             Failure::Pool(PoolError::Backend(e)) => {
                 StoreError::Unavailable(format!("cannot connect to the database: {}", render(&e)))
+            }
+            Failure::Pool(PoolError::Timeout(TimeoutType::Create)) => StoreError::Unavailable(
+                "cannot connect to the database: no answer within the connect timeout".into(),
+            ),
+            Failure::Pool(PoolError::Timeout(TimeoutType::Wait)) => {
+                StoreError::Unavailable("every database connection of the pool stayed busy".into())
             }
             Failure::Pool(e) => StoreError::Unavailable(format!("database connection pool: {e}")),
         }

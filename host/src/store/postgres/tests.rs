@@ -33,6 +33,9 @@ fn unreachable_database_is_unavailable_quickly_and_never_shows_the_password() {
     );
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    let shown = err.to_string();
+    assert!(shown.contains("postgres://warden@127.0.0.1:"), "{shown}");
+    assert!(shown.contains("refused"), "{shown}");
     for err in [migrate(&url).unwrap_err(), status(&url).unwrap_err()] {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(!format!("{err:?}").contains("hunter2"));
@@ -59,6 +62,7 @@ fn a_server_that_accepts_but_never_answers_times_out() {
         start.elapsed()
     );
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("no answer"), "{err}");
 }
 
 #[test]

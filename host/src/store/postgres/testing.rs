@@ -153,14 +153,15 @@ impl Drop for Locker {
     }
 }
 
-/// Waits (bounded, 20 s) until a `warden` connection on `url` is waiting for a lock; its pid.
+/// Waits (bounded, 20 s) until a `warden` connection to `url`'s database (not another
+/// test's) is waiting for a lock; its pid.
 pub(crate) fn wait_for_blocked_warden(url: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let rows = query(
             url,
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'warden' \
-             AND wait_event_type = 'Lock'",
+             AND wait_event_type = 'Lock' AND datname = current_database()",
         )
         .unwrap_or_default();
         if let Some(pid) = rows.first().and_then(|r| r[0].clone()) {

@@ -10,6 +10,7 @@ use warden_tests::postgres::fresh_database;
 static USERS: TableDef = TableDef {
     name: "users",
     columns: &[],
+    columns_of: None,
 };
 
 fn connect(url: &str) -> Database {

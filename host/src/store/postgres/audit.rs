@@ -17,15 +17,17 @@
 use deadpool_postgres::Pool;
 
 use super::{Driver, Failure, tables, with_retries};
-use crate::store::table::{AuditBatch, AuditQuery, AuditRow, AuditTip, Batch, Seal, StoreError};
+use crate::store::table::{
+    AuditBatch, AuditQuery, AuditRow, AuditTip, Batch, Committed, Seal, StoreError,
+};
 
 /// What the commit task tells the caller's thread: the tip to seal onto, then the outcome.
 enum Step {
     Tip(AuditTip),
-    Done(Committed),
+    Done(Outcome),
 }
 
-type Committed = Result<(AuditBatch, Vec<Result<(), StoreError>>), StoreError>;
+type Outcome = Result<Committed, StoreError>;
 
 const LOCK_HEAD: &str = "SELECT checkpoint FROM warden.audit_head WHERE id = 1 FOR UPDATE";
 const LAST: &str = "SELECT seq, hash, record FROM warden.audit_records ORDER BY seq DESC LIMIT 1";
@@ -37,7 +39,7 @@ const SET_CHECKPOINT: &str = "UPDATE warden.audit_head SET checkpoint = $1 WHERE
 
 /// Runs one audit commit: the transaction on the driver's runtime, `seal` on this thread
 /// (it need not be `Send`), between them the tip and the sealed batch over channels.
-pub(super) fn commit(driver: &Driver, seal: Seal<'_>, then: Vec<Batch>) -> Committed {
+pub(super) fn commit(driver: &Driver, seal: Seal<'_>, then: Vec<Batch>) -> Outcome {
     let (step_tx, step_rx) = std::sync::mpsc::channel();
     let (sealed_tx, sealed_rx) = tokio::sync::oneshot::channel();
     let pool = driver.pool.clone();
@@ -70,7 +72,7 @@ async fn write(
     steps: &std::sync::mpsc::Sender<Step>,
     sealed: tokio::sync::oneshot::Receiver<Result<AuditBatch, String>>,
     then: &[Batch],
-) -> Result<(AuditBatch, Vec<Result<(), StoreError>>), Failure> {
+) -> Result<Committed, Failure> {
     let mut client = pool.get().await?;
     let mut tx = client.transaction().await?;
     let head = tx
@@ -260,7 +262,7 @@ pub(super) async fn range(
 /// The SQL for `query` and its parameters: only the set filters, each on an indexed column,
 /// in sequence order from the cursor.
 pub(crate) fn query_sql(query: &AuditQuery) -> (String, Vec<QueryParam>) {
-    let mut sql = String::from("SELECT record FROM warden.audit_records WHERE seq > $1");
+    let mut sql = String::from("SELECT seq, record FROM warden.audit_records WHERE seq > $1");
     let after = query
         .after_seq
         .map_or(-1, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
@@ -307,7 +309,10 @@ impl QueryParam {
     }
 }
 
-pub(super) async fn query(pool: &Pool, query: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(super) async fn query(
+    pool: &Pool,
+    query: &AuditQuery,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     if query.after_seq.is_some_and(|seq| seq >= i64::MAX as u64) || query.limit == 0 {
         return Ok(Vec::new());
     }
@@ -318,7 +323,10 @@ pub(super) async fn query(pool: &Pool, query: &AuditQuery) -> Result<Vec<Vec<u8>
         let statement = client.prepare_cached(&sql).await?;
         let rows = client.query(&statement, &params).await?;
         rows.iter()
-            .map(|row| Ok(row.try_get(0)?))
+            .map(|row| {
+                let seq: i64 = row.try_get(0)?;
+                Ok((u64::try_from(seq).unwrap_or(u64::MAX), row.try_get(1)?))
+            })
             .collect::<Result<Vec<_>, Failure>>()
     })
     .await

@@ -39,7 +39,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 
 use super::table::{
-    AuditBatch, AuditQuery, AuditTip, Backend, Batch, Scan, Seal, StoreError, TableDef,
+    AuditQuery, AuditTip, Backend, Batch, Committed, Rows, Scan, Seal, StoreError, TableDef,
 };
 
 /// How the backend talks to the server.
@@ -409,11 +409,7 @@ impl Backend for PgBackend {
             .run(|pool| async move { tables::get(&pool, table, &key).await })
     }
 
-    fn scan(
-        &self,
-        table: &'static TableDef,
-        scan: &Scan,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: &'static TableDef, scan: &Scan) -> Result<Rows, StoreError> {
         let scan = scan.clone();
         self.driver
             .run(|pool| async move { tables::scan(&pool, table, &scan).await })
@@ -426,11 +422,7 @@ impl Backend for PgBackend {
             .run(|pool| async move { tables::apply(&pool, &batch).await })
     }
 
-    fn audit_commit(
-        &self,
-        seal: Seal<'_>,
-        then: &[Batch],
-    ) -> Result<(AuditBatch, Vec<Result<(), StoreError>>), StoreError> {
+    fn audit_commit(&self, seal: Seal<'_>, then: &[Batch]) -> Result<Committed, StoreError> {
         for batch in then {
             tables::check_batch(batch)?;
         }
@@ -447,7 +439,7 @@ impl Backend for PgBackend {
             .run(move |pool| async move { audit::range(&pool, from, limit).await })
     }
 
-    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let query = query.clone();
         self.driver
             .run(|pool| async move { audit::query(&pool, &query).await })

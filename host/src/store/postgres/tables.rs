@@ -22,7 +22,7 @@ use futures::future::try_join_all;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::{Failure, with_retries};
-use crate::store::table::{Batch, ColumnValue, Expect, Op, Scan, StoreError, TableDef};
+use crate::store::table::{Batch, ColumnValue, Expect, Op, Rows, Scan, StoreError, TableDef};
 
 /// The SQL type of a typed column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +42,8 @@ const fn plain(name: &'static str) -> TableSchema {
     TableSchema { name, columns: &[] }
 }
 
-/// Every generic table of the schema (migration 1), with its typed columns.
+/// Every generic table of the schema (migration 1), with its typed columns: the tables of
+/// [`crate::store::catalog`] (a test checks both lists agree).
 pub(crate) const TABLES: &[TableSchema] = &[
     plain("users"),
     plain("roles"),
@@ -51,9 +52,9 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("credentials"),
     plain("leases"),
     plain("leases_by_run"),
-    plain("active_leases"),
+    plain("leases_active"),
     plain("modules"),
-    plain("blobs"),
+    plain("module_blobs"),
     plain("publishers"),
     plain("processes"),
     plain("process_names"),
@@ -67,6 +68,9 @@ pub(crate) const TABLES: &[TableSchema] = &[
         ],
     },
     plain("runs_by_time"),
+    plain("runs_active"),
+    plain("servers"),
+    plain("run_cancels"),
     plain("schedules"),
     plain("approvals"),
 ];
@@ -365,7 +369,7 @@ pub(crate) async fn scan(
     pool: &Pool,
     table: &'static TableDef,
     scan: &Scan,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Rows, StoreError> {
     let t = schema_of(table)?.name;
     let start = match &scan.from {
         Some(from) if from.as_slice() > scan.prefix.as_slice() => from.clone(),

@@ -11,7 +11,23 @@ use std::time::{Duration, Instant};
 use super::testing::{self, Locker, execute, fresh_database, query, try_execute};
 use super::{PgBackend, PgOptions, migrate, server_role_grants, status};
 use crate::store::conformance_tests::{Fixture, RUNS, TestRecord, USERS, commit, spec};
-use crate::store::{AuditQuery, AuditTip, Batch, ColumnValue, Database, Expect, StoreError};
+use crate::store::{AuditQuery, AuditTip, Batch, ColumnValue, Database, Expect, Op, StoreError};
+
+/// A put with explicit typed column values (as a table's `columns_of` would give them).
+fn put_with(
+    batch: &mut Batch,
+    table: &'static crate::store::TableDef,
+    key: &str,
+    columns: Vec<ColumnValue>,
+) {
+    batch.ops.push(Op::Put {
+        table,
+        key: key.into(),
+        value: b"{}".to_vec(),
+        columns,
+        expect: Expect::Any,
+    });
+}
 
 fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -155,6 +171,15 @@ fn every_known_table_exists_with_its_typed_columns() {
         }
         assert_eq!(columns, want, "{}", table.name);
     }
+    // Every table a domain module keeps is in the schema, with the columns it declares.
+    for def in crate::store::catalog::tables() {
+        let schema = super::tables::TABLES.iter().find(|t| t.name == def.name);
+        let Some(schema) = schema else {
+            panic!("table {} is missing from the PostgreSQL schema", def.name)
+        };
+        let names: Vec<&str> = schema.columns.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, def.columns, "{}", def.name);
+    }
 }
 
 #[test]
@@ -162,6 +187,7 @@ fn unknown_tables_and_mistyped_columns_are_refused_before_anything_is_written() 
     static ELSEWHERE: crate::store::TableDef = crate::store::TableDef {
         name: "users; DROP TABLE warden.users",
         columns: &[],
+        columns_of: None,
     };
     let f = Fixture::postgres();
     let db = &f.db;
@@ -180,13 +206,8 @@ fn unknown_tables_and_mistyped_columns_are_refused_before_anything_is_written() 
     assert!(matches!(db.apply(&batch), Err(StoreError::Incompatible(_))));
     let mistyped = |columns: Vec<ColumnValue>| {
         let mut batch = Batch::new();
-        batch.put(&USERS, "u", "1", Expect::Any).put_with_columns(
-            &RUNS,
-            "r",
-            "{}",
-            columns,
-            Expect::Any,
-        );
+        batch.put(&USERS, "u", "1", Expect::Any);
+        put_with(&mut batch, &RUNS, "r", columns);
         db.apply(&batch)
     };
     let text = |s: &str| ColumnValue::Text(s.into());
@@ -203,6 +224,25 @@ fn unknown_tables_and_mistyped_columns_are_refused_before_anything_is_written() 
         let err = mistyped(columns).unwrap_err();
         assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
     }
+    // A table definition naming a column the schema lacks.
+    static ODD_RUNS: crate::store::TableDef = crate::store::TableDef {
+        name: "runs",
+        columns: &["state", "owner"],
+        columns_of: None,
+    };
+    let mut batch = Batch::new();
+    batch.put(&USERS, "u", "1", Expect::Any);
+    put_with(
+        &mut batch,
+        &ODD_RUNS,
+        "r",
+        vec![ColumnValue::Null, ColumnValue::Null],
+    );
+    let err = db.apply(&batch).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Incompatible(m) if m.contains("owner")),
+        "{err:?}"
+    );
     assert_eq!(db.table(&USERS).get("u").unwrap(), None);
     assert!(db.table(&RUNS).all().unwrap().is_empty());
     let url = f.url.clone().unwrap();
@@ -213,17 +253,16 @@ fn unknown_tables_and_mistyped_columns_are_refused_before_anything_is_written() 
 fn typed_run_columns_land_in_real_columns_without_nul() {
     let f = Fixture::postgres();
     let mut batch = Batch::new();
-    batch.put_with_columns(
+    put_with(
+        &mut batch,
         &RUNS,
         "r1",
-        "{}",
         vec![
             ColumnValue::Text("run\0ning".into()),
             ColumnValue::Text("proc-1".into()),
             ColumnValue::Null,
             ColumnValue::Int(-5),
         ],
-        Expect::Absent,
     );
     f.db.apply(&batch).unwrap();
     let rows = query(

@@ -11,13 +11,16 @@ CREATE TABLE warden.targets (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.credentials (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.leases (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.leases_by_run (key bytea PRIMARY KEY, value bytea NOT NULL);
-CREATE TABLE warden.active_leases (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.leases_active (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.modules (key bytea PRIMARY KEY, value bytea NOT NULL);
-CREATE TABLE warden.blobs (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.module_blobs (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.publishers (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.processes (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.process_names (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.runs_by_time (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.runs_active (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.servers (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.run_cancels (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.schedules (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.approvals (key bytea PRIMARY KEY, value bytea NOT NULL);
 

@@ -8,7 +8,9 @@
 //! `Absent` is `INSERT … ON CONFLICT DO NOTHING` (of two concurrent inserters exactly one
 //! inserts), `Present`/`Equals` are `UPDATE`/`DELETE … WHERE key = … [AND value = …]`; a
 //! row count other than the expected one rolls the whole transaction back as a
-//! [`StoreError::Conflict`]. The statements of a batch are pipelined (one round trip).
+//! [`StoreError::Conflict`]. A delete expecting `Absent` only checks (there is no row to
+//! lock): a concurrent insert of that key may still commit. The statements of a batch are
+//! pipelined (one round trip).
 //!
 //! Threat: SQL built from untrusted text. Table and column names come only from the
 //! [`TABLES`] whitelist (a name outside it is [`StoreError::Incompatible`]); every key, value

@@ -12,6 +12,7 @@ mod cli;
 mod grant;
 mod languages;
 mod leases;
+mod pg;
 mod queue;
 mod redact;
 mod rotation;

@@ -30,6 +30,9 @@ mod sled_audit;
 mod sled_backend;
 mod table;
 
+#[cfg(test)]
+mod conformance_tests;
+
 pub use rekey::rekey_master_key;
 pub use sled_audit::{
     CHECKPOINT_KEY as AUDIT_CHECKPOINT_KEY, META as AUDIT_META, RECORDS as AUDIT_RECORDS,

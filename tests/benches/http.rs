@@ -6,7 +6,8 @@
 //! - runs per second with 50 concurrent clients doing the same.
 //!
 //! The server runs in-process on a real loopback port; every run transition and host call
-//! is audited durably while measured.
+//! is audited durably while measured. Both storage backends are measured side by side
+//! (PostgreSQL when `WARDEN_TEST_DATABASE_URL` names a cluster; `.ci/postgres start`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use warden_host::api::AppState;
 use warden_host::registry::manifest::Manifest;
 use warden_host::registry::signing;
 use warden_host::runs::NewProcess;
-use warden_host::store::DataDir;
+use warden_host::store::{DataDir, DatabaseLocation};
 use warden_tests::{guests, repo_root};
 
 const SEQUENTIAL_RUNS: usize = 300;
@@ -62,15 +63,31 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    for (kind, location) in warden_tests::postgres::bench_backends() {
+        println!("--- {kind}");
+        rt.block_on(bench(&location))?;
+    }
+    Ok(())
+}
+
+async fn bench(location: &DatabaseLocation) -> anyhow::Result<()> {
+    {
         let dir = TempDir::new()?;
-        let data = DataDir::init(&dir.path().join("data"))?;
+        let root = dir.path().join("data");
+        let data = DataDir::init_at(&root, &DataDir::default_key_source(&root), location)?;
         let state = AppState::open(data, &repo_root().join("policies")).await?;
         let roles: BTreeSet<String> = ["privileged-administrator".to_string()].into();
         state.users.create_user("admin", roles)?;
-        let token = state.users.issue_token("admin", "bench")?.token.expose_secret().to_string();
+        let token = state
+            .users
+            .issue_token("admin", "bench")?
+            .token
+            .expose_secret()
+            .to_string();
         let key = SigningKey::from_bytes(&[42u8; 32]);
-        state.modules.trust_publisher("bench", &key.verifying_key())?;
+        state
+            .modules
+            .trust_publisher("bench", &key.verifying_key())?;
         let manifest = Manifest::parse(&std::fs::read_to_string(guests::manifest("noop"))?)?;
         let signed = signing::sign(&std::fs::read(guests::component("noop"))?, &manifest, &key)?;
         let verified = state.modules.verify(&signed)?;
@@ -90,7 +107,11 @@ fn main() -> anyhow::Result<()> {
         })?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(warden_host::api::serve(listener, state.clone(), std::future::pending()));
+        tokio::spawn(warden_host::api::serve(
+            listener,
+            state.clone(),
+            std::future::pending(),
+        ));
         let client = reqwest::Client::new();
 
         for _ in 0..20 {
@@ -99,7 +120,10 @@ fn main() -> anyhow::Result<()> {
         let mut samples = Vec::with_capacity(SEQUENTIAL_RUNS);
         for _ in 0..SEQUENTIAL_RUNS {
             let t = Instant::now();
-            anyhow::ensure!(run_once(&client, &base, &token, &process.id).await?, "run failed");
+            anyhow::ensure!(
+                run_once(&client, &base, &token, &process.id).await?,
+                "run failed"
+            );
             samples.push(t.elapsed());
         }
         samples.sort();
@@ -109,15 +133,23 @@ fn main() -> anyhow::Result<()> {
             percentile(&samples, 0.99).as_secs_f64() * 1e3
         );
 
-        let (base, token, pid) = (Arc::new(base), Arc::new(token), Arc::new(process.id.clone()));
+        let (base, token, pid) = (
+            Arc::new(base),
+            Arc::new(token),
+            Arc::new(process.id.clone()),
+        );
         let t = Instant::now();
         let mut clients = Vec::new();
         for _ in 0..CLIENTS {
-            let (client, base, token, pid) = (client.clone(), base.clone(), token.clone(), pid.clone());
+            let (client, base, token, pid) =
+                (client.clone(), base.clone(), token.clone(), pid.clone());
             clients.push(tokio::spawn(async move {
                 let mut ok = 0usize;
                 for _ in 0..RUNS_PER_CLIENT {
-                    if run_once(&client, &base, &token, &pid).await.unwrap_or(false) {
+                    if run_once(&client, &base, &token, &pid)
+                        .await
+                        .unwrap_or(false)
+                    {
                         ok += 1;
                     }
                 }
@@ -137,5 +169,5 @@ fn main() -> anyhow::Result<()> {
         let report = state.audit.verify()?;
         println!("audit chain verifies: {} records", report.count);
         Ok(())
-    })
+    }
 }

@@ -9,6 +9,7 @@ mod accounts;
 mod api;
 mod approvals;
 mod cli;
+mod cluster;
 mod grant;
 mod languages;
 mod leases;

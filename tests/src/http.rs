@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use warden_host::api::AppState;
 use warden_host::registry::manifest::Manifest;
 use warden_host::registry::signing;
-use warden_host::store::DataDir;
+use warden_host::store::{DataDir, DatabaseLocation};
 use warden_host::users::UserStore;
 
 use crate::{guests, repo_root};
@@ -79,10 +79,27 @@ impl Server {
         Self::start_with(&warden_host::api::ServerLimits::default()).await
     }
 
-    /// [`Server::start`] with `limits` (pool size, run-queue bounds).
+    /// [`Server::start`] with `limits` (pool size, run-queue bounds). The state is in sled,
+    /// or, when `WARDEN_TEST_BACKEND=postgres`, in a fresh database of the PostgreSQL test
+    /// cluster (how `.ci/run` runs the API suites a second time).
     pub async fn start_with(limits: &warden_host::api::ServerLimits) -> Server {
+        let location = match std::env::var("WARDEN_TEST_BACKEND").as_deref() {
+            Ok("postgres") => DatabaseLocation::Postgres(crate::postgres::fresh_database()),
+            Ok("sled") | Err(_) => DatabaseLocation::Embedded,
+            Ok(other) => panic!("WARDEN_TEST_BACKEND={other}: use sled or postgres"),
+        };
+        Self::start_at(limits, &location).await
+    }
+
+    /// [`Server::start_with`] over the database at `location`.
+    pub async fn start_at(
+        limits: &warden_host::api::ServerLimits,
+        location: &DatabaseLocation,
+    ) -> Server {
         let dir = TempDir::new().expect("temp dir");
-        let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
+        let root = dir.path().join("data");
+        let data = DataDir::init_at(&root, &DataDir::default_key_source(&root), location)
+            .expect("init data dir");
         let state = AppState::open_with(data, &repo_root().join("policies"), limits)
             .await
             .expect("app state");

@@ -166,8 +166,7 @@ fn scans_follow_bytewise_order_like_a_sorted_map(db: &Database) {
         for from in bounds {
             for until in bounds {
                 for reverse in [false, true] {
-                    // Not `Some(0)` yet: the sled backend returns one row for it (reported).
-                    for limit in [None, Some(1), Some(3)] {
+                    for limit in [None, Some(0), Some(1), Some(3)] {
                         let scan = Scan {
                             prefix: prefix.to_vec(),
                             from: from.map(<[u8]>::to_vec),

@@ -165,6 +165,9 @@ impl Backend for SledBackend {
             None => tree.range(start..),
         };
         let limit = scan.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut rows = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, StoreError> {
             let (key, value) = item.map_err(sled_error)?;

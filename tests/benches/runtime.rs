@@ -81,18 +81,40 @@ fn main() -> anyhow::Result<()> {
         samples.len()
     );
 
+    // 2. and 3. on each storage backend.
+    drop(services);
+    for (kind, location) in warden_tests::postgres::bench_backends() {
+        println!("--- {kind}");
+        let dir = TempDir::new()?;
+        let root = dir.path().join("data");
+        let data = DataDir::init_at(&root, &DataDir::default_key_source(&root), &location)?;
+        audited_calls(&rt, &runtime, &probe, data)?;
+    }
+    Ok(())
+}
+
+/// Audited host calls per second over the database of `data`.
+fn audited_calls(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<Runtime>,
+    probe: &Arc<warden_host::bridge::PreparedTask>,
+    data: DataDir,
+) -> anyhow::Result<()> {
+    let audit = AuditLog::open(&data.db, data.server_key.clone())?;
+    let services = Services {
+        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
+        audit,
+        vault: Vault::open(&data.db, data.master_key)?,
+        targets: TargetStore::open(&data.db)?,
+        ssh: SshPool::new(SshConfig::default()),
+    };
     // 2. Audited host calls per second: `concurrency` runs each make `per_run` calls that
     //    read only the run's own state (one durable record each, after the call).
-    let bridge = Bridge::new(Arc::clone(&runtime), services.clone());
+    let bridge = Bridge::new(Arc::clone(runtime), services.clone());
     for concurrency in [1usize, 8, 32] {
         let params = vec![text("mode", "calls"), int("n", 2_000)];
-        let (calls, secs) = rt.block_on(flood(
-            &bridge,
-            &probe,
-            concurrency,
-            params,
-            Grant::default(),
-        ));
+        let (calls, secs) =
+            rt.block_on(flood(&bridge, probe, concurrency, params, Grant::default()));
         println!(
             "audited host calls/s (durable, group commit), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
             calls as f64 / secs
@@ -116,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             text("credential", "bench"),
             int("n", 1_000),
         ];
-        let (calls, secs) = rt.block_on(flood(&bridge, &probe, concurrency, params, grant.clone()));
+        let (calls, secs) = rt.block_on(flood(&bridge, probe, concurrency, params, grant.clone()));
         println!(
             "acting host calls/s (intent + outcome, both durable), {concurrency:>2} concurrent runs: {:>8.0} calls/s ({calls} calls in {secs:.2} s)",
             calls as f64 / secs

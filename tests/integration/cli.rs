@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 use warden_tests::{grep_dir, guests, random_secret, warden};
 
-const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
 pub(crate) struct Cli {
     _dir: TempDir,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 impl Cli {
@@ -209,7 +209,7 @@ fn audit_verify_detects_a_truncated_tail() {
 }
 
 /// Edits the audit tree directly, as an attacker with access to the database would.
-fn tamper(data: &Path, edit: impl FnOnce(&sled::Tree)) {
+pub(crate) fn tamper(data: &Path, edit: impl FnOnce(&sled::Tree)) {
     let db = sled::open(data.join("db")).expect("open db");
     let tree = db.open_tree("audit").expect("audit tree");
     edit(&tree);

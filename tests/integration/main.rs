@@ -10,6 +10,7 @@ mod api;
 mod approvals;
 mod cli;
 mod cluster;
+mod db;
 mod grant;
 mod languages;
 mod leases;

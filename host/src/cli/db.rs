@@ -1,6 +1,7 @@
 //! `warden db`: the state's database. `status` (which backend, where, schema version),
-//! `migrate` (bring a PostgreSQL schema up to this binary's), `copy` (move an embedded sled
-//! data directory into an empty PostgreSQL database, audit chain included and verified).
+//! `migrate` (bring a PostgreSQL schema up to this binary's), `grants` (the SQL for the
+//! server's role), `copy` (move an embedded sled data directory into an empty PostgreSQL
+//! database, audit chain included and verified).
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -27,6 +28,13 @@ pub enum DbCommand {
         )]
         database: String,
     },
+    /// Print the SQL that grants a server role what `warden serve` needs and no more (no
+    /// UPDATE, DELETE or TRUNCATE of audit rows); run it as the schema owner.
+    Grants {
+        /// The role the servers connect as (a plain lower-case identifier).
+        #[arg(long, default_value = postgres::SERVER_ROLE)]
+        role: String,
+    },
     /// Copy an embedded data directory's state into an empty PostgreSQL database, keeping
     /// the audit chain byte for byte and verifying it afterwards. Stop the server first.
     Copy {
@@ -51,6 +59,10 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<i32> {
             } else {
                 println!("schema migrated from version {from} to {to}");
             }
+            Ok(0)
+        }
+        DbCommand::Grants { role } => {
+            print!("{}", postgres::server_role_grants(&role)?);
             Ok(0)
         }
         DbCommand::Copy {

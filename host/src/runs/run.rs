@@ -56,7 +56,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{RunState, RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal};
 use crate::audit::{AuditEntry, AuditLog, Decision};
-use crate::store::{Batch, ColumnValue, Database, Expect, Scan, StoreError, Table, TableDef};
+use crate::store::{
+    Batch, ColumnValue, Database, Expect, Scan, Select, StoreError, Table, TableDef,
+};
 
 /// Run records by id.
 pub const RUNS: TableDef = TableDef {
@@ -173,8 +175,52 @@ pub struct RunFilter {
     pub process_id: Option<String>,
     pub actor: Option<String>,
     pub state: Option<RunState>,
+    /// Only runs older than this one (the last run of the previous page).
+    #[serde(default)]
+    pub before: Option<RunCursor>,
     /// At most this many runs, capped at (and defaulting to) [`MAX_LIST_RUNS`].
     pub limit: Option<usize>,
+}
+
+/// Where a page of [`RunStore::list`] ends: a run's creation time and id, written
+/// `created_ms:id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCursor {
+    pub created_ms: u64,
+    pub id: String,
+}
+
+impl RunCursor {
+    /// The cursor after `run`.
+    pub fn after(run: &RunRecord) -> Self {
+        Self {
+            created_ms: run.created_ms,
+            id: run.id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RunCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_ms, self.id)
+    }
+}
+
+impl std::str::FromStr for RunCursor {
+    type Err = RunsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || invalid("before", "expected created_ms:run-id");
+        let (ms, id) = s.split_once(':').ok_or_else(bad)?;
+        let created_ms = ms.parse().map_err(|_| bad())?;
+        if !is_valid_name(id) {
+            return Err(bad());
+        }
+        Ok(Self {
+            created_ms,
+            id: id.to_string(),
+        })
+    }
 }
 
 /// The fields a filter looks at; decoding only these skips building events and output for
@@ -446,10 +492,21 @@ impl RunStore {
     /// [`MAX_LIST_RUNS`].
     pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, RunsError> {
         let limit = filter.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
+        if let Some(rows) = self.runs.select(&select_of(filter, limit))? {
+            // The backend keeps the typed columns (PostgreSQL): answered from its indexes.
+            return rows
+                .iter()
+                .map(|(id, bytes)| decode(&String::from_utf8_lossy(id), bytes))
+                .collect();
+        }
         let mut found = Vec::new();
         // Newest first, a page of the index at a time, so a listing never loads the whole
         // history.
         let mut page = Scan::all().reversed().limit(LIST_PAGE);
+        page.until = filter
+            .before
+            .as_ref()
+            .map(|c| time_key(c.created_ms, &c.id));
         loop {
             let entries = self.by_time.scan(&page)?;
             for (_, id) in &entries {
@@ -630,6 +687,31 @@ struct Change<'a> {
     new_bytes: Vec<u8>,
     next: RunState,
     actor: &'a str,
+}
+
+/// `filter` as a query on the typed columns of [`RUNS`].
+fn select_of(filter: &RunFilter, limit: usize) -> Select {
+    let mut equals = Vec::new();
+    if let Some(state) = filter.state {
+        equals.push(("state", ColumnValue::Text(state.as_str().to_string())));
+    }
+    if let Some(process) = &filter.process_id {
+        equals.push(("process_id", ColumnValue::Text(process.clone())));
+    }
+    if let Some(actor) = &filter.actor {
+        equals.push(("actor", ColumnValue::Text(actor.clone())));
+    }
+    Select {
+        equals,
+        order_by: "created_ms",
+        before: filter.before.as_ref().map(|c| {
+            (
+                ColumnValue::Int(i64::try_from(c.created_ms).unwrap_or(i64::MAX)),
+                c.id.as_bytes().to_vec(),
+            )
+        }),
+        limit,
+    }
 }
 
 /// The typed columns of a stored run (see [`RUNS`]); all null for bytes that do not decode.

@@ -40,7 +40,7 @@ pub use sled_audit::{
 pub use sled_backend::SledBackend;
 pub use table::{
     AuditBatch, AuditQuery, AuditRow, AuditTip, Backend, Batch, ColumnValue, Database, Expect, Op,
-    Scan, Seal, StoreError, Table, TableDef,
+    Scan, Seal, Select, StoreError, Table, TableDef,
 };
 
 use std::fs;

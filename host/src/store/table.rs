@@ -210,6 +210,20 @@ impl Scan {
     }
 }
 
+/// A query on a table's typed columns, newest first: what a backend that keeps the columns
+/// (PostgreSQL) answers from its indexes. A backend without them answers `None`, and the caller
+/// walks its own index tables instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Select {
+    /// Columns that must equal these values.
+    pub equals: Vec<(&'static str, ColumnValue)>,
+    /// The column rows are ordered by, descending (ties by key, descending).
+    pub order_by: &'static str,
+    /// Only rows ordered before `(value of order_by, key)`: the previous page's last row.
+    pub before: Option<(ColumnValue, Vec<u8>)>,
+    pub limit: usize,
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -307,6 +321,15 @@ pub trait Backend: Send + Sync + 'static {
     fn scan(&self, table: &'static TableDef, scan: &Scan) -> Result<Rows, StoreError>;
     /// Applies the batch atomically and durably, or returns why not (nothing written).
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Answers `select` from typed columns, or `None` if this backend does not keep them.
+    fn select(
+        &self,
+        table: &'static TableDef,
+        select: &Select,
+    ) -> Result<Option<Rows>, StoreError> {
+        let _ = (table, select);
+        Ok(None)
+    }
 
     /// Appends audit rows: reads the tip under the chain's lock, calls `seal` with it, writes
     /// the rows and checkpoint, then applies each of `then` (each on its own: one that
@@ -399,6 +422,11 @@ impl Table {
 
     pub fn scan(&self, scan: &Scan) -> Result<Rows, StoreError> {
         self.db.backend.scan(self.def, scan)
+    }
+
+    /// Rows matching `select` from the typed columns, if the backend keeps them.
+    pub fn select(&self, select: &Select) -> Result<Option<Rows>, StoreError> {
+        self.db.backend.select(self.def, select)
     }
 
     /// Every row, in key order.

@@ -15,7 +15,7 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::policy::Action;
-use crate::runs::{RunFilter, RunRecord, RunState};
+use crate::runs::{MAX_LIST_RUNS, RunCursor, RunFilter, RunRecord, RunState};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,8 +30,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 struct RunQuery {
     process: Option<String>,
     state: Option<RunState>,
+    /// Only runs older than this cursor (`created_ms:id`, the `x-warden-next-before` of the
+    /// previous page).
+    before: Option<String>,
     limit: Option<usize>,
 }
+
+/// Response header naming the cursor of the next page of runs (absent on the last page).
+pub const NEXT_BEFORE_HEADER: &str = "x-warden-next-before";
 
 impl AppState {
     /// A run the caller may see: its own, or one of a process it may view.
@@ -57,21 +63,37 @@ impl AppState {
 #[utoipa::path(get, path = "/v1/runs", params(
     ("process" = Option<String>, Query, description = "only this process's runs"),
     ("state" = Option<String>, Query, description = "only runs in this state"),
+    ("before" = Option<String>, Query, description = "only runs older than this cursor (created_ms:id)"),
     ("limit" = Option<usize>, Query, description = "at most this many")),
-    responses((status = 200, description = "runs")))]
+    responses((status = 200, description = "runs, newest first; header x-warden-next-before \
+        names the cursor of the next page when there may be one")))]
 async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<RunQuery>,
-) -> Result<Json<Vec<RunRecord>>, ApiError> {
+) -> Result<([(&'static str, String); 1], Json<Vec<RunRecord>>), ApiError> {
+    let limit = q.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
+    let before = q
+        .before
+        .as_deref()
+        .map(str::parse::<RunCursor>)
+        .transpose()?;
     let filter = RunFilter {
         process_id: q.process,
         actor: None,
         state: q.state,
-        limit: q.limit,
+        before,
+        limit: Some(limit),
+    };
+    let page = state.runs.list(&filter)?;
+    // The cursor is the last run listed, visible or not, so runs the caller may not see never
+    // end the pagination early.
+    let next = match page.last() {
+        Some(last) if page.len() >= limit => RunCursor::after(last).to_string(),
+        _ => String::new(),
     };
     let mut visible = Vec::new();
-    for run in state.runs.list(&filter)? {
+    for run in page {
         if run.actor == caller.user.name {
             visible.push(run);
             continue;
@@ -83,7 +105,7 @@ async fn list_runs(
             visible.push(run);
         }
     }
-    Ok(Json(visible))
+    Ok(([(NEXT_BEFORE_HEADER, next)], Json(visible)))
 }
 
 /// A run: state, result, events and output.

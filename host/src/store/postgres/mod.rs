@@ -39,7 +39,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 
 use super::table::{
-    AuditQuery, AuditTip, Backend, Batch, Committed, Rows, Scan, Seal, StoreError, TableDef,
+    AuditQuery, AuditTip, Backend, Batch, Committed, Rows, Scan, Seal, Select, StoreError, TableDef,
 };
 
 /// How the backend talks to the server.
@@ -413,6 +413,17 @@ impl Backend for PgBackend {
         let scan = scan.clone();
         self.driver
             .run(|pool| async move { tables::scan(&pool, table, &scan).await })
+    }
+
+    fn select(
+        &self,
+        table: &'static TableDef,
+        select: &Select,
+    ) -> Result<Option<Rows>, StoreError> {
+        let select = select.clone();
+        self.driver
+            .run(|pool| async move { tables::select(&pool, table, &select).await })
+            .map(Some)
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -24,7 +24,9 @@ use futures::future::try_join_all;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::{Failure, with_retries};
-use crate::store::table::{Batch, ColumnValue, Expect, Op, Rows, Scan, StoreError, TableDef};
+use crate::store::table::{
+    Batch, ColumnValue, Expect, Op, Rows, Scan, Select, StoreError, TableDef,
+};
 
 /// The SQL type of a typed column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,6 +401,74 @@ pub(crate) async fn scan(
             Some(end) => client.query(&statement, &[&start, end, &limit]).await?,
             None => client.query(&statement, &[&start, &limit]).await?,
         };
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, Failure>>()
+    })
+    .await
+}
+
+/// Rows matching `select`, from the typed columns (the names are checked against the schema,
+/// the values are parameters).
+pub(crate) async fn select(
+    pool: &Pool,
+    table: &'static TableDef,
+    select: &Select,
+) -> Result<Rows, StoreError> {
+    let schema = schema_of(table)?;
+    let known = |name: &str| schema.columns.iter().any(|(c, _)| *c == name);
+    for name in select
+        .equals
+        .iter()
+        .map(|(c, _)| *c)
+        .chain([select.order_by])
+    {
+        if !known(name) {
+            return Err(StoreError::Incompatible(format!(
+                "table {} has no column {name:?}",
+                schema.name
+            )));
+        }
+    }
+    let (t, order) = (schema.name, select.order_by);
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    for (name, _) in &select.equals {
+        n += 1;
+        conditions.push(format!("{name} = ${n}"));
+    }
+    if select.before.is_some() {
+        conditions.push(format!("({order}, key) < (${}, ${})", n + 1, n + 2));
+        n += 2;
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT key, value FROM warden.{t} {filter} ORDER BY {order} DESC, key DESC LIMIT ${}",
+        n + 1
+    );
+    let values: Vec<Column> = select.equals.iter().map(|(_, v)| Column::new(v)).collect();
+    let before = select
+        .before
+        .as_ref()
+        .map(|(value, key)| (Column::new(value), key.clone()));
+    let limit = i64::try_from(select.limit).unwrap_or(i64::MAX);
+    with_retries(true, || async {
+        let client = pool.get().await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for value in &values {
+            params.push(value);
+        }
+        if let Some((value, key)) = &before {
+            params.push(value);
+            params.push(key);
+        }
+        params.push(&limit);
+        let rows = client.query(&statement, &params).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<Vec<_>, Failure>>()

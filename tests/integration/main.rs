@@ -12,6 +12,7 @@ mod cli;
 mod grant;
 mod languages;
 mod leases;
+mod operations;
 mod pg;
 mod queue;
 mod redact;

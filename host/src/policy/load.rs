@@ -69,6 +69,7 @@ impl Loaded {
         let schema_error = |message| PolicyError::Schema {
             file: schema_file.clone(),
             message,
+            at: String::new(),
         };
         let names = Names::new(&schema).map_err(schema_error)?;
         names.check_host_call_shape(&schema).map_err(schema_error)?;
@@ -112,21 +113,12 @@ fn read_dir_texts(dir: &Path) -> Result<Texts, PolicyError> {
 }
 
 fn load_schema(file: &Path, text: &str) -> Result<Schema, PolicyError> {
-    let (schema, warnings) = Schema::from_cedarschema_str(text).map_err(|e| {
-        let message = e.to_string();
-        match Position::of(&e, text) {
-            Some(at) => PolicyError::Syntax {
-                file: file.to_path_buf(),
-                line: at.line,
-                column: at.column,
-                message,
-            },
-            None => PolicyError::Schema {
-                file: file.to_path_buf(),
-                message,
-            },
-        }
-    })?;
+    let (schema, warnings) =
+        Schema::from_cedarschema_str(text).map_err(|e| PolicyError::Schema {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+            at: Position::describe(&e, text),
+        })?;
     for warning in warnings {
         tracing::warn!(file = %file.display(), %warning, "policy schema warning");
     }
@@ -188,20 +180,10 @@ fn add_file(
     file: &Path,
     text: &str,
 ) -> Result<(), PolicyError> {
-    let parsed = PolicySet::from_str(text).map_err(|e| {
-        let message = parse_message(&e);
-        match Position::of(&e, text) {
-            Some(at) => PolicyError::Syntax {
-                file: file.to_path_buf(),
-                line: at.line,
-                column: at.column,
-                message,
-            },
-            None => PolicyError::Parse {
-                file: file.to_path_buf(),
-                message,
-            },
-        }
+    let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
+        file: file.to_path_buf(),
+        message: parse_message(&e),
+        at: Position::describe(&e, text),
     })?;
     if let Some(index) = parsed.templates().next().map(|t| policy_index(t.id())) {
         return Err(PolicyError::Template {
@@ -229,6 +211,7 @@ fn add_file(
             .map_err(|e| PolicyError::Parse {
                 file: file.to_path_buf(),
                 message: e.to_string(),
+                at: String::new(),
             })?;
         origin.insert(id.to_string(), file.to_path_buf());
     }
@@ -307,5 +290,12 @@ impl Position {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before.get(line_start..)?.chars().count() + 1;
         Some(Position { line, column })
+    }
+
+    /// " at line L, column C" for [`Position::of`], or "" when the error has no position.
+    fn describe(error: &dyn miette::Diagnostic, text: &str) -> String {
+        Self::of(error, text).map_or_else(String::new, |at| {
+            format!(" at line {}, column {}", at.line, at.column)
+        })
     }
 }

@@ -69,19 +69,19 @@ pub enum PolicyError {
     TooManyFiles { dir: PathBuf },
     #[error("{dir} holds no *.cedar policy file")]
     NoPolicies { dir: PathBuf },
-    #[error("schema {file} is invalid: {message}")]
-    Schema { file: PathBuf, message: String },
-    #[error("{file}: cannot parse policies: {message}")]
-    Parse { file: PathBuf, message: String },
-    #[error(
-        "{file} has a syntax error at line {line}, column {column}: {message}; fix the file \
-         and start again"
-    )]
-    Syntax {
+    /// `at` is where the error starts (" at line L, column C"), or empty when unknown.
+    #[error("schema {file} is invalid{at}: {message}; fix the file and start again")]
+    Schema {
         file: PathBuf,
-        line: usize,
-        column: usize,
         message: String,
+        at: String,
+    },
+    /// `at` as for [`PolicyError::Schema`].
+    #[error("{file} has a syntax error{at}: {message}; fix the file and start again")]
+    Parse {
+        file: PathBuf,
+        message: String,
+        at: String,
     },
     #[error("cannot write {file}: {source}")]
     Write {

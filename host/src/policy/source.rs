@@ -169,3 +169,50 @@ pub fn export_builtin(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of the repository's `policies/` is compiled in, and nothing else: a policy
+    /// added there but not to [`BUILTIN_FILES`] would be missing from every installed server.
+    #[test]
+    fn the_built_in_set_is_exactly_the_repository_policies() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cedar") || n == SCHEMA_FILE)
+            .collect();
+        on_disk.sort();
+        let mut built_in: Vec<String> = BUILTIN_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(on_disk, built_in);
+        for (name, text) in BUILTIN_FILES {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(name)).unwrap(),
+                text,
+                "{name}"
+            );
+        }
+        assert_eq!(BUILTIN_FILES[0].0, SCHEMA_FILE, "the schema comes first");
+    }
+
+    /// The built-in set loads, and its digest equals that of the same files in a directory.
+    #[test]
+    fn the_digest_is_the_same_for_the_built_in_set_and_its_export() {
+        let builtin = super::super::PolicyEngine::load_from(PolicySource::Builtin).unwrap();
+        let tmp = tempfile::TempDir::new().unwrap();
+        export_builtin(tmp.path()).unwrap();
+        let exported = super::super::PolicyEngine::load(tmp.path()).unwrap();
+        assert_eq!(builtin.digest(), exported.digest());
+        assert_eq!(builtin.policy_ids(), exported.policy_ids());
+        std::fs::write(
+            tmp.path().join("zz.cedar"),
+            "@id(\"extra\")\nforbid(principal, action, resource);\n",
+        )
+        .unwrap();
+        let edited = super::super::PolicyEngine::load(tmp.path()).unwrap();
+        assert_ne!(builtin.digest(), edited.digest());
+    }
+}

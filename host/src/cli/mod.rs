@@ -161,20 +161,10 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
             .cloned()
             .unwrap_or_default()
     };
-    match cli.command {
-        Command::Serve(mut args) => {
-            let applied = config::apply(&mut args, &sub("serve"))?;
-            serve::init_logging(args.log_format, serve::SERVE_LOG_FILTER);
-            log_config(&applied);
-            return serve::run_serve(args).await;
-        }
-        Command::Demo(mut args) => {
-            let applied = config::apply(&mut args.serve, &sub("demo"))?;
-            serve::init_logging(args.serve.log_format, serve::SERVE_LOG_FILTER);
-            log_config(&applied);
-            return serve::run_demo(args).await;
-        }
-        _ => serve::init_logging(serve::LogFormat::Text, "warn"),
+    // `serve` and `demo` choose their log format from their settings (flags, environment,
+    // configuration file); every other command logs warnings as text.
+    if !matches!(cli.command, Command::Serve(_) | Command::Demo(_)) {
+        serve::init_logging(serve::LogFormat::Text, "warn");
     }
     match cli.command {
         Command::Init(data) => {
@@ -189,7 +179,18 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
             println!("admin token (shown once, keep it): {token}");
             Ok(0)
         }
-        Command::Serve(_) | Command::Demo(_) => unreachable!("handled above"),
+        Command::Serve(mut args) => {
+            let applied = config::apply(&mut args, &sub("serve"))?;
+            serve::init_logging(args.log_format, serve::SERVE_LOG_FILTER);
+            log_config(&applied);
+            serve::run_serve(args).await
+        }
+        Command::Demo(mut args) => {
+            let applied = config::apply(&mut args.serve, &sub("demo"))?;
+            serve::init_logging(args.serve.log_format, serve::SERVE_LOG_FILTER);
+            log_config(&applied);
+            serve::run_demo(args).await
+        }
         Command::Module(cmd) => client::module(cmd).await,
         Command::Process(cmd) => client::process(cmd).await,
         Command::Run(cmd) => client::run(cmd).await,

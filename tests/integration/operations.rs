@@ -543,7 +543,7 @@ async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero()
     let mut serve = Serve::start(tmp.path(), &args, &[]).await;
     let (server, process) = probe_process(&serve, &admin).await;
     let run = server
-        .start_run(&process, &admin, json!({ "mode": "sleep", "n": 2500 }))
+        .start_run(&process, &admin, json!({ "mode": "sleep", "n": 8000 }))
         .await;
     server.wait_for_state(&run, "running").await;
 
@@ -581,14 +581,17 @@ async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero()
         "{}",
         health.text
     );
-    // Following the run in flight still works, and it ends on its own.
-    let ended = server.wait_for_state_or_end(&run).await;
-    assert_eq!(ended["state"], "succeeded", "{ended}");
+    // Following the run in flight still works while it drains.
+    let r = server.get(&format!("/v1/runs/{run}"), &admin).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The server exits once the run has ended on its own.
     assert_eq!(serve.exit_code().await, 0, "{}", serve.stderr());
 
-    // Nothing started after the signal: the one run is all there is.
+    // It succeeded, and nothing started after the signal: the one run is all there is.
     let restarted = Serve::start(tmp.path(), &["--data", &data_arg], &[]).await;
     let server = Server::remote(restarted.base.clone(), admin.clone());
+    let r = server.get(&format!("/v1/runs/{run}"), &admin).await;
+    assert_eq!(r.body["state"], "succeeded", "{}", r.text);
     let runs = server.get("/v1/runs", &admin).await;
     let list = runs.body.as_array().expect("runs");
     assert_eq!(list.len(), 1, "{}", runs.text);

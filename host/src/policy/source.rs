@@ -146,10 +146,7 @@ pub fn export_builtin(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
         let file = file.to_path_buf();
         move |source| PolicyError::Write { file, source }
     };
-    std::fs::create_dir_all(dir).map_err(|source| PolicyError::ReadDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     let files = BUILTIN_FILES
         .iter()
         .copied()

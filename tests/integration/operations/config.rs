@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use super::{run, warden};
+use super::{Serve, run, warden};
 
 /// Writes `text` as a configuration file with mode 0600.
 fn config_file(dir: &Path, text: &str) -> PathBuf {
@@ -146,4 +146,58 @@ fn config_check_names_where_the_master_key_is_and_never_prints_it() {
         "{stdout}"
     );
     assert!(!stdout.contains("OPS_TEST_MASTER_KEY"), "{stdout}");
+}
+
+/// The systemd unit's way: the key lives outside the data directory (a credential), named
+/// by `--master-key-file` or by `master_key_file` in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_file_kept_apart_opens_the_data_directory_and_a_loose_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("credentials").join("master-key");
+    std::fs::create_dir_all(key.parent().expect("parent")).expect("mkdir");
+    let mut init = warden(tmp.path());
+    init.args(["init", "--data"])
+        .arg(&data)
+        .arg("--master-key-file")
+        .arg(&key);
+    let (out, stdout, stderr) = run(init);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !data.join("master.key").exists(),
+        "the key was written into the data dir"
+    );
+    assert_eq!(std::fs::metadata(&key).expect("key").len(), 32);
+
+    // Through the configuration file (a relative path, from the file's directory).
+    let file = config_file(
+        tmp.path(),
+        "data = \"data\"\nmaster_key_file = \"credentials/master-key\"\n",
+    );
+    let file_arg = file.to_string_lossy().into_owned();
+    let serve = Serve::start(tmp.path(), &["--config", &file_arg], &[]).await;
+    assert!(
+        serve.stderr().contains("listening on"),
+        "{}",
+        serve.stderr()
+    );
+    drop(serve);
+
+    // Without it, the data directory alone does not open.
+    let data_arg = data.to_string_lossy().into_owned();
+    let mut bare = warden(tmp.path());
+    bare.args(["serve", "--listen", "127.0.0.1:0", "--data", &data_arg]);
+    let (out, _, stderr) = run(bare);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+
+    // A key others may read is refused, named by the flag as by the file.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let key_arg = key.to_string_lossy().into_owned();
+    let mut loose = warden(tmp.path());
+    loose.args(["serve", "--listen", "127.0.0.1:0", "--data", &data_arg]);
+    loose.args(["--master-key-file", &key_arg]);
+    let (out, _, stderr) = run(loose);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&key_arg), "{stderr}");
 }

@@ -10,8 +10,9 @@
 //! Threat: a configuration that silently means something else than its author thinks (a
 //! misspelt key ignored, a value of the wrong type), or a file anyone may rewrite to point
 //! the server at other policies or another master key. Unknown keys, bad values, more than
-//! one master key source, a file larger than [`MAX_CONFIG_BYTES`] and a file writable by
-//! group or others are all refused with the file named. The file names where secrets are,
+//! one master key source, a `database` URL carrying a password, a file larger than
+//! [`MAX_CONFIG_BYTES`] and a file writable by group or others are all refused with the
+//! file named. The file names where secrets are,
 //! never holds one: `config check` prints every effective setting, and the master key only
 //! as where it is read from.
 
@@ -37,6 +38,7 @@ pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 struct FileSettings {
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
+    database: Option<String>,
     policies: Option<PathBuf>,
     master_key_env: Option<String>,
     master_key_command: Option<String>,
@@ -50,6 +52,7 @@ struct FileSettings {
     max_queued_per_user: Option<usize>,
     max_running_per_process: Option<usize>,
     max_queued_per_process: Option<usize>,
+    server_dead_after_secs: Option<u64>,
 }
 
 /// Where an effective setting came from.
@@ -136,6 +139,14 @@ pub fn apply(args: &mut ServeArgs, matches: &ArgMatches) -> anyhow::Result<Appli
     }
     fill!("listen", args.listen, file.listen);
     fill!("data", args.data.data, file.data.clone().map(relative));
+    if let Some(url) = &file.database {
+        refuse_password(applied.file.as_deref(), url)?;
+    }
+    fill!(
+        "database",
+        args.data.database,
+        file.database.clone().map(Some)
+    );
     fill!(
         "policies",
         args.policies,
@@ -181,6 +192,12 @@ pub fn apply(args: &mut ServeArgs, matches: &ArgMatches) -> anyhow::Result<Appli
         runs.max_queued_per_process,
         per_process
     );
+    let dead_after = file.server_dead_after_secs;
+    fill!(
+        "server_dead_after_secs",
+        runs.server_dead_after_secs,
+        dead_after
+    );
     apply_master_key(args, matches, &file, &relative, &mut applied)?;
     Ok(applied)
 }
@@ -222,6 +239,23 @@ fn apply_master_key(
     keys.master_key_env = file.master_key_env.clone();
     keys.master_key_command = file.master_key_command.clone();
     keys.master_key_file = file.master_key_file.clone().map(relative);
+    Ok(())
+}
+
+/// A database URL in the file must not carry a password: the file is readable by everyone
+/// who may read the configuration (`warden config check` prints it), a password belongs in
+/// `~/.pgpass` or the service's `WARDEN_DATABASE_URL`.
+fn refuse_password(file: Option<&Path>, url: &str) -> anyhow::Result<()> {
+    let has_password = url
+        .parse::<tokio_postgres::Config>()
+        .map_or(true, |c| c.get_password().is_some());
+    if has_password {
+        let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+        anyhow::bail!(
+            "{file}: `database` must be a postgres:// URL without a password; keep the \
+             password in ~/.pgpass or set WARDEN_DATABASE_URL in the service's environment"
+        );
+    }
     Ok(())
 }
 
@@ -292,6 +326,17 @@ pub fn run(cmd: ConfigCommand, matches: &ArgMatches) -> anyhow::Result<i32> {
     let quoted = |p: &Path| toml_string(&p.display().to_string());
     line("listen", toml_string(&args.listen.to_string()));
     line("data", quoted(&args.data.data));
+    match &args.data.database {
+        // Only a file's URL is known to be password-free; any other is not shown.
+        Some(url) if applied.origin("database") == Origin::File => {
+            line("database", toml_string(url))
+        }
+        Some(_) => println!(
+            "# database: a PostgreSQL URL from the {} (not shown)",
+            applied.origin("database").as_str()
+        ),
+        None => println!("# database: sled in the data directory"),
+    }
     match &args.policies {
         Some(dir) => line("policies", quoted(dir)),
         None => println!("# policies: the built-in set"),
@@ -328,6 +373,10 @@ pub fn run(cmd: ConfigCommand, matches: &ArgMatches) -> anyhow::Result<i32> {
     line(
         "max_queued_per_process",
         runs.max_queued_per_process.to_string(),
+    );
+    line(
+        "server_dead_after_secs",
+        runs.server_dead_after_secs.to_string(),
     );
     println!("# ok");
     Ok(0)

@@ -236,9 +236,15 @@ async fn listen(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    // What `crate::api::serve` runs beside the router: the scheduler (stopped as the drain
+    // begins, so it fires no new run) and the cluster loop (heartbeat and cancel requests
+    // until the very end, so other servers do not take this one's runs while they finish).
     let scheduler = state
         .scheduler()
         .spawn(crate::runs::schedule::SCHEDULE_TICK);
+    let cluster = state.cluster.clone().spawn(state.dispatcher.clone());
+    // Before the first request can be answered (the socket is bound already).
+    tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         axum::serve(listener, app)
@@ -247,10 +253,11 @@ async fn listen(
             })
             .into_future(),
     );
-    tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
     let signal = tokio::select! {
         signal = shutdown::stop_signal() => signal?,
         served = &mut server => {
+            scheduler.stop().await;
+            cluster.stop().await;
             served??;
             anyhow::bail!("the server stopped without a signal");
         }
@@ -266,6 +273,7 @@ async fn listen(
         tracing::warn!(target: SERVER_LOG, "connections still open; closing them");
         server.abort();
     }
+    cluster.stop().await;
     tracing::info!(target: SERVER_LOG, exit_code = code, "stopped");
     Ok(code)
 }

@@ -167,13 +167,22 @@ struct Ended {
     cancelled: usize,
 }
 
-/// Records every running run `interrupted` and then cancels it; cancels every queued run.
+/// Records every running run of this server `interrupted` and then cancels it; cancels
+/// every queued one. Runs other servers on the same database hold are left alone: this
+/// server's are the ones with a live control in its dispatcher.
 async fn end_the_rest(state: &AppState) -> anyhow::Result<Ended> {
     let mut ended = Ended {
         interrupted: 0,
         cancelled: 0,
     };
-    for id in state.runs.ids_in_state(RunState::Running)? {
+    let ours = |state_now: RunState| -> anyhow::Result<Vec<String>> {
+        let ids = state.runs.ids_in_state(state_now)?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| state.dispatcher.control(id).is_some())
+            .collect())
+    };
+    for id in ours(RunState::Running)? {
         let recorded = state
             .runs
             .transition(&id, RunState::Interrupted, SHUTDOWN_ACTOR, |r| {
@@ -190,7 +199,7 @@ async fn end_the_rest(state: &AppState) -> anyhow::Result<Ended> {
             control.cancel();
         }
     }
-    for id in state.runs.ids_in_state(RunState::Queued)? {
+    for id in ours(RunState::Queued)? {
         match state.dispatcher.cancel(&id, SHUTDOWN_ACTOR).await {
             Ok(_) => ended.cancelled += 1,
             Err(crate::runs::RunsError::BadTransition { .. }) => {}

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use warden_tests::random_secret;
+
 use super::{Serve, run, warden};
 
 /// Writes `text` as a configuration file with mode 0600.
@@ -104,6 +106,19 @@ fn a_config_file_with_a_typo_a_loose_mode_or_two_key_sources_is_refused() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("at most one of"), "{stderr}");
 
+    // A database password in a file that `config check` prints and many may read.
+    config_file(
+        tmp.path(),
+        "database = \"postgres://warden:hunter2-secret@db.example/warden\"\n",
+    );
+    let (code, stdout, stderr) = config_check(tmp.path(), &["--config", &file_arg], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("without a password"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "{stderr}"
+    );
+
     // A --config that does not exist is an error, not a silent fallback to defaults.
     let missing = tmp.path().join("nope.toml").to_string_lossy().into_owned();
     let (code, _, stderr) = config_check(tmp.path(), &["--config", &missing], &[]);
@@ -146,6 +161,16 @@ fn config_check_names_where_the_master_key_is_and_never_prints_it() {
         "{stdout}"
     );
     assert!(!stdout.contains("OPS_TEST_MASTER_KEY"), "{stdout}");
+    // A database URL from the environment may carry a password: never shown.
+    let url = format!("postgres://warden:{}@db.example/warden", random_secret(16));
+    let (code, stdout, stderr) = config_check(
+        tmp.path(),
+        &["--config", &file_arg],
+        &[("OPS_TEST_MASTER_KEY", &key), ("WARDEN_DATABASE_URL", &url)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("# database: a PostgreSQL URL from the environment (not shown)"));
+    assert!(!stdout.contains(&url) && !stderr.contains(&url), "{stdout}");
 }
 
 /// The systemd unit's way: the key lives outside the data directory (a credential), named

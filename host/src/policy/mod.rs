@@ -8,7 +8,8 @@
 //! that errors, or no policy that permits, all deny (fail closed). A denial names the policy
 //! that decided it, so the caller can audit it.
 //!
-//! The policies and the schema live in files an administrator can read and extend. At load
+//! The policies and the schema are files an administrator can read and extend (the shipped
+//! set is compiled in; `warden policies export` writes it out). At load
 //! every policy must carry an `@id` annotation and validate against the schema in strict
 //! mode, so a typo in an attribute or action name is refused at start rather than silently
 //! never matching. [`PolicyEngine::reload`] swaps in a new set atomically and keeps the old

@@ -67,6 +67,9 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         let principal = state.users.principal(&user)?;
+        if let Some(slot) = parts.extensions.get::<super::request_log::CallerSlot>() {
+            slot.set(&user.name, &token.id);
+        }
         Ok(Caller {
             user,
             principal,

@@ -13,6 +13,7 @@
 mod audit_scope;
 pub mod auth;
 pub mod error;
+pub mod request_log;
 mod routes;
 
 use std::sync::Arc;
@@ -141,7 +142,7 @@ impl AppState {
     /// engine and run-queue limits.
     pub async fn open(
         dir: crate::store::DataDir,
-        policies: &std::path::Path,
+        policies: impl Into<crate::policy::PolicySource>,
     ) -> anyhow::Result<Self> {
         Self::open_with(dir, policies, &ServerLimits::default()).await
     }
@@ -149,7 +150,7 @@ impl AppState {
     /// [`AppState::open`] with `limits`: the pool's size and the run queue's bounds.
     pub async fn open_with(
         dir: crate::store::DataDir,
-        policies: &std::path::Path,
+        policies: impl Into<crate::policy::PolicySource>,
         limits: &ServerLimits,
     ) -> anyhow::Result<Self> {
         use crate::runs::RunState;
@@ -160,8 +161,9 @@ impl AppState {
             server_key,
             ..
         } = dir;
-        let policy = PolicyEngine::load(policies)
-            .map_err(|e| anyhow::anyhow!("loading policies from {}: {e}", policies.display()))?;
+        let policies = policies.into();
+        let policy = PolicyEngine::load_from(policies.clone())
+            .map_err(|e| anyhow::anyhow!("loading policies from {policies}: {e}"))?;
         let audit = AuditLog::open(&db, server_key)?;
         let vault = Vault::open(&db, master_key)?;
         let targets = TargetStore::open(&db)?;

@@ -4,19 +4,23 @@
 mod access;
 mod audit;
 mod client;
+mod config;
 mod credential;
 mod db;
+mod docs;
 mod exec;
+mod policies;
 mod reconcile;
 mod scaffold;
 mod serve;
+mod shutdown;
 pub mod sign;
 mod target;
 mod vault;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::store::DataDir;
 
@@ -47,9 +51,18 @@ impl RotationPolicyArgs {
     }
 }
 
+/// The version `--version` prints: the crate's version and the commit it was built from
+/// (`WARDEN_COMMIT`, set by `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WARDEN_COMMIT"),
+    ")"
+);
+
 /// Warden: privileged automation without handing credentials to scripts.
 #[derive(Parser, Debug)]
-#[command(name = "warden", version, about)]
+#[command(name = "warden", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,10 +138,34 @@ enum Command {
     New(scaffold::NewArgs),
     /// Build the task project in a directory into `NAME.wasm`.
     Build(scaffold::BuildArgs),
+    /// The server's configuration: check it and print the effective settings.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// The built-in Cedar policies: export them as a starting point for --policies.
+    #[command(subcommand)]
+    Policies(policies::PoliciesCommand),
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions(docs::CompletionsArgs),
+    /// Write man pages into a directory (for packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
-/// Runs the parsed command; returns the process exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+/// Runs the parsed command; `matches` are the ones `cli` was parsed from (they tell a flag
+/// from a default, for the configuration file). Returns the process exit code.
+pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // `serve` and `demo` choose their log format from their settings (flags, environment,
+    // configuration file); every other command logs warnings as text.
+    if !matches!(cli.command, Command::Serve(_) | Command::Demo(_)) {
+        serve::init_logging(serve::LogFormat::Text, "warn");
+    }
     match cli.command {
         Command::Init(data) => {
             let token = init_data_dir(&data)?;
@@ -142,8 +179,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("admin token (shown once, keep it): {token}");
             Ok(0)
         }
-        Command::Serve(args) => serve::run_serve(args).await,
-        Command::Demo(args) => serve::run_demo(args).await,
+        Command::Serve(mut args) => {
+            let applied = config::apply(&mut args, &sub("serve"))?;
+            serve::init_logging(args.log_format, serve::SERVE_LOG_FILTER);
+            log_config(&applied);
+            serve::run_serve(args).await
+        }
+        Command::Demo(mut args) => {
+            let applied = config::apply(&mut args.serve, &sub("demo"))?;
+            serve::init_logging(args.serve.log_format, serve::SERVE_LOG_FILTER);
+            log_config(&applied);
+            serve::run_demo(args).await
+        }
         Command::Module(cmd) => client::module(cmd).await,
         Command::Process(cmd) => client::process(cmd).await,
         Command::Run(cmd) => client::run(cmd).await,
@@ -160,6 +207,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sign(args) => sign::sign(args),
         Command::New(args) => scaffold::new(args),
         Command::Build(args) => scaffold::build(args),
+        Command::Config(cmd) => {
+            let check = sub("config").subcommand_matches("check").cloned();
+            config::run(cmd, &check.unwrap_or_default())
+        }
+        Command::Policies(cmd) => policies::run(cmd),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+    }
+}
+
+/// Logs which configuration file `warden serve` read.
+fn log_config(applied: &config::Applied) {
+    match &applied.file {
+        Some(file) => {
+            tracing::info!(target: serve::SERVER_LOG, file = %file.display(), "configuration file read")
+        }
+        None => tracing::info!(target: serve::SERVER_LOG, "no configuration file"),
     }
 }
 
@@ -169,18 +233,12 @@ fn init_data_dir(data: &DataArg) -> anyhow::Result<String> {
     serve::bootstrap_admin(&dir)
 }
 
-/// The whole program: logging to stderr, parse, run, one line on error, exit code.
+/// The whole program: parse, logging to stderr, run, one line on error, exit code.
 pub fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let code = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run(cli)).unwrap_or_else(|e| {
+        Ok(rt) => rt.block_on(run(cli, &matches)).unwrap_or_else(|e| {
             eprintln!("error: {e:#}");
             2
         }),

@@ -1,15 +1,20 @@
 //! `warden serve` (the server with its embedded bridge) and `warden demo` (set up a demo
-//! publisher, a signed demo module and a demo process, then serve).
+//! publisher, a signed demo module and a demo process, then serve): the settings (see
+//! [`super::config`] for the file), the listening socket, the log format, and the life of
+//! the server until its graceful shutdown ([`super::shutdown`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use secrecy::ExposeSecret;
 
 use super::DataArg;
-use crate::api::{AppState, ServerLimits, serve};
+use super::shutdown::{self, Drain};
+use crate::api::{AppState, ServerLimits};
+use crate::policy::PolicySource;
 use crate::registry::manifest::Manifest;
 use crate::registry::signing;
 use crate::runs::NewProcess;
@@ -17,24 +22,76 @@ use crate::runs::queue::QueueLimits;
 use crate::runtime::engine::EngineConfig;
 use crate::store::DataDir;
 
-/// Where the policies are by default (the repository's `policies/`).
-const DEFAULT_POLICIES: &str = "policies";
+/// The tracing target of the server's own lines (start, policies, shutdown), enabled at
+/// `info` by default.
+pub const SERVER_LOG: &str = "warden::server";
 
+/// How long open connections (an event stream, say) may hold up the exit once the runs are
+/// settled.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// How the server's log lines look.
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Every `warden serve` setting. Each may also come from the configuration file (same name,
+/// with `_` for `-`); a flag wins over its `WARDEN_*` variable, which wins over the file,
+/// which wins over the default.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Configuration file (TOML) [default: /etc/warden/warden.toml when it exists].
+    #[arg(long, env = "WARDEN_CONFIG", value_name = "FILE")]
+    pub(super) config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    /// Directory with the Cedar schema and policies.
-    #[arg(long, env = "WARDEN_POLICIES", default_value = DEFAULT_POLICIES)]
-    policies: PathBuf,
+    #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:7070")]
+    pub(super) listen: SocketAddr,
+    /// Directory with the Cedar schema and policies, instead of the built-in set (`warden
+    /// policies export DIR` writes the built-in set out as a starting point).
+    #[arg(long, env = "WARDEN_POLICIES", value_name = "DIR")]
+    pub(super) policies: Option<PathBuf>,
     /// How long an approval of a run counts, in seconds (default 24 hours).
     #[arg(long, env = "WARDEN_APPROVAL_TTL_SECS", default_value_t = 24 * 3600)]
-    approval_ttl_secs: u64,
+    pub(super) approval_ttl_secs: u64,
+    /// Seconds that runs in flight get to finish after SIGTERM or SIGINT; the rest are then
+    /// recorded `interrupted` and the exit code is 3 (0 when every run finished).
+    #[arg(
+        long,
+        env = "WARDEN_SHUTDOWN_GRACE",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    pub(super) shutdown_grace: u64,
+    /// Log line format: `text` for people, `json` for log collectors. `WARDEN_LOG` sets the
+    /// filter (default: warnings, plus one line per request and the server's own lines).
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(super) log_format: LogFormat,
     #[command(flatten)]
-    runs: RunQueueArgs,
+    pub(super) runs: RunQueueArgs,
     #[command(flatten)]
-    data: DataArg,
+    pub(super) data: DataArg,
+}
+
+impl ServeArgs {
+    /// The policy set to load: the directory given, else the built-in set.
+    pub(super) fn policy_source(&self) -> PolicySource {
+        self.policies.clone().into()
+    }
 }
 
 /// Execution capacity and the run queue's bounds. Runs beyond the capacity wait `queued`;
@@ -43,31 +100,31 @@ pub struct ServeArgs {
 pub struct RunQueueArgs {
     /// Runs executing at once; sizes the instance pool (1 to 1024).
     #[arg(long, env = "WARDEN_MAX_CONCURRENT_RUNS", default_value_t = 64)]
-    max_concurrent_runs: u32,
+    pub(super) max_concurrent_runs: u32,
     /// Runs that may wait for an execution slot, all callers together.
     #[arg(long, env = "WARDEN_MAX_QUEUED_RUNS", default_value_t = 1024)]
-    max_queued_runs: usize,
+    pub(super) max_queued_runs: usize,
     /// Runs one user (or a schedule's owner) may have executing at once.
     #[arg(long, env = "WARDEN_MAX_RUNNING_PER_USER", default_value_t = 16)]
-    max_running_per_user: usize,
+    pub(super) max_running_per_user: usize,
     /// Runs one user may have waiting.
     #[arg(long, env = "WARDEN_MAX_QUEUED_PER_USER", default_value_t = 64)]
-    max_queued_per_user: usize,
+    pub(super) max_queued_per_user: usize,
     /// Runs of one process that may execute at once.
     #[arg(long, env = "WARDEN_MAX_RUNNING_PER_PROCESS", default_value_t = 32)]
-    max_running_per_process: usize,
+    pub(super) max_running_per_process: usize,
     /// Runs of one process that may wait.
     #[arg(long, env = "WARDEN_MAX_QUEUED_PER_PROCESS", default_value_t = 256)]
-    max_queued_per_process: usize,
+    pub(super) max_queued_per_process: usize,
     /// With several servers on one database: after how many seconds without a heartbeat
     /// another server ends a stopped server's runs (running ones as interrupted).
     #[arg(long, env = "WARDEN_SERVER_DEAD_AFTER_SECS", default_value_t = 10)]
-    server_dead_after_secs: u64,
+    pub(super) server_dead_after_secs: u64,
 }
 
 impl RunQueueArgs {
     /// The validated limits (see [`crate::runs::queue::QueueLimits::normalized`]).
-    fn limits(&self) -> anyhow::Result<ServerLimits> {
+    pub(super) fn limits(&self) -> anyhow::Result<ServerLimits> {
         let max = crate::runtime::engine::MAX_CONCURRENT_RUNS;
         if !(1..=max).contains(&self.max_concurrent_runs) {
             anyhow::bail!("--max-concurrent-runs must be between 1 and {max}");
@@ -111,29 +168,114 @@ pub struct DemoArgs {
     #[arg(long)]
     manifest: PathBuf,
     #[command(flatten)]
-    serve: ServeArgs,
+    pub(super) serve: ServeArgs,
 }
 
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
     let limits = args.runs.limits()?;
+    let listener = bind(args.listen).await?;
     let dir = args.data.open()?;
-    let mut state = AppState::open_with(dir, &args.policies, &limits).await?;
-    let ttl = std::time::Duration::from_secs(args.approval_ttl_secs);
+    let mut state = AppState::open_with(dir, args.policy_source(), &limits).await?;
+    let ttl = Duration::from_secs(args.approval_ttl_secs);
     state.approvals = state.approvals.with_ttl(ttl);
-    listen(args.listen, state).await
+    listen(listener, state, Duration::from_secs(args.shutdown_grace)).await
 }
 
-async fn listen(addr: SocketAddr, state: AppState) -> anyhow::Result<i32> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds the listening socket; the usual failures in one sentence with the next step.
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::io::ErrorKind;
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr}"))?;
-    eprintln!("warden: listening on http://{}", listener.local_addr()?);
+        .map_err(|e| match e.kind() {
+            ErrorKind::AddrInUse => anyhow::anyhow!(
+                "{addr} is already in use by another process; stop it or choose another \
+                 --listen address"
+            ),
+            ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+                "{addr} is not an address of this machine; choose another --listen address"
+            ),
+            ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "not permitted to listen on {addr} (ports below 1024 need privileges); \
+                 choose another --listen port"
+            ),
+            _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+        })
+}
+
+/// Serves until SIGTERM or SIGINT, then drains (see [`shutdown`]); returns the exit code.
+async fn listen(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    grace: Duration,
+) -> anyhow::Result<i32> {
+    use axum::serve::ListenerExt;
+    let policy = &state.policy;
+    tracing::info!(
+        target: SERVER_LOG,
+        source = %policy.source(),
+        sha256 = %policy.digest(),
+        "policies loaded"
+    );
+    let addr = listener.local_addr()?;
     reload_policies_on_sighup(&state)?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let drain = Drain::new(grace);
+    // The router of `crate::api::app`, with the drain gate and one log line per request
+    // (outermost, so refusals are logged too). Both are `Router::layer`s, so they see the
+    // matched route.
+    let app = crate::api::app(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            drain.clone(),
+            shutdown::gate,
+        ))
+        .layer(axum::middleware::from_fn(
+            crate::api::request_log::log_request,
+        ));
+    // Small responses and event-stream chunks must not wait out Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    // What `crate::api::serve` runs beside the router: the scheduler (stopped as the drain
+    // begins, so it fires no new run) and the cluster loop (heartbeat and cancel requests
+    // until the very end, so other servers do not take this one's runs while they finish).
+    let scheduler = state
+        .scheduler()
+        .spawn(crate::runs::schedule::SCHEDULE_TICK);
+    let cluster = state.cluster.clone().spawn(state.dispatcher.clone());
+    // Before the first request can be answered (the socket is bound already).
+    tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let signal = tokio::select! {
+        signal = shutdown::stop_signal() => signal?,
+        served = &mut server => {
+            scheduler.stop().await;
+            cluster.stop().await;
+            served??;
+            anyhow::bail!("the server stopped without a signal");
+        }
     };
-    serve(listener, state, shutdown).await?;
-    Ok(0)
+    tracing::info!(target: SERVER_LOG, signal, "stop requested");
+    scheduler.stop().await;
+    let code = shutdown::drain(&state, &drain, grace).await?;
+    let _ = stop_serving.send(());
+    if tokio::time::timeout(CONNECTION_WAIT, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: SERVER_LOG, "connections still open; closing them");
+        server.abort();
+    }
+    cluster.stop().await;
+    tracing::info!(target: SERVER_LOG, exit_code = code, "stopped");
+    Ok(code)
 }
 
 /// `kill -HUP` reloads the Cedar policies; a broken policy set keeps the old one.
@@ -144,13 +286,44 @@ fn reload_policies_on_sighup(state: &AppState) -> anyhow::Result<()> {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match policy.reload() {
-                Ok(()) => eprintln!("warden: policies reloaded"),
-                Err(e) => eprintln!("warden: policies NOT reloaded, keeping the old set: {e}"),
+                Ok(()) => tracing::info!(
+                    target: SERVER_LOG,
+                    source = %policy.source(),
+                    sha256 = %policy.digest(),
+                    "policies reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    target: SERVER_LOG,
+                    "policies NOT reloaded, keeping the old set: {e}"
+                ),
             }
         }
     });
     Ok(())
 }
+
+/// Installs the log subscriber on stderr: `WARDEN_LOG` as the filter when set, else
+/// `default_filter`.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // Already installed (a second call in one process): the first one stays.
+    drop(installed);
+}
+
+/// The filter of `warden serve` when `WARDEN_LOG` is unset: warnings, the request lines and
+/// the server's own lines.
+pub const SERVE_LOG_FILTER: &str = "warn,warden::request=info,warden::server=info";
 
 /// Sets up (once) a demo publisher, signs and registers the demo module, creates the
 /// `hello-demo` process, prints how to run it, and serves.
@@ -163,8 +336,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
         None
     };
     let limits = args.serve.runs.limits()?;
+    let listener = bind(args.serve.listen).await?;
     let dir = args.serve.data.open()?;
-    let state = AppState::open_with(dir, &args.serve.policies, &limits).await?;
+    let state = AppState::open_with(dir, args.serve.policy_source(), &limits).await?;
     let publisher = root.join("demo-publisher.key");
     let key = if publisher.exists() {
         super::sign::load_signing_key(&publisher)?
@@ -217,7 +391,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     println!(
         "  ./target/release/warden run start hello-demo --input name=Ada --wait --server {server} --token {token}"
     );
-    listen(args.serve.listen, state).await
+    listen(
+        listener,
+        state,
+        Duration::from_secs(args.serve.shutdown_grace),
+    )
+    .await
 }
 
 /// Creates the data directory and the first Privileged Administrator; returns its token.

@@ -1,5 +1,6 @@
 //! `warden vault rekey`, and where the offline commands and the server get the vault master
-//! key (`--master-key-env VAR`, `--master-key-command CMD`, or `DATA/master.key`).
+//! key (`--master-key-env VAR`, `--master-key-command CMD`, `--master-key-file FILE`, or
+//! `DATA/master.key`).
 //!
 //! Threat: key material on a terminal, in a log or in argv. The key is only ever named by its
 //! public fingerprint; the command's line holds a program, never a key.
@@ -20,8 +21,12 @@ pub struct MasterKeyArgs {
     pub master_key_env: Option<String>,
     /// Run this command and read the vault master key (64 hex characters) from its standard
     /// output, e.g. a KMS/HSM helper. Split on whitespace and run without a shell.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", conflicts_with = "master_key_file")]
     pub master_key_command: Option<String>,
+    /// Read the vault master key (32 bytes, no access for group or others) from this file
+    /// instead of DATA/master.key, e.g. a systemd credential (`LoadCredential`).
+    #[arg(long, value_name = "FILE", conflicts_with = "master_key_env")]
+    pub master_key_file: Option<std::path::PathBuf>,
 }
 
 impl DataArg {
@@ -35,6 +40,9 @@ impl DataArg {
             let argv: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
             anyhow::ensure!(!argv.is_empty(), "--master-key-command is empty");
             return Ok(MasterKeySource::Command(argv));
+        }
+        if let Some(path) = &keys.master_key_file {
+            return Ok(MasterKeySource::File(path.clone()));
         }
         Ok(DataDir::default_key_source(&self.data))
     }
@@ -71,6 +79,9 @@ pub fn run(cmd: VaultCommand) -> anyhow::Result<i32> {
             }
             if data.master_key.master_key_command.is_some() {
                 return Err(DataDirError::RekeyNeedsKeyFile("--master-key-command").into());
+            }
+            if data.master_key.master_key_file.is_some() {
+                return Err(DataDirError::RekeyNeedsKeyFile("--master-key-file").into());
             }
             let report = store::rekey_master_key(&data.data, &data.location())
                 .with_context(|| format!("rekeying {}", data.data.display()))?;

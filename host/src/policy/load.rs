@@ -13,6 +13,7 @@ use std::str::FromStr;
 use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use super::request::Names;
+use super::source::{PolicySource, Texts};
 use super::{DEFAULT_DENY, INVALID_REQUEST, OVERSIZE_HOST_CALL, PolicyError};
 
 /// Name of the schema file inside the policy directory.
@@ -41,22 +42,34 @@ pub(super) struct Loaded {
     /// it is given, so the hot path gets only these (a third of the cost of the full set).
     pub(super) host_calls: PolicySet,
     pub(super) names: Names,
+    /// SHA-256 of the files the set was loaded from (see [`Texts::digest`]).
+    pub(super) digest: String,
 }
 
 impl Loaded {
-    /// Reads, parses and validates the directory.
-    pub(super) fn from_dir(dir: &Path) -> Result<Self, PolicyError> {
-        let schema = load_schema(&dir.join(SCHEMA_FILE))?;
+    /// Reads, parses and validates the set `source` names.
+    pub(super) fn from_source(source: &PolicySource) -> Result<Self, PolicyError> {
+        let texts = match source {
+            PolicySource::Builtin => Texts::builtin(),
+            PolicySource::Dir(dir) => read_dir_texts(dir)?,
+        };
+        Self::from_texts(&texts)
+    }
+
+    /// Parses and validates a set already read.
+    fn from_texts(texts: &Texts) -> Result<Self, PolicyError> {
+        let (schema_file, schema_text) = &texts.schema;
+        let schema = load_schema(schema_file, schema_text)?;
         let mut policies = PolicySet::new();
         let mut origin: HashMap<String, PathBuf> = HashMap::new();
-        for file in policy_files(dir)? {
-            let text = read_capped(&file)?;
-            add_file(&mut policies, &mut origin, &file, &text)?;
+        for (file, text) in &texts.policies {
+            add_file(&mut policies, &mut origin, file, text)?;
         }
         validate(&schema, &policies, &origin)?;
         let schema_error = |message| PolicyError::Schema {
-            file: dir.join(SCHEMA_FILE),
+            file: schema_file.clone(),
             message,
+            at: String::new(),
         };
         let names = Names::new(&schema).map_err(schema_error)?;
         names.check_host_call_shape(&schema).map_err(schema_error)?;
@@ -69,6 +82,7 @@ impl Loaded {
             operations,
             host_calls,
             names,
+            digest: texts.digest(),
         })
     }
 
@@ -83,12 +97,27 @@ impl Loaded {
     }
 }
 
-fn load_schema(file: &Path) -> Result<Schema, PolicyError> {
-    let text = read_capped(file)?;
+/// Reads the schema and every `*.cedar` file of `dir`, each capped.
+fn read_dir_texts(dir: &Path) -> Result<Texts, PolicyError> {
+    let schema_file = dir.join(SCHEMA_FILE);
+    let schema = read_capped(&schema_file)?;
+    let mut policies = Vec::new();
+    for file in policy_files(dir)? {
+        let text = read_capped(&file)?;
+        policies.push((file, text));
+    }
+    Ok(Texts {
+        schema: (schema_file, schema),
+        policies,
+    })
+}
+
+fn load_schema(file: &Path, text: &str) -> Result<Schema, PolicyError> {
     let (schema, warnings) =
-        Schema::from_cedarschema_str(&text).map_err(|e| PolicyError::Schema {
+        Schema::from_cedarschema_str(text).map_err(|e| PolicyError::Schema {
             file: file.to_path_buf(),
             message: e.to_string(),
+            at: Position::describe(&e, text),
         })?;
     for warning in warnings {
         tracing::warn!(file = %file.display(), %warning, "policy schema warning");
@@ -154,6 +183,7 @@ fn add_file(
     let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
         file: file.to_path_buf(),
         message: parse_message(&e),
+        at: Position::describe(&e, text),
     })?;
     if let Some(index) = parsed.templates().next().map(|t| policy_index(t.id())) {
         return Err(PolicyError::Template {
@@ -181,6 +211,7 @@ fn add_file(
             .map_err(|e| PolicyError::Parse {
                 file: file.to_path_buf(),
                 message: e.to_string(),
+                at: String::new(),
             })?;
         origin.insert(id.to_string(), file.to_path_buf());
     }
@@ -242,4 +273,29 @@ fn validate(
         id,
         message: error.to_string(),
     })
+}
+
+/// A 1-based line and column in a policy or schema file.
+struct Position {
+    line: usize,
+    column: usize,
+}
+
+impl Position {
+    /// Where the first labelled span of a parser's diagnostic starts in `text`.
+    fn of(error: &dyn miette::Diagnostic, text: &str) -> Option<Position> {
+        let offset = error.labels()?.next()?.offset();
+        let before = text.get(..offset.min(text.len()))?;
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.get(line_start..)?.chars().count() + 1;
+        Some(Position { line, column })
+    }
+
+    /// " at line L, column C" for [`Position::of`], or "" when the error has no position.
+    fn describe(error: &dyn miette::Diagnostic, text: &str) -> String {
+        Self::of(error, text).map_or_else(String::new, |at| {
+            format!(" at line {}, column {}", at.line, at.column)
+        })
+    }
 }

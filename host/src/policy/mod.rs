@@ -8,7 +8,8 @@
 //! that errors, or no policy that permits, all deny (fail closed). A denial names the policy
 //! that decided it, so the caller can audit it.
 //!
-//! The policies and the schema live in files an administrator can read and extend. At load
+//! The policies and the schema are files an administrator can read and extend (the shipped
+//! set is compiled in; `warden policies export` writes it out). At load
 //! every policy must carry an `@id` annotation and validate against the schema in strict
 //! mode, so a typo in an attribute or action name is refused at start rather than silently
 //! never matching. [`PolicyEngine::reload`] swaps in a new set atomically and keeps the old
@@ -19,10 +20,13 @@
 //! - `request`: turning a [`Principal`]/[`Resource`] or a [`HostCallRequest`] into Cedar
 //!   entities and a request, cheaply (this is on the path of every host call).
 //! - `resource_audit`: the Password Auditor's view of the audit log.
+//! - `source`: the built-in set (compiled in from `policies/`) or a directory, and the
+//!   digest naming the set in force.
 
 mod load;
 mod request;
 mod resource_audit;
+mod source;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +38,7 @@ use std::sync::{Arc, RwLock};
 pub use load::{MAX_POLICY_FILE_BYTES, MAX_POLICY_FILES, MAX_POLICY_ID_BYTES, SCHEMA_FILE};
 pub use request::MAX_HOST_CALL_TEXT_BYTES;
 pub use resource_audit::{OutcomeKind, ResourceAuditRecord, ResourceDecision, resource_audit_view};
+pub use source::{BUILTIN_FILES, BUILTIN_README, PolicySource, export_builtin};
 
 use load::Loaded;
 
@@ -65,10 +70,25 @@ pub enum PolicyError {
     TooManyFiles { dir: PathBuf },
     #[error("{dir} holds no *.cedar policy file")]
     NoPolicies { dir: PathBuf },
-    #[error("schema {file} is invalid: {message}")]
-    Schema { file: PathBuf, message: String },
-    #[error("{file}: cannot parse policies: {message}")]
-    Parse { file: PathBuf, message: String },
+    /// `at` is where the error starts (" at line L, column C"), or empty when unknown.
+    #[error("schema {file} is invalid{at}: {message}; fix the file and start again")]
+    Schema {
+        file: PathBuf,
+        message: String,
+        at: String,
+    },
+    /// `at` as for [`PolicyError::Schema`].
+    #[error("{file} has a syntax error{at}: {message}; fix the file and start again")]
+    Parse {
+        file: PathBuf,
+        message: String,
+        at: String,
+    },
+    #[error("cannot write {file}: {source}")]
+    Write {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}: templates are not supported (policy #{index})")]
     Template { file: PathBuf, index: usize },
     #[error("{file}: policy #{index} has no @id(\"...\") annotation")]
@@ -339,14 +359,14 @@ pub struct HostCallRequest<'a> {
 /// The loaded schema and policies; cheap to clone and shared between threads.
 #[derive(Clone)]
 pub struct PolicyEngine {
-    dir: Arc<PathBuf>,
+    source: Arc<PolicySource>,
     current: Arc<RwLock<Arc<Loaded>>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
-            .field("dir", &self.dir)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -355,17 +375,35 @@ impl PolicyEngine {
     /// Loads `dir/schema.cedarschema` and every `dir/*.cedar`, validating each policy
     /// against the schema in strict mode.
     pub fn load(dir: &Path) -> Result<Self, PolicyError> {
-        let loaded = Loaded::from_dir(dir)?;
+        Self::load_from(PolicySource::Dir(dir.to_path_buf()))
+    }
+
+    /// Loads the set `source` names (the built-in set or a directory), validated as
+    /// [`PolicyEngine::load`] does.
+    pub fn load_from(source: PolicySource) -> Result<Self, PolicyError> {
+        let loaded = Loaded::from_source(&source)?;
         Ok(PolicyEngine {
-            dir: Arc::new(dir.to_path_buf()),
+            source: Arc::new(source),
             current: Arc::new(RwLock::new(Arc::new(loaded))),
         })
     }
 
-    /// Loads the directory again and swaps the new set in atomically. On error the set in
+    /// Where the set comes from.
+    pub fn source(&self) -> &PolicySource {
+        &self.source
+    }
+
+    /// SHA-256 (hex) of the files of the set in force: names and contents, schema first.
+    /// Equal for the built-in set and for a faithful `warden policies export` of it.
+    pub fn digest(&self) -> String {
+        self.snapshot().digest.clone()
+    }
+
+    /// Loads the source again and swaps the new set in atomically. On error the set in
     /// force stays as it was.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let loaded = Arc::new(Loaded::from_dir(&self.dir)?);
+        let loaded = Arc::new(Loaded::from_source(&self.source)?);
+        let digest = loaded.digest.clone();
         // A panic while holding the lock cannot leave the slot half-written (it is one
         // pointer store), so a poisoned lock still holds a whole policy set.
         let mut slot = self
@@ -373,7 +411,7 @@ impl PolicyEngine {
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
         *slot = loaded;
-        tracing::info!(dir = %self.dir.display(), "policies reloaded");
+        tracing::info!(source = %self.source, sha256 = %digest, "policies reloaded");
         Ok(())
     }
 

@@ -266,27 +266,65 @@ impl AppState {
     }
 }
 
+/// What a server runs beside its router: the scheduler and the cluster loop (heartbeat, the
+/// sweep for runs of stopped servers, cancel requests). [`serve`] and `warden serve` both
+/// start it here.
+pub struct Background {
+    scheduler: Option<crate::runs::schedule::SchedulerHandle>,
+    cluster: Option<crate::runs::cluster::ClusterHandle>,
+}
+
+impl Background {
+    /// Starts both loops (the scheduler catches up on missed schedules first).
+    pub fn start(state: &AppState) -> Self {
+        Self {
+            scheduler: Some(state.scheduler().spawn(SCHEDULE_TICK)),
+            cluster: Some(state.cluster.clone().spawn(state.dispatcher.clone())),
+        }
+    }
+
+    /// Stops the scheduler (no new scheduled run) and leaves the cluster loop running, so
+    /// other servers do not take this one's runs while they finish.
+    pub async fn stop_scheduler(&mut self) {
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.stop().await;
+        }
+    }
+
+    /// Stops both loops (this server's heartbeat is removed).
+    pub async fn stop(mut self) {
+        self.stop_scheduler().await;
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop().await;
+        }
+    }
+}
+
+/// `listener` with Nagle's algorithm off on every connection: small responses and
+/// event-stream chunks must not wait out delayed ACKs (~40 ms on loopback).
+pub fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
+}
+
 /// Serves `app` on an already-bound listener until `shutdown` completes, with the
-/// scheduler running alongside (it catches up on missed schedules first).
+/// [`Background`] loops running alongside.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small responses and event-stream chunks must not wait out Nagle's algorithm (~40 ms
-    // with delayed ACKs on loopback).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let scheduler = state.scheduler().spawn(SCHEDULE_TICK);
-    let cluster = state.cluster.clone().spawn(state.dispatcher.clone());
-    let served = axum::serve(listener, app(state))
+    let background = Background::start(&state);
+    let served = axum::serve(without_nagle(listener), app(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    scheduler.stop().await;
-    cluster.stop().await;
+    background.stop().await;
     served
 }

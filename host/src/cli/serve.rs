@@ -208,7 +208,6 @@ async fn listen(
     state: AppState,
     grace: Duration,
 ) -> anyhow::Result<i32> {
-    use axum::serve::ListenerExt;
     let policy = &state.policy;
     tracing::info!(
         target: SERVER_LOG,
@@ -230,19 +229,10 @@ async fn listen(
         .layer(axum::middleware::from_fn(
             crate::api::request_log::log_request,
         ));
-    // Small responses and event-stream chunks must not wait out Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // What `crate::api::serve` runs beside the router: the scheduler (stopped as the drain
-    // begins, so it fires no new run) and the cluster loop (heartbeat and cancel requests
-    // until the very end, so other servers do not take this one's runs while they finish).
-    let scheduler = state
-        .scheduler()
-        .spawn(crate::runs::schedule::SCHEDULE_TICK);
-    let cluster = state.cluster.clone().spawn(state.dispatcher.clone());
+    let listener = crate::api::without_nagle(listener);
+    // The scheduler stops as the drain begins (no new scheduled run); the cluster loop runs
+    // until the very end (see `Background::stop_scheduler`).
+    let mut background = crate::api::Background::start(&state);
     // Before the first request can be answered (the socket is bound already).
     tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -256,14 +246,13 @@ async fn listen(
     let signal = tokio::select! {
         signal = shutdown::stop_signal() => signal?,
         served = &mut server => {
-            scheduler.stop().await;
-            cluster.stop().await;
+            background.stop().await;
             served??;
             anyhow::bail!("the server stopped without a signal");
         }
     };
     tracing::info!(target: SERVER_LOG, signal, "stop requested");
-    scheduler.stop().await;
+    background.stop_scheduler().await;
     let code = shutdown::drain(&state, &drain, grace).await?;
     let _ = stop_serving.send(());
     if tokio::time::timeout(CONNECTION_WAIT, &mut server)
@@ -273,7 +262,7 @@ async fn listen(
         tracing::warn!(target: SERVER_LOG, "connections still open; closing them");
         server.abort();
     }
-    cluster.stop().await;
+    background.stop().await;
     tracing::info!(target: SERVER_LOG, exit_code = code, "stopped");
     Ok(code)
 }

@@ -459,12 +459,19 @@ impl Dispatcher {
                 )
             }
         };
-        if let Err(e) = self
+        match self
             .runs
             .transition_noted(&run_id, state, &actor, &note, apply)
             .await
         {
-            tracing::error!(run = %run_id, error = %e, "could not record the run's end");
+            Ok(_) => {}
+            // Its end was recorded already: a shutdown (or another server's sweep) recorded it
+            // interrupted before stopping it.
+            Err(RunsError::BadTransition {
+                from: RunState::Interrupted,
+                ..
+            }) => tracing::debug!(run = %run_id, "run already recorded as interrupted"),
+            Err(e) => tracing::error!(run = %run_id, error = %e, "could not record the run's end"),
         }
         self.lock().remove(&run_id);
     }

@@ -34,14 +34,8 @@ fn main() -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     let data = DataDir::init(&dir.path().join("data"))?;
     let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
-    let audit = AuditLog::open(&data.db, data.server_key.clone())?;
-    let services = Services {
-        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
-        audit,
-        vault: Vault::open(&data.db, data.master_key)?,
-        targets: TargetStore::open(&data.db)?,
-        ssh: SshPool::new(SshConfig::default()),
-    };
+
+    let services = services(data)?;
     let noop = runtime.prepare(&std::fs::read(guests::component("noop"))?)?;
     let probe = runtime.prepare(&std::fs::read(guests::component("probe"))?)?;
 
@@ -100,14 +94,8 @@ fn audited_calls(
     probe: &Arc<warden_host::bridge::PreparedTask>,
     data: DataDir,
 ) -> anyhow::Result<()> {
-    let audit = AuditLog::open(&data.db, data.server_key.clone())?;
-    let services = Services {
-        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
-        audit,
-        vault: Vault::open(&data.db, data.master_key)?,
-        targets: TargetStore::open(&data.db)?,
-        ssh: SshPool::new(SshConfig::default()),
-    };
+    let (db, key) = (data.db.clone(), data.server_key.verifying_key());
+    let services = services(data)?;
     // 2. Audited host calls per second: `concurrency` runs each make `per_run` calls that
     //    read only the run's own state (one durable record each, after the call).
     let bridge = Bridge::new(Arc::clone(runtime), services.clone());
@@ -144,9 +132,21 @@ fn audited_calls(
             calls as f64 / secs
         );
     }
-    let verified = warden_host::audit::verify(&data.db, &data.server_key.verifying_key())?;
+    let verified = warden_host::audit::verify(&db, &key)?;
     println!("audit chain verifies: {} records", verified.count);
     Ok(())
+}
+
+/// The capability services over the stores of `data`.
+fn services(data: DataDir) -> anyhow::Result<Services> {
+    let audit = AuditLog::open(&data.db, data.server_key.clone())?;
+    Ok(Services {
+        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
+        audit,
+        vault: Vault::open(&data.db, data.master_key)?,
+        targets: TargetStore::open(&data.db)?,
+        ssh: SshPool::new(SshConfig::default()),
+    })
 }
 
 fn text(name: &str, value: &str) -> Param {

@@ -17,6 +17,23 @@ fn copy(cli: &Cli, url: &str) -> (bool, String, String) {
     )
 }
 
+/// Runs the hello task locally, so the log has records.
+fn run_hello(cli: &Cli) {
+    let hello = guests::component("hello").to_string_lossy().into_owned();
+    let manifest = guests::manifest("hello").to_string_lossy().into_owned();
+    cli.ok(
+        &[
+            "exec",
+            &hello,
+            "--manifest",
+            &manifest,
+            "--param",
+            "name=Ada",
+        ],
+        None,
+    );
+}
+
 fn count_in(verify: &str) -> u64 {
     verify
         .split_whitespace()
@@ -32,19 +49,7 @@ fn db_copy_moves_a_data_directory_into_postgres_with_its_chain_and_refuses_a_use
         &["credential", "add", "db-root", "--username", "root"],
         Some(format!("{secret}\n").as_bytes()),
     );
-    let hello = guests::component("hello").to_string_lossy().into_owned();
-    let manifest = guests::manifest("hello").to_string_lossy().into_owned();
-    cli.ok(
-        &[
-            "exec",
-            &hello,
-            "--manifest",
-            &manifest,
-            "--param",
-            "name=Ada",
-        ],
-        None,
-    );
+    run_hello(&cli);
     let before = count_in(&cli.ok(&["audit", "verify"], None));
     assert!(before > 0);
     let status = cli.ok(&["db", "status"], None);
@@ -85,19 +90,7 @@ fn db_copy_moves_a_data_directory_into_postgres_with_its_chain_and_refuses_a_use
 #[test]
 fn db_copy_refuses_a_source_whose_chain_does_not_verify() {
     let cli = Cli::init();
-    let hello = guests::component("hello").to_string_lossy().into_owned();
-    let manifest = guests::manifest("hello").to_string_lossy().into_owned();
-    cli.ok(
-        &[
-            "exec",
-            &hello,
-            "--manifest",
-            &manifest,
-            "--param",
-            "name=Ada",
-        ],
-        None,
-    );
+    run_hello(&cli);
     crate::cli::tamper(&cli.data, |records| {
         let (key, value) = records.iter().next().expect("a record").expect("read");
         let mut edited = value.to_vec();

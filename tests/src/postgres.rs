@@ -18,7 +18,7 @@ pub fn fresh_database() -> String {
     let base = cluster_url();
     let name = format!("warden_it_{}", uuid::Uuid::new_v4().simple());
     execute(&base, &format!("CREATE DATABASE {name}"));
-    with_dbname(&base, &name)
+    warden_host::store::postgres::with_dbname(&base, &name)
 }
 
 /// Runs `sql` (one or more statements) on `url`; panics on failure.
@@ -110,35 +110,4 @@ pub fn bench_backends() -> Vec<(&'static str, warden_host::store::DatabaseLocati
         );
     }
     backends
-}
-
-/// `url` with its database name replaced by `name`.
-pub fn with_dbname(url: &str, name: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let (head, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    let host_end = head[after_scheme..]
-        .find('/')
-        .map_or(head.len(), |i| after_scheme + i);
-    format!("{}/{name}{query}", &head[..host_end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_dbname;
-
-    #[test]
-    fn replaces_only_the_database_name() {
-        assert_eq!(
-            with_dbname("postgres://warden@127.0.0.1:5432/postgres", "x"),
-            "postgres://warden@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_dbname("postgres://w@h:1/db?sslmode=disable", "x"),
-            "postgres://w@h:1/x?sslmode=disable"
-        );
-        assert_eq!(with_dbname("postgres://w@h:1", "x"), "postgres://w@h:1/x");
-    }
 }

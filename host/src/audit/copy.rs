@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use super::AuditError;
 use super::checkpoint::Checkpoint;
 use super::record::AuditRecord;
-use crate::store::{AuditBatch, AuditRow, AuditTip, Database};
+use crate::store::{AuditBatch, AuditTip, Database};
 
 /// Records per commit.
 const CHUNK: usize = 1024;
@@ -32,18 +32,7 @@ pub fn copy_log(from: &Database, to: &Database, key: &SigningKey) -> Result<u64,
             if record.seq != seq || seq != next + rows.len() as u64 {
                 return Err(AuditError::Corrupt { seq });
             }
-            rows.push(AuditRow {
-                seq,
-                time_ms: record.time_ms,
-                run_id: record.entry.run_id.clone(),
-                actor: record.entry.actor.clone(),
-                action: record.entry.action.clone(),
-                resource: record.entry.target.clone(),
-                credential: record.entry.credential.clone(),
-                hash: record.hash.clone(),
-                prev_hash: record.prev_hash.clone(),
-                canonical: bytes,
-            });
+            rows.push(record.row(bytes));
         }
         let Some(last) = rows.last() else {
             return Ok(next);

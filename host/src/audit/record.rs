@@ -101,6 +101,23 @@ impl AuditRecord {
         serde_json::to_vec(self)
     }
 
+    /// How the storage layer keeps this record: its `canonical` bytes and the columns
+    /// queries filter on.
+    pub(crate) fn row(&self, canonical: Vec<u8>) -> crate::store::AuditRow {
+        crate::store::AuditRow {
+            seq: self.seq,
+            time_ms: self.time_ms,
+            run_id: self.entry.run_id.clone(),
+            actor: self.entry.actor.clone(),
+            action: self.entry.action.clone(),
+            resource: self.entry.target.clone(),
+            credential: self.entry.credential.clone(),
+            hash: self.hash.clone(),
+            prev_hash: self.prev_hash.clone(),
+            canonical,
+        }
+    }
+
     /// Recomputes this record's hash from its contents (ignoring the stored `hash`).
     pub(crate) fn recompute_hash(&self) -> Result<String, serde_json::Error> {
         chain_hash(self.seq, self.time_ms, &self.entry, &self.prev_hash)

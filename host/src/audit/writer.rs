@@ -25,7 +25,7 @@ use super::AuditError;
 use super::checkpoint::Checkpoint;
 use super::record::{AuditEntry, AuditRecord};
 use super::verify::{Head, check_head};
-use crate::store::{AuditBatch, AuditRow, AuditTip, Batch, Database, StoreError};
+use crate::store::{AuditBatch, AuditTip, Batch, Database, StoreError};
 
 /// Most entries sealed into one batch. Bounds the size of one commit and the delay a waiter at
 /// the back of a long queue sees before its batch is durable.
@@ -172,18 +172,7 @@ fn seal_batch(
             .canonical()
             .map_err(|e| format!("cannot encode: {e}"))?;
         prev_hash = record.hash.clone();
-        rows.push(AuditRow {
-            seq,
-            time_ms,
-            run_id: record.entry.run_id.clone(),
-            actor: record.entry.actor.clone(),
-            action: record.entry.action.clone(),
-            resource: record.entry.target.clone(),
-            credential: record.entry.credential.clone(),
-            hash: record.hash.clone(),
-            prev_hash: record.prev_hash.clone(),
-            canonical,
-        });
+        rows.push(record.row(canonical));
         records.push(record);
     }
     let Some(last) = records.last() else {

@@ -108,28 +108,6 @@ fn expectation_holds(expect: &Expect, current: Option<&[u8]>) -> bool {
     }
 }
 
-/// The exclusive end of a scan: the smaller of `until` and the first key past the prefix.
-fn upper_bound(scan: &Scan) -> Option<Vec<u8>> {
-    let past_prefix = prefix_successor(&scan.prefix);
-    match (past_prefix, scan.until.clone()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The smallest key greater than every key starting with `prefix` (none for an empty or
-/// all-0xff prefix).
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < u8::MAX {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
-}
-
 pub(crate) fn sled_error(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -154,11 +132,8 @@ impl Backend for SledBackend {
         scan: &Scan,
     ) -> Result<super::table::Rows, StoreError> {
         let tree = self.tree(table.name)?;
-        let start = match &scan.from {
-            Some(from) if from.as_slice() > scan.prefix.as_slice() => from.clone(),
-            _ => scan.prefix.clone(),
-        };
-        let end = upper_bound(scan);
+        let start = scan.start();
+        let end = scan.end();
         let iter = match &end {
             Some(end) if *end <= start => return Ok(Vec::new()),
             Some(end) => tree.range(start..end.clone()),

@@ -202,6 +202,24 @@ impl Scan {
         self
     }
 
+    /// Where the scan starts: the larger of `from` and the prefix.
+    pub fn start(&self) -> Vec<u8> {
+        match &self.from {
+            Some(from) if from.as_slice() > self.prefix.as_slice() => from.clone(),
+            _ => self.prefix.clone(),
+        }
+    }
+
+    /// Where the scan ends (exclusive): the smaller of `until` and the first key past the
+    /// prefix; `None` for no end.
+    pub fn end(&self) -> Option<Vec<u8>> {
+        let past_prefix = prefix_successor(&self.prefix);
+        match (past_prefix, self.until.clone()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// True if `key` lies inside the prefix and bounds (the limit aside).
     pub fn contains(&self, key: &[u8]) -> bool {
         key.starts_with(&self.prefix)
@@ -222,6 +240,19 @@ pub struct Select {
     /// Only rows ordered before `(value of order_by, key)`: the previous page's last row.
     pub before: Option<(ColumnValue, Vec<u8>)>,
     pub limit: usize,
+}
+
+/// The smallest key greater than every key starting with `prefix` (none for an empty or
+/// all-0xff prefix).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
 }
 
 /// Why a storage operation failed.

@@ -456,3 +456,35 @@ impl Backend for PgBackend {
             .run(|pool| async move { audit::query(&pool, &query).await })
     }
 }
+
+/// `url` with its database name replaced by `name`.
+/// (Used by the test harnesses to make one database per test.)
+pub fn with_dbname(url: &str, name: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = head[after_scheme..]
+        .find('/')
+        .map_or(head.len(), |i| after_scheme + i);
+    format!("{}/{name}{query}", &head[..host_end])
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::with_dbname;
+
+    #[test]
+    fn replaces_only_the_database_name() {
+        assert_eq!(
+            with_dbname("postgres://warden@127.0.0.1:5432/postgres", "x"),
+            "postgres://warden@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_dbname("postgres://w@h:1/db?sslmode=disable", "x"),
+            "postgres://w@h:1/x?sslmode=disable"
+        );
+        assert_eq!(with_dbname("postgres://w@h:1", "x"), "postgres://w@h:1/x");
+    }
+}

@@ -16,20 +16,7 @@ pub(crate) fn fresh_database() -> String {
     let base = cluster_url();
     let name = format!("warden_test_{}", uuid::Uuid::new_v4().simple());
     execute(&base, &format!("CREATE DATABASE {name}"));
-    with_dbname(&base, &name)
-}
-
-/// `url` with its database name replaced by `name`.
-pub(crate) fn with_dbname(url: &str, name: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let (head, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    let host_end = head[after_scheme..]
-        .find('/')
-        .map_or(head.len(), |i| after_scheme + i);
-    format!("{}/{name}{query}", &head[..host_end])
+    super::with_dbname(&base, &name)
 }
 
 /// Runs `sql` (one or more statements) on `url`, panicking on error.

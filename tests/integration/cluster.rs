@@ -337,3 +337,80 @@ async fn a_database_outage_answers_503_writes_nothing_and_service_resumes() {
     assert_eq!(end["state"], "succeeded", "{end}");
     assert!(verify_chain(&server).await > before);
 }
+
+/// Two servers' schedulers over one database tick at the same instant, ten slots in a row:
+/// each slot starts exactly one run (the firing is a compare-and-swap on the schedule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_slot_due_on_two_servers_fires_once() {
+    use warden_host::api::AppState;
+    use warden_host::runs::NewProcess;
+    use warden_host::runs::schedule::NewSchedule;
+
+    let pair = Pair::new();
+    let open = |name: &str| {
+        let root = pair.data(name);
+        let location = DatabaseLocation::Postgres(pair.url.clone());
+        DataDir::open_at(&root, &DataDir::default_key_source(&root), &location).expect("open")
+    };
+    let policies = warden_tests::repo_root().join("policies");
+    let a = AppState::open(open("a"), &policies)
+        .await
+        .expect("server a");
+    let b = AppState::open(open("b"), &policies)
+        .await
+        .expect("server b");
+
+    let key = new_key();
+    a.modules
+        .trust_publisher("acme", &key.verifying_key())
+        .expect("trust");
+    let manifest = warden_tests::http::manifest_text("probe");
+    let signed = warden_tests::http::signed("probe", &manifest, &key);
+    let verified = a.modules.verify(&signed).expect("verify");
+    let module = a.modules.store(&verified, &signed, "admin").expect("store");
+    let process = a
+        .processes
+        .create(NewProcess {
+            name: "tick".into(),
+            description: String::new(),
+            owner: "admin".into(),
+            module_digest: module.digest.clone(),
+            module: format!("{}@{}", module.name, module.version),
+            grant: Default::default(),
+            default_inputs: Default::default(),
+            shared_users: Default::default(),
+            shared_roles: Default::default(),
+            required_approvals: 0,
+        })
+        .expect("process");
+    let schedule = a
+        .schedules
+        .create(
+            &process.id,
+            NewSchedule {
+                cron: "* * * * * *".into(),
+                inputs: [("mode".to_string(), json!("echo"))].into(),
+                catch_up: true,
+            },
+            "admin",
+        )
+        .await
+        .expect("schedule");
+    let (scheduler_a, scheduler_b) = (a.scheduler(), b.scheduler());
+    let mut now = schedule.created_ms + 1_000;
+    for slot in 0..10 {
+        let (from_a, from_b) = tokio::join!(scheduler_a.tick(now), scheduler_b.tick(now));
+        assert_eq!(
+            from_a.len() + from_b.len(),
+            1,
+            "slot {slot}: {from_a:?} {from_b:?}"
+        );
+        now += 1_000;
+    }
+    let fired = a.audit.query(&warden_host::audit::AuditFilter {
+        action: Some("schedule.fired".into()),
+        ..Default::default()
+    });
+    assert_eq!(fired.expect("audit").len(), 10);
+    a.audit.verify().expect("one chain");
+}

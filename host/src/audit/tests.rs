@@ -504,6 +504,42 @@ fn query_limit_is_capped() {
     assert_eq!(filter.effective_limit(), MAX_QUERY_RECORDS);
 }
 
+/// A crash between a commit's records and its index entries (or a log from before the index)
+/// leaves records the index does not name: opening the database indexes them again.
+#[test]
+fn records_the_index_missed_are_indexed_when_the_database_opens() {
+    let fixture = Fixture::with_records(6);
+    let by_run = |db: &sled::Db| {
+        let log = AuditLog::open(&crate::store::sled_db(db), signing_key()).unwrap();
+        let filter = AuditFilter {
+            run_id: Some("run-2".into()),
+            ..AuditFilter::default()
+        };
+        log.query(&filter).unwrap().len()
+    };
+    assert_eq!(by_run(&fixture.db), 2);
+    let (dir, db) = fixture.reopen();
+    // The tail's index entries and the mark are lost, as a crash before the flush would.
+    db.open_tree("audit_by_run").unwrap().clear().unwrap();
+    db.open_tree(crate::store::AUDIT_META.name)
+        .unwrap()
+        .insert("indexed-through", &1u64.to_be_bytes())
+        .unwrap();
+    assert_eq!(
+        by_run(&db),
+        2,
+        "the records after the mark are indexed again"
+    );
+    // A log with no mark at all (written before the index) is indexed whole.
+    db.open_tree("audit_by_run").unwrap().clear().unwrap();
+    db.open_tree(crate::store::AUDIT_META.name)
+        .unwrap()
+        .remove("indexed-through")
+        .unwrap();
+    assert_eq!(by_run(&db), 2);
+    drop(dir);
+}
+
 #[test]
 fn query_reports_corrupt_record() {
     let fixture = Fixture::with_records(3);

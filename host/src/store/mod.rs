@@ -322,8 +322,7 @@ pub(crate) fn reopen_after_drop(path: &std::path::Path) -> Database {
 /// raw trees.
 #[cfg(test)]
 pub(crate) fn sled_db(db: &sled::Db) -> Database {
-    Database::from_backend(std::sync::Arc::new(SledBackend::from_db(
-        db.clone(),
-        "test".into(),
-    )))
+    let backend = SledBackend::from_db(db.clone(), "test".into());
+    sled_audit::ensure_index(&backend).unwrap();
+    Database::from_backend(std::sync::Arc::new(backend))
 }

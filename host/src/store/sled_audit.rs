@@ -4,10 +4,12 @@
 //!
 //! Index trees answer queries without scanning the log: `audit_by_run`, `audit_by_actor`,
 //! `audit_by_action` and `audit_by_resource` map `value NUL seq` (big-endian), `audit_by_time`
-//! maps `time_ms seq`, all to nothing. They are written in the records' transaction, and built
-//! once from the records when a data directory from before them is opened. An index only
-//! narrows the search: every candidate is decoded and checked against every filter, so a value
-//! that itself contains NUL cannot make a record match another's query.
+//! maps `time_ms seq`, all to nothing. They are written right after the records' transaction
+//! (one atomic batch per tree, then the "indexed through" mark, all before the commit's one
+//! flush: a crash keeps a prefix of that order), and when a data directory is opened the
+//! records after the mark — all of them, for a log from before the index — are indexed. An
+//! index only narrows the search: every candidate is decoded and checked against every
+//! filter, so a value that itself contains NUL cannot make a record match another's query.
 //!
 //! One commit = one multi-tree transaction for the records and checkpoint, then the `then`
 //! batches (each its own transaction, after the records, so the sled log can lose them with or
@@ -59,64 +61,98 @@ const BY_TIME: TableDef = TableDef {
     columns: &[],
     columns_of: None,
 };
-/// Marks, in [`META`], a log whose index trees cover every record.
-const INDEXED_KEY: &[u8] = b"indexed-v1";
+/// In [`META`]: the big-endian seq up to which the index trees cover the records.
+const INDEXED_THROUGH_KEY: &[u8] = b"indexed-through";
+
+/// The index trees.
+const INDEXES: [&TableDef; 5] = [&BY_RUN, &BY_ACTOR, &BY_ACTION, &BY_RESOURCE, &BY_TIME];
 
 /// Records indexed per transaction while building the index of an older log.
 const INDEX_BUILD_CHUNK: usize = 4096;
 
-/// The index entries of one record.
-fn index_entries(batch: &mut Batch, row: &AuditRow) {
+/// The index keys of one record, per index tree (in [`INDEXES`] order).
+fn index_keys(row: &AuditRow) -> [Option<Vec<u8>>; 5] {
     let seq = row.seq.to_be_bytes();
-    let mut by_value = |table: &'static TableDef, value: &str| {
+    let by_value = |value: &str| {
         let mut key = Vec::with_capacity(value.len() + 9);
         key.extend_from_slice(value.as_bytes());
         key.push(0);
         key.extend_from_slice(&seq);
-        batch.put(table, key, Vec::new(), Expect::Any);
+        key
     };
-    if let Some(run) = &row.run_id {
-        by_value(&BY_RUN, run);
-    }
-    by_value(&BY_ACTOR, &row.actor);
-    by_value(&BY_ACTION, &row.action);
-    if let Some(resource) = &row.resource {
-        by_value(&BY_RESOURCE, resource);
-    }
-    let mut key = row.time_ms.to_be_bytes().to_vec();
-    key.extend_from_slice(&seq);
-    batch.put(&BY_TIME, key, Vec::new(), Expect::Any);
+    let mut by_time = row.time_ms.to_be_bytes().to_vec();
+    by_time.extend_from_slice(&seq);
+    [
+        row.run_id.as_deref().map(by_value),
+        Some(by_value(&row.actor)),
+        Some(by_value(&row.action)),
+        row.resource.as_deref().map(by_value),
+        Some(by_time),
+    ]
 }
 
-/// Builds the index trees of a log written before they existed (once; resumable, since
-/// index entries are idempotent and the marker is written last).
-pub(crate) fn ensure_index(backend: &SledBackend) -> Result<(), StoreError> {
-    let meta = backend.tree(META.name)?;
-    if meta.get(INDEXED_KEY).map_err(sled_error)?.is_some() {
+/// Writes the index entries of `rows` (one atomic batch per tree) and then the mark saying
+/// the index covers them. Not flushed: the caller's flush makes it durable.
+fn write_index(backend: &SledBackend, rows: &[AuditRow]) -> Result<(), StoreError> {
+    let Some(last) = rows.last() else {
         return Ok(());
+    };
+    let mut batches: [sled::Batch; 5] = Default::default();
+    for row in rows {
+        for (batch, key) in batches.iter_mut().zip(index_keys(row)) {
+            if let Some(key) = key {
+                batch.insert(key, &[] as &[u8]);
+            }
+        }
     }
-    let mut from = 0u64;
+    for (table, batch) in INDEXES.iter().zip(batches) {
+        backend
+            .tree(table.name)?
+            .apply_batch(batch)
+            .map_err(sled_error)?;
+    }
+    backend
+        .tree(META.name)?
+        .insert(INDEXED_THROUGH_KEY, &last.seq.to_be_bytes())
+        .map_err(sled_error)?;
+    Ok(())
+}
+
+/// Indexes the records after the "indexed through" mark: the tail a crash left unindexed,
+/// or a whole log written before the index existed. Resumable (index entries are
+/// idempotent; the mark moves only after its entries).
+pub(crate) fn ensure_index(backend: &SledBackend) -> Result<(), StoreError> {
+    let through = backend
+        .tree(META.name)?
+        .get(INDEXED_THROUGH_KEY)
+        .map_err(sled_error)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes);
+    let mut from = through.map_or(0, |t| t.saturating_add(1));
+    let mut indexed_any = false;
     loop {
         let chunk = range(backend, from, INDEX_BUILD_CHUNK)?;
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
-        let mut batch = Batch::new();
-        for (seq, bytes) in &chunk {
-            if let Ok(fields) = serde_json::from_slice::<QueryFields>(bytes) {
-                index_entries(&mut batch, &fields.row(*seq));
-            }
-        }
-        backend.apply_unflushed(&batch)?;
+        let rows: Vec<AuditRow> = chunk
+            .iter()
+            .filter_map(|(seq, bytes)| {
+                let fields = serde_json::from_slice::<QueryFields>(bytes).ok()?;
+                Some(fields.row(*seq))
+            })
+            .collect();
+        write_index(backend, &rows)?;
+        indexed_any = true;
         match last.checked_add(1) {
             Some(next) => from = next,
             None => break,
         }
     }
-    let mut marker = Batch::new();
-    marker.put(&META, INDEXED_KEY.to_vec(), Vec::new(), Expect::Any);
-    backend.apply_unflushed(&marker)?;
-    backend.flush()
+    if indexed_any {
+        backend.flush()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn commit(
@@ -137,7 +173,6 @@ pub(crate) fn commit(
             row.canonical.clone(),
             Expect::Absent,
         );
-        index_entries(&mut batch, row);
     }
     batch.put(
         &META,
@@ -146,6 +181,7 @@ pub(crate) fn commit(
         Expect::Any,
     );
     backend.apply_unflushed(&batch)?;
+    write_index(backend, &sealed.rows)?;
     let outcomes = then
         .iter()
         .map(|batch| backend.apply_unflushed(batch))

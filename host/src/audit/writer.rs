@@ -93,6 +93,7 @@ impl Writer {
                     // The caller may have stopped waiting; its records are durable regardless.
                     let _ = reply.send(Ok((records.by_ref().take(count).collect(), outcome)));
                 }
+                self.db.backend().audit_after_commit();
             }
             Err(error) => {
                 let reason = error.to_string();

@@ -4,12 +4,13 @@
 //!
 //! Index trees answer queries without scanning the log: `audit_by_run`, `audit_by_actor`,
 //! `audit_by_action` and `audit_by_resource` map `value NUL seq` (big-endian), `audit_by_time`
-//! maps `time_ms seq`, all to nothing. They are written right after the records' transaction
-//! (one atomic batch per tree, then the "indexed through" mark, all before the commit's one
-//! flush: a crash keeps a prefix of that order), and when a data directory is opened the
-//! records after the mark — all of them, for a log from before the index — are indexed. An
-//! index only narrows the search: every candidate is decoded and checked against every
-//! filter, so a value that itself contains NUL cannot make a record match another's query.
+//! maps `time_ms seq`, all to nothing. They are kept off the commit's path: the writer indexes
+//! right after each commit has been acknowledged ([`super::Backend::audit_after_commit`]), one
+//! atomic batch per tree and then the "indexed through" mark; a query first indexes whatever
+//! the mark does not cover yet, and so does opening the database (the tail a crash lost, or a
+//! whole log from before the index). An index only narrows the search: every candidate is
+//! decoded and checked against every filter, so a value that itself contains NUL cannot make a
+//! record match another's query.
 //!
 //! One commit = one multi-tree transaction for the records and checkpoint, then the `then`
 //! batches (each its own transaction, after the records, so the sled log can lose them with or
@@ -118,10 +119,11 @@ fn write_index(backend: &SledBackend, rows: &[AuditRow]) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Indexes the records after the "indexed through" mark: the tail a crash left unindexed,
-/// or a whole log written before the index existed. Resumable (index entries are
-/// idempotent; the mark moves only after its entries).
+/// Indexes the records after the "indexed through" mark: what the last commits wrote, the
+/// tail a crash left unindexed, or a whole log written before the index existed. Resumable
+/// (index entries are idempotent; the mark moves only after its entries); one at a time.
 pub(crate) fn ensure_index(backend: &SledBackend) -> Result<(), StoreError> {
+    let _one_at_a_time = backend.index_lock();
     let through = backend
         .tree(META.name)?
         .get(INDEXED_THROUGH_KEY)
@@ -149,9 +151,8 @@ pub(crate) fn ensure_index(backend: &SledBackend) -> Result<(), StoreError> {
             None => break,
         }
     }
-    if indexed_any {
-        backend.flush()?;
-    }
+    // Made durable by the next commit's flush; lost entries are redone from the mark.
+    let _ = indexed_any;
     Ok(())
 }
 
@@ -181,7 +182,6 @@ pub(crate) fn commit(
         Expect::Any,
     );
     backend.apply_unflushed(&batch)?;
-    write_index(backend, &sealed.rows)?;
     let outcomes = then
         .iter()
         .map(|batch| backend.apply_unflushed(batch))
@@ -228,6 +228,8 @@ pub(crate) fn query(
     backend: &SledBackend,
     query: &AuditQuery,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    // Usually nothing is left: the writer indexes right after each commit.
+    ensure_index(backend)?;
     let after = query.after_seq.map_or(0, |s| s.saturating_add(1));
     if query.after_seq == Some(u64::MAX) || query.limit == 0 {
         return Ok(Vec::new());

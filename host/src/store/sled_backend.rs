@@ -20,6 +20,8 @@ use super::table::{
 /// The sled backend; one per process (sled locks its directory).
 pub struct SledBackend {
     db: sled::Db,
+    /// Held while the audit index catches up (see `sled_audit::ensure_index`).
+    indexing: std::sync::Mutex<()>,
     trees: RwLock<HashMap<&'static str, sled::Tree>>,
     path: String,
 }
@@ -36,6 +38,7 @@ impl SledBackend {
     pub(crate) fn from_db(db: sled::Db, path: String) -> Self {
         Self {
             db,
+            indexing: std::sync::Mutex::new(()),
             trees: RwLock::new(HashMap::new()),
             path,
         }
@@ -92,6 +95,13 @@ impl SledBackend {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => sled_error(e),
         })
+    }
+
+    /// One audit-index catch-up at a time.
+    pub(crate) fn index_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.indexing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
@@ -180,6 +190,12 @@ impl Backend for SledBackend {
 
     fn audit_tip(&self) -> Result<AuditTip, StoreError> {
         sled_audit::tip(self)
+    }
+
+    fn audit_after_commit(&self) {
+        if let Err(e) = sled_audit::ensure_index(self) {
+            tracing::warn!(error = %e, "audit index not updated; the next query retries");
+        }
     }
 
     fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

@@ -370,6 +370,9 @@ pub trait Backend: Send + Sync + 'static {
     fn audit_commit(&self, seal: Seal<'_>, then: &[Batch]) -> Result<Committed, StoreError>;
     /// The stored tip (for opening the log and `audit verify`).
     fn audit_tip(&self) -> Result<AuditTip, StoreError>;
+    /// Called by the audit writer after it has answered a commit's waiters: a backend may do
+    /// upkeep here that must not delay acknowledgements (sled indexes the new records).
+    fn audit_after_commit(&self) {}
     /// Canonical bytes of records with `seq >= from`, in order, at most `limit`.
     fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// `(seq, canonical bytes)` of the records matching `query`, in seq order, from an index

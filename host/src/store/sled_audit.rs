@@ -4,11 +4,11 @@
 //!
 //! Index trees answer queries without scanning the log: `audit_by_run`, `audit_by_actor`,
 //! `audit_by_action` and `audit_by_resource` map `value NUL seq` (big-endian), `audit_by_time`
-//! maps `time_ms seq`, all to nothing. They are kept off the commit's path: the writer indexes
-//! right after each commit has been acknowledged ([`super::Backend::audit_after_commit`]), one
-//! atomic batch per tree and then the "indexed through" mark; a query first indexes whatever
-//! the mark does not cover yet, and so does opening the database (the tail a crash lost, or a
-//! whole log from before the index). An index only narrows the search: every candidate is
+//! maps `time_ms seq`, all to nothing. They are kept off the commit's path: committed rows wait
+//! in memory and are indexed in bulk after acknowledged commits
+//! ([`super::Backend::audit_after_commit`]) — one atomic batch per tree, then the "indexed
+//! through" mark — and before any query; opening the database indexes what the mark does not
+//! cover (the tail a crash lost, or a whole log from before the index). An index only narrows the search: every candidate is
 //! decoded and checked against every filter, so a value that itself contains NUL cannot make a
 //! record match another's query.
 //!
@@ -161,7 +161,12 @@ pub(crate) fn commit(
     seal: Seal<'_>,
     then: &[Batch],
 ) -> Result<Committed, StoreError> {
-    let tip = tip(backend)?;
+    // This process owns the database (sled locks it), so the tip it wrote last is the tip.
+    let mut cache = backend.audit_cache();
+    let tip = match &cache.tip {
+        Some(tip) => tip.clone(),
+        None => tip(backend)?,
+    };
     let sealed = seal(&tip).map_err(StoreError::Io)?;
     if sealed.rows.is_empty() {
         return Ok((sealed, Vec::new()));
@@ -188,7 +193,39 @@ pub(crate) fn commit(
         .collect();
     // One fsync for the records, the checkpoint and the writes that follow them.
     backend.flush()?;
+    cache.tip = Some(AuditTip {
+        last: sealed.rows.last().map(|r| r.canonical.clone()),
+        checkpoint: Some(sealed.checkpoint.clone()),
+    });
+    cache
+        .unindexed
+        .extend(sealed.rows.iter().map(|row| AuditRow {
+            canonical: Vec::new(),
+            ..row.clone()
+        }));
     Ok((sealed, outcomes))
+}
+
+/// Indexes the rows committed since the last call, from memory, once enough of them wait
+/// (`at_least`; 0: all of them). What a crash loses from memory is redone from the mark when
+/// the database opens ([`ensure_index`]).
+pub(crate) fn index_committed(backend: &SledBackend, at_least: usize) -> Result<(), StoreError> {
+    let _one_at_a_time = backend.index_lock();
+    let rows = {
+        let mut cache = backend.audit_cache();
+        if cache.unindexed.is_empty() || cache.unindexed.len() < at_least {
+            return Ok(());
+        }
+        std::mem::take(&mut cache.unindexed)
+    };
+    if let Err(e) = write_index(backend, &rows) {
+        // Put them back in front (seq order), to be retried.
+        let mut cache = backend.audit_cache();
+        let later = std::mem::replace(&mut cache.unindexed, rows);
+        cache.unindexed.extend(later);
+        return Err(e);
+    }
+    Ok(())
 }
 
 pub(crate) fn tip(backend: &SledBackend) -> Result<AuditTip, StoreError> {
@@ -228,8 +265,8 @@ pub(crate) fn query(
     backend: &SledBackend,
     query: &AuditQuery,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    // Usually nothing is left: the writer indexes right after each commit.
-    ensure_index(backend)?;
+    // Whatever the writer has not indexed yet.
+    index_committed(backend, 0)?;
     let after = query.after_seq.map_or(0, |s| s.saturating_add(1));
     if query.after_seq == Some(u64::MAX) || query.limit == 0 {
         return Ok(Vec::new());

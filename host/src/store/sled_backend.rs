@@ -14,14 +14,27 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::sled_audit;
 use super::table::{
-    AuditQuery, AuditTip, Backend, Batch, Expect, Op, Scan, Seal, StoreError, TableDef,
+    AuditQuery, AuditRow, AuditTip, Backend, Batch, Expect, Op, Scan, Seal, StoreError, TableDef,
 };
+
+/// Committed audit rows indexed together (fewer, larger index batches).
+const INDEX_BATCH: usize = 256;
+
+/// What the audit commit keeps in memory: the tip it wrote last (sled is this process's
+/// alone, so nobody else moves it) and the committed rows the index does not cover yet.
+#[derive(Default)]
+pub(crate) struct AuditCache {
+    pub tip: Option<AuditTip>,
+    pub unindexed: Vec<AuditRow>,
+}
 
 /// The sled backend; one per process (sled locks its directory).
 pub struct SledBackend {
     db: sled::Db,
     /// Held while the audit index catches up (see `sled_audit::ensure_index`).
     indexing: std::sync::Mutex<()>,
+    /// The audit tip this process wrote last, and committed rows not indexed yet.
+    audit: std::sync::Mutex<AuditCache>,
     trees: RwLock<HashMap<&'static str, sled::Tree>>,
     path: String,
 }
@@ -39,6 +52,7 @@ impl SledBackend {
         Self {
             db,
             indexing: std::sync::Mutex::new(()),
+            audit: std::sync::Mutex::default(),
             trees: RwLock::new(HashMap::new()),
             path,
         }
@@ -95,6 +109,13 @@ impl SledBackend {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => sled_error(e),
         })
+    }
+
+    /// The audit cache (see [`AuditCache`]).
+    pub(crate) fn audit_cache(&self) -> std::sync::MutexGuard<'_, AuditCache> {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One audit-index catch-up at a time.
@@ -193,7 +214,7 @@ impl Backend for SledBackend {
     }
 
     fn audit_after_commit(&self) {
-        if let Err(e) = sled_audit::ensure_index(self) {
+        if let Err(e) = sled_audit::index_committed(self, INDEX_BATCH) {
             tracing::warn!(error = %e, "audit index not updated; the next query retries");
         }
     }

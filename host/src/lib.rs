@@ -24,6 +24,7 @@
 //! - [`runs`]: processes and runs: persistence and the run state machine.
 //! - [`store`]: the data directory and its keys.
 //! - [`users`]: users, custom roles and API tokens (stored hashed, checked in constant time).
+//! - [`notify`]: the audit stream exported to webhooks, syslog and files; alert rules.
 //! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
 //! - [`cli`]: the `warden` command line.
 
@@ -32,6 +33,7 @@ pub mod audit;
 pub mod bridge;
 pub mod capabilities;
 pub mod cli;
+pub mod notify;
 pub mod policy;
 pub mod redact;
 pub mod registry;

@@ -618,6 +618,18 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/roles"),
     ("post", "/v1/roles"),
     ("put", "/v1/roles/{name}/grants"),
+    ("get", "/v1/notify/sinks"),
+    ("post", "/v1/notify/sinks"),
+    ("delete", "/v1/notify/sinks/{name}"),
+    ("post", "/v1/notify/sinks/{name}/enable"),
+    ("post", "/v1/notify/sinks/{name}/disable"),
+    ("get", "/v1/notify/sinks/{name}/dead-letters"),
+    ("post", "/v1/notify/sinks/{name}/dead-letters/replay"),
+    ("get", "/v1/notify/allow"),
+    ("put", "/v1/notify/allow"),
+    ("get", "/v1/notify/rules"),
+    ("post", "/v1/notify/rules"),
+    ("delete", "/v1/notify/rules/{name}"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [

@@ -14,6 +14,7 @@ mod db;
 mod grant;
 mod languages;
 mod leases;
+mod notify;
 mod operations;
 mod paging;
 mod pg;

@@ -100,6 +100,8 @@ pub struct AppState {
     pub cluster: crate::runs::cluster::Cluster,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Sinks and alert rules over the audit stream; its tasks run in [`serve`].
+    pub notify: crate::notify::Notifier,
 }
 
 #[derive(OpenApi)]
@@ -124,6 +126,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::leases::routes())
         .merge(routes::approvals::routes())
         .merge(routes::schedules::routes())
+        .merge(routes::notify::routes())
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -230,6 +233,11 @@ impl AppState {
             dispatcher.clone(),
             audit.clone(),
         )?;
+        let notify = crate::notify::Notifier::new(crate::notify::NotifyStore::new(
+            &db,
+            vault.clone(),
+            audit.clone(),
+        ));
         Ok(AppState {
             bridge,
             dispatcher,
@@ -245,6 +253,7 @@ impl AppState {
             targets,
             cluster,
             metrics: Arc::default(),
+            notify,
         })
     }
 }
@@ -272,14 +281,20 @@ impl AppState {
 pub struct Background {
     scheduler: Option<crate::runs::schedule::SchedulerHandle>,
     cluster: Option<crate::runs::cluster::ClusterHandle>,
+    /// The audit stream's sinks and alert rules (their tasks).
+    notify: crate::notify::Notifier,
 }
 
 impl Background {
     /// Starts both loops (the scheduler catches up on missed schedules first).
     pub fn start(state: &AppState) -> Self {
+        if let Err(e) = state.notify.reload() {
+            tracing::error!(error = %e, "cannot start the notification sinks");
+        }
         Self {
             scheduler: Some(state.scheduler().spawn(SCHEDULE_TICK)),
             cluster: Some(state.cluster.clone().spawn(state.dispatcher.clone())),
+            notify: state.notify.clone(),
         }
     }
 
@@ -293,6 +308,7 @@ impl Background {
 
     /// Stops both loops (this server's heartbeat is removed).
     pub async fn stop(mut self) {
+        self.notify.stop();
         self.stop_scheduler().await;
         if let Some(cluster) = self.cluster.take() {
             cluster.stop().await;

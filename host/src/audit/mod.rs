@@ -31,8 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+/// The signed head, for exporters (`crate::notify`) that ship checkpoints in their stream.
+pub(crate) use checkpoint::Checkpoint;
 pub use copy::copy_log;
 pub use record::{
     AuditEntry, AuditRecord, Decision, GENESIS_HASH, MAX_NAME_BYTES, MAX_TEXT_BYTES,
@@ -130,6 +132,8 @@ struct Inner {
     failed: Arc<AtomicBool>,
     db: Database,
     verifying_key: VerifyingKey,
+    /// The `seq` after the last committed record (0 for an empty log), for subscribers.
+    committed: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -151,7 +155,9 @@ impl AuditLog {
         let head = verify::check_head(&tip, &verifying_key)?;
         let failed = Arc::new(AtomicBool::new(false));
         let (queue, receiver) = sync_channel(QUEUE_CAPACITY);
+        let (committed_tx, committed) = watch::channel(head.next_seq);
         let writer = Writer {
+            committed: committed_tx,
             db: db.clone(),
             signing_key,
             head: Some((head, tip.last)),
@@ -167,6 +173,7 @@ impl AuditLog {
             failed,
             db: db.clone(),
             verifying_key,
+            committed,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -256,6 +263,13 @@ impl AuditLog {
             .map_err(|_| self.writer_gone())?;
         let (records, _) = reply.blocking_recv().map_err(|_| self.writer_gone())??;
         records.into_iter().next().ok_or_else(|| self.writer_gone())
+    }
+
+    /// Watches the `seq` after the last committed record: a subscriber (`crate::notify`)
+    /// wakes on a change and reads the committed records from the store. Only a wake-up: the
+    /// store, not this value, is the source of truth.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.committed.clone()
     }
 
     /// True once a write has failed; from then on every append fails at once.

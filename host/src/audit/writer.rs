@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     pub head: Option<(Head, Option<Vec<u8>>)>,
     pub failed: Arc<AtomicBool>,
     pub queue: Receiver<Pending>,
+    /// Told the `seq` after the last committed record, after each commit (subscribers).
+    pub committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Writer {
@@ -150,6 +152,7 @@ impl Writer {
             return Ok((Vec::new(), outcomes));
         };
         if !records.is_empty() {
+            self.committed.send_replace(head.next_seq);
             self.head = Some((head, Some(last)));
         }
         Ok((records, outcomes))

@@ -8,7 +8,19 @@ use crate::audit::{self, AuditFilter, AuditLog};
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Re-walk the chain; print the record count, or name the first bad record and fail.
+    /// With `--export FILE --server-key PUB`: check an exported stream offline instead.
     Verify {
+        #[command(flatten)]
+        data: DataArg,
+        /// An exported stream (a file sink's JSON lines) to check instead of the data directory.
+        #[arg(long, requires = "server_key")]
+        export: Option<std::path::PathBuf>,
+        /// The server's audit public key (hex, or a file holding it; `warden audit server-key`).
+        #[arg(long)]
+        server_key: Option<String>,
+    },
+    /// Print the public key that verifies this server's audit checkpoints (hex).
+    ServerKey {
         #[command(flatten)]
         data: DataArg,
     },
@@ -27,7 +39,17 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
-        AuditCommand::Verify { data } => {
+        AuditCommand::Verify {
+            export: Some(file),
+            server_key: Some(key),
+            ..
+        } => crate::notify::export_verify::run_cli(&file, &key),
+        AuditCommand::ServerKey { data } => {
+            let dir = data.open()?;
+            println!("{}", hex::encode(dir.server_key.verifying_key().as_bytes()));
+            Ok(0)
+        }
+        AuditCommand::Verify { data, .. } => {
             let dir = data.open()?;
             match audit::verify(&dir.db, &dir.server_key.verifying_key()) {
                 Ok(report) => {

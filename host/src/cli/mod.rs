@@ -9,6 +9,7 @@ mod credential;
 mod db;
 mod docs;
 mod exec;
+mod notify;
 mod policies;
 mod reconcile;
 mod scaffold;
@@ -128,6 +129,12 @@ enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Sinks of the audit stream on a server: webhooks, syslog, files; the allow-list.
+    #[command(subcommand)]
+    Sink(notify::SinkCommand),
+    /// Alert rules on a server.
+    #[command(subcommand)]
+    Alert(notify::AlertCommand),
     /// The state's database: status, migrations, copying sled into PostgreSQL.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -201,6 +208,8 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Sink(cmd) => notify::sink(cmd).await,
+        Command::Alert(cmd) => notify::alert(cmd).await,
         Command::Vault(cmd) => vault::run(cmd),
         Command::Db(cmd) => db::run(cmd),
         Command::Keygen(args) => sign::keygen(args),

@@ -5,7 +5,7 @@
 use super::TableDef;
 
 /// The domain tables, in no particular order.
-pub fn tables() -> [&'static TableDef; 20] {
+pub fn tables() -> [&'static TableDef; 25] {
     [
         &crate::users::USERS,
         &crate::users::ROLES,
@@ -27,5 +27,10 @@ pub fn tables() -> [&'static TableDef; 20] {
         &crate::runs::cluster::RUN_CANCELS,
         &crate::runs::schedule::SCHEDULES,
         &crate::runs::approval::APPROVALS,
+        &crate::notify::SINKS,
+        &crate::notify::CURSORS,
+        &crate::notify::DEAD_LETTERS,
+        &crate::notify::RULES,
+        &crate::notify::SETTINGS,
     ]
 }

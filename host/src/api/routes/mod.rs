@@ -5,6 +5,7 @@ pub mod audit;
 pub mod credentials;
 pub mod leases;
 pub mod modules;
+pub mod notify;
 pub mod processes;
 pub mod runs;
 pub mod schedules;

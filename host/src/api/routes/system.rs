@@ -64,6 +64,7 @@ async fn metrics(State(state): State<AppState>) -> String {
             m.denials.load(Ordering::Relaxed),
         ),
         queue_metrics(&state.dispatcher.queue().stats()),
+        state.notify.metrics_text(),
     ]
     .concat()
 }

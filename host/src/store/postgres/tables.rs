@@ -77,6 +77,11 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("run_cancels"),
     plain("schedules"),
     plain("approvals"),
+    plain("notify_sinks"),
+    plain("notify_cursors"),
+    plain("notify_dead_letters"),
+    plain("notify_rules"),
+    plain("notify_settings"),
 ];
 
 fn schema_of(def: &TableDef) -> Result<&'static TableSchema, StoreError> {

@@ -23,6 +23,11 @@ CREATE TABLE warden.servers (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.run_cancels (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.schedules (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE warden.approvals (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.notify_sinks (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.notify_cursors (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.notify_dead_letters (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.notify_rules (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE warden.notify_settings (key bytea PRIMARY KEY, value bytea NOT NULL);
 
 -- Runs, with the columns operators and the API filter on.
 CREATE TABLE warden.runs (

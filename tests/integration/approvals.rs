@@ -890,8 +890,7 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
     let admin = {
         let dir = DataDir::init(&data).expect("init data dir");
         let users = UserStore::open(&dir.db).expect("users");
-        let token = bootstrap_admin(&users);
-        token
+        bootstrap_admin(&users)
     };
     let (mut first, base) = ServeProcess::start(&data).await;
     let server = Server::remote(base, admin.clone());

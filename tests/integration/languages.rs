@@ -431,8 +431,7 @@ async fn restart_loads_the_precompiled_python_module_and_its_first_run_starts_fa
     let admin = {
         let dir = DataDir::init(&data).expect("init");
         let users = UserStore::open(&dir.db).expect("users");
-        let token = bootstrap_admin(&users);
-        token
+        bootstrap_admin(&users)
     };
     let target = Target::start();
     let (mut first, http) = ServeProcess::start(&data, tmp.path().join("1.log"), &admin).await;

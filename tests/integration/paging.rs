@@ -76,7 +76,7 @@ async fn runs_and_audit_records_page_through_every_item_once_in_order() {
     // A filter pages over its matches only.
     let failed = all_pages(
         &server,
-        &format!("/v1/runs?state=failed&limit=2"),
+        "/v1/runs?state=failed&limit=2",
         "x-warden-next-before",
         "before",
         "id",

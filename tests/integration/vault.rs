@@ -225,8 +225,7 @@ impl Api {
 /// returns its token, with the database closed so a server process can open it.
 fn init_data_dir(data: &Path) -> String {
     let dir = DataDir::init(data).expect("init data dir");
-    let token = bootstrap_admin(&dir);
-    token
+    bootstrap_admin(&dir)
 }
 
 fn bootstrap_admin(dir: &DataDir) -> String {

@@ -41,6 +41,8 @@
 //! transition did not take effect, a [`LOST_TRANSITION_ACTION`] record says so, and the caller
 //! gets [`RunsError::BadTransition`].
 //!
+//! Listing (filters, pages) is in `run_list.rs`.
+//!
 //! Storage: table [`RUNS`] maps run id to the record's JSON (with typed columns state, process,
 //! actor and creation time for SQL); table [`RUNS_BY_TIME`] maps `created_ms` (big-endian)
 //! followed by the id to the id, for newest-first listing. Both are written together once, at
@@ -56,9 +58,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{RunState, RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_principal};
 use crate::audit::{AuditEntry, AuditLog, Decision};
-use crate::store::{
-    Batch, ColumnValue, Database, Expect, Scan, Select, StoreError, Table, TableDef,
-};
+use crate::store::{Batch, ColumnValue, Database, Expect, StoreError, Table, TableDef};
+
+#[path = "run_list.rs"]
+mod list;
+pub use list::{RunCursor, RunFilter};
 
 /// Run records by id.
 pub const RUNS: TableDef = TableDef {
@@ -91,9 +95,6 @@ pub const MAX_RUN_RECORD_BYTES: usize = 8 << 20;
 /// record can be large (up to [`MAX_RUN_RECORD_BYTES`]); without a cap one request could load
 /// the whole run history into memory.
 pub const MAX_LIST_RUNS: usize = 100;
-
-/// Index entries read per round trip while listing.
-const LIST_PAGE: usize = 256;
 
 /// Actor named in the audit records [`RunStore::recover`] writes.
 pub const RECOVERY_ACTOR: &str = "system:recovery";
@@ -169,60 +170,6 @@ impl RunRecord {
     }
 }
 
-/// Which runs [`RunStore::list`] returns; `None` fields match every run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunFilter {
-    pub process_id: Option<String>,
-    pub actor: Option<String>,
-    pub state: Option<RunState>,
-    /// Only runs older than this one (the last run of the previous page).
-    #[serde(default)]
-    pub before: Option<RunCursor>,
-    /// At most this many runs, capped at (and defaulting to) [`MAX_LIST_RUNS`].
-    pub limit: Option<usize>,
-}
-
-/// Where a page of [`RunStore::list`] ends: a run's creation time and id, written
-/// `created_ms:id`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunCursor {
-    pub created_ms: u64,
-    pub id: String,
-}
-
-impl RunCursor {
-    /// The cursor after `run`.
-    pub fn after(run: &RunRecord) -> Self {
-        Self {
-            created_ms: run.created_ms,
-            id: run.id.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for RunCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.created_ms, self.id)
-    }
-}
-
-impl std::str::FromStr for RunCursor {
-    type Err = RunsError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || invalid("before", "expected created_ms:run-id");
-        let (ms, id) = s.split_once(':').ok_or_else(bad)?;
-        let created_ms = ms.parse().map_err(|_| bad())?;
-        if !is_valid_name(id) {
-            return Err(bad());
-        }
-        Ok(Self {
-            created_ms,
-            id: id.to_string(),
-        })
-    }
-}
-
 /// The fields a filter looks at; decoding only these skips building events and output for
 /// runs that do not match.
 #[derive(Deserialize)]
@@ -230,16 +177,6 @@ struct RunHead {
     process_id: String,
     actor: String,
     state: RunState,
-}
-
-impl RunFilter {
-    fn matches(&self, head: &RunHead) -> bool {
-        self.process_id
-            .as_ref()
-            .is_none_or(|p| *p == head.process_id)
-            && self.actor.as_ref().is_none_or(|a| *a == head.actor)
-            && self.state.is_none_or(|s| s == head.state)
-    }
 }
 
 /// Persistent runs. Cheap to clone; clones share the per-run locks.
@@ -488,47 +425,6 @@ impl RunStore {
         Ok(self.load(id)?.map(|(_, run)| run))
     }
 
-    /// Runs matching `filter`, newest first (ties in `created_ms` by id, descending), at most
-    /// [`MAX_LIST_RUNS`].
-    pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, RunsError> {
-        let limit = filter.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
-        if let Some(rows) = self.runs.select(&select_of(filter, limit))? {
-            // The backend keeps the typed columns (PostgreSQL): answered from its indexes.
-            return rows
-                .iter()
-                .map(|(id, bytes)| decode(&String::from_utf8_lossy(id), bytes))
-                .collect();
-        }
-        let mut found = Vec::new();
-        // Newest first, a page of the index at a time, so a listing never loads the whole
-        // history.
-        let mut page = Scan::all().reversed().limit(LIST_PAGE);
-        page.until = filter
-            .before
-            .as_ref()
-            .map(|c| time_key(c.created_ms, &c.id));
-        loop {
-            let entries = self.by_time.scan(&page)?;
-            for (_, id) in &entries {
-                if found.len() >= limit {
-                    return Ok(found);
-                }
-                let Some(bytes) = self.runs.get(id)? else {
-                    continue;
-                };
-                let id = String::from_utf8_lossy(id);
-                let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
-                if filter.matches(&head) {
-                    found.push(decode(&id, &bytes)?);
-                }
-            }
-            match entries.last() {
-                Some((key, _)) if entries.len() == LIST_PAGE => page.until = Some(key.clone()),
-                _ => return Ok(found),
-            }
-        }
-    }
-
     /// Ids of every run in `state`, oldest first, uncapped: what a dispatcher re-queues at
     /// start (`queued`). Scans the whole run history.
     pub fn ids_in_state(&self, state: RunState) -> Result<Vec<String>, RunsError> {
@@ -687,31 +583,6 @@ struct Change<'a> {
     new_bytes: Vec<u8>,
     next: RunState,
     actor: &'a str,
-}
-
-/// `filter` as a query on the typed columns of [`RUNS`].
-fn select_of(filter: &RunFilter, limit: usize) -> Select {
-    let mut equals = Vec::new();
-    if let Some(state) = filter.state {
-        equals.push(("state", ColumnValue::Text(state.as_str().to_string())));
-    }
-    if let Some(process) = &filter.process_id {
-        equals.push(("process_id", ColumnValue::Text(process.clone())));
-    }
-    if let Some(actor) = &filter.actor {
-        equals.push(("actor", ColumnValue::Text(actor.clone())));
-    }
-    Select {
-        equals,
-        order_by: "created_ms",
-        before: filter.before.as_ref().map(|c| {
-            (
-                ColumnValue::Int(i64::try_from(c.created_ms).unwrap_or(i64::MAX)),
-                c.id.as_bytes().to_vec(),
-            )
-        }),
-        limit,
-    }
 }
 
 /// The typed columns of a stored run (see [`RUNS`]); all null for bytes that do not decode.

@@ -29,6 +29,10 @@ async fn all_pages(
         for item in r.body.as_array().expect("a list") {
             items.push(item[field].to_string().trim_matches('"').to_string());
         }
+        assert!(
+            r.headers.get(header).is_none_or(|v| !v.is_empty()),
+            "an empty cursor header on {url}"
+        );
         let next = r
             .headers
             .get(header)

@@ -71,13 +71,19 @@ pub const NEXT_AFTER_HEADER: &str = "x-warden-next-after";
     ("resource" = Option<String>, Query, description = "target the record is about"),
     ("after" = Option<u64>, Query, description = "only records after this seq (pagination)"),
     ("limit" = Option<usize>, Query, description = "at most this many")),
-    responses((status = 200, description = "records, in sequence order; header \
-        x-warden-next-after names the cursor of the next page when there may be one")))]
+    responses(
+        (status = 200, description = "records the caller may see, in sequence order, from a page of at most `limit` (capped at 10,000) matching records",
+            headers(("x-warden-next-after" = u64, description = "cursor of the next page (a seq, for `after`); absent on the last page"))),
+        (status = 400, description = "a query parameter does not parse (e.g. `after` is not a number)"),
+        (status = 401, description = "missing or invalid token"),
+        (status = 403, description = "may not view the audit log"),
+        (status = 503, description = "`database-unavailable`: nothing was read; retry", headers(("Retry-After" = u64, description = "seconds to wait"))),
+    ))]
 async fn query_audit(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
-) -> Result<([(&'static str, String); 1], Json<Vec<AuditRecord>>), ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<Vec<AuditRecord>>), ApiError> {
     state
         .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
@@ -91,8 +97,8 @@ async fn query_audit(
     // A full page may have more after it; the cursor is the last record scanned (visible or
     // not), so records the caller may not see never make pagination stop early.
     let next = match page.last() {
-        Some(last) if page.len() >= limit => last.seq.to_string(),
-        _ => String::new(),
+        Some(last) if page.len() >= limit => Some(last.seq.to_string()),
+        _ => None,
     };
     let mut visible = Vec::new();
     for record in page {
@@ -100,7 +106,10 @@ async fn query_audit(
             visible.push(record);
         }
     }
-    Ok(([(NEXT_AFTER_HEADER, next)], Json(visible)))
+    Ok((
+        crate::api::routes::runs::next_page_header(NEXT_AFTER_HEADER, next),
+        Json(visible),
+    ))
 }
 
 /// Re-walks the hash chain and checks the signed checkpoint.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
@@ -39,6 +40,15 @@ struct RunQuery {
 /// Response header naming the cursor of the next page of runs (absent on the last page).
 pub const NEXT_BEFORE_HEADER: &str = "x-warden-next-before";
 
+/// The response header `name: cursor` when there is a next page, else no header.
+pub(crate) fn next_page_header(name: &'static str, cursor: Option<String>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = cursor.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(name, value);
+    }
+    headers
+}
+
 impl AppState {
     /// A run the caller may see: its own, or one of a process it may view.
     pub(crate) async fn visible_run(
@@ -65,13 +75,18 @@ impl AppState {
     ("state" = Option<String>, Query, description = "only runs in this state"),
     ("before" = Option<String>, Query, description = "only runs older than this cursor (created_ms:id)"),
     ("limit" = Option<usize>, Query, description = "at most this many")),
-    responses((status = 200, description = "runs, newest first; header x-warden-next-before \
-        names the cursor of the next page when there may be one")))]
+    responses(
+        (status = 200, description = "runs the caller may see, newest first, at most `limit` (capped at 100)",
+            headers(("x-warden-next-before" = String, description = "cursor of the next page (`created_ms:id`); absent on the last page"))),
+        (status = 400, description = "`invalid`: `before` is not `created_ms:id`, or a query parameter does not parse"),
+        (status = 401, description = "missing or invalid token"),
+        (status = 503, description = "`database-unavailable`: nothing was read; retry", headers(("Retry-After" = u64, description = "seconds to wait"))),
+    ))]
 async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<RunQuery>,
-) -> Result<([(&'static str, String); 1], Json<Vec<RunRecord>>), ApiError> {
+) -> Result<(HeaderMap, Json<Vec<RunRecord>>), ApiError> {
     let limit = q.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
     let before = q
         .before
@@ -89,8 +104,8 @@ async fn list_runs(
     // The cursor is the last run listed, visible or not, so runs the caller may not see never
     // end the pagination early.
     let next = match page.last() {
-        Some(last) if page.len() >= limit => RunCursor::after(last).to_string(),
-        _ => String::new(),
+        Some(last) if page.len() >= limit => Some(RunCursor::after(last).to_string()),
+        _ => None,
     };
     let mut visible = Vec::new();
     for run in page {
@@ -105,7 +120,7 @@ async fn list_runs(
             visible.push(run);
         }
     }
-    Ok(([(NEXT_BEFORE_HEADER, next)], Json(visible)))
+    Ok((next_page_header(NEXT_BEFORE_HEADER, next), Json(visible)))
 }
 
 /// A run: state, result, events and output.

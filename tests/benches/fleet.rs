@@ -103,13 +103,13 @@ fn main() -> anyhow::Result<()> {
     let bridge_with = |pool: SshPool| {
         Bridge::new(
             runtime.clone(),
-            Services {
-                audit: audit.clone(),
-                vault: vault.clone(),
-                targets: targets.clone(),
-                ssh: pool,
-                leases: leases.clone(),
-            },
+            Services::local(
+                audit.clone(),
+                vault.clone(),
+                targets.clone(),
+                pool,
+                leases.clone(),
+            ),
         )
     };
     let fan_out = |bridge: &Bridge| -> anyhow::Result<Duration> {

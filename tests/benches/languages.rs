@@ -96,11 +96,8 @@ fn fresh_bridge(runtime: &Arc<Runtime>, services: &Services) -> Bridge {
     Bridge::new(
         runtime.clone(),
         Services {
-            audit: services.audit.clone(),
-            leases: services.leases.clone(),
-            vault: services.vault.clone(),
-            targets: services.targets.clone(),
             ssh: SshPool::new(SshConfig::default()),
+            ..services.clone()
         },
     )
 }
@@ -172,13 +169,13 @@ fn main() -> anyhow::Result<()> {
         tags: vec![],
     })?;
     let audit = AuditLog::open(&db, server_key)?;
-    let services = Services {
-        leases: warden_host::vault::lease::LeaseStore::open(&db, audit.clone())?,
-        audit,
+    let services = Services::local(
+        audit.clone(),
         vault,
         targets,
-        ssh: SshPool::new(SshConfig::default()),
-    };
+        SshPool::new(SshConfig::default()),
+        warden_host::vault::lease::LeaseStore::open(&db, audit)?,
+    );
     let mut bench = Bench {
         rt: tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -47,13 +47,13 @@ async fn bench() -> anyhow::Result<()> {
     let runtime = Runtime::new(&EngineConfig::default(), &data.artifacts())?;
     let audit = AuditLog::open(&data.db, data.server_key.clone())?;
     let vault = Vault::open(&data.db, data.master_key)?;
-    let services = Services {
-        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
-        audit: audit.clone(),
-        vault: vault.clone(),
-        targets: TargetStore::open(&data.db)?,
-        ssh: SshPool::new(SshConfig::default()),
-    };
+    let services = Services::local(
+        audit.clone(),
+        vault.clone(),
+        TargetStore::open(&data.db)?,
+        SshPool::new(SshConfig::default()),
+        warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
+    );
     let probe = runtime.prepare(&std::fs::read(guests::component("probe"))?)?;
     let bridge = Bridge::new(Arc::clone(&runtime), services);
     vault.add(

@@ -110,7 +110,7 @@ fn audited_calls(
     }
     // 3. Host calls that act outside the run (`credentials.acquire`: a lease is looked up or
     //    issued), each with a durable intent record before it acts and an outcome after.
-    services.vault.add(
+    local(&services).vault.add(
         "bench",
         "bench",
         warden_host::vault::CredentialKind::Password,
@@ -137,16 +137,24 @@ fn audited_calls(
     Ok(())
 }
 
+/// The in-process stores of `services`.
+fn local(services: &Services) -> &warden_host::capabilities::LocalServer {
+    match &services.server {
+        warden_host::capabilities::ServerSide::Local(local) => local,
+        warden_host::capabilities::ServerSide::Remote(_) => unreachable!("built local"),
+    }
+}
+
 /// The capability services over the stores of `data`.
 fn services(data: DataDir) -> anyhow::Result<Services> {
     let audit = AuditLog::open(&data.db, data.server_key.clone())?;
-    Ok(Services {
-        leases: warden_host::vault::lease::LeaseStore::open(&data.db, audit.clone())?,
-        audit,
-        vault: Vault::open(&data.db, data.master_key)?,
-        targets: TargetStore::open(&data.db)?,
-        ssh: SshPool::new(SshConfig::default()),
-    })
+    Ok(Services::local(
+        audit.clone(),
+        Vault::open(&data.db, data.master_key)?,
+        TargetStore::open(&data.db)?,
+        SshPool::new(SshConfig::default()),
+        warden_host::vault::lease::LeaseStore::open(&data.db, audit)?,
+    ))
 }
 
 fn text(name: &str, value: &str) -> Param {

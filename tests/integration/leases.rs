@@ -310,7 +310,7 @@ async fn a_finished_runs_lease_is_revoked_audited_and_refused_afterwards() {
     assert!(revoked_at < end, "the lease outlived the run's end record");
 
     // A use after the run ended is refused.
-    let leases = &server.state.bridge.services().leases;
+    let leases = &server.state.leases;
     assert!(matches!(
         leases.check(lease_id, &run_id, "pw", "t0"),
         Err(LeaseDenial::Revoked { .. })
@@ -452,11 +452,20 @@ impl ShortLeases {
         let user = TestUser::create("wle").expect("user");
         env.add_password("pw", &user.name, &user.password);
         let services = env.bridge.services().clone();
-        let leases = services.leases.clone().with_max_ttl(ttl);
-        let bridge = Bridge::new(
-            env.bridge.runtime().clone(),
-            Services { leases, ..services },
+        let leases = match &services.server {
+            warden_host::capabilities::ServerSide::Local(local) => {
+                local.leases.clone().with_max_ttl(ttl)
+            }
+            warden_host::capabilities::ServerSide::Remote(_) => unreachable!("a local env"),
+        };
+        let services = Services::local(
+            env.audit.clone(),
+            env.vault.clone(),
+            services.targets.clone(),
+            services.ssh.clone(),
+            leases.clone(),
         );
+        let bridge = Bridge::new(env.bridge.runtime().clone(), services);
         ShortLeases {
             env,
             bridge,
@@ -466,7 +475,10 @@ impl ShortLeases {
     }
 
     fn leases(&self) -> &LeaseStore {
-        &self.bridge.services().leases
+        match &self.bridge.services().server {
+            warden_host::capabilities::ServerSide::Local(local) => &local.leases,
+            warden_host::capabilities::ServerSide::Remote(_) => unreachable!("a local env"),
+        }
     }
 }
 
@@ -561,13 +573,7 @@ async fn a_use_on_a_target_outside_the_grant_and_lease_is_refused_and_audited() 
     assert_eq!(result[0]["exit"], 0, "{result}");
     assert_eq!(result[1]["error"], "denied", "{result}");
 
-    let leases = short
-        .env
-        .bridge
-        .services()
-        .leases
-        .list_for_run(&run_id)
-        .expect("list");
+    let leases = short.leases().list_for_run(&run_id).expect("list");
     assert_eq!(leases.len(), 1);
     let lease = &leases[0];
     assert_eq!(lease.targets, BTreeSet::from(["t0".to_string()]));
@@ -701,13 +707,7 @@ async fn server_start_revokes_every_lease_a_dead_process_left_active() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let lease = state
-        .bridge
-        .services()
-        .leases
-        .get(&lease_id)
-        .expect("read")
-        .expect("kept");
+    let lease = state.leases.get(&lease_id).expect("read").expect("kept");
     let revocation = lease.revoked.expect("revoked at start");
     assert_eq!(revocation.by, warden_host::runs::RECOVERY_ACTOR);
     assert_eq!(revocation.reason, "server restarted");
@@ -747,13 +747,7 @@ async fn a_run_killed_at_its_wall_time_has_its_lease_bounded_by_it_and_revoked()
         "{:?}",
         report.outcome
     );
-    let leases = short
-        .env
-        .bridge
-        .services()
-        .leases
-        .list_for_run(&run_id)
-        .expect("list");
+    let leases = short.leases().list_for_run(&run_id).expect("list");
     assert_eq!(leases.len(), 1);
     let lease = &leases[0];
     assert!(

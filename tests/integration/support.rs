@@ -48,13 +48,13 @@ impl Env {
         let audit = AuditLog::open(&data.db, data.server_key).expect("audit");
         let targets = TargetStore::open(&data.db).expect("targets");
         let leases = LeaseStore::open(&data.db, audit.clone()).expect("leases");
-        let services = Services {
-            audit: audit.clone(),
-            vault: vault.clone(),
-            targets: targets.clone(),
-            ssh: SshPool::new(SshConfig::default()),
-            leases: leases.clone(),
-        };
+        let services = Services::local(
+            audit.clone(),
+            vault.clone(),
+            targets.clone(),
+            SshPool::new(SshConfig::default()),
+            leases.clone(),
+        );
         let bridge = Bridge::new(runtime(), services);
         Env {
             _dir: dir,

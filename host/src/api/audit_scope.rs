@@ -93,7 +93,7 @@ impl<'a> AuditScope<'a> {
             let process = state.processes.get(&schedule.process_id)?;
             return self.process_visible(process.as_ref(), &schedule.process_id);
         }
-        if let Ok(Some(lease)) = state.bridge.services().leases.get(id) {
+        if let Ok(Some(lease)) = state.leases.get(id) {
             return self.id_visible(&lease.run_id);
         }
         self.process_visible(None, id)

@@ -89,6 +89,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// The vault.
     pub vault: Vault,
+    /// Run-scoped leases on credentials.
+    pub leases: crate::vault::lease::LeaseStore,
     /// Targets.
     pub targets: TargetStore,
     /// Four-eyes approvals of runs.
@@ -184,19 +186,23 @@ impl AppState {
                 tracing::warn!(count = stale.len(), "leases revoked at start");
             }
         }
-        let services = crate::capabilities::Services {
-            audit: audit.clone(),
-            vault: vault.clone(),
-            targets: targets.clone(),
-            ssh: crate::ssh::SshPool::new(crate::ssh::SshConfig::default()),
-            leases: leases.clone(),
-        };
+        let services = crate::capabilities::Services::local(
+            audit.clone(),
+            vault.clone(),
+            targets.clone(),
+            crate::ssh::SshPool::new(crate::ssh::SshConfig::default()),
+            leases.clone(),
+        );
         let bridge = Bridge::new(runtime, services);
         let modules = ModuleStore::open(&db)?;
         let server_id = uuid::Uuid::new_v4().to_string();
         let runs = RunStore::open(&db, audit.clone())?.owned_by(&server_id);
-        let cluster =
-            crate::runs::cluster::Cluster::new(&db, runs.clone(), leases, limits.cluster.clone());
+        let cluster = crate::runs::cluster::Cluster::new(
+            &db,
+            runs.clone(),
+            leases.clone(),
+            limits.cluster.clone(),
+        );
         cluster.beat().await?;
         if !shared {
             let interrupted = runs.recover().await?;
@@ -250,6 +256,7 @@ impl AppState {
             policy,
             audit,
             vault,
+            leases,
             targets,
             cluster,
             metrics: Arc::default(),

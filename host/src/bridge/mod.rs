@@ -157,7 +157,7 @@ impl Bridge {
         if bracket {
             let detail = Self::describe(&spec);
             let entry = self.entry(&spec.identity, "run.start", "started", detail, started);
-            self.services.audit.append(entry).await?;
+            self.services.server.append_audit(vec![entry]).await?;
         }
         let host = HostContext::new(
             spec.identity.clone(),
@@ -184,13 +184,15 @@ impl Bridge {
         };
         // Whatever the outcome, the run's leases die with it. A failure here leaves no usable
         // lease (only this run's host context could use one), and startup revokes leftovers.
+        // On a remote bridge the server revokes them when the bridge reports the end (or
+        // when it declares the run lost).
         let reason = format!("run ended: {outcome}");
         let run_id = &spec.identity.run_id;
-        if let Err(e) = self
-            .services
-            .leases
-            .revoke_run(run_id, RUN_END_ACTOR, &reason)
-            .await
+        if let Some(local) = self.services.server.local()
+            && let Err(e) = local
+                .leases
+                .revoke_run(run_id, RUN_END_ACTOR, &reason)
+                .await
         {
             tracing::error!(run = %run_id, error = %e, "could not revoke the run's leases");
         }
@@ -202,7 +204,7 @@ impl Bridge {
             };
             let detail = format!("{detail}; host calls: {}", report.host_calls);
             let entry = self.entry(&spec.identity, "run.end", outcome, detail, started);
-            self.services.audit.append(entry).await?;
+            self.services.server.append_audit(vec![entry]).await?;
         }
         Ok(report)
     }

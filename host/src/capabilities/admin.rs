@@ -109,7 +109,7 @@ impl HostContext {
             return Ok(());
         }
         for other in self.grant.credentials.iter().filter(|c| *c != name) {
-            let info = self.services.vault.info(other).map_err(|_| {
+            let info = self.services.server.credential(other).map_err(|_| {
                 denial(
                     ADMIN_RULE,
                     "could not read the grant's credentials to check the sudo rule".into(),

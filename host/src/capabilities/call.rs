@@ -276,7 +276,7 @@ impl HostContext {
         &mut self,
         calls: Vec<HostCall<'_>>,
     ) -> wasmtime::Result<Vec<Result<Admitted, Error>>> {
-        if self.services.audit.is_failed() {
+        if self.services.server.audit_failed() {
             return Err(self.end_run(RunStop::AuditFailed("audit log is failed".into())));
         }
         let mut decided = Vec::with_capacity(calls.len());
@@ -303,7 +303,10 @@ impl HostContext {
                 // Fetched (and so registered with the redactor) before any record of the
                 // call is written: the intent names the command, and a command may quote a
                 // secret.
-                Ok(()) => match self.fetch(&call.leases, &mut fetched) {
+                Ok(()) => match self
+                    .fetch(&call.leases, target_of(&call), &mut fetched)
+                    .await
+                {
                     Ok(credentials) => Verdict::Admitted(credentials),
                     Err(e) => Verdict::Failed(e),
                 },
@@ -344,24 +347,35 @@ impl HostContext {
         Ok(answers)
     }
 
-    /// The secrets of `handles`, fetched from the vault and registered with the run's
-    /// redactor; only for a call that passed every check.
-    fn fetch(
-        &self,
+    /// The secrets of `handles`, fetched from the vault (or, on a remote bridge, from the
+    /// server for a call on `target`) and registered with the run's redactor; only for a
+    /// call that passed every check.
+    async fn fetch(
+        &mut self,
         handles: &[&CredentialHandle],
+        target: Option<String>,
         fetched: &mut HashMap<String, Result<Arc<SshCredential>, Error>>,
     ) -> Result<Vec<Arc<SshCredential>>, Error> {
-        handles
-            .iter()
-            .map(|handle| {
-                fetched
-                    .entry(handle.name().to_string())
-                    .or_insert_with(|| {
-                        super::credentials::fetch_secret(&self.services, &self.redactor, handle)
-                    })
-                    .clone()
-            })
-            .collect()
+        let mut credentials = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let name = handle.name().to_string();
+            let credential = match fetched.get(&name) {
+                Some(known) => known.clone(),
+                None => {
+                    let got = super::credentials::fetch_secret(
+                        &self.services,
+                        &self.redactor,
+                        handle,
+                        target.as_deref(),
+                    )
+                    .await;
+                    fetched.insert(name, got.clone());
+                    got
+                }
+            };
+            credentials.push(credential?);
+        }
+        Ok(credentials)
     }
 
     /// Runs an admitted call's act, bounded by the run's cancellation and deadline. The act
@@ -488,7 +502,7 @@ impl HostContext {
             && let Some(target) = target
         {
             for handle in &call.leases {
-                self.use_lease(handle, target)?;
+                self.use_lease(handle, target).await?;
             }
         }
         Ok(())
@@ -553,8 +567,8 @@ impl HostContext {
 
     /// Writes records durably and returns their sequence numbers; a failure ends the run.
     async fn write(&mut self, entries: Vec<AuditEntry>) -> wasmtime::Result<Vec<u64>> {
-        match self.services.audit.append_all(entries).await {
-            Ok(records) => Ok(records.iter().map(|r| r.seq).collect()),
+        match self.services.server.append_audit(entries).await {
+            Ok(seqs) => Ok(seqs),
             Err(e) => {
                 tracing::error!(run = %self.identity.run_id, error = %e, "audit write failed");
                 Err(self.end_run(RunStop::AuditFailed(e.to_string())))
@@ -618,6 +632,11 @@ fn denied(denial: &Denial) -> Written {
         outcome: describe(&Error::Denied(denial.to_string())),
         intent: None,
     }
+}
+
+/// The target a call acts on, if it names one.
+fn target_of(call: &HostCall<'_>) -> Option<String> {
+    call.request.parts().0.map(str::to_string)
 }
 
 fn limit_denial(exceeded: &LimitExceeded) -> Denial {

@@ -18,11 +18,12 @@ use crate::capabilities::bindings::types::Error;
 use crate::redact::Redactor;
 use crate::runtime::limits::LimitExceeded;
 use crate::ssh::{SshAuth, SshCredential};
-use crate::vault::{self, VaultError};
+use crate::vault;
 
 use super::call::{Effect, HostCall, Redact};
 use super::grant::Request;
 use super::leases::Refusal;
+use super::server::LinkError;
 use super::types::internal;
 use super::{HostContext, Services, Subject};
 
@@ -91,13 +92,17 @@ impl HostContext {
         name: &str,
         detail: &mut Option<String>,
     ) -> Result<CredentialHandle, Refusal> {
-        let info = match self.services.vault.info(name) {
+        let info = match self.services.server.credential(name) {
             Ok(Some(info)) => info,
             Ok(None) => {
                 let e = Error::NotFound(format!("no credential named '{name}'"));
                 return Err(Refusal::Failed(e));
             }
-            Err(e) => return Err(Refusal::Failed(internal("looking up the credential", e))),
+            Err(e) => {
+                return Err(Refusal::Failed(Error::Internal(format!(
+                    "looking up the credential: {e}"
+                ))));
+            }
         };
         let lease = self.lease_for_acquire(&info.name).await?;
         *detail = Some(lease.detail());
@@ -111,7 +116,9 @@ impl HostContext {
         // Registered with the run's redactor now, not only at first use: every later record,
         // result or output of the run (a refused command that quotes it, too) is redacted
         // for this credential.
-        fetch_secret(&self.services, &self.redactor, &handle).map_err(Refusal::Failed)?;
+        fetch_secret(&self.services, &self.redactor, &handle, None)
+            .await
+            .map_err(Refusal::Failed)?;
         Ok(handle)
     }
 
@@ -141,15 +148,21 @@ impl HostContext {
 /// encodings) with the run's redactor first. This is the one place a secret leaves the
 /// vault on behalf of a run; only an admitted call's act ([`super::call::Acting::secret`])
 /// reaches it, after the spine checked the handle's lease.
-pub(crate) fn fetch_secret(
+pub(crate) async fn fetch_secret(
     services: &Services,
     redactor: &Redactor,
     handle: &CredentialHandle,
+    target: Option<&str>,
 ) -> Result<Arc<SshCredential>, Error> {
-    let secret = services.vault.secret(&handle.name).map_err(|e| match e {
-        VaultError::NotFound(_) => Error::NotFound(format!("credential '{}'", handle.name)),
-        other => internal("reading the credential", other),
-    })?;
+    let secret = services
+        .server
+        .secret(handle.lease_id(), &handle.name, target)
+        .await
+        .map_err(|e| match e {
+            LinkError::Denied(why) => Error::Denied(why),
+            LinkError::NotFound(name) => Error::NotFound(format!("credential '{name}'")),
+            LinkError::Failed(why) => Error::Internal(format!("reading the credential: {why}")),
+        })?;
     // Registered before use, so no output of this call can carry it unredacted.
     redactor
         .add_secret(secret.expose())

@@ -7,12 +7,12 @@
 //! once a lease of the run was revoked, the run cannot acquire that credential again, so a
 //! revocation cannot be undone by the guest re-acquiring.
 
-use crate::vault::lease::{LeaseError, LeaseStatus, NewLease};
+use crate::vault::lease::{LeaseError, LeaseStatus, LeaseStore, NewLease};
 
 use super::HostContext;
 use super::credentials::CredentialHandle;
 use super::grant::Denial;
-use super::types::internal;
+use super::server::{LinkError, ServerSide};
 use crate::capabilities::bindings::types::Error;
 
 /// The audit rule that names lease refusals.
@@ -35,16 +35,66 @@ fn denial(detail: String) -> Denial {
 }
 
 /// How `acquire` came by its lease, for the call's audit record.
-pub(crate) struct AcquiredLease {
-    pub id: String,
-    pub issued: bool,
-}
+pub(crate) use super::server::HeldLease as AcquiredLease;
 
 impl AcquiredLease {
     /// The acquire record's detail.
     pub fn detail(&self) -> String {
         let how = if self.issued { "issued" } else { "reused" };
         format!("lease {} {how}", self.id)
+    }
+}
+
+/// The lease a run's new handle for `new.credential` is bound to: `known` (the run's earlier
+/// lease for it) while active, else a new one. A revoked earlier lease is a denial: the run
+/// may not acquire that credential again. The one rule for both bridges: the embedded one
+/// calls it in process, the server calls it for a remote bridge's run.
+pub async fn acquire_run_lease(
+    leases: &LeaseStore,
+    known: Option<&str>,
+    new: NewLease<'_>,
+) -> Result<AcquiredLease, LinkError> {
+    let credential = new.credential;
+    if let Some(id) = known {
+        let lease = leases
+            .get(id)
+            .map_err(|e| LinkError::Failed(format!("reading the lease: {e}")))?;
+        match lease.as_ref().map(|l| (l, l.status())) {
+            Some((l, LeaseStatus::Active)) if l.run_id == new.run_id => {
+                return Ok(AcquiredLease {
+                    id: l.id.clone(),
+                    issued: false,
+                });
+            }
+            Some((l, LeaseStatus::Revoked)) => {
+                let why = l.revoked.as_ref().map_or("", |r| r.reason.as_str());
+                return Err(LinkError::Denied(format!(
+                    "lease {} for credential '{credential}' was revoked ({why}); \
+                     this run may not acquire it again",
+                    l.id
+                )));
+            }
+            // Expired (a lease shorter than the run): renew below.
+            _ => {}
+        }
+    }
+    let lease = leases.issue(new).await.map_err(|e| match e {
+        LeaseError::TooMany(_) => LinkError::Denied(e.to_string()),
+        other => LinkError::Failed(format!("issuing the lease: {other}")),
+    })?;
+    Ok(AcquiredLease {
+        id: lease.id,
+        issued: true,
+    })
+}
+
+fn refusal(e: LinkError) -> Refusal {
+    match e {
+        LinkError::Denied(why) => Refusal::Denied(denial(why)),
+        LinkError::NotFound(name) => {
+            Refusal::Failed(Error::NotFound(format!("credential '{name}'")))
+        }
+        LinkError::Failed(why) => Refusal::Failed(Error::Internal(why)),
     }
 }
 
@@ -55,60 +105,41 @@ impl HostContext {
         &mut self,
         credential: &str,
     ) -> Result<AcquiredLease, Refusal> {
-        let leases = &self.services.leases;
-        if let Some(id) = self.leases.get(credential) {
-            let lease = leases
-                .get(id)
-                .map_err(|e| Refusal::Failed(internal("reading the lease", e)))?;
-            match lease.as_ref().map(|l| (l, l.status())) {
-                Some((l, LeaseStatus::Active)) => {
-                    return Ok(AcquiredLease {
-                        id: l.id.clone(),
-                        issued: false,
-                    });
-                }
-                Some((l, LeaseStatus::Revoked)) => {
-                    let why = l.revoked.as_ref().map_or("", |r| r.reason.as_str());
-                    return Err(Refusal::Denied(denial(format!(
-                        "lease {} for credential '{credential}' was revoked ({why}); \
-                         this run may not acquire it again",
-                        l.id
-                    ))));
-                }
-                // Expired (a lease shorter than the run): renew below.
-                _ => {}
+        let known = self.leases.get(credential).cloned();
+        let lease = match &self.services.server {
+            ServerSide::Local(local) => {
+                let new = NewLease {
+                    run_id: &self.identity.run_id,
+                    actor: &self.identity.actor,
+                    credential,
+                    targets: &self.grant.targets,
+                    deadline_ms: self.deadline_ms,
+                };
+                acquire_run_lease(&local.leases, known.as_deref(), new).await
             }
+            ServerSide::Remote(link) => link.acquire_lease(credential.to_string(), known).await,
         }
-        let new = NewLease {
-            run_id: &self.identity.run_id,
-            actor: &self.identity.actor,
-            credential,
-            targets: &self.grant.targets,
-            deadline_ms: self.deadline_ms,
-        };
-        let lease = leases.issue(new).await.map_err(|e| match e {
-            LeaseError::TooMany(_) => Refusal::Denied(denial(e.to_string())),
-            other => Refusal::Failed(internal("issuing the lease", other)),
-        })?;
+        .map_err(refusal)?;
         self.leases.insert(credential.to_string(), lease.id.clone());
-        Ok(AcquiredLease {
-            id: lease.id,
-            issued: true,
-        })
+        Ok(lease)
     }
 
     /// Checks one use of `handle` on `target` against its lease.
-    pub(crate) fn use_lease(&self, handle: &CredentialHandle, target: &str) -> Result<(), Denial> {
+    pub(crate) async fn use_lease(
+        &mut self,
+        handle: &CredentialHandle,
+        target: &str,
+    ) -> Result<(), Denial> {
         self.services
-            .leases
-            .check(
+            .server
+            .check_lease(
                 handle.lease_id(),
                 &self.identity.run_id,
                 handle.name(),
                 target,
             )
-            .map(|_| ())
-            .map_err(|d| denial(d.to_string()))
+            .await
+            .map_err(|e| denial(e.to_string()))
     }
 }
 

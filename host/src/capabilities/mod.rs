@@ -27,6 +27,7 @@ pub mod log;
 pub mod params;
 pub mod rotation;
 pub mod scope;
+pub mod server;
 pub mod ssh;
 pub mod transfer;
 mod types;
@@ -50,20 +51,39 @@ use call::HostCall;
 pub use call::INTENT_OUTCOME;
 use grant::{Denial, Grant, Request};
 use scope::ManifestScope;
+pub use server::{LocalServer, ServerSide};
 
 /// The long-lived services host calls act through. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
-    /// Where every host call is recorded.
-    pub audit: AuditLog,
-    /// Where credentials' secrets are kept.
-    pub vault: Vault,
-    /// The registered targets, with their pinned host keys.
+    /// The registered targets, with their pinned host keys (on a remote bridge: the
+    /// records of its runs' targets, sent by the server with each run).
     pub targets: TargetStore,
     /// SSH connections, pooled per (target, credential).
     pub ssh: SshPool,
-    /// Run-scoped leases on credentials.
-    pub leases: LeaseStore,
+    /// The audit log, the vault and the leases: in process, or over a remote bridge's link.
+    pub server: ServerSide,
+}
+
+impl Services {
+    /// The embedded bridge's services: the server's own stores.
+    pub fn local(
+        audit: AuditLog,
+        vault: Vault,
+        targets: TargetStore,
+        ssh: SshPool,
+        leases: LeaseStore,
+    ) -> Self {
+        Services {
+            targets,
+            ssh,
+            server: ServerSide::Local(LocalServer {
+                audit,
+                vault,
+                leases,
+            }),
+        }
+    }
 }
 
 /// The server's checks on every host call beyond the grant: the interfaces the module's

@@ -82,7 +82,10 @@ impl HostContext {
         let granted = self.grant.rotation_policy.clone();
         let result = self
             .act(async |acting| {
-                let rotator = Rotator::new(backends(&acting.services), acting.redactor, actor);
+                let Some(backends) = backends(&acting.services) else {
+                    return Err(Error::Unavailable(REMOTE_ROTATION.into()));
+                };
+                let rotator = Rotator::new(backends, acting.redactor, actor);
                 let done = rotator
                     .rotate(account.name(), &target, admin.name(), &requested, &granted)
                     .await;
@@ -123,14 +126,21 @@ impl Redact for Rotation {
     }
 }
 
-/// The engine's view of the host's services.
-pub(crate) fn backends(services: &Services) -> Backends {
-    Backends {
-        audit: services.audit.clone(),
-        vault: services.vault.clone(),
+/// Why a rotation on a remote bridge is refused: the rotation engine commits new secret
+/// versions to the vault in the same process as it sets them on the target, and a remote
+/// bridge has no vault.
+pub const REMOTE_ROTATION: &str = "password rotation runs only on the embedded bridge \
+     (the server's zone); this run executes on a remote bridge";
+
+/// The engine's view of the host's services; none on a remote bridge.
+pub(crate) fn backends(services: &Services) -> Option<Backends> {
+    let local = services.server.local()?;
+    Some(Backends {
+        audit: local.audit.clone(),
+        vault: local.vault.clone(),
         targets: services.targets.clone(),
         ssh: services.ssh.clone(),
-    }
+    })
 }
 
 /// The engine's error as the guest's, case for case (a given-up rotation keeps the case

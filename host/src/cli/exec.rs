@@ -127,13 +127,13 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     }
     let audit = AuditLog::open(&db, server_key)?;
     let leases = LeaseStore::open(&db, audit.clone())?;
-    let services = Services {
+    let services = Services::local(
         audit,
         vault,
         targets,
-        ssh: SshPool::new(SshConfig::default()),
+        SshPool::new(SshConfig::default()),
         leases,
-    };
+    );
     let bridge = Bridge::new(runtime, services);
     let grant = Grant {
         credentials: args.credentials.into_iter().collect(),

@@ -231,8 +231,8 @@ impl Dispatcher {
         };
         self.bridge
             .services()
-            .audit
-            .append(entry)
+            .server
+            .append_audit(vec![entry])
             .await
             .map_err(RunsError::from)?;
         Err(StartError::Refused(refusal))

@@ -63,12 +63,7 @@ impl AppState {
     /// not see do not reveal that they exist.
     async fn visible_lease(&self, caller: &Caller, id: &str) -> Result<Lease, ApiError> {
         let not_found = || ApiError::not_found(format!("lease {id}"));
-        let lease = self
-            .bridge
-            .services()
-            .leases
-            .get(id)?
-            .ok_or_else(not_found)?;
+        let lease = self.leases.get(id)?.ok_or_else(not_found)?;
         self.visible_run(caller, &lease.run_id)
             .await
             .map_err(|_| not_found())?;
@@ -84,7 +79,7 @@ async fn run_leases(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<LeaseView>>, ApiError> {
     let run = state.visible_run(&caller, &id).await?;
-    let leases = state.bridge.services().leases.list_for_run(&run.id)?;
+    let leases = state.leases.list_for_run(&run.id)?;
     Ok(Json(leases.into_iter().map(LeaseView::from).collect()))
 }
 
@@ -125,8 +120,6 @@ async fn revoke_lease(
         .reason
         .unwrap_or_else(|| "revoked through the API".to_string());
     let revoked = state
-        .bridge
-        .services()
         .leases
         .revoke(&lease.id, &caller.user.name, &reason)
         .await?;

@@ -8,6 +8,7 @@ mod access;
 mod accounts;
 mod api;
 mod approvals;
+mod bridges;
 mod cli;
 mod cluster;
 mod db;

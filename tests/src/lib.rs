@@ -6,6 +6,7 @@
 
 pub mod guests;
 pub mod http;
+pub mod netns;
 pub mod postgres;
 pub mod scan;
 pub mod sshd;

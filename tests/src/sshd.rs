@@ -194,6 +194,54 @@ impl Sshd {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("sshd did not start")))
     }
 
+    /// Starts an sshd on 127.0.0.1 inside network namespace `ns`: reachable only from
+    /// processes run there.
+    pub fn start_in(ns: &crate::netns::Netns) -> Result<Sshd> {
+        std::fs::create_dir_all("/run/sshd")?;
+        let dir = tempfile::Builder::new().prefix("warden-sshd-").tempdir()?;
+        let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)?;
+        let host_key = dir.path().join("host_ed25519");
+        write_file(&host_key, key.to_openssh(LineEnding::LF)?.as_bytes(), 0o600)?;
+        let host_key_line = key.public_key().to_openssh()?;
+        // The namespace's loopback is its own: any port is free there.
+        let port = rand::thread_rng().gen_range(20_000..60_000);
+        let config = dir.path().join("sshd_config");
+        write_file(
+            &config,
+            sshd_config("127.0.0.1", port, dir.path()).as_bytes(),
+            0o600,
+        )?;
+        let log = std::fs::File::create(dir.path().join("sshd.log"))?;
+        let mut child = ns
+            .command(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting sshd in the namespace")?;
+        let started = Instant::now();
+        while !ns.accepts(port) {
+            if let Some(status) = child.try_wait()? {
+                bail!("sshd in {} exited with {status}", ns.name);
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("sshd in {} did not accept connections", ns.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Sshd {
+            ip: "127.0.0.1".into(),
+            port,
+            host_key_line,
+            child,
+            dir,
+        })
+    }
+
     /// Starts `n` servers on 127.0.0.2, 127.0.0.3, … (at most 253).
     pub fn fleet(n: usize) -> Result<Vec<Sshd>> {
         ensure!(n <= 253, "at most 253 loopback hosts");

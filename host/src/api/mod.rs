@@ -104,6 +104,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Sinks and alert rules over the audit stream; its tasks run in [`serve`].
     pub notify: crate::notify::Notifier,
+    /// The server's end of the remote bridges.
+    pub hub: crate::bridge::hub::BridgeHub,
 }
 
 #[derive(OpenApi)]
@@ -129,9 +131,11 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::approvals::routes())
         .merge(routes::schedules::routes())
         .merge(routes::notify::routes())
+        .merge(routes::bridges::routes())
         .split_for_parts();
     let doc = api.clone();
     let router = router
+        .merge(routes::bridges::protocol())
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(doc) }),
@@ -212,6 +216,9 @@ impl AppState {
             // Queued runs lived in the previous process's run queue only: they never started,
             // and the queue is not rebuilt (their callers request them again).
             for id in runs.ids_in_state(RunState::Queued)? {
+                if runs.is_remote(&id)? {
+                    continue;
+                }
                 runs.transition(&id, RunState::Cancelled, crate::runs::RECOVERY_ACTOR, |r| {
                     r.error = Some("the server restarted before the run started".into());
                 })
@@ -239,6 +246,18 @@ impl AppState {
             dispatcher.clone(),
             audit.clone(),
         )?;
+        let hub = crate::bridge::hub::BridgeHub::new(crate::bridge::hub::HubParts {
+            registry: crate::bridge::registry::BridgeRegistry::open(&db, audit.clone()),
+            runs: runs.clone(),
+            processes: processes.clone(),
+            dispatcher: dispatcher.clone(),
+            targets: targets.clone(),
+            vault: vault.clone(),
+            leases: leases.clone(),
+            audit: audit.clone(),
+            policy: policy.clone(),
+            limits: crate::runtime::limits::RunLimits::default(),
+        });
         let notify = crate::notify::Notifier::new(crate::notify::NotifyStore::new(
             &db,
             vault.clone(),
@@ -261,6 +280,7 @@ impl AppState {
             cluster,
             metrics: Arc::default(),
             notify,
+            hub,
         })
     }
 }

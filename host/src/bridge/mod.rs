@@ -4,6 +4,11 @@
 //! run ends, for any reason, its credential leases are revoked. The server embeds one
 //! bridge; remote bridges will use the same type.
 
+pub mod hub;
+pub mod registry;
+pub mod remote;
+pub mod wire;
+
 use std::sync::Arc;
 use std::time::Instant;
 

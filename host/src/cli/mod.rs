@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod bridge;
 mod client;
 mod config;
 mod credential;
@@ -122,6 +123,9 @@ enum Command {
     /// Trusted publishers on a server: list, trust, distrust.
     #[command(subcommand)]
     Publisher(access::PublisherCommand),
+    /// Remote bridges: enrolment tokens, list, revoke; and the bridge itself (enroll, run).
+    #[command(subcommand)]
+    Bridge(bridge::BridgeCommand),
     /// Make a publisher key pair.
     Keygen(sign::KeygenArgs),
     /// Sign a task module with its manifest.
@@ -202,6 +206,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         Command::Process(cmd) => client::process(cmd).await,
         Command::Run(cmd) => client::run(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
+        Command::Bridge(cmd) => bridge::run(cmd).await,
         Command::User(cmd) => access::user(cmd).await,
         Command::Publisher(cmd) => access::publisher(cmd).await,
         Command::Credential(cmd) => credential::run(cmd).await,

@@ -97,6 +97,25 @@ impl Loaded {
     }
 }
 
+/// The files of the set `source` names, as (file name, text), the schema first: what a remote
+/// bridge loads the same set from.
+pub(super) fn source_files(source: &PolicySource) -> Result<Vec<(String, String)>, PolicyError> {
+    let texts = match source {
+        PolicySource::Builtin => Texts::builtin(),
+        PolicySource::Dir(dir) => read_dir_texts(dir)?,
+    };
+    Ok(std::iter::once(texts.schema)
+        .chain(texts.policies)
+        .map(|(path, text)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, text)
+        })
+        .collect())
+}
+
 /// Reads the schema and every `*.cedar` file of `dir`, each capped.
 fn read_dir_texts(dir: &Path) -> Result<Texts, PolicyError> {
     let schema_file = dir.join(SCHEMA_FILE);

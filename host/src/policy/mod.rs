@@ -393,6 +393,12 @@ impl PolicyEngine {
         &self.source
     }
 
+    /// The files of the set, re-read from its source, as (file name, text), the schema
+    /// first (sent to remote bridges, which evaluate host calls against the same set).
+    pub fn files(&self) -> Result<Vec<(String, String)>, PolicyError> {
+        load::source_files(&self.source)
+    }
+
     /// SHA-256 (hex) of the files of the set in force: names and contents, schema first.
     /// Equal for the built-in set and for a faithful `warden policies export` of it.
     pub fn digest(&self) -> String {

@@ -318,7 +318,8 @@ impl ModuleStore {
         }
     }
 
-    fn publisher_keys(&self) -> Result<Vec<(String, VerifyingKey)>, RegistryError> {
+    /// The trusted publishers and their keys, by name.
+    pub fn publisher_keys(&self) -> Result<Vec<(String, VerifyingKey)>, RegistryError> {
         let corrupt = || RegistryError::Encode("publisher key".into());
         self.publishers
             .all()?

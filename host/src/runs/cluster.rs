@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::dispatch::Dispatcher;
 use super::run::{INTERRUPTED_ERROR, RECOVERY_ACTOR};
 use super::{RunState, RunStore, RunsError, now_ms};
+use crate::bridge::registry::BridgeRegistry;
 use crate::store::{Database, Scan, Table, TableDef};
 use crate::vault::lease::LeaseStore;
 
@@ -48,6 +49,16 @@ pub const RUN_CANCELS: TableDef = TableDef {
     columns_of: None,
 };
 
+/// Error stored on a run whose remote bridge stopped renewing its claim.
+pub const LOST_ERROR: &str = "the remote bridge running this run stopped renewing its claim \
+     (killed, cut off from the server, or revoked); its effects on targets are unknown";
+
+/// Holder-name prefix of runs a remote bridge holds.
+pub const BRIDGE_HOLDER: &str = "bridge:";
+
+/// Holder-name prefix of runs waiting for a bridge of a zone.
+pub const ZONE_HOLDER: &str = "zone:";
+
 /// Error stored on a queued run whose server died before it started.
 pub const ORPHANED_QUEUED_ERROR: &str = "the server holding this run stopped before it started";
 
@@ -62,6 +73,8 @@ pub struct ClusterConfig {
     pub sweep: Duration,
     /// How often cancel requests for this server's runs are looked for.
     pub poll: Duration,
+    /// How long a remote bridge may go unheard before the runs it holds are `lost`.
+    pub bridge_lost_after: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -71,6 +84,7 @@ impl Default for ClusterConfig {
             dead_after: Duration::from_secs(10),
             sweep: Duration::from_secs(2),
             poll: Duration::from_millis(200),
+            bridge_lost_after: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +111,7 @@ struct Inner {
     cancels: Table,
     runs: RunStore,
     leases: LeaseStore,
+    bridges: BridgeRegistry,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -111,6 +126,7 @@ impl Cluster {
     /// The cluster as seen by the server whose runs `runs` holds (its owner id is this
     /// server's id).
     pub fn new(db: &Database, runs: RunStore, leases: LeaseStore, config: ClusterConfig) -> Self {
+        let bridges = BridgeRegistry::open(db, runs.audit().clone());
         Self {
             inner: Arc::new(Inner {
                 id: runs.owner().to_string(),
@@ -121,6 +137,7 @@ impl Cluster {
                 cancels: db.table(&RUN_CANCELS),
                 runs,
                 leases,
+                bridges,
             }),
         }
     }
@@ -128,6 +145,17 @@ impl Cluster {
     /// This server's id.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// How long a remote bridge may go unheard before its runs are `lost`.
+    pub fn bridge_lost_after(&self) -> Duration {
+        self.inner.config.bridge_lost_after
+    }
+
+    /// The cancel requests (run id -> actor) for runs held elsewhere: a remote bridge learns
+    /// of a cancel from them when it renews its claim.
+    pub fn cancel_requests(&self) -> Table {
+        self.inner.cancels.clone()
     }
 
     /// Writes this server's heartbeat.
@@ -151,9 +179,20 @@ impl Cluster {
     }
 
     /// True if `server` wrote a heartbeat within `dead_after` (on sled: only this server).
+    ///
+    /// A remote bridge (`bridge:<id>`) is alive while enrolled, unrevoked and heard from
+    /// within [`ClusterConfig::bridge_lost_after`]; a zone (`zone:<name>`, the holder of runs
+    /// waiting for a bridge) always is: its runs wait for one (see `crate::bridge::hub`).
     pub fn is_alive(&self, server: &str) -> Result<bool, RunsError> {
-        if server == self.inner.id {
+        if server == self.inner.id || server.starts_with(ZONE_HOLDER) {
             return Ok(true);
+        }
+        if server.starts_with(BRIDGE_HOLDER) {
+            return self
+                .inner
+                .bridges
+                .is_alive(server, self.inner.config.bridge_lost_after)
+                .map_err(|e| RunsError::Bridge(e.to_string()));
         }
         if !self.inner.shared {
             return Ok(false);
@@ -195,12 +234,18 @@ impl Cluster {
         let Some(run) = self.inner.runs.get(run_id)? else {
             return Ok(false);
         };
+        let bridge = holder.starts_with(BRIDGE_HOLDER);
         let (next, error) = match run.state {
+            RunState::Running if bridge => (RunState::Lost, LOST_ERROR),
             RunState::Running => (RunState::Interrupted, INTERRUPTED_ERROR),
             RunState::Queued => (RunState::Cancelled, ORPHANED_QUEUED_ERROR),
             _ => return Ok(false),
         };
-        let note = format!("server {holder} stopped");
+        let note = if bridge {
+            format!("{holder} stopped renewing its claim (killed, cut off or revoked)")
+        } else {
+            format!("server {holder} stopped")
+        };
         let ended = self
             .inner
             .runs

@@ -55,6 +55,9 @@ pub enum StartError {
     /// Nothing was created for it.
     #[error("{0}")]
     Refused(#[from] Refusal),
+    /// The process's targets span zones (or cannot be read): no one bridge can run it.
+    #[error("{0}")]
+    Zones(String),
 }
 
 /// Audit action of a run refused admission to the queue.
@@ -87,6 +90,10 @@ pub struct Dispatcher {
     prepared: Arc<Mutex<HashMap<String, Arc<PreparedTask>>>>,
     /// Execution slots and the runs waiting for one.
     queue: RunQueue,
+    /// The zone the embedded bridge serves; runs of other zones wait for a remote bridge.
+    embedded_zone: Arc<str>,
+    /// Woken when a run is queued for a remote bridge (the bridges' claims wait on it).
+    zone_queued: Arc<tokio::sync::Notify>,
 }
 
 impl Dispatcher {
@@ -110,7 +117,64 @@ impl Dispatcher {
                 crate::runtime::engine::EngineConfig::default().run_slots(),
                 super::queue::QueueLimits::default(),
             ),
+            embedded_zone: Arc::from(crate::targets::DEFAULT_ZONE),
+            zone_queued: Arc::default(),
         }
+    }
+
+    /// This dispatcher with the embedded bridge serving `zone` instead of `default`.
+    pub fn with_embedded_zone(mut self, zone: &str) -> Self {
+        self.embedded_zone = Arc::from(zone);
+        self
+    }
+
+    /// The zone the embedded bridge serves.
+    pub fn embedded_zone(&self) -> &str {
+        &self.embedded_zone
+    }
+
+    /// Woken whenever a run is queued for a remote bridge.
+    pub fn zone_queued(&self) -> Arc<tokio::sync::Notify> {
+        self.zone_queued.clone()
+    }
+
+    /// The zone a run of `process` executes in: its targets' one zone.
+    pub fn zone_of(&self, process: &Process) -> Result<String, StartError> {
+        self.bridge
+            .services()
+            .targets
+            .zone_of(&process.grant.targets)
+            .map_err(StartError::Zones)
+    }
+
+    /// Stores `record` (queued, or moves the stored run to queued) as waiting for a remote
+    /// bridge of `zone`, and wakes the bridges' claims. It takes no execution slot here.
+    async fn queue_for_zone(
+        &self,
+        mut record: RunRecord,
+        zone: &str,
+        moved_by: Option<&str>,
+    ) -> Result<RunRecord, StartError> {
+        let waiting = format!("waiting for a bridge of zone {zone}");
+        let store = self
+            .runs
+            .clone()
+            .owned_by(&format!("{}{zone}", super::cluster::ZONE_HOLDER));
+        let record = match moved_by {
+            None => {
+                record.waiting = Some(waiting);
+                store.create(record).await?
+            }
+            Some(actor) => {
+                store
+                    .transition_noted(&record.id, RunState::Queued, actor, &waiting, |r| {
+                        r.waiting = Some(waiting.clone())
+                    })
+                    .await?
+            }
+        };
+        self.zone_queued.notify_waiters();
+        Ok(record)
     }
 
     /// This dispatcher with `queue` (sized for the bridge's runtime) in place of the default.
@@ -173,9 +237,13 @@ impl Dispatcher {
             actor.to_string(),
             merged,
         );
+        let zone = self.zone_of(process)?;
         if process.required_approvals > 0 {
             record.state = RunState::AwaitingApproval;
             return Ok(self.runs.create(record).await?);
+        }
+        if zone != *self.embedded_zone {
+            return self.queue_for_zone(record, &zone, None).await;
         }
         let task = self.prepare(&module)?;
         let admission = self.admit(charged_to, &process.id, actor).await?;
@@ -286,6 +354,12 @@ impl Dispatcher {
             return Err(StartError::ProcessChanged(process.id.clone()));
         }
         let ResolvedRun { module, params, .. } = self.resolve(process, run.inputs.clone())?;
+        let zone = self.zone_of(process)?;
+        if zone != *self.embedded_zone {
+            // The admission (a local slot) is not needed: a remote bridge runs it.
+            drop(admission);
+            return self.queue_for_zone(run.clone(), &zone, Some(actor)).await;
+        }
         let task = self.prepare(&module)?;
         let record = self
             .runs
@@ -512,7 +586,7 @@ type RecordUpdate = Box<dyn FnOnce(&mut RunRecord) + Send>;
 /// record size limit.
 const MAX_RECORDED_OUTPUT: usize = 1 << 20;
 
-fn fill(record: &mut RunRecord, report: RunReport) {
+pub(crate) fn fill(record: &mut RunRecord, report: RunReport) {
     match report.outcome {
         RunOutcome::Succeeded { result } => record.result = Some(result),
         RunOutcome::Failed { error } => record.error = Some(error),
@@ -540,7 +614,7 @@ fn truncate(mut text: String) -> String {
     text
 }
 
-fn final_state(outcome: &RunOutcome) -> RunState {
+pub(crate) fn final_state(outcome: &RunOutcome) -> RunState {
     match outcome {
         RunOutcome::Succeeded { .. } => RunState::Succeeded,
         RunOutcome::Stopped {

@@ -95,6 +95,9 @@ pub enum RunsError {
     /// The task finishing an audited write panicked; the write may not have completed.
     #[error("run store task failed")]
     TaskFailed,
+    /// The bridge register could not be read.
+    #[error("bridge register: {0}")]
+    Bridge(String),
     /// A stored record does not decode.
     #[error("stored record {0} is corrupt")]
     Corrupt(String),

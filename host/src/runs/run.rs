@@ -139,6 +139,12 @@ pub struct RunRecord {
     pub stdout: String,
     pub stderr: String,
     pub host_calls: u64,
+    /// The remote bridge that runs (or ran) it; none on the embedded bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Why a queued run has not started yet (waiting for a bridge of its zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl RunRecord {
@@ -166,6 +172,8 @@ impl RunRecord {
             stdout: String::new(),
             stderr: String::new(),
             host_calls: 0,
+            bridge: None,
+            waiting: None,
         }
     }
 }
@@ -232,6 +240,20 @@ impl RunStore {
     /// The id of the server whose runs this store queues and starts.
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The audit log transitions are recorded in.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Whether run `id` is held by a remote bridge or waits for one (such runs outlive a
+    /// restart of the server: see `crate::bridge::hub`).
+    pub fn is_remote(&self, id: &str) -> Result<bool, RunsError> {
+        Ok(self.held_by(id)?.is_some_and(|holder| {
+            holder.starts_with(super::cluster::BRIDGE_HOLDER)
+                || holder.starts_with(super::cluster::ZONE_HOLDER)
+        }))
     }
 
     /// Runs some server holds, with the holder's id (a page at a time, all of them).
@@ -447,6 +469,11 @@ impl RunStore {
     pub async fn recover(&self) -> Result<Vec<String>, RunsError> {
         let mut interrupted = Vec::new();
         for (id, state) in self.scan_states()? {
+            if !state.is_terminal() && self.is_remote(&id)? {
+                // A remote bridge holds it (or it waits for one): it lives on; the cluster
+                // sweep ends it if its bridge is gone.
+                continue;
+            }
             if state == RunState::Running {
                 if self.interrupt(&id).await? {
                     interrupted.push(id);

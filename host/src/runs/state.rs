@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! awaiting-approval ─▶ queued ─▶ running ─▶ succeeded | failed | cancelled
-//!         │               │                  | timed-out | interrupted
+//!         │               │                  | timed-out | interrupted | lost
 //!         └───────────────┴─▶ denied | cancelled
 //! ```
 
@@ -34,11 +34,14 @@ pub enum RunState {
     Denied,
     /// The server stopped while it was running; its effects on targets are unknown.
     Interrupted,
+    /// The remote bridge running it stopped renewing its claim (killed, cut off, revoked);
+    /// its effects on targets are unknown.
+    Lost,
 }
 
 impl RunState {
     /// Every state, in life order.
-    pub const ALL: [RunState; 9] = [
+    pub const ALL: [RunState; 10] = [
         RunState::AwaitingApproval,
         RunState::Queued,
         RunState::Running,
@@ -48,6 +51,7 @@ impl RunState {
         RunState::TimedOut,
         RunState::Denied,
         RunState::Interrupted,
+        RunState::Lost,
     ];
 
     /// True for states a run never leaves.
@@ -66,9 +70,9 @@ impl RunState {
             Queued => matches!(next, Running | Cancelled | Denied),
             Running => matches!(
                 next,
-                Succeeded | Failed | Cancelled | TimedOut | Interrupted
+                Succeeded | Failed | Cancelled | TimedOut | Interrupted | Lost
             ),
-            Succeeded | Failed | Cancelled | TimedOut | Denied | Interrupted => false,
+            Succeeded | Failed | Cancelled | TimedOut | Denied | Interrupted | Lost => false,
         }
     }
 
@@ -84,6 +88,7 @@ impl RunState {
             RunState::TimedOut => "timed-out",
             RunState::Denied => "denied",
             RunState::Interrupted => "interrupted",
+            RunState::Lost => "lost",
         }
     }
 }
@@ -112,6 +117,7 @@ mod tests {
         (Running, Cancelled),
         (Running, TimedOut),
         (Running, Interrupted),
+        (Running, Lost),
     ];
 
     #[test]

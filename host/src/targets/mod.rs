@@ -255,6 +255,42 @@ impl TargetStore {
             .transpose()
     }
 
+    /// The one zone the targets `names` are in ([`DEFAULT_ZONE`] for none; names that are not
+    /// registered are left to other checks). A run executes in one zone, on one bridge, so a
+    /// grant whose targets span zones is refused with the zones it spans.
+    pub fn zone_of<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<String, String> {
+        let mut zones = std::collections::BTreeMap::<String, String>::new();
+        for name in names {
+            match self.get(name) {
+                Ok(Some(target)) => {
+                    zones.entry(target.zone).or_insert_with(|| name.clone());
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("reading target '{name}': {e}")),
+            }
+        }
+        match zones.len() {
+            0 => Ok(DEFAULT_ZONE.to_string()),
+            1 => Ok(zones
+                .into_keys()
+                .next()
+                .unwrap_or_else(|| DEFAULT_ZONE.to_string())),
+            _ => Err(format!(
+                "the grant's targets span zones {} (e.g. {}); a run executes in one zone, \
+                 on a bridge of that zone: split the process by zone",
+                zones.keys().cloned().collect::<Vec<_>>().join(", "),
+                zones
+                    .iter()
+                    .map(|(zone, target)| format!("'{target}' in {zone}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// All targets, ordered by name.
     pub fn list(&self) -> Result<Vec<Target>, TargetError> {
         self.tree

@@ -89,6 +89,7 @@ impl From<ApprovalError> for ApiError {
             ),
             E::Start(StartError::Runs(e)) | E::Runs(e) => e.into(),
             E::Start(StartError::Refused(refusal)) => refusal.into(),
+            E::Start(StartError::Zones(why)) => ApiError::bad_request("grant_spans_zones", why),
             e @ E::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
             e @ E::Concurrent(_) => {
                 ApiError::new(StatusCode::CONFLICT, "concurrent_change", e.to_string())

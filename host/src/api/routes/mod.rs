@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod bridges;
 pub mod credentials;
 pub mod leases;
 pub mod modules;

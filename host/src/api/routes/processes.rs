@@ -225,6 +225,7 @@ pub(crate) fn start_error(e: StartError) -> ApiError {
         }
         StartError::Runs(e) => e.into(),
         StartError::Refused(refusal) => refusal.into(),
+        StartError::Zones(why) => ApiError::bad_request("grant_spans_zones", why),
         other => ApiError::failure(other),
     }
 }
@@ -279,6 +280,10 @@ async fn create_process(
     state.authorize_grant(&caller, &req.grant).await?;
     let module = active_module(&state, &req.module_digest)?;
     state.check_grant_credentials(&req.grant)?;
+    state
+        .targets
+        .zone_of(&req.grant.targets)
+        .map_err(|why| ApiError::bad_request("grant_spans_zones", why))?;
     let process = state.processes.create(NewProcess {
         name: req.name,
         description: req.description,
@@ -330,6 +335,10 @@ async fn update_process(
     state.authorize_grant(&caller, &req.grant).await?;
     let module = active_module(&state, &req.module_digest)?;
     state.check_grant_credentials(&req.grant)?;
+    state
+        .targets
+        .zone_of(&req.grant.targets)
+        .map_err(|why| ApiError::bad_request("grant_spans_zones", why))?;
     let updated = state.processes.update(&id, |p| {
         p.name = req.name;
         p.description = req.description;

@@ -1,0 +1,478 @@
+//! `/v1/bridges`: enrolment tokens, the list of remote bridges and their revocation (for
+//! administrators, bearer tokens); and `/v1/bridge/…`, the protocol remote bridges speak
+//! (each request signed with the bridge's key, see `crate::bridge::wire`).
+//!
+//! Threat: someone who is not an enrolled, unrevoked bridge claiming runs or reading
+//! secrets. Every protocol request but enrolment is authenticated by its signature before
+//! anything is read; a bad one is 401 with no detail of which check failed beyond the
+//! header's name, a revoked bridge 403. The hub (`crate::bridge::hub`) then checks that the
+//! bridge holds the run the request names.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Body;
+use crate::api::AppState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::bridge::hub::HubError;
+use crate::bridge::registry::{BridgeRecord, RegistryError};
+use crate::bridge::wire::{self, SignedHeaders};
+use crate::policy::Action;
+
+/// Largest report a bridge may send when a run ends (output is capped at 1 MiB per stream).
+const MAX_FINISH_BODY: usize = 4 << 20;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token))
+        .routes(routes!(list_bridges))
+        .routes(routes!(revoke_bridge))
+}
+
+/// The protocol routes of remote bridges (not in the OpenAPI document: only Warden's own
+/// bridge speaks them).
+pub fn protocol() -> Router<AppState> {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/v1/bridges/enroll", post(enroll))
+        .route("/v1/bridge/claim", post(claim))
+        .route("/v1/bridge/publishers", get(publishers))
+        .route("/v1/bridge/modules/{digest}", get(module))
+        .route("/v1/bridge/runs/{id}/audit", post(audit))
+        .route("/v1/bridge/runs/{id}/lease", post(lease))
+        .route("/v1/bridge/runs/{id}/lease-check", post(lease_check))
+        .route("/v1/bridge/runs/{id}/secret", post(secret))
+        .route("/v1/bridge/runs/{id}/renew", post(renew))
+        .route(
+            "/v1/bridge/runs/{id}/finish",
+            post(finish).layer(DefaultBodyLimit::max(MAX_FINISH_BODY)),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    zone: String,
+    /// Seconds; default one hour.
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    token: String,
+    zone: String,
+    expires_ms: u64,
+}
+
+/// Create a one-time enrolment token for a bridge of a zone (shown once).
+#[utoipa::path(post, path = "/v1/bridges/tokens", responses((status = 201, description = "the token, shown once"), (status = 400, description = "invalid zone or ttl"), (status = 403, description = "not permitted")))]
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<NewToken>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+    state
+        .authorize_system(&caller, Action::ManageTargets, "bridges")
+        .await?;
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
+    let (token, record) = state
+        .hub
+        .registry
+        .create_token(&req.zone, ttl, &caller.user.name)
+        .await
+        .map_err(registry_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView {
+            token,
+            zone: record.zone,
+            expires_ms: record.expires_ms,
+        }),
+    ))
+}
+
+#[derive(Serialize)]
+struct BridgeView {
+    id: String,
+    name: String,
+    zone: String,
+    version: String,
+    enrolled_ms: u64,
+    last_seen_ms: Option<u64>,
+    online: bool,
+    revoked: bool,
+    runs_in_flight: usize,
+}
+
+/// List the remote bridges: zone, version, last seen, online, runs in flight.
+#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, description = "bridges"), (status = 403, description = "not permitted")))]
+async fn list_bridges(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<BridgeView>>, ApiError> {
+    state
+        .authorize_system(&caller, Action::ManageTargets, "bridges")
+        .await?;
+    let held = state.runs.held()?;
+    let lost_after = state.cluster.bridge_lost_after();
+    let mut out = Vec::new();
+    for (bridge, seen) in state.hub.registry.list().map_err(registry_error)? {
+        let name = crate::bridge::registry::holder(&bridge.id);
+        let online = state
+            .hub
+            .registry
+            .is_alive(&name, lost_after)
+            .map_err(registry_error)?;
+        out.push(BridgeView {
+            runs_in_flight: held.iter().filter(|(_, h)| *h == name).count(),
+            last_seen_ms: seen.as_ref().map(|s| s.seen_ms),
+            version: seen.map_or(bridge.version.clone(), |s| s.version),
+            online,
+            revoked: bridge.revoked.is_some(),
+            id: bridge.id,
+            name: bridge.name,
+            zone: bridge.zone,
+            enrolled_ms: bridge.enrolled_ms,
+        });
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Revoke a bridge: its next request is refused and the runs it holds end `lost`.
+#[utoipa::path(post, path = "/v1/bridges/{id}/revoke", params(("id" = String, Path, description = "bridge id")), responses((status = 200, description = "revoked"), (status = 404, description = "unknown"), (status = 409, description = "already revoked")))]
+async fn revoke_bridge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<Revoke>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .authorize_system(&caller, Action::ManageTargets, "bridges")
+        .await?;
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "revoked by an administrator".into());
+    let bridge = state
+        .hub
+        .registry
+        .revoke(&id, &caller.user.name, &reason)
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(
+        json!({ "id": bridge.id, "zone": bridge.zone, "revoked": true }),
+    ))
+}
+
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::UnknownToken | RegistryError::TokenExpired | RegistryError::TokenUsed => {
+            ApiError::new(StatusCode::FORBIDDEN, "enrolment_refused", e.to_string())
+        }
+        RegistryError::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
+        RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
+        RegistryError::AlreadyRevoked(_) => {
+            ApiError::new(StatusCode::CONFLICT, "already_revoked", e.to_string())
+        }
+        RegistryError::Audit(e) => e.into(),
+        other => ApiError::failure(other),
+    }
+}
+
+fn hub_error(e: HubError) -> ApiError {
+    match e {
+        HubError::NotHeld(_) => ApiError::new(StatusCode::CONFLICT, "run_not_held", e.to_string()),
+        HubError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "denied", e.to_string()),
+        HubError::Invalid(_) => ApiError::bad_request("invalid", e.to_string()),
+        HubError::Runs(e) => e.into(),
+        other => ApiError::failure(other),
+    }
+}
+
+impl AppState {
+    /// The enrolled, unrevoked bridge that signed this request (401/403 otherwise), noted
+    /// as seen.
+    async fn bridge_caller(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<BridgeRecord, ApiError> {
+        let header = |name: &'static str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| unauthorized(wire::WireError::Header(name)))
+        };
+        let signed = SignedHeaders {
+            bridge: header(wire::BRIDGE_HEADER)?,
+            time: header(wire::TIME_HEADER)?,
+            nonce: header(wire::NONCE_HEADER)?,
+            signature: header(wire::SIGNATURE_HEADER)?,
+        };
+        let bridge = match self.hub.registry.get(signed.bridge) {
+            Ok(Some(bridge)) => bridge,
+            Ok(None) => return Err(unauthorized(wire::WireError::Signature)),
+            Err(e) => return Err(registry_error(e)),
+        };
+        let key = bridge
+            .verifying_key()
+            .ok_or_else(|| unauthorized(wire::WireError::Signature))?;
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        wire::verify(&key, &signed, method.as_str(), path, body, &self.hub.nonces)
+            .map_err(unauthorized)?;
+        if let Some(revoked) = &bridge.revoked {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bridge_revoked",
+                format!("this bridge was revoked: {}", revoked.reason),
+            ));
+        }
+        let version = headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&bridge.version)
+            .to_string();
+        if let Err(e) = self.hub.registry.seen(&bridge.id, &version) {
+            tracing::warn!(bridge = %bridge.id, error = %e, "bridge last-seen not written");
+        }
+        Ok(bridge)
+    }
+}
+
+fn unauthorized(e: wire::WireError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "bridge_unauthenticated",
+        e.to_string(),
+    )
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<wire::EnrollReply>, ApiError> {
+    let req: wire::EnrollRequest = parse(&body)?;
+    let key: [u8; 32] = hex::decode(&req.public_key)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid", "public_key: 32 bytes, hex"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| ApiError::bad_request("invalid", "public_key is not an ed25519 key"))?;
+    let bridge = state
+        .hub
+        .registry
+        .enroll(&req.token, &key, &req.name, &req.version)
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(wire::EnrollReply {
+        bridge_id: bridge.id,
+        zone: bridge.zone,
+    }))
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let req: wire::ClaimRequest = parse(&body)?;
+    let run = state
+        .hub
+        .claim(
+            &bridge,
+            Duration::from_millis(req.wait_ms),
+            req.policy_digest.as_deref(),
+        )
+        .await
+        .map_err(hub_error)?;
+    Ok(match run {
+        Some(run) => Json(run).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn publishers(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let keys = state
+        .modules
+        .publisher_keys()
+        .map_err(ApiError::failure)?
+        .into_iter()
+        .map(|(name, key)| json!({ "name": name, "public_key": hex::encode(key.as_bytes()) }))
+        .collect();
+    Ok(Json(keys))
+}
+
+async fn module(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    // Only the module of a run this bridge holds.
+    let holder = crate::bridge::registry::holder(&bridge.id);
+    let mut allowed = false;
+    for (id, held_by) in state.runs.held()? {
+        if held_by == holder
+            && state
+                .runs
+                .get(&id)?
+                .is_some_and(|r| r.module_digest == digest)
+        {
+            allowed = true;
+            break;
+        }
+    }
+    if !allowed {
+        return Err(ApiError::not_found(format!("module {digest}")));
+    }
+    let bytes = state
+        .modules
+        .bytes(&digest)
+        .map_err(ApiError::failure)?
+        .ok_or_else(|| ApiError::not_found(format!("module {digest}")))?;
+    Ok(([("content-type", "application/wasm")], bytes).into_response())
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<wire::AuditReply>, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let req: wire::AuditRequest = parse(&body)?;
+    let seqs = state
+        .hub
+        .append_audit(&bridge, &id, req.entries)
+        .await
+        .map_err(hub_error)?;
+    Ok(Json(wire::AuditReply { seqs }))
+}
+
+async fn lease(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<crate::capabilities::server::HeldLease>, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let req: wire::LeaseRequest = parse(&body)?;
+    let lease = state
+        .hub
+        .lease(&bridge, &id, &req.credential, req.known.as_deref())
+        .await
+        .map_err(hub_error)?;
+    Ok(Json(lease))
+}
+
+async fn lease_check(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let req: wire::LeaseUse = parse(&body)?;
+    state
+        .hub
+        .check_lease(&bridge, &id, &req)
+        .map_err(hub_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn secret(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let req: wire::LeaseUse = parse(&body)?;
+    let secret = state.hub.secret(&bridge, &id, &req).map_err(hub_error)?;
+    // The body is the base64 text alone: no JSON encoder copies it on the way.
+    let mut response = secret.as_str().to_string().into_response();
+    response.headers_mut().insert(
+        "cache-control",
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<wire::RenewReply>, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let cancel = state
+        .hub
+        .renew(&bridge, &id, &state.cluster.cancel_requests())
+        .map_err(hub_error)?;
+    Ok(Json(wire::RenewReply { cancel }))
+}
+
+async fn finish(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
+    let report: crate::runtime::RunReport = parse(&body)?;
+    let ended = state
+        .hub
+        .finish(&bridge, &id, report)
+        .await
+        .map_err(hub_error)?;
+    Ok(Json(json!({ "id": ended.id, "state": ended.state })))
+}

@@ -1,0 +1,715 @@
+//! A remote bridge: enrols once with a one-time token, then pulls the runs of its zone from
+//! the server (outbound HTTPS only; it listens on no port) and executes them with the same
+//! [`Bridge`] as the embedded one. Its host calls reach the server through [`RunLink`]: the
+//! audit records go into the server's chain (a call's result reaches the task only once its
+//! record is durable there), each secret is fetched under the run's lease for the call that
+//! needs it, and nothing secret is written to the bridge's disk.
+//!
+//! On disk (`--data DIR`): `bridge.key` (its ed25519 seed, 0600, never sent), `bridge.json`
+//! (its id, zone, server URL and how the server is verified), `modules/` (signed modules by
+//! digest, verified again against the server's publishers before every run), `artifacts/`
+//! (precompiled components), `policies/` (the server's policy files by digest) and `cache/`
+//! (the target records of its runs: addresses and pinned host keys, never credentials).
+//!
+//! Threat: a server impersonator (the bridge verifies the server's TLS certificate against
+//! its pin or CA), a tampered module (verified here, against the publishers the server
+//! trusts), a run that outlives the bridge's contact with the server (the server ends it
+//! `lost`; the bridge stops it when the server says the run is no longer its).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::wire::{self, ClaimedRun, RequestSigner};
+use super::{Bridge, PreparedTask, RunSpec, Runtime};
+use crate::audit::{AuditEntry, AuditError};
+use crate::capabilities::server::{HeldLease, LinkError, ServerLink, ServerSide};
+use crate::capabilities::{HostCallPolicy, RunIdentity, Services};
+use crate::policy::PolicyEngine;
+use crate::registry::signing::{self, TrustedPublishers};
+use crate::runtime::{RunControl, RunReport};
+use crate::ssh::{SshConfig, SshPool};
+use crate::targets::TargetStore;
+use crate::vault::{CredentialInfo, Secret};
+
+/// The bridge's version, reported to the server.
+pub const VERSION: &str = concat!("warden-bridge/", env!("CARGO_PKG_VERSION"));
+
+/// How long a claim waits on the server for a run.
+const CLAIM_WAIT_MS: u64 = 20_000;
+
+/// How often a running run's claim is renewed (and a cancel looked for).
+const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a request may wait for a server that is restarting or unreachable before the
+/// call that needs it fails.
+const RECONNECT_FOR: Duration = Duration::from_secs(20);
+
+/// How long the end of a run is retried towards an unreachable server.
+const FINISH_FOR: Duration = Duration::from_secs(600);
+
+/// How the bridge knows its server: what `bridge.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub bridge_id: String,
+    pub zone: String,
+    /// The server's base URL.
+    pub server: String,
+    /// How the server's certificate is verified.
+    pub trust: Trust,
+}
+
+/// How the server's TLS certificate is verified.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Trust {
+    /// The pinned SHA-256 fingerprint of the server's certificate (`sha256:…`).
+    pub fingerprint: Option<String>,
+    /// A CA certificate file.
+    pub ca: Option<PathBuf>,
+}
+
+const KEY_FILE: &str = "bridge.key";
+const IDENTITY_FILE: &str = "bridge.json";
+
+/// Enrols a new bridge in `dir` with `token` at `server`: generates its key (0600), registers
+/// it, pins the server, and writes `bridge.json`.
+pub async fn enroll(
+    dir: &Path,
+    server: &str,
+    token: &str,
+    trust: Trust,
+    name: &str,
+) -> anyhow::Result<Identity> {
+    if dir.join(IDENTITY_FILE).exists() {
+        bail!(
+            "{} already holds an enrolled bridge; use another --data directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+    let key = SigningKey::from_bytes(&seed);
+    let server = server.trim_end_matches('/').to_string();
+    let http = http_client(&trust)?;
+    let request = wire::EnrollRequest {
+        token: token.to_string(),
+        public_key: hex::encode(key.verifying_key().as_bytes()),
+        name: name.to_string(),
+        version: VERSION.to_string(),
+    };
+    let response = http
+        .post(format!("{server}/v1/bridges/enroll"))
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {server}"))?;
+    if !response.status().is_success() {
+        bail!("enrolment refused: {}", error_text(response).await);
+    }
+    let reply: wire::EnrollReply = response.json().await?;
+    write_private(&dir.join(KEY_FILE), hex::encode(seed.as_ref()).as_bytes())?;
+    let identity = Identity {
+        bridge_id: reply.bridge_id,
+        zone: reply.zone,
+        server,
+        trust,
+    };
+    std::fs::write(
+        dir.join(IDENTITY_FILE),
+        serde_json::to_vec_pretty(&identity)?,
+    )?;
+    Ok(identity)
+}
+
+/// Writes `bytes` to a new file readable by its owner only (mode set before any byte).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The HTTPS client that verifies the server per `trust`.
+fn http_client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
+    let _ = trust; // TLS-MERGE: crate::tls::ServerTrust once merged
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .user_agent(VERSION)
+        .build()
+        .context("building the HTTPS client")
+}
+
+async fn error_text(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    format!("{status}: {message}")
+}
+
+/// A bridge, enrolled, ready to pull work.
+pub struct Agent {
+    identity: Identity,
+    http: reqwest::Client,
+    signer: RequestSigner,
+    runtime: Arc<Runtime>,
+    targets: TargetStore,
+    ssh: SshPool,
+    dir: PathBuf,
+    prepared: Mutex<HashMap<String, Arc<PreparedTask>>>,
+    policy: Mutex<Option<(String, PolicyEngine)>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Agent {
+    /// Opens the bridge enrolled in `dir`, with at most `slots` runs at once.
+    pub fn open(dir: &Path, slots: usize) -> anyhow::Result<Arc<Self>> {
+        let identity: Identity = serde_json::from_slice(
+            &std::fs::read(dir.join(IDENTITY_FILE)).with_context(|| {
+                format!(
+                    "{} holds no enrolled bridge (run `warden bridge enroll`)",
+                    dir.display()
+                )
+            })?,
+        )?;
+        let seed_hex = Zeroizing::new(std::fs::read_to_string(dir.join(KEY_FILE))?);
+        let seed = Zeroizing::new(hex::decode(seed_hex.trim()).context("bridge.key")?);
+        let seed: [u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .context("bridge.key: not a 32-byte key")?;
+        let key = SigningKey::from_bytes(&seed);
+        let engine = crate::runtime::engine::EngineConfig::default();
+        let runtime = Runtime::new(&engine, &dir.join("artifacts"))?;
+        let cache = crate::store::Database::from_backend(Arc::new(
+            crate::store::SledBackend::open(&dir.join("cache"))?,
+        ));
+        Ok(Arc::new(Agent {
+            http: http_client(&identity.trust)?,
+            signer: RequestSigner::new(identity.bridge_id.clone(), key),
+            identity,
+            runtime,
+            targets: TargetStore::open(&cache)?,
+            ssh: SshPool::new(SshConfig::default()),
+            dir: dir.to_path_buf(),
+            prepared: Mutex::default(),
+            policy: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(slots.max(1)),
+        }))
+    }
+
+    /// The bridge's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// A signed request to the server.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let url = format!("{}{path}", self.identity.server);
+        let mut request = self.http.request(method.clone(), url);
+        for (name, value) in self.signer.headers(method.as_str(), path, &body) {
+            request = request.header(name, value);
+        }
+        request
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// [`Self::send`], retried while the server cannot be reached at all (restarting, or the
+    /// network is back soon) for up to `patience`: a request that never reached the server
+    /// is safe to send again.
+    async fn send_patiently(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        patience: Duration,
+    ) -> Result<reqwest::Response, String> {
+        let until = tokio::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.send(method.clone(), path, body.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(e) if e.is_connect() && tokio::time::Instant::now() + pause < until => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(format!("the server cannot be reached: {e}")),
+            }
+        }
+    }
+
+    /// Pulls and executes runs until `stop` fires; reconnects by itself.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut pause = Duration::from_millis(200);
+        tracing::info!(bridge = %self.identity.bridge_id, zone = %self.identity.zone, server = %self.identity.server, "bridge pulling runs");
+        loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = self.slots.acquire() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let claimed = tokio::select! {
+                () = stop.cancelled() => break,
+                claimed = self.claim() => claimed,
+            };
+            match claimed {
+                Ok(Some(run)) => {
+                    pause = Duration::from_millis(200);
+                    permit.forget();
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.execute(run).await;
+                        this.slots.add_permits(1);
+                    });
+                }
+                Ok(None) => pause = Duration::from_millis(200),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn claim(&self) -> anyhow::Result<Option<ClaimedRun>> {
+        let digest = self
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(d, _)| d.clone());
+        let body = serde_json::to_vec(&wire::ClaimRequest {
+            wait_ms: CLAIM_WAIT_MS,
+            policy_digest: digest,
+            version: VERSION.to_string(),
+        })?;
+        let response = self
+            .send(reqwest::Method::POST, "/v1/bridge/claim", body)
+            .await?;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => Ok(None),
+            s if s.is_success() => Ok(Some(response.json().await?)),
+            _ => bail!("{}", error_text(response).await),
+        }
+    }
+
+    /// Executes one claimed run and reports its end.
+    async fn execute(self: &Arc<Self>, run: ClaimedRun) {
+        let run_id = run.run_id.clone();
+        let control = RunControl::new();
+        let gone = Arc::new(AtomicBool::new(false));
+        let renewing = tokio::spawn(self.clone().renew(
+            run_id.clone(),
+            control.clone(),
+            gone.clone(),
+        ));
+        let report = match self.prepare(&run).await {
+            Ok((task, policy)) => {
+                let services = Services {
+                    targets: self.targets.clone(),
+                    ssh: self.ssh.clone(),
+                    server: ServerSide::Remote(Arc::new(RunLink::new(self.clone(), &run))),
+                };
+                let spec = RunSpec {
+                    identity: RunIdentity {
+                        run_id: run.run_id.clone(),
+                        actor: run.actor.clone(),
+                        module: run.module.clone(),
+                    },
+                    task,
+                    params: run.params.clone(),
+                    grant: run.grant.clone(),
+                    limits: run.limits.clone(),
+                    control: control.clone(),
+                };
+                let bridge = Bridge::new(self.runtime.clone(), services);
+                match bridge.execute_recorded(spec, policy).await {
+                    Ok(report) => report,
+                    Err(e) => failed_report(format!("{e}")),
+                }
+            }
+            Err(e) => failed_report(format!("the bridge could not run the module: {e:#}")),
+        };
+        renewing.abort();
+        if gone.load(Ordering::SeqCst) {
+            tracing::warn!(run = %run_id, "run ended after the server took it back; not reported");
+            return;
+        }
+        self.finish(&run_id, report).await;
+    }
+
+    /// The verified, prepared module and the checks of the run's host calls.
+    async fn prepare(
+        &self,
+        run: &ClaimedRun,
+    ) -> anyhow::Result<(Arc<PreparedTask>, HostCallPolicy)> {
+        for target in &run.targets {
+            if self.targets.get(&target.name)?.as_ref() != Some(target) {
+                let _ = self.targets.remove(&target.name);
+                self.targets.add(target.clone())?;
+            }
+        }
+        let engine = self.policy_engine(run)?;
+        let task = self.module(&run.digest).await?;
+        let policy = HostCallPolicy {
+            engine,
+            requested: run.requested.iter().cloned().collect(),
+            scope: run.scope.clone(),
+        };
+        Ok((task, policy))
+    }
+
+    fn policy_engine(&self, run: &ClaimedRun) -> anyhow::Result<PolicyEngine> {
+        let mut held = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(files) = &run.policies {
+            let dir = self.dir.join("policies").join(&run.policy_digest);
+            std::fs::create_dir_all(&dir)?;
+            for file in files {
+                let ok = !file.name.is_empty()
+                    && file.name.len() <= 64
+                    && file
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    && !file.name.starts_with('.');
+                if !ok {
+                    bail!("the server sent a policy file with a bad name");
+                }
+                std::fs::write(dir.join(&file.name), &file.text)?;
+            }
+            let engine = PolicyEngine::load(&dir)?;
+            *held = Some((run.policy_digest.clone(), engine));
+        }
+        match &*held {
+            Some((digest, engine)) if *digest == run.policy_digest => Ok(engine.clone()),
+            _ => bail!("the server's policy set was not sent"),
+        }
+    }
+
+    /// Module `digest`: fetched once, verified on every run against the publishers the server
+    /// trusts now, compiled once.
+    async fn module(&self, digest: &str) -> anyhow::Result<Arc<PreparedTask>> {
+        if !crate::runs::is_sha256_hex(digest) {
+            bail!("bad module digest");
+        }
+        let trusted = self.publishers().await?;
+        let path = self.dir.join("modules").join(format!("{digest}.wasm"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let response = self
+                    .send(
+                        reqwest::Method::GET,
+                        &format!("/v1/bridge/modules/{digest}"),
+                        Vec::new(),
+                    )
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("fetching module {digest}: {}", error_text(response).await);
+                }
+                response.bytes().await?.to_vec()
+            }
+        };
+        let verified = signing::verify(&bytes, &trusted).with_context(|| {
+            format!("module {digest} does not verify against the server's publishers")
+        })?;
+        if verified.digest != digest {
+            bail!(
+                "module bytes are {} but the run names {digest}",
+                verified.digest
+            );
+        }
+        if !path.exists() {
+            std::fs::create_dir_all(self.dir.join("modules"))?;
+            std::fs::write(&path, &bytes)?;
+        }
+        if let Some(task) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+        {
+            return Ok(task.clone());
+        }
+        let task = self.runtime.prepare(&bytes)?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest.to_string(), task.clone());
+        Ok(task)
+    }
+
+    async fn publishers(&self) -> anyhow::Result<TrustedPublishers> {
+        let response = self
+            .send(reqwest::Method::GET, "/v1/bridge/publishers", Vec::new())
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "reading the server's publishers: {}",
+                error_text(response).await
+            );
+        }
+        let keys: Vec<serde_json::Value> = response.json().await?;
+        let mut trusted = TrustedPublishers::default();
+        for key in keys {
+            let name = key["name"].as_str().unwrap_or_default();
+            let bytes: [u8; 32] = hex::decode(key["public_key"].as_str().unwrap_or_default())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("a publisher key from the server is malformed")?;
+            trusted.trust(name, ed25519_dalek::VerifyingKey::from_bytes(&bytes)?);
+        }
+        Ok(trusted)
+    }
+
+    /// Renews the run's claim until aborted; cancels the run when asked to, or when the
+    /// server says the run is no longer this bridge's (lost, revoked).
+    async fn renew(
+        self: Arc<Self>,
+        run_id: String,
+        control: Arc<RunControl>,
+        gone: Arc<AtomicBool>,
+    ) {
+        let path = format!("/v1/bridge/runs/{run_id}/renew");
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            match self
+                .send(reqwest::Method::POST, &path, b"{}".to_vec())
+                .await
+            {
+                Ok(r) if r.status().is_success() => {
+                    if r.json::<wire::RenewReply>().await.is_ok_and(|r| r.cancel) {
+                        control.cancel();
+                    }
+                }
+                Ok(r) if matches!(r.status().as_u16(), 401 | 403 | 409) => {
+                    tracing::warn!(run = %run_id, status = %r.status(), "the server took the run back; stopping it");
+                    gone.store(true, Ordering::SeqCst);
+                    control.cancel();
+                    return;
+                }
+                // Unreachable or a transient error: keep trying; the server decides when the
+                // claim is lost.
+                _ => {}
+            }
+        }
+    }
+
+    async fn finish(&self, run_id: &str, mut report: RunReport) {
+        for stream in [&mut report.stdout, &mut report.stderr] {
+            truncate(stream, 1 << 20);
+        }
+        let Ok(body) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let path = format!("/v1/bridge/runs/{run_id}/finish");
+        match self
+            .send_patiently(reqwest::Method::POST, &path, body, FINISH_FOR)
+            .await
+        {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                let error = error_text(r).await;
+                tracing::warn!(run = %run_id, %error, "run end not recorded");
+            }
+            Err(e) => tracing::error!(run = %run_id, error = %e, "run end not recorded"),
+        }
+    }
+}
+
+fn failed_report(error: String) -> RunReport {
+    RunReport {
+        outcome: crate::runtime::RunOutcome::Failed { error },
+        events: Vec::new(),
+        stdout: String::new(),
+        stderr: String::new(),
+        host_calls: 0,
+        duration_ms: 0,
+    }
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}
+
+/// One run's view of the server (see `crate::capabilities::server`).
+pub struct RunLink {
+    agent: Arc<Agent>,
+    run_id: String,
+    credentials: HashMap<String, CredentialInfo>,
+    failed: AtomicBool,
+}
+
+impl RunLink {
+    fn new(agent: Arc<Agent>, run: &ClaimedRun) -> Self {
+        RunLink {
+            agent,
+            run_id: run.run_id.clone(),
+            credentials: run
+                .credentials
+                .iter()
+                .map(|c| (c.name.clone(), c.clone()))
+                .collect(),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    async fn post(&self, what: &str, body: Vec<u8>) -> Result<reqwest::Response, LinkError> {
+        let path = format!("/v1/bridge/runs/{}/{what}", self.run_id);
+        let response = self
+            .agent
+            .send_patiently(reqwest::Method::POST, &path, body, RECONNECT_FOR)
+            .await
+            .map_err(LinkError::Failed)?;
+        match response.status().as_u16() {
+            200..=299 => Ok(response),
+            403 => Err(LinkError::Denied(message(response).await)),
+            _ => Err(LinkError::Failed(format!(
+                "the server refused: {}",
+                error_text(response).await
+            ))),
+        }
+    }
+}
+
+async fn message(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or("refused")
+        .to_string()
+}
+
+impl ServerLink for RunLink {
+    fn append_audit(
+        &self,
+        entries: Vec<AuditEntry>,
+    ) -> BoxFuture<'_, Result<Vec<u64>, AuditError>> {
+        Box::pin(async move {
+            if self.failed.load(Ordering::SeqCst) {
+                return Err(AuditError::Failed);
+            }
+            let body = serde_json::to_vec(&wire::AuditRequest { entries })
+                .map_err(|e| AuditError::WriteFailed(e.to_string()))?;
+            let written = match self.post("audit", body).await {
+                Ok(response) => response
+                    .json::<wire::AuditReply>()
+                    .await
+                    .map(|r| r.seqs)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            written.map_err(|e| {
+                self.failed.store(true, Ordering::SeqCst);
+                AuditError::WriteFailed(format!("the server did not record it: {e}"))
+            })
+        })
+    }
+
+    fn audit_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn credential(&self, name: &str) -> Option<CredentialInfo> {
+        self.credentials.get(name).cloned()
+    }
+
+    fn acquire_lease(
+        &self,
+        credential: String,
+        known: Option<String>,
+    ) -> BoxFuture<'_, Result<HeldLease, LinkError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&wire::LeaseRequest { credential, known })
+                .map_err(|e| LinkError::Failed(e.to_string()))?;
+            self.post("lease", body)
+                .await?
+                .json::<HeldLease>()
+                .await
+                .map_err(|e| LinkError::Failed(e.to_string()))
+        })
+    }
+
+    fn check_lease(
+        &self,
+        lease: String,
+        credential: String,
+        target: String,
+    ) -> BoxFuture<'_, Result<(), LinkError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&wire::LeaseUse {
+                lease,
+                credential,
+                target: Some(target),
+            })
+            .map_err(|e| LinkError::Failed(e.to_string()))?;
+            self.post("lease-check", body).await.map(|_| ())
+        })
+    }
+
+    fn secret(
+        &self,
+        lease: String,
+        credential: String,
+        target: Option<String>,
+    ) -> BoxFuture<'_, Result<Secret, LinkError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&wire::LeaseUse {
+                lease,
+                credential,
+                target,
+            })
+            .map_err(|e| LinkError::Failed(e.to_string()))?;
+            let response = self.post("secret", body).await?;
+            let text = Zeroizing::new(
+                response
+                    .bytes()
+                    .await
+                    .map_err(|e| LinkError::Failed(e.to_string()))?
+                    .to_vec(),
+            );
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.as_slice())
+                .map_err(|_| LinkError::Failed("the server sent a malformed secret".into()))?;
+            Ok(Secret::from_bytes(bytes))
+        })
+    }
+}

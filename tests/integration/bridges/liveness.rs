@@ -1,0 +1,1 @@
+//! Bridges that die, are cut off or revoked; servers that restart.

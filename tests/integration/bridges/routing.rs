@@ -1,0 +1,104 @@
+//! Runs go to a bridge of their targets' zone, and only there.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Lab, Zone, assert_verifies, ended};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_bridge_runs_the_task_on_a_target_only_its_network_reaches() {
+    let lab = Lab::new(Duration::from_secs(30)).await;
+    let zone = Zone::new(&lab);
+    // The same address registered twice: in zone dmz (the bridge's) and in the server's own
+    // zone, where the embedded bridge would have to reach it.
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    lab.target("same-host-from-server", "default", &zone.sshd)
+        .await;
+    let local = lab.process("local", &["same-host-from-server"]).await;
+    let remote = lab.process("remote", &["dmz-host"]).await;
+
+    // The embedded bridge cannot reach the target: nothing listens on that port here.
+    let id = lab.exec(&local, "same-host-from-server", "id -un").await;
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let result: serde_json::Value =
+        serde_json::from_str(run["result"].as_str().expect("result")).expect("json");
+    assert_eq!(result["error"], "connection-refused", "{result}");
+    assert!(run.get("bridge").is_none(), "{run}");
+
+    // Queued while no bridge of the zone is online, with the reason.
+    let id = lab.exec(&remote, "dmz-host", "id -un").await;
+    let queued = lab.run(&id).await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    assert_eq!(
+        queued["waiting"], "waiting for a bridge of zone dmz",
+        "{queued}"
+    );
+
+    let bridge = zone.bridge(&lab.token("dmz").await);
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run} {}", bridge.log());
+    assert_eq!(run["bridge"], bridge.id, "{run}");
+    let result: serde_json::Value =
+        serde_json::from_str(run["result"].as_str().expect("result")).expect("json");
+    assert_eq!(result["exit"], 0, "{result}");
+    assert_eq!(
+        result["stdout"].as_str().map(str::trim),
+        Some(lab.user.name.as_str())
+    );
+
+    // Every host call is in the server's chain, stamped with the bridge, and it verifies.
+    let records = lab.server.audit(&format!("run={id}")).await;
+    let exec: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "ssh.exec")
+        .collect();
+    assert_eq!(exec.len(), 2, "intent and outcome: {records:?}");
+    let stamp = format!("bridge {}", bridge.id);
+    assert!(
+        exec.iter()
+            .all(|r| r["detail"].as_str().is_some_and(|d| d.contains(&stamp))),
+        "{exec:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["action"] == "credentials.acquire"),
+        "{records:?}"
+    );
+    // The secret is in no record and no field of the run.
+    let everything = format!("{records:?}{run}");
+    assert!(!everything.contains(&lab.user.password));
+    assert_verifies(&lab);
+
+    // The bridge is listed, online, with nothing in flight.
+    let r = lab.server.get("/v1/bridges", &lab.server.admin).await;
+    let listed = r.body.as_array().expect("list").clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["zone"], "dmz");
+    assert_eq!(listed[0]["online"], true);
+    assert_eq!(listed[0]["runs_in_flight"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_spanning_zones_is_refused_when_the_process_is_created() {
+    let lab = Lab::new(Duration::from_secs(30)).await;
+    let a = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
+    lab.target("in-dmz", "dmz", &a).await;
+    lab.target("in-default", "default", &a).await;
+    let body = json!({
+        "name": "both",
+        "module_digest": lab.digest,
+        "grant": { "credentials": ["pw"], "targets": ["in-dmz", "in-default"], "commands": ["id -un"] },
+    });
+    let r = lab
+        .server
+        .post("/v1/processes", &lab.server.admin, body)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.code(), "grant_spans_zones");
+    assert!(
+        r.text.contains("default") && r.text.contains("dmz"),
+        "{}",
+        r.text
+    );
+}

@@ -7,6 +7,7 @@
 //!
 //! Requires root, `iproute2` and `socat` (`.ci/run` installs them).
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ impl Netns {
         let dir = tempfile::Builder::new().prefix("warden-fwd-").tempdir()?;
         let socket: PathBuf = dir.path().join("fwd.sock");
         let host_side = Command::new("socat")
+            .process_group(0)
             .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
             .arg(format!("TCP:{host_addr},nodelay"))
             .stdout(Stdio::null())
@@ -105,9 +107,14 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// Stops forwarding (a network cut); existing connections break.
+    /// Stops forwarding (a network cut); existing connections break (each socat and the
+    /// children it forked for connections are one process group).
     pub fn cut(&mut self) {
         for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }

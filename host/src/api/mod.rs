@@ -47,6 +47,8 @@ pub struct ServerLimits {
     pub queue: crate::runs::queue::QueueLimits,
     /// Heartbeat and takeover timings when several servers share a database.
     pub cluster: crate::runs::cluster::ClusterConfig,
+    /// The zone the embedded bridge serves (`default` when none).
+    pub embedded_zone: Option<String>,
 }
 
 /// Counters for `/metrics`.
@@ -235,7 +237,13 @@ impl AppState {
         .with_queue(crate::runs::queue::RunQueue::new(
             limits.engine.run_slots(),
             limits.queue.clone(),
-        ));
+        ))
+        .with_embedded_zone(
+            limits
+                .embedded_zone
+                .as_deref()
+                .unwrap_or(crate::targets::DEFAULT_ZONE),
+        );
         let processes = ProcessStore::open(&db)?;
         let schedules = ScheduleStore::open(&db)?;
         let approvals = Approvals::open(

@@ -53,6 +53,8 @@ struct FileSettings {
     max_running_per_process: Option<usize>,
     max_queued_per_process: Option<usize>,
     server_dead_after_secs: Option<u64>,
+    bridge_lost_after_secs: Option<u64>,
+    embedded_zone: Option<String>,
 }
 
 /// Where an effective setting came from.
@@ -198,6 +200,14 @@ pub fn apply(args: &mut ServeArgs, matches: &ArgMatches) -> anyhow::Result<Appli
         runs.server_dead_after_secs,
         dead_after
     );
+    let lost_after = file.bridge_lost_after_secs;
+    fill!(
+        "bridge_lost_after_secs",
+        runs.bridge_lost_after_secs,
+        lost_after
+    );
+    let zone = file.embedded_zone.clone();
+    fill!("embedded_zone", runs.embedded_zone, zone);
     apply_master_key(args, matches, &file, &relative, &mut applied)?;
     Ok(applied)
 }
@@ -378,6 +388,11 @@ pub fn run(cmd: ConfigCommand, matches: &ArgMatches) -> anyhow::Result<i32> {
         "server_dead_after_secs",
         runs.server_dead_after_secs.to_string(),
     );
+    line(
+        "bridge_lost_after_secs",
+        runs.bridge_lost_after_secs.to_string(),
+    );
+    line("embedded_zone", toml_string(&runs.embedded_zone));
     println!("# ok");
     Ok(0)
 }

@@ -120,6 +120,14 @@ pub struct RunQueueArgs {
     /// another server ends a stopped server's runs (running ones as interrupted).
     #[arg(long, env = "WARDEN_SERVER_DEAD_AFTER_SECS", default_value_t = 10)]
     pub(super) server_dead_after_secs: u64,
+    /// After how many seconds without a word from a remote bridge the runs it holds end
+    /// `lost` (5 to 3600).
+    #[arg(long, env = "WARDEN_BRIDGE_LOST_AFTER_SECS", default_value_t = 30)]
+    pub(super) bridge_lost_after_secs: u64,
+    /// The zone the embedded bridge serves; runs of every other zone wait for a remote
+    /// bridge of theirs.
+    #[arg(long, env = "WARDEN_EMBEDDED_ZONE", default_value = "default")]
+    pub(super) embedded_zone: String,
 }
 
 impl RunQueueArgs {
@@ -143,18 +151,26 @@ impl RunQueueArgs {
         if !(1..=3600).contains(&self.server_dead_after_secs) {
             anyhow::bail!("--server-dead-after-secs must be between 1 and 3600");
         }
+        if !(5..=3600).contains(&self.bridge_lost_after_secs) {
+            anyhow::bail!("--bridge-lost-after-secs must be between 5 and 3600");
+        }
+        if !crate::targets::is_valid_label(&self.embedded_zone) {
+            anyhow::bail!("--embedded-zone: use 1-64 of A-Z a-z 0-9 . _ -");
+        }
         let dead_after = std::time::Duration::from_secs(self.server_dead_after_secs);
         let cluster = crate::runs::cluster::ClusterConfig {
             dead_after,
             // A heartbeat several times within the window, and a sweep soon after it ends.
             heartbeat: (dead_after / 4).min(std::time::Duration::from_secs(1)),
             sweep: (dead_after / 2).min(std::time::Duration::from_secs(2)),
+            bridge_lost_after: std::time::Duration::from_secs(self.bridge_lost_after_secs),
             ..Default::default()
         };
         Ok(ServerLimits {
             engine,
             queue: queue.normalized(),
             cluster,
+            embedded_zone: Some(self.embedded_zone.clone()),
         })
     }
 }

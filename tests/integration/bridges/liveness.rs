@@ -1,1 +1,194 @@
-//! Bridges that die, are cut off or revoked; servers that restart.
+//! Bridges that die, are cut off or revoked; servers that restart: a run is never left
+//! `running`, and the audit chain stays whole.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use warden_tests::http::Server;
+
+use super::{Lab, Zone, assert_verifies, ended};
+use crate::api::{ServeProcess, init_data_dir};
+
+/// The lost timeout these tests use.
+const LOST_AFTER: Duration = Duration::from_secs(4);
+
+/// Waits until run `id` has a durable `action` intent record (the call is in flight).
+async fn wait_for_intent(lab: &Lab, id: &str, action: &str) -> Vec<Value> {
+    for _ in 0..400 {
+        let records = lab.server.audit(&format!("run={id}")).await;
+        if records
+            .iter()
+            .any(|r| r["action"] == action && r["outcome"] == "intent")
+        {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {id} never made a {action} call");
+}
+
+/// Every outcome record of run `id` follows an intent of the same call, and the chain verifies.
+async fn assert_complete(lab: &Lab, id: &str) -> Vec<Value> {
+    let records = lab.server.audit(&format!("run={id}")).await;
+    let intents = records
+        .iter()
+        .filter(|r| r["action"] == "ssh.exec" && r["outcome"] == "intent")
+        .count();
+    let outcomes = records
+        .iter()
+        .filter(|r| r["action"] == "ssh.exec" && r["outcome"] != "intent")
+        .count();
+    assert!(
+        outcomes <= intents,
+        "an outcome without its intent: {records:?}"
+    );
+    assert_verifies(lab).await;
+    records
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_killed_mid_call_leaves_the_run_lost_within_the_timeout_and_the_audit_whole() {
+    let lab = Lab::new(LOST_AFTER).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let mut bridge = zone.bridge(&lab.token("dmz").await);
+    let id = lab.exec(&process, "dmz-host", "sleep 30").await;
+    wait_for_intent(&lab, &id, "ssh.exec").await;
+    bridge.kill();
+    let killed = Instant::now();
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "lost", "{run}");
+    assert!(
+        killed.elapsed() < LOST_AFTER + Duration::from_secs(3),
+        "lost after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped renewing"),
+        "{run}"
+    );
+    let records = assert_complete(&lab, &id).await;
+    // The intent of the call in flight is there (its effect is unknown), and so is the end.
+    assert!(
+        records.iter().any(|r| r["action"] == "run.lost"),
+        "{records:?}"
+    );
+    let leases = lab
+        .server
+        .get(&format!("/v1/runs/{id}/leases"), &lab.server.admin)
+        .await;
+    assert!(
+        leases
+            .body
+            .as_array()
+            .expect("leases")
+            .iter()
+            .all(|l| l["status"] == "revoked"),
+        "{}",
+        leases.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_killed_between_many_calls_loses_no_record_of_a_call_the_task_saw() {
+    let lab = Lab::new(LOST_AFTER).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let mut bridge = zone.bridge(&lab.token("dmz").await);
+    let inputs = json!({ "mode": "exec-repeat", "credential": "pw", "target": "dmz-host", "command": "id -un", "n": 200 });
+    let id = lab
+        .server
+        .start_run(&process, &lab.server.admin, inputs)
+        .await;
+    // Killed somewhere in the middle of the calls.
+    for _ in 0..400 {
+        let records = lab.server.audit(&format!("run={id}&action=ssh.exec")).await;
+        if records.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bridge.kill();
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "lost", "{run}");
+    assert_complete(&lab, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_from_the_api_stops_a_remote_run_at_once() {
+    let lab = Lab::new(Duration::from_secs(30)).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let bridge = zone.bridge(&lab.token("dmz").await);
+    let id = lab.exec(&process, "dmz-host", "sleep 30").await;
+    wait_for_intent(&lab, &id, "ssh.exec").await;
+    let asked = Instant::now();
+    let r = lab
+        .server
+        .post(
+            &format!("/v1/runs/{id}/cancel"),
+            &lab.server.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let run = ended(&lab, &id).await;
+    let took = asked.elapsed();
+    assert_eq!(run["state"], "cancelled", "{run} {}", bridge.log());
+    assert!(took < Duration::from_secs(3), "cancel took {took:?}");
+    assert_complete(&lab, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_cut_ends_the_run_lost_and_the_bridge_reconnects_by_itself() {
+    let lab = Lab::new(LOST_AFTER).await;
+    let mut zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let bridge = zone.bridge(&lab.token("dmz").await);
+    let id = lab.exec(&process, "dmz-host", "sleep 30").await;
+    wait_for_intent(&lab, &id, "ssh.exec").await;
+    zone.forward.cut();
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "lost", "{run}");
+    assert_complete(&lab, &id).await;
+    // The network returns: the same bridge takes the next run without being restarted.
+    zone.forward_to(&lab.server_addr());
+    let id = lab.exec(&process, "dmz-host", "id -un").await;
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run} {}", bridge.log());
+    assert_eq!(run["bridge"], bridge.id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_restart_mid_run_the_bridge_reconnects_and_the_run_finishes() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let admin = init_data_dir(&data);
+    let (mut first, base) = ServeProcess::start(&data, tmp.path().join("serve-1.log")).await;
+    let mut lab = Lab::on(Server::remote(base, admin.clone())).await;
+    let mut zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let bridge = zone.bridge(&lab.token("dmz").await);
+    let id = lab.exec(&process, "dmz-host", "sleep 3").await;
+    wait_for_intent(&lab, &id, "ssh.exec").await;
+    first.kill_9();
+    let (_second, base) = ServeProcess::start(&data, tmp.path().join("serve-2.log")).await;
+    lab.server = Server::remote(base, admin);
+    zone.forward_to(&lab.server_addr());
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run} {}", bridge.log());
+    assert_eq!(run["bridge"], bridge.id);
+    let result: Value =
+        serde_json::from_str(run["result"].as_str().expect("result")).expect("json");
+    assert_eq!(result["exit"], 0, "{result}");
+    assert_complete(&lab, &id).await;
+}

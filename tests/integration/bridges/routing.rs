@@ -68,7 +68,7 @@ async fn a_remote_bridge_runs_the_task_on_a_target_only_its_network_reaches() {
     // The secret is in no record and no field of the run.
     let everything = format!("{records:?}{run}");
     assert!(!everything.contains(&lab.user.password));
-    assert_verifies(&lab);
+    assert_verifies(&lab).await;
 
     // The bridge is listed, online, with nothing in flight.
     let r = lab.server.get("/v1/bridges", &lab.server.admin).await;

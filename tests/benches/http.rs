@@ -104,6 +104,7 @@ async fn bench(location: &DatabaseLocation) -> anyhow::Result<()> {
             shared_users: Default::default(),
             shared_roles: Default::default(),
             required_approvals: 0,
+            retry_on_lost: false,
         })?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);

@@ -381,6 +381,7 @@ async fn a_schedule_slot_due_on_two_servers_fires_once() {
             shared_users: Default::default(),
             shared_roles: Default::default(),
             required_approvals: 0,
+            retry_on_lost: false,
         })
         .expect("process");
     let schedule = a

@@ -1,6 +1,6 @@
 //! Test harness: network namespaces, so that isolation in a test is real. A [`Netns`] has its
 //! own loopback (127.0.0.1 there is not the host's); a target started in it with
-//! [`Netns::sshd`] is reachable only from processes run in it ([`Netns::command`]). The
+//! `Sshd::start_in` is reachable only from processes run in it ([`Netns::command`]). The
 //! namespace reaches a server on the host's loopback only through a [`Forward`]: a `socat`
 //! pair joined by a Unix socket (a file, seen by both sides), so no address other than the two
 //! loopbacks is ever used. Everything is removed on drop.

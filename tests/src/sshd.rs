@@ -194,9 +194,26 @@ impl Sshd {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("sshd did not start")))
     }
 
-    /// Starts an sshd on 127.0.0.1 inside network namespace `ns`: reachable only from
-    /// processes run there.
-    pub fn start_in(ns: &crate::netns::Netns) -> Result<Sshd> {
+    /// Starts an sshd on 127.0.0.1 inside network namespace `netns` (see `netns.rs`):
+    /// reachable only from processes run there.
+    pub fn start_in(netns: &str) -> Result<Sshd> {
+        let in_ns = |program: &str| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns, program]);
+            cmd
+        };
+        let accepts = |port: u16| {
+            in_ns("socat")
+                .args([
+                    "-u",
+                    "OPEN:/dev/null",
+                    &format!("TCP:127.0.0.1:{port},connect-timeout=1"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         std::fs::create_dir_all("/run/sshd")?;
         let dir = tempfile::Builder::new().prefix("warden-sshd-").tempdir()?;
         let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)?;
@@ -212,8 +229,7 @@ impl Sshd {
             0o600,
         )?;
         let log = std::fs::File::create(dir.path().join("sshd.log"))?;
-        let mut child = ns
-            .command(SSHD)
+        let mut child = in_ns(SSHD)
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -222,14 +238,14 @@ impl Sshd {
             .spawn()
             .context("starting sshd in the namespace")?;
         let started = Instant::now();
-        while !ns.accepts(port) {
+        while !accepts(port) {
             if let Some(status) = child.try_wait()? {
-                bail!("sshd in {} exited with {status}", ns.name);
+                bail!("sshd in {netns} exited with {status}");
             }
             if started.elapsed() > START_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("sshd in {} did not accept connections", ns.name);
+                bail!("sshd in {netns} did not accept connections");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

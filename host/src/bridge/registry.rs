@@ -456,3 +456,7 @@ fn check_text(s: &str) -> Result<(), RegistryError> {
 fn now_ms() -> u64 {
     crate::vault::lease::now_ms()
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

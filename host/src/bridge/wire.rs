@@ -293,3 +293,120 @@ pub struct RenewReply {
     /// Someone cancelled the run: stop it.
     pub cancel: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(
+        signer: &RequestSigner,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> [(&'static str, String); 4] {
+        signer.headers(method, path, body)
+    }
+
+    fn check(
+        key: &VerifyingKey,
+        h: &[(&'static str, String); 4],
+        method: &str,
+        path: &str,
+        body: &[u8],
+        nonces: &NonceCache,
+    ) -> Result<(), WireError> {
+        let headers = SignedHeaders {
+            bridge: &h[0].1,
+            time: &h[1].1,
+            nonce: &h[2].1,
+            signature: &h[3].1,
+        };
+        verify(key, &headers, method, path, body, nonces)
+    }
+
+    #[test]
+    fn a_signed_request_verifies_once_and_any_change_breaks_it() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let public = key.verifying_key();
+        let signer = RequestSigner::new("b1".into(), key);
+        let nonces = NonceCache::default();
+        let h = signed(&signer, "POST", "/v1/bridge/claim", b"{}");
+        assert_eq!(
+            check(&public, &h, "POST", "/v1/bridge/claim", b"{}", &nonces),
+            Ok(())
+        );
+        assert_eq!(
+            check(&public, &h, "POST", "/v1/bridge/claim", b"{}", &nonces),
+            Err(WireError::Replay)
+        );
+        for (method, path, body) in [
+            ("GET", "/v1/bridge/claim", &b"{}"[..]),
+            ("POST", "/v1/bridge/claim?x=1", b"{}"),
+            ("POST", "/v1/bridge/claim", b"{ }"),
+        ] {
+            let h = signed(&signer, "POST", "/v1/bridge/claim", b"{}");
+            assert_eq!(
+                check(&public, &h, method, path, body, &nonces),
+                Err(WireError::Signature),
+                "{method} {path}"
+            );
+        }
+        // Another key under the same id.
+        let other = RequestSigner::new("b1".into(), SigningKey::from_bytes(&[4u8; 32]));
+        let h = signed(&other, "POST", "/p", b"");
+        assert_eq!(
+            check(&public, &h, "POST", "/p", b"", &nonces),
+            Err(WireError::Signature)
+        );
+    }
+
+    #[test]
+    fn stale_times_and_malformed_headers_are_refused_before_the_signature_counts() {
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let public = key.verifying_key();
+        let signer = RequestSigner::new("b1".into(), key);
+        let nonces = NonceCache::default();
+        let mut h = signed(&signer, "POST", "/p", b"");
+        h[1].1 = (crate::vault::lease::now_ms() - 2 * MAX_SKEW_MS).to_string();
+        assert_eq!(
+            check(&public, &h, "POST", "/p", b"", &nonces),
+            Err(WireError::Skew)
+        );
+        let mut h = signed(&signer, "POST", "/p", b"");
+        h[1].1 = "soon".into();
+        assert_eq!(
+            check(&public, &h, "POST", "/p", b"", &nonces),
+            Err(WireError::Header(TIME_HEADER))
+        );
+        let mut h = signed(&signer, "POST", "/p", b"");
+        h[2].1 = "short".into();
+        assert_eq!(
+            check(&public, &h, "POST", "/p", b"", &nonces),
+            Err(WireError::Header(NONCE_HEADER))
+        );
+        let mut h = signed(&signer, "POST", "/p", b"");
+        h[3].1 = "00".into();
+        assert_eq!(
+            check(&public, &h, "POST", "/p", b"", &nonces),
+            Err(WireError::Header(SIGNATURE_HEADER))
+        );
+        // A refused request spends no nonce: the genuine one still goes through.
+        let h = signed(&signer, "POST", "/p", b"");
+        let mut forged = h.clone();
+        forged[3].1 = hex::encode([0u8; 64]);
+        assert_eq!(
+            check(&public, &forged, "POST", "/p", b"", &nonces),
+            Err(WireError::Signature)
+        );
+        assert_eq!(check(&public, &h, "POST", "/p", b"", &nonces), Ok(()));
+    }
+
+    #[test]
+    fn the_signed_bytes_separate_their_fields() {
+        // Moving bytes between path and nonce, or method and path, changes the input.
+        let a = signing_input("POST", "/a", 1, "n", b"");
+        let b = signing_input("POS", "T/a", 1, "n", b"");
+        assert_ne!(a, b);
+        assert!(a.starts_with(DOMAIN));
+    }
+}

@@ -379,6 +379,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
             shared_users: Default::default(),
             shared_roles: Default::default(),
             required_approvals: 0,
+            retry_on_lost: false,
         })?;
     }
     let token = admin_token

@@ -53,6 +53,9 @@ pub const RUN_CANCELS: TableDef = TableDef {
 pub const LOST_ERROR: &str = "the remote bridge running this run stopped renewing its claim \
      (killed, cut off from the server, or revoked); its effects on targets are unknown";
 
+/// Who starts a lost run again (`retry_on_lost`), in the audit record linking both runs.
+pub const RETRY_ACTOR: &str = "system:retry-lost";
+
 /// Holder-name prefix of runs a remote bridge holds.
 pub const BRIDGE_HOLDER: &str = "bridge:";
 
@@ -112,6 +115,7 @@ struct Inner {
     runs: RunStore,
     leases: LeaseStore,
     bridges: BridgeRegistry,
+    processes: super::ProcessStore,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -127,6 +131,7 @@ impl Cluster {
     /// server's id).
     pub fn new(db: &Database, runs: RunStore, leases: LeaseStore, config: ClusterConfig) -> Self {
         let bridges = BridgeRegistry::open(db, runs.audit().clone());
+        let processes = super::ProcessStore::over(db);
         Self {
             inner: Arc::new(Inner {
                 id: runs.owner().to_string(),
@@ -138,6 +143,7 @@ impl Cluster {
                 runs,
                 leases,
                 bridges,
+                processes,
             }),
         }
     }
@@ -271,6 +277,54 @@ impl Cluster {
         Ok(true)
     }
 
+    /// Starts again, as new runs with the same inputs and requester, the runs among `ended`
+    /// that a remote bridge lost and whose process says that is safe (`retry_on_lost`).
+    /// Exactly one server ends a run (a compare-and-swap), so exactly one retries it.
+    async fn retry_lost(&self, dispatcher: &Dispatcher, ended: &[String]) {
+        for id in ended {
+            let Ok(Some(run)) = self.inner.runs.get(id) else {
+                continue;
+            };
+            if run.state != RunState::Lost {
+                continue;
+            }
+            let Ok(Some(process)) = self.inner.processes.get(&run.process_id) else {
+                continue;
+            };
+            if !process.retry_on_lost {
+                continue;
+            }
+            let retried = dispatcher
+                .start(&process, run.inputs.clone(), &run.actor)
+                .await;
+            let (outcome, detail) = match &retried {
+                Ok(new) => (
+                    "ok",
+                    format!("lost run {id} started again as run {}", new.id),
+                ),
+                Err(e) => (
+                    "failed",
+                    format!("lost run {id} could not be started again: {e}"),
+                ),
+            };
+            tracing::warn!(run = %id, %detail, "retry of a lost run");
+            let entry = crate::audit::AuditEntry {
+                run_id: Some(id.clone()),
+                actor: RETRY_ACTOR.to_string(),
+                action: "run.retried".to_string(),
+                target: None,
+                credential: None,
+                decision: crate::audit::Decision::Allowed,
+                outcome: outcome.to_string(),
+                duration_us: 0,
+                detail: Some(detail),
+            };
+            if let Err(e) = self.inner.runs.audit().append(entry).await {
+                tracing::error!(run = %id, error = %e, "retry of a lost run not audited");
+            }
+        }
+    }
+
     /// Asks the server holding `run_id` to cancel it (it looks for requests every
     /// [`ClusterConfig::poll`]).
     pub async fn request_cancel(&self, run_id: &str, actor: &str) -> Result<(), RunsError> {
@@ -337,8 +391,11 @@ impl Cluster {
                 }
                 if last_sweep.is_none_or(|t| now - t >= config.sweep) {
                     last_sweep = Some(now);
-                    if let Err(e) = self.sweep().await {
-                        tracing::warn!(error = %e, "sweep for runs of stopped servers failed");
+                    match self.sweep().await {
+                        Ok(ended) => self.retry_lost(&dispatcher, &ended).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "sweep for runs of stopped servers failed")
+                        }
                     }
                 }
             }

@@ -80,6 +80,11 @@ pub struct Process {
     pub shared_roles: BTreeSet<String>,
     /// Approvals a run needs before it is queued; 0 means none.
     pub required_approvals: u32,
+    /// Whether a run that a remote bridge lost (its effects on targets unknown) is started
+    /// again automatically, as a new run with the same inputs: only for tasks that are safe
+    /// to repeat. False unless the process says so.
+    #[serde(default)]
+    pub retry_on_lost: bool,
     /// 1 at creation, bumped by every update; approvals bind to it.
     pub revision: u64,
     pub created_ms: u64,
@@ -105,6 +110,8 @@ pub struct NewProcess {
     pub shared_roles: BTreeSet<String>,
     #[serde(default)]
     pub required_approvals: u32,
+    #[serde(default)]
+    pub retry_on_lost: bool,
 }
 
 fn invalid(field: &'static str, why: impl Into<String>) -> RunsError {
@@ -283,11 +290,16 @@ impl std::fmt::Debug for ProcessStore {
 impl ProcessStore {
     /// Opens the process tables in `db`.
     pub fn open(db: &Database) -> Result<Self, RunsError> {
-        Ok(Self {
+        Ok(Self::over(db))
+    }
+
+    /// The process tables of `db` (opening them cannot fail).
+    pub fn over(db: &Database) -> Self {
+        Self {
             processes: db.table(&PROCESSES),
             names: db.table(&PROCESS_NAMES),
             write_lock: Arc::new(Mutex::new(())),
-        })
+        }
     }
 
     /// Validates and stores a new process under a fresh id; refuses a name already in use.
@@ -305,6 +317,7 @@ impl ProcessStore {
             shared_users: new.shared_users,
             shared_roles: new.shared_roles,
             required_approvals: new.required_approvals,
+            retry_on_lost: new.retry_on_lost,
             revision: 1,
             created_ms: now,
             updated_ms: now,

@@ -192,3 +192,55 @@ async fn a_server_restart_mid_run_the_bridge_reconnects_and_the_run_finishes() {
     assert_eq!(result["exit"], 0, "{result}");
     assert_complete(&lab, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_run_starts_again_only_when_its_process_says_that_is_safe() {
+    let lab = Lab::new(LOST_AFTER).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let body = json!({
+        "name": "idempotent",
+        "module_digest": lab.digest,
+        "retry_on_lost": true,
+        "grant": { "credentials": ["pw"], "targets": ["dmz-host"], "commands": ["sleep *"] },
+    });
+    let r = lab
+        .server
+        .post("/v1/processes", &lab.server.admin, body)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let retrying = r.body["id"].as_str().expect("id").to_string();
+    let once = lab.process("once", &["dmz-host"]).await;
+
+    let mut first = zone.bridge(&lab.token("dmz").await);
+    let lost_retried = lab.exec(&retrying, "dmz-host", "sleep 2").await;
+    let lost_once = lab.exec(&once, "dmz-host", "sleep 2").await;
+    wait_for_intent(&lab, &lost_retried, "ssh.exec").await;
+    wait_for_intent(&lab, &lost_once, "ssh.exec").await;
+    first.kill();
+    assert_eq!(ended(&lab, &lost_retried).await["state"], "lost");
+    assert_eq!(ended(&lab, &lost_once).await["state"], "lost");
+
+    // One new run, of the process that allows it, with the same inputs and requester.
+    let retried = loop {
+        let records = lab.server.audit("action=run.retried").await;
+        if let Some(record) = records.first() {
+            assert_eq!(records.len(), 1, "{records:?}");
+            assert_eq!(record["run_id"], lost_retried.as_str());
+            break record["detail"].as_str().expect("detail").to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_id = retried.rsplit(' ').next().expect("new run id").to_string();
+    let queued = lab.run(&new_id).await;
+    assert_eq!(queued["process_id"], retrying.as_str());
+    assert_eq!(queued["actor"], "admin");
+    assert_eq!(queued["inputs"]["command"], "sleep 2");
+    let second = zone.bridge(&lab.token("dmz").await);
+    let run = ended(&lab, &new_id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["bridge"], second.id);
+    // Nothing retried the other one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lab.server.audit("action=run.retried").await.len(), 1);
+}

@@ -132,7 +132,7 @@ struct Zone {
 impl Zone {
     fn new(lab: &Lab) -> Zone {
         let ns = Netns::create("wz").expect("netns");
-        let sshd = Sshd::start_in(&ns).expect("sshd in netns");
+        let sshd = Sshd::start_in(&ns.name).expect("sshd in netns");
         let forward = ns
             .forward_to_host(FORWARD_PORT, &lab.server_addr())
             .expect("forwarder");

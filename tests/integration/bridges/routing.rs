@@ -77,6 +77,13 @@ async fn a_remote_bridge_runs_the_task_on_a_target_only_its_network_reaches() {
     assert_eq!(listed[0]["zone"], "dmz");
     assert_eq!(listed[0]["online"], true);
     assert_eq!(listed[0]["runs_in_flight"], 0);
+    assert_eq!(lab.server.metric("warden_bridges_online").await, 1);
+    assert_eq!(
+        lab.server
+            .metric("warden_bridge_runs_dispatched_total")
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,6 +51,10 @@ struct ProcessRequest {
     default_inputs: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     required_approvals: u32,
+    /// Start a run that a remote bridge lost again automatically (only for tasks safe to
+    /// repeat).
+    #[serde(default)]
+    retry_on_lost: bool,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +299,7 @@ async fn create_process(
         shared_users: BTreeSet::new(),
         shared_roles: BTreeSet::new(),
         required_approvals: req.required_approvals,
+        retry_on_lost: req.retry_on_lost,
     })?;
     state
         .audit_ok(
@@ -347,6 +352,7 @@ async fn update_process(
         p.grant = req.grant;
         p.default_inputs = req.default_inputs;
         p.required_approvals = req.required_approvals;
+        p.retry_on_lost = req.retry_on_lost;
     })?;
     state
         .audit_ok(

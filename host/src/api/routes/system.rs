@@ -65,6 +65,63 @@ async fn metrics(State(state): State<AppState>) -> String {
         ),
         queue_metrics(&state.dispatcher.queue().stats()),
         state.notify.metrics_text(),
+        bridge_metrics(&state),
+    ]
+    .concat()
+}
+
+/// Remote bridges: enrolled, online, idle claims held open, runs handed over and how long
+/// they waited to be claimed.
+fn bridge_metrics(state: &AppState) -> String {
+    let hub = &state.hub;
+    let lost_after = state.cluster.bridge_lost_after();
+    let (mut enrolled, mut online) = (0u64, 0u64);
+    for (bridge, _) in hub.registry.list().unwrap_or_default() {
+        if bridge.revoked.is_some() {
+            continue;
+        }
+        enrolled += 1;
+        let name = crate::bridge::registry::holder(&bridge.id);
+        if hub.registry.is_alive(&name, lost_after).unwrap_or(false) {
+            online += 1;
+        }
+    }
+    let m = &hub.metrics;
+    let waiting = u64::try_from(m.waiting_claims.load(Ordering::Relaxed)).unwrap_or(0);
+    let line = |name: &str, kind: &str, help: &str, value: u64| {
+        format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+    };
+    [
+        line(
+            "warden_bridges_enrolled",
+            "gauge",
+            "Remote bridges enrolled and not revoked.",
+            enrolled,
+        ),
+        line(
+            "warden_bridges_online",
+            "gauge",
+            "Remote bridges heard from within the lost timeout.",
+            online,
+        ),
+        line(
+            "warden_bridge_claims_waiting",
+            "gauge",
+            "Claims of idle remote bridges held open on this server.",
+            waiting,
+        ),
+        line(
+            "warden_bridge_runs_dispatched_total",
+            "counter",
+            "Runs this server handed to remote bridges.",
+            m.dispatched.load(Ordering::Relaxed),
+        ),
+        line(
+            "warden_bridge_dispatch_wait_ms_total",
+            "counter",
+            "Milliseconds those runs waited between queued and claimed (divide by the count).",
+            m.dispatch_wait_ms.load(Ordering::Relaxed),
+        ),
     ]
     .concat()
 }

@@ -177,6 +177,7 @@ pub struct Agent {
     prepared: Mutex<HashMap<String, Arc<PreparedTask>>>,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     slots: tokio::sync::Semaphore,
+    slot_count: usize,
 }
 
 impl Agent {
@@ -213,6 +214,7 @@ impl Agent {
             prepared: Mutex::default(),
             policy: Mutex::default(),
             slots: tokio::sync::Semaphore::new(slots.max(1)),
+            slot_count: slots.max(1),
         }))
     }
 
@@ -300,6 +302,19 @@ impl Agent {
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Waits up to `grace` for the runs in progress to end (after [`Self::run`] stopped
+    /// claiming); how many were still running.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let until = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = self.slot_count - self.slots.available_permits();
+            if busy == 0 || tokio::time::Instant::now() >= until {
+                return busy;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

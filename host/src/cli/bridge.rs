@@ -14,6 +14,9 @@ use super::access::parse_ttl;
 use super::client::{Client, ServerArgs, print_json};
 use crate::bridge::remote::{self, Agent, Trust};
 
+/// How long `warden bridge run` waits, once asked to stop, for the runs it is executing.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Subcommand, Debug)]
 pub enum BridgeCommand {
     /// Enrolment tokens for new bridges.
@@ -135,11 +138,21 @@ pub async fn run(cmd: BridgeCommand) -> anyhow::Result<i32> {
         BridgeCommand::Run { data, slots } => {
             let agent = Agent::open(&data, slots)?;
             let stop = tokio_util::sync::CancellationToken::new();
-            let running = tokio::spawn(agent.run(stop.clone()));
+            let running = tokio::spawn(agent.clone().run(stop.clone()));
             let signal = super::shutdown::stop_signal().await?;
-            tracing::info!(signal, "bridge stopping");
+            tracing::info!(
+                signal,
+                "bridge stopping: no new runs; waiting for those in progress"
+            );
             stop.cancel();
             let _ = running.await;
+            let left = agent.drain(DRAIN_GRACE).await;
+            if left > 0 {
+                tracing::warn!(
+                    runs = left,
+                    "stopped with runs in progress; the server ends them lost"
+                );
+            }
             Ok(0)
         }
     }

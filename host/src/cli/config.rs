@@ -54,6 +54,7 @@ struct FileSettings {
     max_queued_per_process: Option<usize>,
     server_dead_after_secs: Option<u64>,
     bridge_lost_after_secs: Option<u64>,
+    bridge_wait_secs: Option<u64>,
     embedded_zone: Option<String>,
 }
 
@@ -206,6 +207,8 @@ pub fn apply(args: &mut ServeArgs, matches: &ArgMatches) -> anyhow::Result<Appli
         runs.bridge_lost_after_secs,
         lost_after
     );
+    let wait = file.bridge_wait_secs;
+    fill!("bridge_wait_secs", runs.bridge_wait_secs, wait);
     let zone = file.embedded_zone.clone();
     fill!("embedded_zone", runs.embedded_zone, zone);
     apply_master_key(args, matches, &file, &relative, &mut applied)?;
@@ -392,6 +395,7 @@ pub fn run(cmd: ConfigCommand, matches: &ArgMatches) -> anyhow::Result<i32> {
         "bridge_lost_after_secs",
         runs.bridge_lost_after_secs.to_string(),
     );
+    line("bridge_wait_secs", runs.bridge_wait_secs.to_string());
     line("embedded_zone", toml_string(&runs.embedded_zone));
     println!("# ok");
     Ok(0)

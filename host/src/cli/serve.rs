@@ -124,6 +124,9 @@ pub struct RunQueueArgs {
     /// `lost` (5 to 3600).
     #[arg(long, env = "WARDEN_BRIDGE_LOST_AFTER_SECS", default_value_t = 30)]
     pub(super) bridge_lost_after_secs: u64,
+    /// How many seconds a run may wait for a bridge of its zone before it is cancelled.
+    #[arg(long, env = "WARDEN_BRIDGE_WAIT_SECS", default_value_t = 3600)]
+    pub(super) bridge_wait_secs: u64,
     /// The zone the embedded bridge serves; runs of every other zone wait for a remote
     /// bridge of theirs.
     #[arg(long, env = "WARDEN_EMBEDDED_ZONE", default_value = "default")]
@@ -164,6 +167,7 @@ impl RunQueueArgs {
             heartbeat: (dead_after / 4).min(std::time::Duration::from_secs(1)),
             sweep: (dead_after / 2).min(std::time::Duration::from_secs(2)),
             bridge_lost_after: std::time::Duration::from_secs(self.bridge_lost_after_secs),
+            bridge_wait: std::time::Duration::from_secs(self.bridge_wait_secs.max(1)),
             ..Default::default()
         };
         Ok(ServerLimits {

@@ -78,6 +78,8 @@ pub struct ClusterConfig {
     pub poll: Duration,
     /// How long a remote bridge may go unheard before the runs it holds are `lost`.
     pub bridge_lost_after: Duration,
+    /// How long a run may wait for a bridge of its zone before it is cancelled.
+    pub bridge_wait: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -88,6 +90,7 @@ impl Default for ClusterConfig {
             sweep: Duration::from_secs(2),
             poll: Duration::from_millis(200),
             bridge_lost_after: Duration::from_secs(30),
+            bridge_wait: Duration::from_secs(3600),
         }
     }
 }
@@ -219,6 +222,12 @@ impl Cluster {
         let mut ended = Vec::new();
         let mut verdicts = std::collections::HashMap::new();
         for (run_id, holder) in self.inner.runs.held()? {
+            if holder.starts_with(ZONE_HOLDER) {
+                if self.expire_waiting(&run_id, &holder).await? {
+                    ended.push(run_id);
+                }
+                continue;
+            }
             let alive = match verdicts.get(&holder) {
                 Some(alive) => *alive,
                 None => {
@@ -233,6 +242,37 @@ impl Cluster {
         }
         self.forget_old_requests()?;
         Ok(ended)
+    }
+
+    /// Cancels a run that waited for a bridge of its zone longer than
+    /// [`ClusterConfig::bridge_wait`]; false if it is younger or moved on.
+    async fn expire_waiting(&self, run_id: &str, holder: &str) -> Result<bool, RunsError> {
+        let Some(run) = self.inner.runs.get(run_id)? else {
+            return Ok(false);
+        };
+        let wait = self.inner.config.bridge_wait;
+        let waited = now_ms().saturating_sub(run.created_ms);
+        if run.state != RunState::Queued || u128::from(waited) <= wait.as_millis() {
+            return Ok(false);
+        }
+        let zone = holder.trim_start_matches(ZONE_HOLDER);
+        let error = format!(
+            "no bridge of zone {zone} took the run within {} s",
+            wait.as_secs()
+        );
+        let ended = self
+            .inner
+            .runs
+            .transition_noted(run_id, RunState::Cancelled, RECOVERY_ACTOR, &error, |r| {
+                r.error = Some(error.clone());
+                r.waiting = None;
+            })
+            .await;
+        match ended {
+            Ok(_) => Ok(true),
+            Err(RunsError::BadTransition { .. } | RunsError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Ends one run of dead server `holder`; false if it had moved on meanwhile.

@@ -32,6 +32,7 @@ fn new_process(name: &str) -> NewProcess {
         shared_users: ["bob".to_string()].into(),
         shared_roles: BTreeSet::new(),
         required_approvals: 0,
+        retry_on_lost: false,
     }
 }
 

@@ -5,7 +5,7 @@
 use super::TableDef;
 
 /// The domain tables, in no particular order.
-pub fn tables() -> [&'static TableDef; 25] {
+pub fn tables() -> [&'static TableDef; 28] {
     [
         &crate::users::USERS,
         &crate::users::ROLES,
@@ -32,5 +32,8 @@ pub fn tables() -> [&'static TableDef; 25] {
         &crate::notify::DEAD_LETTERS,
         &crate::notify::RULES,
         &crate::notify::SETTINGS,
+        &crate::bridge::registry::BRIDGE_TOKENS,
+        &crate::bridge::registry::BRIDGES,
+        &crate::bridge::registry::BRIDGES_SEEN,
     ]
 }

@@ -32,9 +32,14 @@ struct Lab {
 impl Lab {
     /// A lab whose bridges count as lost after `lost_after` of silence.
     async fn new(lost_after: Duration) -> Lab {
+        Lab::with(|limits| limits.cluster.bridge_lost_after = lost_after).await
+    }
+
+    /// A lab whose server's limits `tune` changed (the sweep runs every 500 ms).
+    async fn with(tune: impl FnOnce(&mut ServerLimits)) -> Lab {
         let mut limits = ServerLimits::default();
-        limits.cluster.bridge_lost_after = lost_after;
         limits.cluster.sweep = Duration::from_millis(500);
+        tune(&mut limits);
         Lab::on(Server::start_with(&limits).await).await
     }
 
@@ -79,7 +84,7 @@ impl Lab {
         let body = json!({
             "name": name,
             "module_digest": self.digest,
-            "grant": { "credentials": ["pw"], "targets": targets, "commands": ["id -un", "sleep *"] },
+            "grant": { "credentials": ["pw"], "targets": targets, "commands": ["id -un", "sleep *", "echo *"] },
         });
         let r = self
             .server
@@ -174,6 +179,11 @@ impl Zone {
 
     /// An enrolled bridge, running, inside the namespace.
     fn bridge(&self, token: &str) -> Bridge {
+        self.bridge_with_slots(token, 8)
+    }
+
+    /// [`Self::bridge`] executing at most `slots` runs at once.
+    fn bridge_with_slots(&self, token: &str, slots: usize) -> Bridge {
         let dir = TempDir::new().expect("bridge dir");
         let data = dir.path().join("bridge");
         let (ok, text) = self.enroll(&data, token);
@@ -184,6 +194,7 @@ impl Zone {
         let mut bridge = Bridge {
             id: identity["bridge_id"].as_str().expect("id").to_string(),
             data,
+            slots,
             child: None,
             _dir: dir,
         };
@@ -196,6 +207,7 @@ impl Zone {
 struct Bridge {
     id: String,
     data: PathBuf,
+    slots: usize,
     child: Option<Child>,
     _dir: TempDir,
 }
@@ -206,7 +218,13 @@ impl Bridge {
         let child = zone
             .ns
             .command(BIN)
-            .args(["bridge", "run", "--data"])
+            .args([
+                "bridge",
+                "run",
+                "--slots",
+                &self.slots.to_string(),
+                "--data",
+            ])
             .arg(&self.data)
             .env("WARDEN_LOG", "info")
             .stdin(Stdio::null())

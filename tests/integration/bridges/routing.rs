@@ -109,3 +109,80 @@ async fn a_grant_spanning_zones_is_refused_when_the_process_is_created() {
         r.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_waits_for_a_bridge_of_its_zone_only_so_long() {
+    let lab = Lab::with(|limits| limits.cluster.bridge_wait = Duration::from_secs(1)).await;
+    let a = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
+    lab.target("far", "nobody-home", &a).await;
+    let process = lab.process("stranded", &["far"]).await;
+    let id = lab.exec(&process, "far", "id -un").await;
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "cancelled", "{run}");
+    assert_eq!(
+        run["error"], "no bridge of zone nobody-home took the run within 1 s",
+        "{run}"
+    );
+    assert!(run.get("waiting").is_none(), "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridges_of_one_zone_share_its_runs_each_run_once() {
+    let lab = Lab::new(Duration::from_secs(30)).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let first = zone.bridge_with_slots(&lab.token("dmz").await, 1);
+    let second = zone.bridge_with_slots(&lab.token("dmz").await, 1);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(lab.exec(&process, "dmz-host", "sleep 1").await);
+    }
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let run = ended(&lab, id).await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+        *by.entry(run["bridge"].as_str().expect("bridge").to_string())
+            .or_default() += 1;
+        // Claimed once: one running transition per run.
+        let records = lab
+            .server
+            .audit(&format!("run={id}&action=run.running"))
+            .await;
+        assert_eq!(records.len(), 1, "{records:?}");
+    }
+    assert_eq!(by.len(), 2, "both bridges took runs: {by:?}");
+    assert!(by.contains_key(&first.id) && by.contains_key(&second.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_bridge_redacts_the_secret_exactly_as_the_embedded_one() {
+    let lab = Lab::new(Duration::from_secs(30)).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let process = lab.process("in-dmz", &["dmz-host"]).await;
+    let _bridge = zone.bridge(&lab.token("dmz").await);
+    // The command itself names the secret and prints it: neither the intent record, the
+    // outcome, nor the result the task sees may hold it.
+    let echo = format!("echo {}", lab.user.password);
+    let id = lab.exec(&process, "dmz-host", &echo).await;
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let result: serde_json::Value =
+        serde_json::from_str(run["result"].as_str().expect("result")).expect("json");
+    assert_eq!(result["exit"], 0, "{result}");
+    let stdout = result["stdout"].as_str().expect("stdout");
+    assert!(!stdout.contains(&lab.user.password), "{stdout}");
+    assert!(stdout.contains("[REDACTED"), "{stdout}");
+    // (The run's inputs hold it: the test typed it there, as a careless operator could.)
+    let records = lab.server.audit(&format!("run={id}")).await;
+    let all = format!(
+        "{records:?}{}{}{}{}",
+        run["result"], run["events"], run["stdout"], run["stderr"]
+    );
+    assert!(
+        !all.contains(&lab.user.password),
+        "the secret reached a record or the output"
+    );
+    assert!(records.iter().any(|r| r["action"] == "ssh.exec"));
+}

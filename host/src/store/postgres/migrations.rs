@@ -24,13 +24,19 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one: add the next.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("sql/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("sql/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("sql/0002_bridges.sql"),
+    },
+];
 
 /// The schema version this binary writes.
-pub const BINARY_SCHEMA_VERSION: u32 = 1;
+pub const BINARY_SCHEMA_VERSION: u32 = 2;
 
 /// The advisory lock that serializes migrations ("WARDEN" and 1, as an i64).
 const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;

@@ -82,6 +82,9 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("notify_dead_letters"),
     plain("notify_rules"),
     plain("notify_settings"),
+    plain("bridge_tokens"),
+    plain("bridges"),
+    plain("bridges_seen"),
 ];
 
 fn schema_of(def: &TableDef) -> Result<&'static TableSchema, StoreError> {

@@ -96,15 +96,37 @@ fn location_and_debug_output_leave_the_password_out() {
 #[test]
 fn migrations_apply_once_and_report_their_versions() {
     let url = fresh_database();
+    let now = super::migrations::BINARY_SCHEMA_VERSION;
     assert_eq!(status(&url).unwrap().schema_version, 0);
-    assert_eq!(migrate(&url).unwrap(), (0, 1));
-    assert_eq!(migrate(&url).unwrap(), (1, 1));
+    assert_eq!(migrate(&url).unwrap(), (0, now));
+    assert_eq!(migrate(&url).unwrap(), (now, now));
     let st = status(&url).unwrap();
-    assert_eq!((st.schema_version, st.binary_version), (1, 1));
+    assert_eq!((st.schema_version, st.binary_version), (now, now));
     assert!(
         st.server_version.starts_with(|c: char| c.is_ascii_digit()),
         "{st:?}"
     );
+    testing::drop_database(&url);
+}
+
+#[test]
+fn a_version_1_schema_is_upgraded_with_its_rows_kept() {
+    let url = fresh_database();
+    migrate(&url).unwrap();
+    // Back to what a version-1 server left: no bridge tables, version 1 recorded.
+    execute(
+        &url,
+        "DROP TABLE warden.bridge_tokens, warden.bridges, warden.bridges_seen; \
+         DELETE FROM warden.schema_version WHERE version > 1; \
+         INSERT INTO warden.users (key, value) VALUES ('\\x6b'::bytea, '\\x76'::bytea)",
+    );
+    assert_eq!(status(&url).unwrap().schema_version, 1);
+    let now = super::migrations::BINARY_SCHEMA_VERSION;
+    assert_eq!(migrate(&url).unwrap(), (1, now));
+    let rows = query(&url, "SELECT count(*) FROM warden.bridges").unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0"));
+    let rows = query(&url, "SELECT count(*) FROM warden.users").unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
     testing::drop_database(&url);
 }
 
@@ -121,7 +143,8 @@ fn servers_starting_at_once_migrate_once() {
         h.join().unwrap().unwrap();
     }
     let rows = query(&url, "SELECT count(*) FROM warden.schema_version").unwrap();
-    assert_eq!(rows[0][0].as_deref(), Some("1"));
+    let versions = super::migrations::BINARY_SCHEMA_VERSION.to_string();
+    assert_eq!(rows[0][0].as_deref(), Some(versions.as_str()));
     testing::drop_database(&url);
 }
 

@@ -27,4 +27,5 @@ mod sandbox;
 mod spine;
 mod ssh;
 mod support;
+mod tls;
 mod vault;

@@ -509,3 +509,64 @@ fn a_tls_key_others_may_read_is_refused_at_start() {
     );
     assert!(!out.status.success(), "{stderr}");
 }
+
+/// The README's "Try it": `warden demo` serves HTTPS with the certificate its new data
+/// directory got, and the command it prints (pinned to that certificate) runs the demo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_tls_and_its_printed_command_runs_the_demo_pinned() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("demo-data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (stdout, stderr) = (tmp.path().join("demo.out"), tmp.path().join("demo.err"));
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &listen, "--data"])
+        .arg(&data)
+        .arg("--module")
+        .arg(warden_tests::guests::component("hello"))
+        .arg("--manifest")
+        .arg(warden_tests::guests::manifest("hello"))
+        .env_remove("WARDEN_DATA")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("demo starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let printed = loop {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if log.contains(&format!("listening on https://{listen}")) {
+            break out;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("demo exited {status}: {out}{log}");
+        }
+        assert!(Instant::now() < deadline, "{out}{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let fingerprint = Fingerprint::of_pem_file(&cert_of(&data)).expect("demo certificate");
+    assert!(
+        printed.contains(&format!("server certificate fingerprint: {fingerprint}")),
+        "{printed}"
+    );
+    let command = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("./target/release/warden "))
+        .expect("the printed command");
+    assert!(
+        command.contains(&format!(
+            "--server https://{listen} --server-fingerprint {fingerprint}"
+        )),
+        "{command}"
+    );
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let (out, stdout, stderr) = warden(&args, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("succeeded: hello, Ada"), "{stdout}");
+}

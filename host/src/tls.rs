@@ -303,6 +303,8 @@ pub async fn observe_fingerprint(url: &str, trust: &ServerTrust) -> anyhow::Resu
     let client = trust
         .client_builder()?
         .tls_info(true)
+        // The certificate of this URL's server, not of wherever it might redirect.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(OBSERVE_TIMEOUT)
         .timeout(OBSERVE_TIMEOUT)
         .build()?;

@@ -570,3 +570,19 @@ async fn the_demo_serves_tls_and_its_printed_command_runs_the_demo_pinned() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("succeeded: hello, Ada"), "{stdout}");
 }
+
+#[test]
+fn init_refuses_a_bad_tls_name_before_creating_anything() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let data_arg = data.to_string_lossy().into_owned();
+    for bad in ["two words", "", "tab\there"] {
+        let (out, _, stderr) = warden(&["init", "--data", &data_arg, "--tls-name", bad], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("not a host name or address"), "{stderr}");
+        assert!(
+            !data.exists(),
+            "{bad:?}: a half-made data directory was left"
+        );
+    }
+}

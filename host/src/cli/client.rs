@@ -213,6 +213,7 @@ impl Client {
                  is {base}; use its https:// URL"
             );
         }
+        warn_if_in_clear(&base);
         let http = trust
             .client_builder()?
             .connect_timeout(Duration::from_secs(10))
@@ -278,6 +279,25 @@ impl Client {
             .find(|p| p["id"] == name_or_id || p["name"] == name_or_id)
             .and_then(|p| p["id"].as_str().map(str::to_string))
             .with_context(|| format!("no process '{name_or_id}' visible to you"))
+    }
+}
+
+/// A warning when `base` is plain HTTP to another machine: the token crosses the network in
+/// clear (allowed, for a server started with `--insecure-http`).
+fn warn_if_in_clear(base: &str) {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return;
+    };
+    let host = url.host_str().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback {
+        tracing::warn!(
+            "{base} is plain HTTP: the token and all else sent cross the network in clear"
+        );
     }
 }
 

@@ -30,6 +30,8 @@ pub(super) struct Initialised {
 /// Creates a data directory with the first Privileged Administrator and a self-signed
 /// server certificate in `DATA/tls/`.
 pub(super) fn init_data_dir(data: &DataArg, tls_names: &[String]) -> anyhow::Result<Initialised> {
+    // A bad name is refused before anything is created.
+    ServerTls::check_names(tls_names)?;
     let dir = DataDir::init_at(&data.data, &data.key_source()?, &data.location())?;
     let admin_token = super::serve::bootstrap_admin(&dir)?;
     let fingerprint =

@@ -114,14 +114,7 @@ impl ServerTls {
     /// and `extra_names` (host names or IP addresses), writes `dir/cert.pem` and
     /// `dir/key.pem` (never over existing files), and returns its fingerprint.
     pub fn generate_self_signed(dir: &Path, extra_names: &[String]) -> anyhow::Result<Fingerprint> {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-        for name in extra_names {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
-        let mut params = rcgen::CertificateParams::new(names)
-            .map_err(|e| anyhow::anyhow!("a --tls-name is not a host name or address: {e}"))?;
+        let mut params = Self::self_signed_params(extra_names)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "warden server");
@@ -146,6 +139,25 @@ impl ServerTls {
         write_new(&dir.join(KEY_FILE), key_pem.as_bytes(), 0o600)?;
         write_new(&dir.join(CERT_FILE), cert.pem().as_bytes(), 0o644)?;
         Ok(Fingerprint::of_der(cert.der()))
+    }
+
+    /// Checks that `extra_names` can go into a certificate (before anything is created).
+    pub fn check_names(extra_names: &[String]) -> anyhow::Result<()> {
+        Self::self_signed_params(extra_names).map(drop)
+    }
+
+    fn self_signed_params(extra_names: &[String]) -> anyhow::Result<rcgen::CertificateParams> {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        for name in extra_names {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!("--tls-name {name:?} is not a host name or address");
+            }
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        rcgen::CertificateParams::new(names)
+            .map_err(|e| anyhow::anyhow!("a --tls-name is not a host name or address: {e}"))
     }
 
     /// The fingerprint of the end-entity certificate (what clients pin).
@@ -236,6 +248,7 @@ impl TlsListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accept_loop = tokio::spawn(async move {
+            let mut last_warning: Option<std::time::Instant> = None;
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
@@ -247,7 +260,11 @@ impl TlsListener {
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many TLS handshakes in progress; connection closed");
+                    // At most one line a second, however many connections are refused.
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        last_warning = Some(std::time::Instant::now());
+                        tracing::warn!(%peer, "too many TLS handshakes in progress; connections closed");
+                    }
                     continue;
                 };
                 if let Err(e) = stream.set_nodelay(true) {

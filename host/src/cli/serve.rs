@@ -276,6 +276,7 @@ async fn listen(
     );
     let addr = listener.local_addr()?;
     reload_policies_on_sighup(&state)?;
+    let stop = stop_signals()?;
     let drain = Drain::new(grace);
     // The router of `crate::api::app`, with the drain gate and one log line per request
     // (outermost, so refusals are logged too). Both are `Router::layer`s, so they see the
@@ -317,7 +318,7 @@ async fn listen(
         }
     };
     let signal = tokio::select! {
-        signal = shutdown::stop_signal() => signal?,
+        signal = stop => signal,
         served = &mut server => {
             background.stop().await;
             served??;
@@ -338,6 +339,21 @@ async fn listen(
     background.stop().await;
     tracing::info!(target: SERVER_LOG, exit_code = code, "stopped");
     Ok(code)
+}
+
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed by this call, before
+/// the server answers its first request: a signal that comes early is a graceful stop, not
+/// the default action (the process killed outright), however soon a client sends it.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 /// `kill -HUP` reloads the Cedar policies; a broken policy set keeps the old one.

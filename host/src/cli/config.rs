@@ -46,6 +46,9 @@ struct FileSettings {
     approval_ttl_secs: Option<u64>,
     shutdown_grace: Option<u64>,
     log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_http: Option<bool>,
     max_concurrent_runs: Option<u32>,
     max_queued_runs: Option<usize>,
     max_running_per_user: Option<usize>,
@@ -53,9 +56,6 @@ struct FileSettings {
     max_running_per_process: Option<usize>,
     max_queued_per_process: Option<usize>,
     server_dead_after_secs: Option<u64>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    insecure_http: Option<bool>,
 }
 
 /// Where an effective setting came from.

@@ -238,3 +238,41 @@ async fn alpn_offers_exactly_h2_and_http11_over_tls12_and_tls13() {
     }
     assert!(connect(vec![b"spdy/3".to_vec()], &TLS13).await.is_err());
 }
+
+/// `tls_cert`/`tls_key` in the configuration file are settings like any other (relative to
+/// the file), and `insecure_http` with a certificate is refused as a contradiction.
+#[test]
+fn the_configuration_file_names_the_certificate_and_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    init_data_dir(&data);
+    impostor(tmp.path());
+    let file = tmp.path().join("warden.toml");
+    let write = |text: &str| {
+        std::fs::write(&file, text).expect("config");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    };
+    write("data = \"data\"\ntls_cert = \"impostor/cert.pem\"\ntls_key = \"impostor/key.pem\"\n");
+    let file_arg = file.to_string_lossy().into_owned();
+    let (out, stdout, stderr) = warden(&["config", "check", "--config", &file_arg], &[]);
+    assert!(out.status.success(), "{stderr}");
+    let cert = tmp.path().join("impostor/cert.pem");
+    assert!(
+        stdout.contains(&format!("tls_cert = \"{}\"  # config file", cert.display())),
+        "{stdout}"
+    );
+    write("data = \"data\"\ntls_cert = \"impostor/cert.pem\"\n");
+    let (out, _, stderr) = warden(&["config", "check", "--config", &file_arg], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("give both tls_cert and tls_key"),
+        "{stderr}"
+    );
+    write(
+        "data = \"data\"\ntls_cert = \"impostor/cert.pem\"\ntls_key = \"impostor/key.pem\"\ninsecure_http = true\n",
+    );
+    let (out, _, stderr) = warden(&["config", "check", "--config", &file_arg], &[]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("contradict"), "{stderr}");
+}

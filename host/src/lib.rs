@@ -26,6 +26,8 @@
 //! - [`users`]: users, custom roles and API tokens (stored hashed, checked in constant time).
 //! - [`notify`]: the audit stream exported to webhooks, syslog and files; alert rules.
 //! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
+//! - [`tls`]: the server's TLS (certificate, self-signed by `warden init`) and the clients'
+//!   verification of it (system roots, a CA file, or a pinned fingerprint).
 //! - [`cli`]: the `warden` command line.
 
 pub mod api;
@@ -43,5 +45,6 @@ pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod targets;
+pub mod tls;
 pub mod users;
 pub mod vault;

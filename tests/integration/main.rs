@@ -28,4 +28,5 @@ mod sandbox;
 mod spine;
 mod ssh;
 mod support;
+mod tls;
 mod vault;

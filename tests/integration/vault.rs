@@ -549,16 +549,21 @@ async fn the_master_key_can_come_from_an_environment_variable_or_a_command() {
         );
     }
 
-    // The server takes the key either way too.
+    // The server takes the key either way too (plain HTTP on loopback: the subject here is
+    // the master key, not the certificate `warden init` made; tests/integration/tls.rs is).
     for (name, args, envs) in [
         (
             "env",
-            vec!["--master-key-env", "WARDEN_TEST_MASTER_KEY"],
+            vec![
+                "--master-key-env",
+                "WARDEN_TEST_MASTER_KEY",
+                "--insecure-http",
+            ],
             env.to_vec(),
         ),
         (
             "command",
-            vec!["--master-key-command", command.as_str()],
+            vec!["--master-key-command", command.as_str(), "--insecure-http"],
             vec![],
         ),
     ] {

@@ -2,7 +2,8 @@
 //! process, or another one), a reqwest client, replies with their JSON error codes, and the
 //! helpers every API test needs (bootstrap an administrator, trust a publisher, publish a
 //! signed guest, create users with their own tokens, start and wait for runs, read the
-//! audit and a run's server-sent events).
+//! audit and a run's server-sent events). [`ServeChild`] (in `child.rs`) is `warden serve` as
+//! a child process, over TLS or plain HTTP.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,9 +18,13 @@ use warden_host::api::AppState;
 use warden_host::registry::manifest::Manifest;
 use warden_host::registry::signing;
 use warden_host::store::{DataDir, DatabaseLocation};
+use warden_host::tls::{Fingerprint, ServerTrust};
 use warden_host::users::UserStore;
 
 use crate::{guests, repo_root};
+
+mod child;
+pub use child::{ServeChild, Transport};
 
 /// How long a test waits for a run, a stream or a server before failing.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -124,10 +129,15 @@ impl Server {
 
     /// A server already running at `base` (another process).
     pub fn remote(base: String, admin: String) -> Server {
+        Self::remote_with(base, admin, client())
+    }
+
+    /// [`Server::remote`] through `client` (one that verifies the server's TLS, say).
+    pub fn remote_with(base: String, admin: String, client: reqwest::Client) -> Server {
         Server {
             base,
             admin,
-            client: client(),
+            client,
             _state: None,
             _dir: None,
         }
@@ -340,6 +350,16 @@ impl Server {
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().expect("http client")
+}
+
+/// A client that trusts exactly the server certificate `pin` (and speaks plain HTTP to
+/// `http://` URLs).
+pub fn pinned_client(pin: Fingerprint) -> reqwest::Client {
+    ServerTrust::Pinned(pin)
+        .client_builder()
+        .expect("pinned client")
+        .build()
+        .expect("http client")
 }
 
 pub async fn reply(resp: reqwest::Response) -> Reply {

@@ -100,6 +100,29 @@ pub async fn enroll(
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
     let key = SigningKey::from_bytes(&seed);
     let server = server.trim_end_matches('/').to_string();
+    let mut trust = trust;
+    if let Some(rest) = server.strip_prefix("http://") {
+        if trust.fingerprint.is_some() || trust.ca.is_some() {
+            bail!("--server-fingerprint and --ca need an https:// server URL");
+        }
+        let host = rest.split(['/', ':']).next().unwrap_or("");
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            bail!(
+                "the server URL is plain http:// to another machine: the bridge's secrets would \
+                 cross the network in clear; use https://"
+            );
+        }
+    } else if trust.fingerprint.is_none() {
+        // Verified by the CA or the system roots now; pinned from then on, so that a later
+        // certificate from the same CA cannot stand in for this server.
+        let seen = crate::tls::observe_fingerprint(
+            &server,
+            &crate::tls::ServerTrust::from_args(trust.ca.as_deref(), None)?,
+        )
+        .await?;
+        trust.fingerprint = Some(seen.to_string());
+        trust.ca = None;
+    }
     let http = http_client(&trust)?;
     let request = wire::EnrollRequest {
         token: token.to_string(),
@@ -112,7 +135,7 @@ pub async fn enroll(
         .json(&request)
         .send()
         .await
-        .with_context(|| format!("cannot reach the server at {server}"))?;
+        .map_err(|e| reach_error(&trust, &server, &e))?;
     if !response.status().is_success() {
         bail!("enrolment refused: {}", error_text(response).await);
     }
@@ -148,14 +171,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The HTTPS client that verifies the server per `trust`.
 fn http_client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
-    let _ = trust; // TLS-MERGE: crate::tls::ServerTrust once merged
-    reqwest::Client::builder()
+    crate::tls::ServerTrust::from_args(trust.ca.as_deref(), trust.fingerprint.as_deref())?
+        .client_builder()?
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .user_agent(VERSION)
         .build()
         .context("building the HTTPS client")
+}
+
+/// Why the server could not be reached, in one sentence (a certificate that does not match
+/// the pin is said so).
+fn reach_error(trust: &Trust, server: &str, e: &reqwest::Error) -> anyhow::Error {
+    let explained =
+        crate::tls::ServerTrust::from_args(trust.ca.as_deref(), trust.fingerprint.as_deref())
+            .ok()
+            .and_then(|t| t.explain(e));
+    match explained {
+        Some(why) => anyhow::anyhow!("refusing the server at {server}: {why}; nothing was sent"),
+        None => anyhow::anyhow!("cannot reach the server at {server}: {e}"),
+    }
 }
 
 async fn error_text(response: reqwest::Response) -> String {
@@ -332,7 +368,8 @@ impl Agent {
         })?;
         let response = self
             .send(reqwest::Method::POST, "/v1/bridge/claim", body)
-            .await?;
+            .await
+            .map_err(|e| reach_error(&self.identity.trust, &self.identity.server, &e))?;
         match response.status() {
             reqwest::StatusCode::NO_CONTENT => Ok(None),
             s if s.is_success() => Ok(Some(response.json().await?)),

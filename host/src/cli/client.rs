@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use crate::tls::ServerTrust;
+
 /// Which server, as whom.
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -19,6 +21,19 @@ pub struct ServerArgs {
     /// other local users).
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
     token: String,
+    /// Trust the server's certificate if this PEM CA file (or the server's own certificate)
+    /// signed it [default: the system's trust store].
+    #[arg(long, env = "WARDEN_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Trust exactly the server certificate with this fingerprint (`sha256:…`, as `warden
+    /// init` and `warden tls fingerprint` print it).
+    #[arg(
+        long,
+        env = "WARDEN_SERVER_FINGERPRINT",
+        value_name = "SHA256",
+        conflicts_with = "ca"
+    )]
+    server_fingerprint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,18 +196,42 @@ pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    trust: ServerTrust,
 }
 
 impl Client {
+    /// A client of `args.server` that verifies an `https://` server per `--ca` or
+    /// `--server-fingerprint` (the system's trust store without either).
     pub(super) fn new(args: &ServerArgs) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let trust = ServerTrust::from_args(args.ca.as_deref(), args.server_fingerprint.as_deref())?;
+        let base = args.server.trim_end_matches('/').to_string();
+        // Asked to verify a server that would not be verified: refuse rather than send the
+        // token in clear to whoever answers.
+        if trust != ServerTrust::SystemRoots && !base.starts_with("https://") {
+            bail!(
+                "--ca and --server-fingerprint verify an https:// server, but the server URL \
+                 is {base}; use its https:// URL"
+            );
+        }
+        warn_if_in_clear(&base);
+        let http = trust
+            .client_builder()?
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Client {
             http,
-            base: args.server.trim_end_matches('/').to_string(),
+            base,
             token: args.token.clone(),
+            trust,
         })
+    }
+
+    /// A failed request as one sentence when the server was not verified.
+    fn contacting(&self, error: reqwest::Error) -> anyhow::Error {
+        match self.trust.explain(&error) {
+            Some(sentence) => anyhow::anyhow!("{sentence}; no request was sent to {}", self.base),
+            None => anyhow::Error::new(error).context("contacting the server"),
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -200,7 +239,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .context("contacting the server")?;
+            .map_err(|e| self.contacting(e))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -240,6 +279,25 @@ impl Client {
             .find(|p| p["id"] == name_or_id || p["name"] == name_or_id)
             .and_then(|p| p["id"].as_str().map(str::to_string))
             .with_context(|| format!("no process '{name_or_id}' visible to you"))
+    }
+}
+
+/// A warning when `base` is plain HTTP to another machine: the token crosses the network in
+/// clear (allowed, for a server started with `--insecure-http`).
+fn warn_if_in_clear(base: &str) {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return;
+    };
+    let host = url.host_str().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback {
+        tracing::warn!(
+            "{base} is plain HTTP: the token and all else sent cross the network in clear"
+        );
     }
 }
 
@@ -469,7 +527,7 @@ async fn follow(client: &Client, run_id: &str) -> anyhow::Result<i32> {
         .http
         .get(format!("{}/v1/runs/{run_id}/events", client.base))
         .bearer_auth(&client.token);
-    let resp = req.send().await.context("contacting the server")?;
+    let resp = req.send().await.map_err(|e| client.contacting(e))?;
     if !resp.status().is_success() {
         bail!("server answered {}", resp.status());
     }

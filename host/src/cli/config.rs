@@ -46,6 +46,9 @@ struct FileSettings {
     approval_ttl_secs: Option<u64>,
     shutdown_grace: Option<u64>,
     log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_http: Option<bool>,
     max_concurrent_runs: Option<u32>,
     max_queued_runs: Option<usize>,
     max_running_per_user: Option<usize>,
@@ -162,6 +165,23 @@ pub fn apply(args: &mut ServeArgs, matches: &ArgMatches) -> anyhow::Result<Appli
     );
     fill!("shutdown_grace", args.shutdown_grace, file.shutdown_grace);
     fill!("log_format", args.log_format, file.log_format);
+    fill!(
+        "tls_cert",
+        args.tls_cert,
+        file.tls_cert.clone().map(relative).map(Some)
+    );
+    fill!(
+        "tls_key",
+        args.tls_key,
+        file.tls_key.clone().map(relative).map(Some)
+    );
+    fill!("insecure_http", args.insecure_http, file.insecure_http);
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        anyhow::bail!("give both tls_cert and tls_key, or neither");
+    }
+    if args.insecure_http && args.tls_cert.is_some() {
+        anyhow::bail!("insecure_http and tls_cert contradict each other; give one of them");
+    }
     let runs = &mut args.runs;
     fill!(
         "max_concurrent_runs",
@@ -371,6 +391,19 @@ pub fn run(cmd: ConfigCommand, matches: &ArgMatches) -> anyhow::Result<i32> {
     line("approval_ttl_secs", args.approval_ttl_secs.to_string());
     line("shutdown_grace", args.shutdown_grace.to_string());
     line("log_format", toml_string(args.log_format.as_str()));
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            line("tls_cert", quoted(cert));
+            line("tls_key", quoted(key));
+        }
+        _ if args.insecure_http => line("insecure_http", "true".to_string()),
+        _ => println!(
+            "# TLS: {} when it exists, else plain HTTP on loopback only",
+            crate::tls::ServerTls::data_dir_files(&args.data.data)
+                .0
+                .display()
+        ),
+    }
     let runs = &args.runs;
     line("max_concurrent_runs", runs.max_concurrent_runs.to_string());
     line("max_queued_runs", runs.max_queued_runs.to_string());

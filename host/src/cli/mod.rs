@@ -10,6 +10,7 @@ mod credential;
 mod db;
 mod docs;
 mod exec;
+mod init;
 mod notify;
 mod policies;
 mod reconcile;
@@ -18,13 +19,12 @@ mod serve;
 mod shutdown;
 pub mod sign;
 mod target;
+mod tls;
 mod vault;
 
 use std::path::PathBuf;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-
-use crate::store::DataDir;
 
 /// The administrator's password policy for rotations, as `warden exec` and
 /// `warden process create` take it.
@@ -91,8 +91,9 @@ pub struct DataArg {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a data directory with a new vault master key and server key.
-    Init(DataArg),
+    /// Create a data directory with a new vault master key and server key, and a
+    /// self-signed TLS certificate for the server (its fingerprint is printed).
+    Init(init::InitArgs),
     /// Manage vault credentials.
     #[command(subcommand)]
     Credential(credential::CredentialCommand),
@@ -130,6 +131,9 @@ enum Command {
     Keygen(sign::KeygenArgs),
     /// Sign a task module with its manifest.
     Sign(sign::SignArgs),
+    /// The server's TLS certificate: its fingerprint, for clients to pin.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -178,18 +182,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         serve::init_logging(serve::LogFormat::Text, "warn");
     }
     match cli.command {
-        Command::Init(data) => {
-            let token = init_data_dir(&data)?;
-            let key = match data.key_source()? {
-                crate::vault::MasterKeySource::File(path) => {
-                    format!("{}, mode 0600", path.display())
-                }
-                _ => "external (not stored in the data directory)".to_string(),
-            };
-            println!("initialised {} (master key: {key})", data.data.display());
-            println!("admin token (shown once, keep it): {token}");
-            Ok(0)
-        }
+        Command::Init(args) => init::run(args),
         Command::Serve(mut args) => {
             let applied = config::apply(&mut args, &sub("serve"))?;
             serve::init_logging(args.log_format, serve::SERVE_LOG_FILTER);
@@ -212,6 +205,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         Command::Credential(cmd) => credential::run(cmd).await,
         Command::Target(cmd) => target::run(cmd).await,
         Command::Exec(args) => exec::run(args).await,
+        Command::Tls(cmd) => tls::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Sink(cmd) => notify::sink(cmd).await,
         Command::Alert(cmd) => notify::alert(cmd).await,
@@ -239,12 +233,6 @@ fn log_config(applied: &config::Applied) {
         }
         None => tracing::info!(target: serve::SERVER_LOG, "no configuration file"),
     }
-}
-
-/// Creates a data directory with the first Privileged Administrator; returns its token.
-fn init_data_dir(data: &DataArg) -> anyhow::Result<String> {
-    let dir = DataDir::init_at(&data.data, &data.key_source()?, &data.location())?;
-    serve::bootstrap_admin(&dir)
 }
 
 /// The whole program: parse, logging to stderr, run, one line on error, exit code.

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,6 +22,7 @@ use crate::runs::NewProcess;
 use crate::runs::queue::QueueLimits;
 use crate::runtime::engine::EngineConfig;
 use crate::store::DataDir;
+use crate::tls::{ServerTls, TlsListener};
 
 /// The tracing target of the server's own lines (start, policies, shutdown), enabled at
 /// `info` by default.
@@ -81,6 +83,28 @@ pub struct ServeArgs {
     /// filter (default: warnings, plus one line per request and the server's own lines).
     #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(super) log_format: LogFormat,
+    /// The server's TLS certificate chain (PEM, end-entity first) [default: DATA/tls/cert.pem
+    /// when `warden init` made one].
+    #[arg(
+        long,
+        env = "WARDEN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(super) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; not readable by others).
+    #[arg(
+        long,
+        env = "WARDEN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(super) tls_key: Option<PathBuf>,
+    /// Serve plain HTTP, even on a non-loopback address: tokens and credentials then cross
+    /// the network in clear. Without TLS (no certificate given or in the data directory) only
+    /// a loopback address is served.
+    #[arg(long, env = "WARDEN_INSECURE_HTTP", conflicts_with = "tls_cert")]
+    pub(super) insecure_http: bool,
     #[command(flatten)]
     pub(super) runs: RunQueueArgs,
     #[command(flatten)]
@@ -193,12 +217,46 @@ pub struct DemoArgs {
 
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
     let limits = args.runs.limits()?;
+    let tls = choose_tls(&args)?;
     let listener = bind(args.listen).await?;
     let dir = args.data.open()?;
     let mut state = AppState::open_with(dir, args.policy_source(), &limits).await?;
     let ttl = Duration::from_secs(args.approval_ttl_secs);
     state.approvals = state.approvals.with_ttl(ttl);
-    listen(listener, state, Duration::from_secs(args.shutdown_grace)).await
+    listen(
+        listener,
+        tls,
+        state,
+        Duration::from_secs(args.shutdown_grace),
+    )
+    .await
+}
+
+/// TLS or plain HTTP: `--tls-cert/--tls-key`, else the data directory's certificate, else
+/// plain HTTP on a loopback address only; `--insecure-http` forces plain HTTP anywhere.
+fn choose_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTls>> {
+    let addr = args.listen;
+    if args.insecure_http {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                target: SERVER_LOG,
+                "--insecure-http on {addr}: tokens and credentials cross the network in clear"
+            );
+        }
+        return Ok(None);
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+        _ => ServerTls::in_data_dir(&args.data.data)?,
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve plain HTTP on {addr}, which is not a loopback address: give \
+             --tls-cert and --tls-key (or use the certificate `warden init` makes), or pass \
+             --insecure-http to accept that tokens and credentials cross the network in clear"
+        );
+    }
+    Ok(tls)
 }
 
 /// Binds the listening socket; the usual failures in one sentence with the next step.
@@ -225,6 +283,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 /// Serves until SIGTERM or SIGINT, then drains (see [`shutdown`]); returns the exit code.
 async fn listen(
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
     state: AppState,
     grace: Duration,
 ) -> anyhow::Result<i32> {
@@ -237,6 +296,7 @@ async fn listen(
     );
     let addr = listener.local_addr()?;
     reload_policies_on_sighup(&state)?;
+    let stop = stop_signals()?;
     let drain = Drain::new(grace);
     // The router of `crate::api::app`, with the drain gate and one log line per request
     // (outermost, so refusals are logged too). Both are `Router::layer`s, so they see the
@@ -249,22 +309,36 @@ async fn listen(
         .layer(axum::middleware::from_fn(
             crate::api::request_log::log_request,
         ));
-    let listener = crate::api::without_nagle(listener);
     // The scheduler stops as the drain begins (no new scheduled run); the cluster loop runs
     // until the very end (see `Background::stop_scheduler`).
     let mut background = crate::api::Background::start(&state);
-    // Before the first request can be answered (the socket is bound already).
-    tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    // Before the first request can be answered (the socket is bound already). Either way
+    // every accepted socket has TCP_NODELAY (see `crate::api::without_nagle`).
+    let mut server = match tls {
+        Some(tls) => {
+            let config = Arc::new(tls.server_config()?);
+            let listener = TlsListener::new(listener, config)?;
+            tracing::info!(
+                target: SERVER_LOG,
+                fingerprint = %tls.fingerprint(),
+                "listening on https://{addr}"
+            );
+            let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            tokio::spawn(served.into_future())
+        }
+        None => {
+            let listener = crate::api::without_nagle(listener);
+            tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
+            let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            tokio::spawn(served.into_future())
+        }
+    };
     let signal = tokio::select! {
-        signal = shutdown::stop_signal() => signal?,
+        signal = stop => signal,
         served = &mut server => {
             background.stop().await;
             served??;
@@ -285,6 +359,21 @@ async fn listen(
     background.stop().await;
     tracing::info!(target: SERVER_LOG, exit_code = code, "stopped");
     Ok(code)
+}
+
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed by this call, before
+/// the server answers its first request: a signal that comes early is a graceful stop, not
+/// the default action (the process killed outright), however soon a client sends it.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 /// `kill -HUP` reloads the Cedar policies; a broken policy set keeps the old one.
@@ -340,11 +429,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     let root = &args.serve.data.data;
     let fresh = !root.join("server.key").exists();
     let admin_token = if fresh {
-        Some(super::init_data_dir(&args.serve.data)?)
+        Some(super::init::init_data_dir(&args.serve.data, &[])?.admin_token)
     } else {
         None
     };
     let limits = args.serve.runs.limits()?;
+    let tls = choose_tls(&args.serve)?;
     let listener = bind(args.serve.listen).await?;
     let dir = args.serve.data.open()?;
     let state = AppState::open_with(dir, args.serve.policy_source(), &limits).await?;
@@ -389,7 +479,14 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     let token = admin_token
         .as_deref()
         .unwrap_or("<the admin token printed when this data directory was created>");
-    let server = format!("http://{}", args.serve.listen);
+    // With TLS (the certificate `warden init` made), the CLI pins it by its fingerprint.
+    let (server, pin) = match &tls {
+        Some(tls) => (
+            format!("https://{}", args.serve.listen),
+            format!(" --server-fingerprint {}", tls.fingerprint()),
+        ),
+        None => (format!("http://{}", args.serve.listen), String::new()),
+    };
     println!(
         "demo ready: module {}@{} ({}), process hello-demo",
         module.name, module.version, module.digest
@@ -397,12 +494,16 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     if admin_token.is_some() {
         println!("admin token (shown once, keep it): {token}");
     }
+    if let Some(tls) = &tls {
+        println!("server certificate fingerprint: {}", tls.fingerprint());
+    }
     println!("run the demo from another shell:");
     println!(
-        "  ./target/release/warden run start hello-demo --input name=Ada --wait --server {server} --token {token}"
+        "  ./target/release/warden run start hello-demo --input name=Ada --wait --server {server}{pin} --token {token}"
     );
     listen(
         listener,
+        tls,
         state,
         Duration::from_secs(args.serve.shutdown_grace),
     )

@@ -11,7 +11,7 @@ use super::{Lab, Zone, ended, signed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_zones_bridge_never_gets_the_runs_or_the_secrets_of_this_zone() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let dmz = Zone::new(&lab);
     let lab_zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &dmz.sshd).await;
@@ -98,7 +98,7 @@ async fn wait_for_lease(lab: &Lab, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enrolment_token_works_once_and_a_bad_or_expired_one_never() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     let token = lab.token("dmz").await;
     let dirs = TempDir::new().expect("dirs");
@@ -157,7 +157,7 @@ async fn an_enrolment_token_works_once_and_a_bad_or_expired_one_never() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_replayed_and_unsigned_bridge_requests_are_refused() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     let bridge = zone.bridge(&lab.token("dmz").await);
     let signer = bridge.signer();
@@ -221,7 +221,7 @@ async fn forged_replayed_and_unsigned_bridge_requests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_bridge_is_refused_and_its_runs_end_lost() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;

@@ -4,14 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use warden_tests::http::Server;
 
 use super::{Lab, Zone, assert_verifies, ended};
-use crate::api::{ServeProcess, init_data_dir};
 
 /// The lost timeout these tests use.
-const LOST_AFTER: Duration = Duration::from_secs(4);
+const LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// Waits until run `id` has a durable `action` intent record (the call is in flight).
 async fn wait_for_intent(lab: &Lab, id: &str, action: &str) -> Vec<Value> {
@@ -49,7 +46,7 @@ async fn assert_complete(lab: &Lab, id: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bridge_killed_mid_call_leaves_the_run_lost_within_the_timeout_and_the_audit_whole() {
-    let lab = Lab::new(LOST_AFTER).await;
+    let lab = Lab::new(LOST_AFTER.as_secs()).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
@@ -96,7 +93,7 @@ async fn a_bridge_killed_mid_call_leaves_the_run_lost_within_the_timeout_and_the
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bridge_killed_between_many_calls_loses_no_record_of_a_call_the_task_saw() {
-    let lab = Lab::new(LOST_AFTER).await;
+    let lab = Lab::new(LOST_AFTER.as_secs()).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
@@ -122,7 +119,7 @@ async fn a_bridge_killed_between_many_calls_loses_no_record_of_a_call_the_task_s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_from_the_api_stops_a_remote_run_at_once() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
@@ -148,7 +145,7 @@ async fn a_cancel_from_the_api_stops_a_remote_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_network_cut_ends_the_run_lost_and_the_bridge_reconnects_by_itself() {
-    let lab = Lab::new(LOST_AFTER).await;
+    let lab = Lab::new(LOST_AFTER.as_secs()).await;
     let mut zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
@@ -169,20 +166,14 @@ async fn a_network_cut_ends_the_run_lost_and_the_bridge_reconnects_by_itself() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restart_mid_run_the_bridge_reconnects_and_the_run_finishes() {
-    let tmp = TempDir::new().expect("temp dir");
-    let data = tmp.path().join("data");
-    let admin = init_data_dir(&data);
-    let (mut first, base) = ServeProcess::start(&data, tmp.path().join("serve-1.log")).await;
-    let mut lab = Lab::on(Server::remote(base, admin.clone())).await;
+    let mut lab = Lab::new(30).await;
     let mut zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
     let bridge = zone.bridge(&lab.token("dmz").await);
     let id = lab.exec(&process, "dmz-host", "sleep 3").await;
     wait_for_intent(&lab, &id, "ssh.exec").await;
-    first.kill_9();
-    let (_second, base) = ServeProcess::start(&data, tmp.path().join("serve-2.log")).await;
-    lab.server = Server::remote(base, admin);
+    lab.restart(&["--bridge-lost-after-secs", "30"]).await;
     zone.forward_to(&lab.server_addr());
     let run = ended(&lab, &id).await;
     assert_eq!(run["state"], "succeeded", "{run} {}", bridge.log());
@@ -191,11 +182,14 @@ async fn a_server_restart_mid_run_the_bridge_reconnects_and_the_run_finishes() {
         serde_json::from_str(run["result"].as_str().expect("result")).expect("json");
     assert_eq!(result["exit"], 0, "{result}");
     assert_complete(&lab, &id).await;
+    // And it keeps serving after the restart.
+    let id = lab.exec(&process, "dmz-host", "id -un").await;
+    assert_eq!(ended(&lab, &id).await["state"], "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_run_starts_again_only_when_its_process_says_that_is_safe() {
-    let lab = Lab::new(LOST_AFTER).await;
+    let lab = Lab::new(LOST_AFTER.as_secs()).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let body = json!({

@@ -5,68 +5,96 @@
 mod attacks;
 mod liveness;
 mod routing;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use warden_host::api::ServerLimits;
-use warden_tests::http::{Server, new_key};
+use warden_host::tls::{ServerTls, TLS_DIR};
+use warden_tests::http::{ServeChild, Server, Transport, new_key};
 use warden_tests::netns::{Forward, Netns};
 use warden_tests::sshd::{Sshd, TestUser};
+
+use crate::api::init_data_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
 /// The port the forwarder listens on inside each namespace.
 const FORWARD_PORT: u16 = 7443;
 
-/// A server with the probe published and a password credential `pw` for `user`.
+/// A `warden serve` over TLS (its data directory's certificate, pinned by the harness), the
+/// probe published, and a password credential `pw` for `user`.
 struct Lab {
     server: Server,
+    serve: ServeChild,
     user: TestUser,
     digest: String,
+    data: PathBuf,
+    admin: String,
+    tmp: TempDir,
 }
 
 impl Lab {
-    /// A lab whose bridges count as lost after `lost_after` of silence.
-    async fn new(lost_after: Duration) -> Lab {
-        Lab::with(|limits| limits.cluster.bridge_lost_after = lost_after).await
+    /// A lab whose bridges count as lost after `lost_after_secs` of silence.
+    async fn new(lost_after_secs: u64) -> Lab {
+        Lab::with_args(&["--bridge-lost-after-secs", &lost_after_secs.to_string()]).await
     }
 
-    /// A lab whose server's limits `tune` changed (the sweep runs every 500 ms).
-    async fn with(tune: impl FnOnce(&mut ServerLimits)) -> Lab {
-        let mut limits = ServerLimits::default();
-        limits.cluster.sweep = Duration::from_millis(500);
-        tune(&mut limits);
-        Lab::on(Server::start_with(&limits).await).await
-    }
-
-    /// A lab on `server` (in this process or another).
-    async fn on(server: Server) -> Lab {
+    /// A lab whose server gets `args` too (its sweep runs every 500 ms).
+    async fn with_args(args: &[&str]) -> Lab {
+        let tmp = TempDir::new().expect("temp dir");
+        let data = tmp.path().join("data");
+        let admin = init_data_dir(&data);
+        ServerTls::generate_self_signed(&data.join(TLS_DIR), &[]).expect("certificate");
+        let serve = Lab::serve(&data, &tmp, args, 1).await;
+        let mut lab = Lab {
+            server: serve.server(&admin),
+            serve,
+            user: TestUser::create("wbr").expect("user"),
+            digest: String::new(),
+            data,
+            admin,
+            tmp,
+        };
         let key = new_key();
-        server.trust("tests", &key).await;
-        let digest = server.publish("probe", &key).await;
-        let user = TestUser::create("wbr").expect("user");
-        let r = server
+        lab.server.trust("tests", &key).await;
+        lab.digest = lab.server.publish("probe", &key).await;
+        let r = lab
+            .server
             .post(
                 "/v1/credentials",
-                &server.admin,
-                json!({ "name": "pw", "username": user.name, "secret": user.password }),
+                &lab.server.admin,
+                json!({ "name": "pw", "username": lab.user.name, "secret": lab.user.password }),
             )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
-        Lab {
-            server,
-            user,
-            digest,
-        }
+        lab
+    }
+
+    async fn serve(data: &Path, tmp: &TempDir, args: &[&str], attempt: usize) -> ServeChild {
+        let mut all = vec!["--server-dead-after-secs", "1"];
+        all.extend_from_slice(args);
+        let log = tmp.path().join(format!("serve-{attempt}.log"));
+        ServeChild::start(BIN, data, Transport::DataDirTls, &all, log).await
+    }
+
+    /// SIGKILLs the server and starts it again on the same data (a new port).
+    async fn restart(&mut self, args: &[&str]) {
+        self.serve.kill_9();
+        self.serve = Lab::serve(&self.data, &self.tmp, args, 2).await;
+        self.server = self.serve.server(&self.admin);
     }
 
     /// The server's address as `host:port`.
     fn server_addr(&self) -> String {
-        self.server.base.trim_start_matches("http://").to_string()
+        self.serve.addr()
+    }
+
+    /// The server certificate's pin.
+    fn pin(&self) -> String {
+        self.serve.fingerprint.expect("tls").to_string()
     }
 
     /// Registers target `name` in `zone` at `sshd`.
@@ -132,6 +160,8 @@ struct Zone {
     ns: Netns,
     sshd: Sshd,
     forward: Forward,
+    /// The server certificate's pin, as an operator gives it to the bridge.
+    pin: String,
 }
 
 impl Zone {
@@ -141,7 +171,12 @@ impl Zone {
         let forward = ns
             .forward_to_host(FORWARD_PORT, &lab.server_addr())
             .expect("forwarder");
-        Zone { ns, sshd, forward }
+        Zone {
+            ns,
+            sshd,
+            forward,
+            pin: lab.pin(),
+        }
     }
 
     /// Points the namespace's way out at `host_addr` (a restarted server); the old forwarder
@@ -156,15 +191,23 @@ impl Zone {
 
     /// The server's URL as seen from inside the namespace.
     fn server_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.forward.port)
+        format!("https://127.0.0.1:{}", self.forward.port)
     }
 
-    /// `warden bridge enroll` inside the namespace; its output and whether it succeeded.
+    /// `warden bridge enroll` inside the namespace, pinning the server's certificate; its
+    /// output and whether it succeeded.
     fn enroll(&self, dir: &Path, token: &str) -> (bool, String) {
+        self.enroll_with(dir, token, &["--server-fingerprint", &self.pin])
+    }
+
+    /// `warden bridge enroll` verifying the server with `trust` (flags).
+    fn enroll_with(&self, dir: &Path, token: &str, trust: &[&str]) -> (bool, String) {
         let out = self
             .ns
             .command(BIN)
-            .args(["bridge", "enroll", "--server", &self.server_url(), "--data"])
+            .args(["bridge", "enroll", "--server", &self.server_url()])
+            .args(trust)
+            .arg("--data")
             .arg(dir)
             .env("WARDEN_BRIDGE_TOKEN", token)
             .output()

@@ -1,14 +1,12 @@
 //! Runs go to a bridge of their targets' zone, and only there.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use super::{Lab, Zone, assert_verifies, ended};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_bridge_runs_the_task_on_a_target_only_its_network_reaches() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     // The same address registered twice: in zone dmz (the bridge's) and in the server's own
     // zone, where the embedded bridge would have to reach it.
@@ -88,7 +86,7 @@ async fn a_remote_bridge_runs_the_task_on_a_target_only_its_network_reaches() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_spanning_zones_is_refused_when_the_process_is_created() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let a = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
     lab.target("in-dmz", "dmz", &a).await;
     lab.target("in-default", "default", &a).await;
@@ -112,7 +110,7 @@ async fn a_grant_spanning_zones_is_refused_when_the_process_is_created() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_waits_for_a_bridge_of_its_zone_only_so_long() {
-    let lab = Lab::with(|limits| limits.cluster.bridge_wait = Duration::from_secs(1)).await;
+    let lab = Lab::with_args(&["--bridge-wait-secs", "1"]).await;
     let a = warden_tests::sshd::Sshd::start("127.0.0.1").expect("sshd");
     lab.target("far", "nobody-home", &a).await;
     let process = lab.process("stranded", &["far"]).await;
@@ -128,7 +126,7 @@ async fn a_run_waits_for_a_bridge_of_its_zone_only_so_long() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bridges_of_one_zone_share_its_runs_each_run_once() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;
@@ -157,7 +155,7 @@ async fn bridges_of_one_zone_share_its_runs_each_run_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_bridge_redacts_the_secret_exactly_as_the_embedded_one() {
-    let lab = Lab::new(Duration::from_secs(30)).await;
+    let lab = Lab::new(30).await;
     let zone = Zone::new(&lab);
     lab.target("dmz-host", "dmz", &zone.sshd).await;
     let process = lab.process("in-dmz", &["dmz-host"]).await;

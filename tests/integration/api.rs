@@ -630,6 +630,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/notify/rules"),
     ("post", "/v1/notify/rules"),
     ("delete", "/v1/notify/rules/{name}"),
+    ("post", "/v1/bridges/tokens"),
+    ("get", "/v1/bridges"),
+    ("post", "/v1/bridges/{id}/revoke"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [

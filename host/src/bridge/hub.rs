@@ -42,6 +42,10 @@ use crate::vault::lease::{LeaseStore, NewLease};
 /// Most audit entries one request may carry.
 pub const MAX_AUDIT_BATCH: usize = 1024;
 
+/// What a bridge may record: host calls of the WIT interfaces (the spine's actions). Run
+/// transitions, lease revocations and the rest are the server's to write.
+const BRIDGE_ACTIONS: [&str; 5] = ["ssh.", "transfer.", "credentials.", "params.", "log."];
+
 /// Longest a claim may wait for a run.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(25);
 
@@ -330,6 +334,15 @@ impl BridgeHub {
         if entries.len() > MAX_AUDIT_BATCH {
             return Err(HubError::Invalid(format!(
                 "at most {MAX_AUDIT_BATCH} records per request"
+            )));
+        }
+        if let Some(bad) = entries
+            .iter()
+            .find(|e| !BRIDGE_ACTIONS.iter().any(|p| e.action.starts_with(p)))
+        {
+            return Err(HubError::Invalid(format!(
+                "a bridge records host calls only, not '{}'",
+                cap(bad.action.clone())
             )));
         }
         let run = self.held(bridge, run_id)?;

@@ -445,6 +445,9 @@ impl Agent {
 
     fn policy_engine(&self, run: &ClaimedRun) -> anyhow::Result<PolicyEngine> {
         let mut held = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
+        if !crate::runs::is_sha256_hex(&run.policy_digest) {
+            bail!("the server sent a malformed policy digest");
+        }
         if let Some(files) = &run.policies {
             let dir = self.dir.join("policies").join(&run.policy_digest);
             std::fs::create_dir_all(&dir)?;

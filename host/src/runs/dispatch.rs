@@ -138,6 +138,37 @@ impl Dispatcher {
         self.zone_queued.clone()
     }
 
+    /// Refuses a new run for a remote bridge when the runs already waiting for bridges reach
+    /// the queue's bounds (all callers, or `actor`): what waits for a bridge is stored, so it
+    /// is capped like the in-memory queue.
+    fn admit_remote(&self, actor: &str) -> Result<(), StartError> {
+        let limits = self.queue.limits();
+        let (mut all, mut mine) = (0usize, 0usize);
+        for (id, holder) in self.runs.held()? {
+            if !holder.starts_with(super::cluster::ZONE_HOLDER) {
+                continue;
+            }
+            all += 1;
+            if self.runs.get(&id)?.is_some_and(|r| r.actor == actor) {
+                mine += 1;
+            }
+        }
+        if all >= limits.max_queued {
+            return Err(Refusal::QueueFull {
+                limit: limits.max_queued,
+            }
+            .into());
+        }
+        if mine >= limits.per_user_queued {
+            return Err(Refusal::UserLimit {
+                user: actor.to_string(),
+                limit: limits.per_user_queued,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// The zone a run of `process` executes in: its targets' one zone.
     pub fn zone_of(&self, process: &Process) -> Result<String, StartError> {
         self.bridge
@@ -162,6 +193,7 @@ impl Dispatcher {
             .owned_by(&format!("{}{zone}", super::cluster::ZONE_HOLDER));
         let record = match moved_by {
             None => {
+                self.admit_remote(&record.actor)?;
                 record.waiting = Some(waiting);
                 store.create(record).await?
             }

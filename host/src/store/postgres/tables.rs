@@ -85,6 +85,11 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("bridge_tokens"),
     plain("bridges"),
     plain("bridges_seen"),
+    // Migration 3.
+    plain("triggers"),
+    plain("trigger_state"),
+    plain("trigger_replay"),
+    plain("trigger_bodies"),
 ];
 
 fn schema_of(def: &TableDef) -> Result<&'static TableSchema, StoreError> {

@@ -330,6 +330,9 @@ impl Triggers {
         let run = match started {
             Ok(run) => run,
             Err(e) => {
+                if let Err(e) = self.inner.store.forget(&trigger.id, event_id).await {
+                    tracing::warn!(trigger = %trigger.id, error = %e, "event id not forgotten");
+                }
                 let why = start_refusal(&e);
                 return Err(self
                     .refuse(&trigger.id, Some(trigger), why, ev, digest)

@@ -232,6 +232,15 @@ impl TriggerStore {
         }
     }
 
+    /// Forgets one event id of trigger `id` (its run could not be started: the sender's
+    /// retry with the same id must not count as a replay).
+    pub async fn forget(&self, id: &str, event: &str) -> Result<(), TriggerError> {
+        let mut batch = Batch::new();
+        batch.delete(&TRIGGER_REPLAY, replay_key(id, event), Expect::Any);
+        self.db().apply_async(batch).await?;
+        Ok(())
+    }
+
     /// Forgets the ids of trigger `id` whose window has passed; returns how many remain.
     pub async fn prune_replay(&self, id: &str, now_ms: u64) -> Result<usize, TriggerError> {
         let table = self.db().table(&TRIGGER_REPLAY);

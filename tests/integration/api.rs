@@ -630,6 +630,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/notify/rules"),
     ("post", "/v1/notify/rules"),
     ("delete", "/v1/notify/rules/{name}"),
+    ("get", "/v1/processes/{id}/triggers"),
+    ("post", "/v1/processes/{id}/triggers"),
+    ("get", "/v1/triggers/{id}"),
+    ("delete", "/v1/triggers/{id}"),
+    ("post", "/v1/triggers/{id}/rotate-secret"),
+    ("get", "/v1/triggers/{id}/bodies"),
+    ("post", "/v1/triggers/{id}/events"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [

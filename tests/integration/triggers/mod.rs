@@ -3,6 +3,7 @@
 //! `cryptography` for `v1a`), sent as real HTTP, starting real guests, and for the incident
 //! example a real sshd fleet. This file holds the shared harness; one file per area.
 
+mod cluster;
 mod events;
 mod incident;
 mod limits;

@@ -46,7 +46,7 @@ const fn plain(name: &'static str) -> TableSchema {
     TableSchema { name, columns: &[] }
 }
 
-/// Every generic table of the schema (migration 1), with its typed columns: the tables of
+/// Every generic table of the schema (migrations 1 and 2), with its typed columns: the tables of
 /// [`crate::store::catalog`] (a test checks both lists agree).
 pub(crate) const TABLES: &[TableSchema] = &[
     plain("users"),

@@ -155,13 +155,16 @@ fn a_schema_from_a_newer_warden_is_refused() {
     let f = Fixture::postgres();
     let url = f.url.clone().unwrap();
     execute(&url, "INSERT INTO warden.schema_version VALUES (999, 0)");
-    let want = "database schema version 999 is newer than this warden (1); upgrade warden";
+    let want = format!(
+        "database schema version 999 is newer than this warden ({}); upgrade warden",
+        super::BINARY_SCHEMA_VERSION
+    );
     for err in [
         PgBackend::connect(&url).err().unwrap(),
         migrate(&url).unwrap_err(),
     ] {
         assert!(
-            matches!(&err, StoreError::Incompatible(m) if m == want),
+            matches!(&err, StoreError::Incompatible(m) if *m == want),
             "{err:?}"
         );
     }

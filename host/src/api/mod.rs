@@ -281,6 +281,7 @@ impl AppState {
             runs.clone(),
             processes.clone(),
             dispatcher.clone(),
+            UserStore::open(&db)?,
         );
         Ok(AppState {
             triggers,

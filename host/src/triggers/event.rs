@@ -124,7 +124,16 @@ impl Triggers {
             return Err(self.refuse(&trigger.id, t, why, &ev, &digest).await);
         }
         let event_id = ev.id.unwrap_or_default();
-        // Authenticated from here on: the body is parsed only now.
+        // Authenticated from here on. A trigger outlives no one: its creator's runs stop
+        // when the creator is disabled or deleted.
+        if !self.creator_active(&trigger).map_err(unavailable)? {
+            let why = refusal(
+                "creator_inactive",
+                "the trigger's creator is disabled or deleted",
+            );
+            return Err(self.refuse(&trigger.id, t, why, &ev, &digest).await);
+        }
+        // The body is parsed only now.
         let body: Value = match serde_json::from_slice(ev.body) {
             Ok(body) => body,
             Err(_) => {
@@ -179,6 +188,11 @@ impl Triggers {
             .processes
             .get(&trigger.process_id)?
             .map(|p| (trigger, p)))
+    }
+
+    fn creator_active(&self, trigger: &Trigger) -> Result<bool, crate::users::UserError> {
+        let user = self.inner.users.get_user(&trigger.created_by)?;
+        Ok(user.is_some_and(|u| u.is_active()))
     }
 
     fn verifier(&self, trigger: &Trigger) -> Result<Verifier, TriggerError> {

@@ -23,6 +23,7 @@ use crate::audit::{AuditEntry, AuditLog, Decision};
 use crate::runs::dispatch::Dispatcher;
 use crate::runs::{Process, ProcessStore, RunStore};
 use crate::store::Database;
+use crate::users::UserStore;
 use crate::vault::{CredentialKind, Secret, Vault};
 
 /// How often the tally is looked at for ended windows.
@@ -44,6 +45,7 @@ pub(super) struct Inner {
     pub runs: RunStore,
     pub processes: ProcessStore,
     pub dispatcher: Dispatcher,
+    pub users: UserStore,
     pub tally: Tally,
     /// What events of unknown triggers are checked against.
     pub decoy: Verifier,
@@ -67,6 +69,7 @@ impl Triggers {
         runs: RunStore,
         processes: ProcessStore,
         dispatcher: Dispatcher,
+        users: UserStore,
     ) -> Self {
         let inner = Arc::new(Inner {
             store: TriggerStore::open(db),
@@ -75,6 +78,7 @@ impl Triggers {
             runs,
             processes,
             dispatcher,
+            users,
             tally: Tally::default(),
             decoy: signature::decoy(),
             replay: Mutex::default(),

@@ -192,3 +192,117 @@ async fn stored_bodies_are_redacted_and_kept_only_when_asked() {
         .await;
     assert_eq!(none.body, json!([]), "{}", none.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_starts_nothing_once_its_creator_is_disabled() {
+    let (server, pid) = hello_process(0).await;
+    let tess = server.user("tess", &["privileged-administrator"]).await;
+    let r = server
+        .post(
+            &format!("/v1/processes/{pid}/triggers"),
+            &tess,
+            json!({ "map": { "name": "/user" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let tid = r.body["id"].as_str().expect("id").to_string();
+    let signer = Signer::Hmac(r.body["secret"].as_str().expect("secret").to_string());
+    let event = json!({ "user": "alice" });
+    assert_eq!(
+        send(&server, &tid, &signer, &event).await.status,
+        StatusCode::ACCEPTED
+    );
+    let r = server
+        .post("/v1/users/tess/disable", &server.admin, json!({}))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    send(&server, &tid, &signer, &event)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "creator_inactive");
+    assert_eq!(runs_of(&server, &pid).await.len(), 1);
+    assert!(
+        refusal_reasons(&server, &tid)
+            .await
+            .contains(&"creator_inactive".into())
+    );
+    let r = server
+        .post("/v1/users/tess/enable", &server.admin, json!({}))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    assert_eq!(
+        send(&server, &tid, &signer, &event).await.status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_lists_rotates_and_deletes_triggers() {
+    let (server, _pid) = hello_process(0).await;
+    let bin = env!("CARGO_BIN_EXE_warden-e2e");
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--server", &server.base, "--token", &server.admin]);
+        let out = warden_tests::warden(bin, &all, None).expect("warden runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let created: serde_json::Value = serde_json::from_str(&cli(&[
+        "trigger",
+        "create",
+        "greeter",
+        "--map",
+        "name=/alert/user",
+        "--allow",
+        "name=alice,bob",
+        "--rate",
+        "3/1m",
+        "--max-concurrent",
+        "2",
+        "--dedupe",
+        "/alert/user/10m",
+        "--store-body",
+    ]))
+    .expect("json");
+    let tid = created["id"].as_str().expect("id").to_string();
+    assert_eq!(created["rate"], json!({ "runs": 3, "window_secs": 60 }));
+    assert_eq!(
+        created["dedupe"],
+        json!({ "pointer": "/alert/user", "window_secs": 600 })
+    );
+    assert_eq!(created["max_concurrent"], 2);
+    let signer = Signer::Hmac(created["secret"].as_str().expect("secret").to_string());
+    let event = json!({ "alert": { "user": "bob" } });
+    assert_eq!(
+        send(&server, &tid, &signer, &event).await.status,
+        StatusCode::ACCEPTED
+    );
+    let listed = cli(&["trigger", "list", "greeter"]);
+    assert!(
+        listed.contains(&tid) && !listed.contains("whsec_"),
+        "{listed}"
+    );
+    let shown = cli(&["trigger", "show", &tid]);
+    assert!(
+        shown.contains("/alert/user") && !shown.contains("whsec_"),
+        "{shown}"
+    );
+    let rotated: serde_json::Value =
+        serde_json::from_str(&cli(&["trigger", "rotate-secret", &tid])).expect("json");
+    assert_ne!(rotated["secret"], created["secret"]);
+    send(
+        &server,
+        &tid,
+        &signer,
+        &json!({ "alert": { "user": "alice" } }),
+    )
+    .await
+    .expect_error(StatusCode::UNAUTHORIZED, "bad_signature");
+    cli(&["trigger", "delete", &tid]);
+    let r = send(&server, &tid, &signer, &event).await;
+    r.expect_error(StatusCode::NOT_FOUND, "not_found");
+}

@@ -255,6 +255,7 @@ async fn stored_events(
     (status = 200, description = "a duplicate of a recent event about the same subject; no run"),
     (status = 400, description = "`invalid_json`, `unmapped`, `not_allowed` or `invalid_inputs`: nothing ran"),
     (status = 401, description = "`bad_signature` or `stale_timestamp`"),
+    (status = 403, description = "`creator_inactive`: the trigger's creator is disabled or deleted"),
     (status = 404, description = "no such trigger (or it was deleted)"),
     (status = 409, description = "`replayed`: the event id was seen before"),
     (status = 413, description = "`too_large`: the body is over 64 KiB"),
@@ -298,6 +299,7 @@ fn refused(r: Refusal) -> ApiError {
         "not_found" => StatusCode::NOT_FOUND,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "bad_signature" | "stale_timestamp" => StatusCode::UNAUTHORIZED,
+        "creator_inactive" => StatusCode::FORBIDDEN,
         "replayed" => StatusCode::CONFLICT,
         "rate_limited" | "concurrency_limited" => StatusCode::TOO_MANY_REQUESTS,
         "invalid_json" | "unmapped" | "not_allowed" | "invalid_inputs" | "module_unavailable" => {

@@ -528,3 +528,24 @@ fn start_refusal(e: &StartError) -> Refusal {
         other => unavailable(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_looking_fields_are_redacted_at_any_depth() {
+        let mut body = json!({
+            "user": "alice",
+            "Password": "p1",
+            "evidence": [{ "api_key": "k1", "note": "fine" }, { "X-Auth-Token": { "v": "t1" } }],
+        });
+        redact_fields(&mut body, 0);
+        let text = body.to_string();
+        for secret in ["p1", "k1", "t1"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("alice") && text.contains("fine"), "{text}");
+    }
+}

@@ -25,6 +25,7 @@
 //! - [`store`]: the data directory and its keys.
 //! - [`users`]: users, custom roles and API tokens (stored hashed, checked in constant time).
 //! - [`notify`]: the audit stream exported to webhooks, syslog and files; alert rules.
+//! - [`triggers`]: signed inbound events (Standard Webhooks) that start runs.
 //! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
 //! - [`tls`]: the server's TLS (certificate, self-signed by `warden init`) and the clients'
 //!   verification of it (system roots, a CA file, or a pinned fingerprint).
@@ -46,5 +47,6 @@ pub mod ssh;
 pub mod store;
 pub mod targets;
 pub mod tls;
+pub mod triggers;
 pub mod users;
 pub mod vault;

@@ -630,9 +630,16 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/notify/rules"),
     ("post", "/v1/notify/rules"),
     ("delete", "/v1/notify/rules/{name}"),
-    ("post", "/v1/bridges/tokens"),
     ("get", "/v1/bridges"),
+    ("post", "/v1/bridges/tokens"),
     ("post", "/v1/bridges/{id}/revoke"),
+    ("get", "/v1/processes/{id}/triggers"),
+    ("post", "/v1/processes/{id}/triggers"),
+    ("get", "/v1/triggers/{id}"),
+    ("delete", "/v1/triggers/{id}"),
+    ("post", "/v1/triggers/{id}/rotate-secret"),
+    ("get", "/v1/triggers/{id}/bodies"),
+    ("post", "/v1/triggers/{id}/events"),
 ];
 
 const HTTP_METHODS: [&str; 8] = [

@@ -29,4 +29,5 @@ mod spine;
 mod ssh;
 mod support;
 mod tls;
+mod triggers;
 mod vault;

@@ -108,6 +108,8 @@ pub struct AppState {
     pub notify: crate::notify::Notifier,
     /// The server's end of the remote bridges.
     pub hub: crate::bridge::hub::BridgeHub,
+    /// Inbound triggers: signed events that start runs.
+    pub triggers: crate::triggers::Triggers,
 }
 
 #[derive(OpenApi)]
@@ -134,6 +136,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::schedules::routes())
         .merge(routes::notify::routes())
         .merge(routes::bridges::routes())
+        .merge(routes::triggers::routes())
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -271,7 +274,17 @@ impl AppState {
             vault.clone(),
             audit.clone(),
         ));
+        let triggers = crate::triggers::Triggers::new(
+            &db,
+            vault.clone(),
+            audit.clone(),
+            runs.clone(),
+            processes.clone(),
+            dispatcher.clone(),
+            UserStore::open(&db)?,
+        );
         Ok(AppState {
+            triggers,
             bridge,
             dispatcher,
             modules,

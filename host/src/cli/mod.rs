@@ -20,6 +20,7 @@ mod shutdown;
 pub mod sign;
 mod target;
 mod tls;
+mod trigger;
 mod vault;
 
 use std::path::PathBuf;
@@ -143,6 +144,9 @@ enum Command {
     /// Alert rules on a server.
     #[command(subcommand)]
     Alert(notify::AlertCommand),
+    /// Inbound triggers on a server: signed events that start a process.
+    #[command(subcommand)]
+    Trigger(trigger::TriggerCommand),
     /// The state's database: status, migrations, copying sled into PostgreSQL.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -209,6 +213,7 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Sink(cmd) => notify::sink(cmd).await,
         Command::Alert(cmd) => notify::alert(cmd).await,
+        Command::Trigger(cmd) => trigger::run(cmd).await,
         Command::Vault(cmd) => vault::run(cmd),
         Command::Db(cmd) => db::run(cmd),
         Command::Keygen(args) => sign::keygen(args),

@@ -5,7 +5,7 @@
 use super::TableDef;
 
 /// The domain tables, in no particular order.
-pub fn tables() -> [&'static TableDef; 28] {
+pub fn tables() -> [&'static TableDef; 32] {
     [
         &crate::users::USERS,
         &crate::users::ROLES,
@@ -35,5 +35,9 @@ pub fn tables() -> [&'static TableDef; 28] {
         &crate::bridge::registry::BRIDGE_TOKENS,
         &crate::bridge::registry::BRIDGES,
         &crate::bridge::registry::BRIDGES_SEEN,
+        &crate::triggers::TRIGGERS,
+        &crate::triggers::TRIGGER_STATE,
+        &crate::triggers::TRIGGER_REPLAY,
+        &crate::triggers::TRIGGER_BODIES,
     ]
 }

@@ -13,6 +13,7 @@ pub mod schedules;
 pub mod system;
 pub mod targets;
 pub mod tokens;
+pub mod triggers;
 pub mod users;
 
 use axum::extract::{FromRequest, Request};

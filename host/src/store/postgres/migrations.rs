@@ -33,10 +33,14 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("sql/0002_bridges.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("sql/0003_triggers.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const BINARY_SCHEMA_VERSION: u32 = 2;
+pub const BINARY_SCHEMA_VERSION: u32 = 3;
 
 /// The advisory lock that serializes migrations ("WARDEN" and 1, as an i64).
 const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;

@@ -46,7 +46,7 @@ const fn plain(name: &'static str) -> TableSchema {
     TableSchema { name, columns: &[] }
 }
 
-/// Every generic table of the schema (migration 1), with its typed columns: the tables of
+/// Every generic table of the schema (migrations 1 to 3), with its typed columns: the tables of
 /// [`crate::store::catalog`] (a test checks both lists agree).
 pub(crate) const TABLES: &[TableSchema] = &[
     plain("users"),
@@ -85,6 +85,11 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("bridge_tokens"),
     plain("bridges"),
     plain("bridges_seen"),
+    // Migration 3 (triggers).
+    plain("triggers"),
+    plain("trigger_state"),
+    plain("trigger_replay"),
+    plain("trigger_bodies"),
 ];
 
 fn schema_of(def: &TableDef) -> Result<&'static TableSchema, StoreError> {

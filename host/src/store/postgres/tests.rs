@@ -113,10 +113,11 @@ fn migrations_apply_once_and_report_their_versions() {
 fn a_version_1_schema_is_upgraded_with_its_rows_kept() {
     let url = fresh_database();
     migrate(&url).unwrap();
-    // Back to what a version-1 server left: no bridge tables, version 1 recorded.
+    // Back to what a version-1 server left: no bridge or trigger tables, version 1 recorded.
     execute(
         &url,
-        "DROP TABLE warden.bridge_tokens, warden.bridges, warden.bridges_seen; \
+        "DROP TABLE warden.bridge_tokens, warden.bridges, warden.bridges_seen, \
+         warden.triggers, warden.trigger_state, warden.trigger_replay, warden.trigger_bodies; \
          DELETE FROM warden.schema_version WHERE version > 1; \
          INSERT INTO warden.users (key, value) VALUES ('\\x6b'::bytea, '\\x76'::bytea)",
     );
@@ -142,6 +143,7 @@ fn servers_starting_at_once_migrate_once() {
     for h in handles {
         h.join().unwrap().unwrap();
     }
+    // One row per migration: each applied once.
     let rows = query(&url, "SELECT count(*) FROM warden.schema_version").unwrap();
     let versions = super::migrations::BINARY_SCHEMA_VERSION.to_string();
     assert_eq!(rows[0][0].as_deref(), Some(versions.as_str()));
@@ -155,7 +157,7 @@ fn a_schema_from_a_newer_warden_is_refused() {
     execute(&url, "INSERT INTO warden.schema_version VALUES (999, 0)");
     let want = format!(
         "database schema version 999 is newer than this warden ({}); upgrade warden",
-        super::migrations::BINARY_SCHEMA_VERSION
+        super::BINARY_SCHEMA_VERSION
     );
     for err in [
         PgBackend::connect(&url).err().unwrap(),
@@ -363,7 +365,7 @@ fn the_server_role_can_work_but_cannot_rewrite_the_audit_log() {
             "TRUNCATE warden.audit_records",
             "ALTER TABLE warden.audit_records DISABLE TRIGGER USER",
             "DROP TRIGGER audit_records_no_change ON warden.audit_records",
-            "INSERT INTO warden.schema_version VALUES (2, 0)",
+            "INSERT INTO warden.schema_version VALUES (99, 0)",
             "CREATE TABLE warden.extra (x int)",
         ] {
             let err = try_execute(&url, sql).unwrap_err();

@@ -219,6 +219,8 @@ pub struct Approvals {
     runs: RunStore,
     processes: ProcessStore,
     schedules: ScheduleStore,
+    /// Inbound triggers, whose creators requested the runs their events start.
+    triggers: crate::triggers::store::TriggerStore,
     dispatcher: Dispatcher,
     audit: AuditLog,
     ttl: Duration,
@@ -249,6 +251,7 @@ impl Approvals {
             runs,
             processes,
             schedules,
+            triggers: crate::triggers::store::TriggerStore::open(db),
             dispatcher,
             audit,
             ttl: DEFAULT_APPROVAL_TTL,
@@ -268,8 +271,19 @@ impl Approvals {
     }
 
     /// The user accountable for requesting `run`, whom four eyes exclude from approving it:
-    /// its actor, or for a scheduled run (`schedule:<id>`) the user who created the schedule.
+    /// its actor, or for a scheduled run (`schedule:<id>`) the user who created the schedule,
+    /// or for a triggered run (`trigger:<id>`) the user who created the trigger.
     pub fn requester(&self, run: &RunRecord) -> Result<String, ApprovalError> {
+        if let Some(id) = run.actor.strip_prefix("trigger:") {
+            let trigger = self
+                .triggers
+                .get(id)
+                .map_err(|e| ApprovalError::Invalid(e.to_string()))?;
+            return match trigger {
+                Some(t) => Ok(t.created_by),
+                None => Err(ApprovalError::NoRequester(id.to_string())),
+            };
+        }
         let Some(id) = run.actor.strip_prefix("schedule:") else {
             return Ok(run.actor.clone());
         };

@@ -88,6 +88,11 @@ async fn required_approval_holds_runs_and_the_concurrency_limit_counts_them() {
     let r = send(&server, &tid, &signer, &json!({ "user": "c" })).await;
     r.expect_error(StatusCode::TOO_MANY_REQUESTS, "concurrency_limited");
     assert_eq!(runs_of(&server, &pid).await.len(), 2);
+    // The trigger's creator (the admin) requested these runs: four eyes refuse their approval.
+    let path = format!("/v1/runs/{}/approve", held[1]);
+    let r = server.post(&path, &server.admin, json!({})).await;
+    r.expect_error(StatusCode::FORBIDDEN, "forbidden");
+    assert!(r.text.contains("no-self-approval"), "{}", r.text);
     // An approver lets one run go; once it has ended a new event is admitted.
     let approver = server.user("approver", &["privileged-administrator"]).await;
     let path = format!("/v1/runs/{}/approve", held[0]);

@@ -39,6 +39,30 @@ async fn deleting_a_trigger_makes_its_url_answer_404_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_process_deletes_its_triggers_and_their_secrets() {
+    let (server, pid) = hello_process(0).await;
+    let (tid, signer) = trigger(&server, &pid, json!({ "map": { "name": "/user" } })).await;
+    let r = server
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/processes/{pid}"),
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    send(&server, &tid, &signer, &json!({ "user": "alice" }))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    server
+        .get(&format!("/v1/triggers/{tid}"), &server.admin)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let creds = server.get("/v1/credentials", &server.admin).await;
+    assert!(!creds.text.contains(&tid), "{}", creds.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_secret_is_shown_once_and_rotation_retires_the_old_one_at_once() {
     let (server, pid) = hello_process(0).await;
     let (tid, old) = trigger(&server, &pid, json!({ "map": { "name": "/user" } })).await;

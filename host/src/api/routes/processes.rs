@@ -382,6 +382,7 @@ async fn delete_process(
         .await?;
     state.processes.delete(&id)?;
     state.schedules.delete_all(&id).await?;
+    state.triggers.delete_all(&id).await?;
     state
         .audit_ok(&caller.user.name, "process.delete", id)
         .await?;

@@ -174,16 +174,16 @@ async fn measure_runs(
 ) {
     // 1. Dispatch latency to an idle bridge.
     let echo = json!({ "mode": "echo" });
-    let id = server.start_run(&noop, &server.admin, echo.clone()).await;
-    wait_end(&server, &id).await; // warm: module fetched, verified and compiled once
+    let id = server.start_run(noop, &server.admin, echo.clone()).await;
+    wait_end(server, &id).await; // warm: module fetched, verified and compiled once
     let mut waits = Vec::with_capacity(DISPATCHES);
     let mut totals = Vec::with_capacity(DISPATCHES);
     for _ in 0..DISPATCHES {
         // The bridge is idle again: its claim is waiting on the server.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let asked = Instant::now();
-        let id = server.start_run(&noop, &server.admin, echo.clone()).await;
-        let run = wait_end(&server, &id).await;
+        let id = server.start_run(noop, &server.admin, echo.clone()).await;
+        let run = wait_end(server, &id).await;
         totals.push(asked.elapsed().as_micros() as u64);
         waits.push(
             run["started_ms"].as_u64().unwrap_or(0) - run["created_ms"].as_u64().unwrap_or(0),
@@ -212,13 +212,13 @@ async fn measure_runs(
         let id = server
             .start_run(process, &server.admin, inputs.clone())
             .await;
-        wait_end(&server, &id).await; // warm the SSH session
+        wait_end(server, &id).await; // warm the SSH session
         let mut samples = Vec::new();
         for _ in 0..3 {
             let id = server
                 .start_run(process, &server.admin, inputs.clone())
                 .await;
-            let run = wait_end(&server, &id).await;
+            let run = wait_end(server, &id).await;
             assert_eq!(run["state"], "succeeded", "{run}");
             samples.push(run_ms(&run));
         }
@@ -246,13 +246,13 @@ async fn measure_runs(
         let id = server
             .start_run(process, &server.admin, inputs.clone())
             .await;
-        wait_end(&server, &id).await;
+        wait_end(server, &id).await;
         let mut samples = Vec::new();
         for _ in 0..5 {
             let id = server
                 .start_run(process, &server.admin, inputs.clone())
                 .await;
-            let run = wait_end(&server, &id).await;
+            let run = wait_end(server, &id).await;
             assert_eq!(run["state"], "succeeded", "{run}");
             samples.push(run_ms(&run));
         }

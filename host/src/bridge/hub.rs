@@ -279,7 +279,7 @@ impl BridgeHub {
             limits: self
                 .limits
                 .for_module(module.manifest.limits.memory_bytes(), usize::MAX),
-            requested: module.manifest.capabilities.iter().cloned().collect(),
+            requested: module.manifest.capabilities.to_vec(),
             scope: module.manifest.requests.clone(),
             targets,
             credentials,

@@ -565,7 +565,8 @@ impl Agent {
                 .await
             {
                 Ok(r) if r.status().is_success() => {
-                    if r.json::<wire::RenewReply>().await.is_ok_and(|r| r.cancel) {
+                    let asked = r.json::<wire::RenewReply>().await.is_ok_and(|r| r.cancel);
+                    if asked {
                         control.cancel();
                     }
                 }

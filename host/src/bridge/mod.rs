@@ -4,7 +4,9 @@
 //! run ends, for any reason, its credential leases are revoked. The server embeds one
 //! bridge; remote bridges will use the same type.
 
+mod enrol;
 pub mod hub;
+mod link;
 pub mod registry;
 pub mod remote;
 pub mod wire;

@@ -23,23 +23,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use ed25519_dalek::SigningKey;
-use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::enrol::{IDENTITY_FILE, KEY_FILE, error_text, http_client, reach_error};
+pub use super::enrol::{Identity, Trust, enroll};
+use super::link::RunLink;
 use super::wire::{self, ClaimedRun, RequestSigner};
 use super::{Bridge, PreparedTask, RunSpec, Runtime};
-use crate::audit::{AuditEntry, AuditError};
-use crate::capabilities::server::{HeldLease, LinkError, ServerLink, ServerSide};
+use crate::capabilities::server::ServerSide;
 use crate::capabilities::{HostCallPolicy, RunIdentity, Services};
 use crate::policy::PolicyEngine;
 use crate::registry::signing::{self, TrustedPublishers};
 use crate::runtime::{RunControl, RunReport};
 use crate::ssh::{SshConfig, SshPool};
 use crate::targets::TargetStore;
-use crate::vault::{CredentialInfo, Secret};
 
 /// The bridge's version, reported to the server.
 pub const VERSION: &str = concat!("warden-bridge/", env!("CARGO_PKG_VERSION"));
@@ -50,156 +48,8 @@ const CLAIM_WAIT_MS: u64 = 20_000;
 /// How often a running run's claim is renewed (and a cancel looked for).
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
-/// How long a request may wait for a server that is restarting or unreachable before the
-/// call that needs it fails.
-const RECONNECT_FOR: Duration = Duration::from_secs(20);
-
 /// How long the end of a run is retried towards an unreachable server.
 const FINISH_FOR: Duration = Duration::from_secs(600);
-
-/// How the bridge knows its server: what `bridge.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Identity {
-    pub bridge_id: String,
-    pub zone: String,
-    /// The server's base URL.
-    pub server: String,
-    /// How the server's certificate is verified.
-    pub trust: Trust,
-}
-
-/// How the server's TLS certificate is verified.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Trust {
-    /// The pinned SHA-256 fingerprint of the server's certificate (`sha256:…`).
-    pub fingerprint: Option<String>,
-    /// A CA certificate file.
-    pub ca: Option<PathBuf>,
-}
-
-const KEY_FILE: &str = "bridge.key";
-const IDENTITY_FILE: &str = "bridge.json";
-
-/// Enrols a new bridge in `dir` with `token` at `server`: generates its key (0600), registers
-/// it, pins the server, and writes `bridge.json`.
-pub async fn enroll(
-    dir: &Path,
-    server: &str,
-    token: &str,
-    trust: Trust,
-    name: &str,
-) -> anyhow::Result<Identity> {
-    if dir.join(IDENTITY_FILE).exists() {
-        bail!(
-            "{} already holds an enrolled bridge; use another --data directory",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut seed = Zeroizing::new([0u8; 32]);
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
-    let key = SigningKey::from_bytes(&seed);
-    let server = server.trim_end_matches('/').to_string();
-    let mut trust = trust;
-    if let Some(rest) = server.strip_prefix("http://") {
-        if trust.fingerprint.is_some() || trust.ca.is_some() {
-            bail!("--server-fingerprint and --ca need an https:// server URL");
-        }
-        let host = rest.split(['/', ':']).next().unwrap_or("");
-        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            bail!(
-                "the server URL is plain http:// to another machine: the bridge's secrets would \
-                 cross the network in clear; use https://"
-            );
-        }
-    } else if trust.fingerprint.is_none() {
-        // Verified by the CA or the system roots now; pinned from then on, so that a later
-        // certificate from the same CA cannot stand in for this server.
-        let seen = crate::tls::observe_fingerprint(
-            &server,
-            &crate::tls::ServerTrust::from_args(trust.ca.as_deref(), None)?,
-        )
-        .await?;
-        trust.fingerprint = Some(seen.to_string());
-        trust.ca = None;
-    }
-    let http = http_client(&trust)?;
-    let request = wire::EnrollRequest {
-        token: token.to_string(),
-        public_key: hex::encode(key.verifying_key().as_bytes()),
-        name: name.to_string(),
-        version: VERSION.to_string(),
-    };
-    let response = http
-        .post(format!("{server}/v1/bridges/enroll"))
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| reach_error(&trust, &server, &e))?;
-    if !response.status().is_success() {
-        bail!("enrolment refused: {}", error_text(response).await);
-    }
-    let reply: wire::EnrollReply = response.json().await?;
-    write_private(&dir.join(KEY_FILE), hex::encode(seed.as_ref()).as_bytes())?;
-    let identity = Identity {
-        bridge_id: reply.bridge_id,
-        zone: reply.zone,
-        server,
-        trust,
-    };
-    std::fs::write(
-        dir.join(IDENTITY_FILE),
-        serde_json::to_vec_pretty(&identity)?,
-    )?;
-    Ok(identity)
-}
-
-/// Writes `bytes` to a new file readable by its owner only (mode set before any byte).
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
-}
-
-/// The HTTPS client that verifies the server per `trust`.
-fn http_client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
-    crate::tls::ServerTrust::from_args(trust.ca.as_deref(), trust.fingerprint.as_deref())?
-        .client_builder()?
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .user_agent(VERSION)
-        .build()
-        .context("building the HTTPS client")
-}
-
-/// Why the server could not be reached, in one sentence (a certificate that does not match
-/// the pin is said so).
-fn reach_error(trust: &Trust, server: &str, e: &reqwest::Error) -> anyhow::Error {
-    let explained =
-        crate::tls::ServerTrust::from_args(trust.ca.as_deref(), trust.fingerprint.as_deref())
-            .ok()
-            .and_then(|t| t.explain(e));
-    match explained {
-        Some(why) => anyhow::anyhow!("refusing the server at {server}: {why}; nothing was sent"),
-        None => anyhow::anyhow!("cannot reach the server at {server}: {e}"),
-    }
-}
-
-async fn error_text(response: reqwest::Response) -> String {
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let message = body["error"]["message"].as_str().unwrap_or("");
-    format!("{status}: {message}")
-}
 
 /// A bridge, enrolled, ready to pull work.
 pub struct Agent {
@@ -281,7 +131,7 @@ impl Agent {
     /// [`Self::send`], retried while the server cannot be reached at all (restarting, or the
     /// network is back soon) for up to `patience`: a request that never reached the server
     /// is safe to send again.
-    async fn send_patiently(
+    pub(super) async fn send_patiently(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -623,149 +473,5 @@ fn truncate(text: &mut String, max: usize) {
             cut -= 1;
         }
         text.truncate(cut);
-    }
-}
-
-/// One run's view of the server (see `crate::capabilities::server`).
-pub struct RunLink {
-    agent: Arc<Agent>,
-    run_id: String,
-    credentials: HashMap<String, CredentialInfo>,
-    failed: AtomicBool,
-}
-
-impl RunLink {
-    fn new(agent: Arc<Agent>, run: &ClaimedRun) -> Self {
-        RunLink {
-            agent,
-            run_id: run.run_id.clone(),
-            credentials: run
-                .credentials
-                .iter()
-                .map(|c| (c.name.clone(), c.clone()))
-                .collect(),
-            failed: AtomicBool::new(false),
-        }
-    }
-
-    async fn post(&self, what: &str, body: Vec<u8>) -> Result<reqwest::Response, LinkError> {
-        let path = format!("/v1/bridge/runs/{}/{what}", self.run_id);
-        let response = self
-            .agent
-            .send_patiently(reqwest::Method::POST, &path, body, RECONNECT_FOR)
-            .await
-            .map_err(LinkError::Failed)?;
-        match response.status().as_u16() {
-            200..=299 => Ok(response),
-            403 => Err(LinkError::Denied(message(response).await)),
-            _ => Err(LinkError::Failed(format!(
-                "the server refused: {}",
-                error_text(response).await
-            ))),
-        }
-    }
-}
-
-async fn message(response: reqwest::Response) -> String {
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    body["error"]["message"]
-        .as_str()
-        .unwrap_or("refused")
-        .to_string()
-}
-
-impl ServerLink for RunLink {
-    fn append_audit(
-        &self,
-        entries: Vec<AuditEntry>,
-    ) -> BoxFuture<'_, Result<Vec<u64>, AuditError>> {
-        Box::pin(async move {
-            if self.failed.load(Ordering::SeqCst) {
-                return Err(AuditError::Failed);
-            }
-            let body = serde_json::to_vec(&wire::AuditRequest { entries })
-                .map_err(|e| AuditError::WriteFailed(e.to_string()))?;
-            let written = match self.post("audit", body).await {
-                Ok(response) => response
-                    .json::<wire::AuditReply>()
-                    .await
-                    .map(|r| r.seqs)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            written.map_err(|e| {
-                self.failed.store(true, Ordering::SeqCst);
-                AuditError::WriteFailed(format!("the server did not record it: {e}"))
-            })
-        })
-    }
-
-    fn audit_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    fn credential(&self, name: &str) -> Option<CredentialInfo> {
-        self.credentials.get(name).cloned()
-    }
-
-    fn acquire_lease(
-        &self,
-        credential: String,
-        known: Option<String>,
-    ) -> BoxFuture<'_, Result<HeldLease, LinkError>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(&wire::LeaseRequest { credential, known })
-                .map_err(|e| LinkError::Failed(e.to_string()))?;
-            self.post("lease", body)
-                .await?
-                .json::<HeldLease>()
-                .await
-                .map_err(|e| LinkError::Failed(e.to_string()))
-        })
-    }
-
-    fn check_lease(
-        &self,
-        lease: String,
-        credential: String,
-        target: String,
-    ) -> BoxFuture<'_, Result<(), LinkError>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(&wire::LeaseUse {
-                lease,
-                credential,
-                target: Some(target),
-            })
-            .map_err(|e| LinkError::Failed(e.to_string()))?;
-            self.post("lease-check", body).await.map(|_| ())
-        })
-    }
-
-    fn secret(
-        &self,
-        lease: String,
-        credential: String,
-        target: Option<String>,
-    ) -> BoxFuture<'_, Result<Secret, LinkError>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(&wire::LeaseUse {
-                lease,
-                credential,
-                target,
-            })
-            .map_err(|e| LinkError::Failed(e.to_string()))?;
-            let response = self.post("secret", body).await?;
-            let text = Zeroizing::new(
-                response
-                    .bytes()
-                    .await
-                    .map_err(|e| LinkError::Failed(e.to_string()))?
-                    .to_vec(),
-            );
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text.as_slice())
-                .map_err(|_| LinkError::Failed("the server sent a malformed secret".into()))?;
-            Ok(Secret::from_bytes(bytes))
-        })
     }
 }

@@ -25,6 +25,9 @@ use crate::registry::store::{ModuleInfo, ModuleStore};
 use crate::runtime::limits::{LimitExceeded, RunLimits};
 use crate::runtime::{RunControl, RunOutcome, RunReport, RunStop};
 
+#[path = "dispatch_zones.rs"]
+mod zones;
+
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -120,93 +123,6 @@ impl Dispatcher {
             embedded_zone: Arc::from(crate::targets::DEFAULT_ZONE),
             zone_queued: Arc::default(),
         }
-    }
-
-    /// This dispatcher with the embedded bridge serving `zone` instead of `default`.
-    pub fn with_embedded_zone(mut self, zone: &str) -> Self {
-        self.embedded_zone = Arc::from(zone);
-        self
-    }
-
-    /// The zone the embedded bridge serves.
-    pub fn embedded_zone(&self) -> &str {
-        &self.embedded_zone
-    }
-
-    /// Woken whenever a run is queued for a remote bridge.
-    pub fn zone_queued(&self) -> Arc<tokio::sync::Notify> {
-        self.zone_queued.clone()
-    }
-
-    /// Refuses a new run for a remote bridge when the runs already waiting for bridges reach
-    /// the queue's bounds (all callers, or `actor`): what waits for a bridge is stored, so it
-    /// is capped like the in-memory queue.
-    fn admit_remote(&self, actor: &str) -> Result<(), StartError> {
-        let limits = self.queue.limits();
-        let (mut all, mut mine) = (0usize, 0usize);
-        for (id, holder) in self.runs.held()? {
-            if !holder.starts_with(super::cluster::ZONE_HOLDER) {
-                continue;
-            }
-            all += 1;
-            if self.runs.get(&id)?.is_some_and(|r| r.actor == actor) {
-                mine += 1;
-            }
-        }
-        if all >= limits.max_queued {
-            return Err(Refusal::QueueFull {
-                limit: limits.max_queued,
-            }
-            .into());
-        }
-        if mine >= limits.per_user_queued {
-            return Err(Refusal::UserLimit {
-                user: actor.to_string(),
-                limit: limits.per_user_queued,
-            }
-            .into());
-        }
-        Ok(())
-    }
-
-    /// The zone a run of `process` executes in: its targets' one zone.
-    pub fn zone_of(&self, process: &Process) -> Result<String, StartError> {
-        self.bridge
-            .services()
-            .targets
-            .zone_of(&process.grant.targets)
-            .map_err(StartError::Zones)
-    }
-
-    /// Stores `record` (queued, or moves the stored run to queued) as waiting for a remote
-    /// bridge of `zone`, and wakes the bridges' claims. It takes no execution slot here.
-    async fn queue_for_zone(
-        &self,
-        mut record: RunRecord,
-        zone: &str,
-        moved_by: Option<&str>,
-    ) -> Result<RunRecord, StartError> {
-        let waiting = format!("waiting for a bridge of zone {zone}");
-        let store = self
-            .runs
-            .clone()
-            .owned_by(&format!("{}{zone}", super::cluster::ZONE_HOLDER));
-        let record = match moved_by {
-            None => {
-                self.admit_remote(&record.actor)?;
-                record.waiting = Some(waiting);
-                store.create(record).await?
-            }
-            Some(actor) => {
-                store
-                    .transition_noted(&record.id, RunState::Queued, actor, &waiting, |r| {
-                        r.waiting = Some(waiting.clone())
-                    })
-                    .await?
-            }
-        };
-        self.zone_queued.notify_waiters();
-        Ok(record)
     }
 
     /// This dispatcher with `queue` (sized for the bridge's runtime) in place of the default.

@@ -13,9 +13,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
@@ -207,18 +209,36 @@ fn hub_error(e: HubError) -> ApiError {
     }
 }
 
+/// A request signed by an enrolled, unrevoked bridge (401/403 otherwise, before anything
+/// of it is read), with its JSON body (an empty body reads as `null`). The one way into
+/// every protocol route but enrolment.
+struct Signed<T> {
+    bridge: BridgeRecord,
+    body: T,
+}
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for Signed<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        let bridge = state.bridge_caller(&parts, &bytes).await?;
+        let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        let body = serde_json::from_slice(text)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        Ok(Signed { bridge, body })
+    }
+}
+
 impl AppState {
-    /// The enrolled, unrevoked bridge that signed this request (401/403 otherwise), noted
-    /// as seen.
-    async fn bridge_caller(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<BridgeRecord, ApiError> {
+    /// The enrolled, unrevoked bridge that signed this request, noted as seen.
+    async fn bridge_caller(&self, parts: &Parts, body: &[u8]) -> Result<BridgeRecord, ApiError> {
         let header = |name: &'static str| {
-            headers
+            parts
+                .headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| unauthorized(wire::WireError::Header(name)))
@@ -237,9 +257,10 @@ impl AppState {
         let key = bridge
             .verifying_key()
             .ok_or_else(|| unauthorized(wire::WireError::Signature))?;
+        let uri = &parts.uri;
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        wire::verify(&key, &signed, method.as_str(), path, body, &self.hub.nonces)
-            .map_err(unauthorized)?;
+        let method = parts.method.as_str();
+        wire::verify(&key, &signed, method, path, body, &self.hub.nonces).map_err(unauthorized)?;
         if let Some(revoked) = &bridge.revoked {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -247,11 +268,7 @@ impl AppState {
                 format!("this bridge was revoked: {}", revoked.reason),
             ));
         }
-        let version = headers
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(&bridge.version)
-            .to_string();
+        let version = header("user-agent").unwrap_or(&bridge.version).to_string();
         if let Err(e) = self.hub.registry.seen(&bridge.id, &version) {
             tracing::warn!(bridge = %bridge.id, error = %e, "bridge last-seen not written");
         }
@@ -267,15 +284,10 @@ fn unauthorized(e: wire::WireError) -> ApiError {
     )
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
-}
-
 async fn enroll(
     State(state): State<AppState>,
-    body: Bytes,
+    Body(req): Body<wire::EnrollRequest>,
 ) -> Result<Json<wire::EnrollReply>, ApiError> {
-    let req: wire::EnrollRequest = parse(&body)?;
     let key: [u8; 32] = hex::decode(&req.public_key)
         .ok()
         .and_then(|k| k.try_into().ok())
@@ -296,20 +308,12 @@ async fn enroll(
 
 async fn claim(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { bridge, body }: Signed<wire::ClaimRequest>,
 ) -> Result<Response, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let req: wire::ClaimRequest = parse(&body)?;
+    let wait = Duration::from_millis(body.wait_ms);
     let run = state
         .hub
-        .claim(
-            &bridge,
-            Duration::from_millis(req.wait_ms),
-            req.policy_digest.as_deref(),
-        )
+        .claim(&bridge, wait, body.policy_digest.as_deref())
         .await
         .map_err(hub_error)?;
     Ok(match run {
@@ -320,12 +324,8 @@ async fn claim(
 
 async fn publishers(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: Signed<IgnoredAny>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    state.bridge_caller(&method, &uri, &headers, &body).await?;
     let keys = state
         .modules
         .publisher_keys()
@@ -338,13 +338,9 @@ async fn publishers(
 
 async fn module(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(digest): Path<String>,
-    body: Bytes,
+    Signed { bridge, .. }: Signed<IgnoredAny>,
 ) -> Result<Response, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
     // Only the module of a run this bridge holds.
     let holder = crate::bridge::registry::holder(&bridge.id);
     let mut allowed = false;
@@ -372,17 +368,12 @@ async fn module(
 
 async fn audit(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, body }: Signed<wire::AuditRequest>,
 ) -> Result<Json<wire::AuditReply>, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let req: wire::AuditRequest = parse(&body)?;
     let seqs = state
         .hub
-        .append_audit(&bridge, &id, req.entries)
+        .append_audit(&bridge, &id, body.entries)
         .await
         .map_err(hub_error)?;
     Ok(Json(wire::AuditReply { seqs }))
@@ -390,17 +381,12 @@ async fn audit(
 
 async fn lease(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, body }: Signed<wire::LeaseRequest>,
 ) -> Result<Json<crate::capabilities::server::HeldLease>, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let req: wire::LeaseRequest = parse(&body)?;
     let lease = state
         .hub
-        .lease(&bridge, &id, &req.credential, req.known.as_deref())
+        .lease(&bridge, &id, &body.credential, body.known.as_deref())
         .await
         .map_err(hub_error)?;
     Ok(Json(lease))
@@ -408,32 +394,22 @@ async fn lease(
 
 async fn lease_check(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, body }: Signed<wire::LeaseUse>,
 ) -> Result<StatusCode, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let req: wire::LeaseUse = parse(&body)?;
     state
         .hub
-        .check_lease(&bridge, &id, &req)
+        .check_lease(&bridge, &id, &body)
         .map_err(hub_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn secret(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, body }: Signed<wire::LeaseUse>,
 ) -> Result<Response, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let req: wire::LeaseUse = parse(&body)?;
-    let secret = state.hub.secret(&bridge, &id, &req).map_err(hub_error)?;
+    let secret = state.hub.secret(&bridge, &id, &body).map_err(hub_error)?;
     // The body is the base64 text alone: no JSON encoder copies it on the way.
     let mut response = secret.as_str().to_string().into_response();
     response.headers_mut().insert(
@@ -445,13 +421,9 @@ async fn secret(
 
 async fn renew(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, .. }: Signed<IgnoredAny>,
 ) -> Result<Json<wire::RenewReply>, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
     let cancel = state
         .hub
         .renew(&bridge, &id, &state.cluster.cancel_requests())
@@ -461,17 +433,12 @@ async fn renew(
 
 async fn finish(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Signed { bridge, body }: Signed<crate::runtime::RunReport>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let bridge = state.bridge_caller(&method, &uri, &headers, &body).await?;
-    let report: crate::runtime::RunReport = parse(&body)?;
     let ended = state
         .hub
-        .finish(&bridge, &id, report)
+        .finish(&bridge, &id, body)
         .await
         .map_err(hub_error)?;
     Ok(Json(json!({ "id": ended.id, "state": ended.state })))

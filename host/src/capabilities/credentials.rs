@@ -98,11 +98,7 @@ impl HostContext {
                 let e = Error::NotFound(format!("no credential named '{name}'"));
                 return Err(Refusal::Failed(e));
             }
-            Err(e) => {
-                return Err(Refusal::Failed(Error::Internal(format!(
-                    "looking up the credential: {e}"
-                ))));
-            }
+            Err(e) => return Err(Refusal::Failed(internal("looking up the credential", e))),
         };
         let lease = self.lease_for_acquire(&info.name).await?;
         *detail = Some(lease.detail());
@@ -161,7 +157,7 @@ pub(crate) async fn fetch_secret(
         .map_err(|e| match e {
             LinkError::Denied(why) => Error::Denied(why),
             LinkError::NotFound(name) => Error::NotFound(format!("credential '{name}'")),
-            LinkError::Failed(why) => Error::Internal(format!("reading the credential: {why}")),
+            LinkError::Failed(why) => internal("reading the credential", why),
         })?;
     // Registered before use, so no output of this call can carry it unredacted.
     redactor

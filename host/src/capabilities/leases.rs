@@ -94,7 +94,7 @@ fn refusal(e: LinkError) -> Refusal {
         LinkError::NotFound(name) => {
             Refusal::Failed(Error::NotFound(format!("credential '{name}'")))
         }
-        LinkError::Failed(why) => Refusal::Failed(Error::Internal(why)),
+        LinkError::Failed(why) => Refusal::Failed(super::types::internal("issuing the lease", why)),
     }
 }
 

@@ -50,9 +50,16 @@ pub enum Match {
     AuditVerifyFailed,
     /// An expired or revoked token was used.
     TokenMisuse,
-    /// A bridge offline longer than `secs` (remote bridges do not exist yet: never fires).
+    /// A bridge offline longer than `secs` (not evaluated yet: the audit stream records no
+    /// silence; watch `warden_bridges_online` in `/metrics` meanwhile — never fires).
     BridgeOffline { secs: u64 },
+    /// Any record whose action is `action`, or starts with it when it ends in `*` (for
+    /// example `trigger.overflow`, `bridge.revoked`, `bridge.enrol.*`).
+    Action { action: String },
 }
+
+/// Longest action pattern of a [`Match::Action`] rule.
+const MAX_ACTION_PATTERN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -102,6 +109,19 @@ impl Rule {
         {
             return Err(Invalid("threshold 1..=10000, window_secs 1..=86400".into()));
         }
+        if let Match::Action { action } = &self.matches {
+            let body = action.strip_suffix('*').unwrap_or(action);
+            let ok = !body.is_empty()
+                && action.len() <= MAX_ACTION_PATTERN
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+            if !ok {
+                return Err(Invalid(
+                    "action: 1-128 of a-z A-Z 0-9 . _ - :, optionally ending in *".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -123,7 +143,7 @@ fn occurrence(m: &Match, record: &AuditRecord) -> bool {
     match m {
         Match::RunFailed => matches!(
             action,
-            "run.failed" | "run.timed_out" | "run.lost" | "run.interrupted"
+            "run.failed" | "run.timed-out" | "run.lost" | "run.interrupted"
         ),
         Match::DeniedHostCall | Match::DenialBurst { .. } => denied(record) && is_host_call(record),
         Match::ApprovalRejected => {
@@ -144,6 +164,10 @@ fn occurrence(m: &Match, record: &AuditRecord) -> bool {
             )
         }
         Match::BridgeOffline { .. } => false,
+        Match::Action { action: pattern } => match pattern.strip_suffix('*') {
+            Some(prefix) => action.starts_with(prefix),
+            None => action == pattern,
+        },
     }
 }
 
@@ -382,6 +406,58 @@ mod tests {
         assert!(evaluate(&rule, &mut state, &denial(12, "b", 50_002)).is_none());
         let fired = evaluate(&rule, &mut state, &denial(13, "b", 50_003)).unwrap();
         assert_eq!(fired.1, "b");
+    }
+
+    #[test]
+    fn an_action_rule_matches_its_action_or_prefix_only() {
+        let exact = rule(
+            Match::Action {
+                action: "trigger.overflow".into(),
+            },
+            0,
+        );
+        let prefix = rule(
+            Match::Action {
+                action: "bridge.enrol.*".into(),
+            },
+            0,
+        );
+        let mut state = RuleState::default();
+        let mut record = denial(1, "x", 1);
+        record.entry.action = "trigger.overflow".into();
+        assert!(evaluate(&exact, &mut state, &record).is_some());
+        record.entry.action = "trigger.overflowed".into();
+        assert!(evaluate(&exact, &mut state, &record).is_none());
+        record.entry.action = "bridge.enrol.refused".into();
+        assert!(evaluate(&prefix, &mut state, &record).is_some());
+        record.entry.action = "bridge.enrolled".into();
+        assert!(evaluate(&prefix, &mut RuleState::default(), &record).is_none());
+        for bad in ["", "*", "a b", &"x".repeat(129), "run.*.x*"] {
+            let r = rule(
+                Match::Action {
+                    action: bad.to_string(),
+                },
+                0,
+            );
+            assert!(r.validate().is_err(), "{bad:?}");
+        }
+        assert!(exact.validate().is_ok() && prefix.validate().is_ok());
+    }
+
+    #[test]
+    fn a_timed_out_or_lost_run_is_a_failed_run() {
+        let rule = rule(Match::RunFailed, 0);
+        for action in ["run.timed-out", "run.lost", "run.failed", "run.interrupted"] {
+            let mut record = denial(1, "x", 1);
+            record.entry.action = action.into();
+            assert!(
+                evaluate(&rule, &mut RuleState::default(), &record).is_some(),
+                "{action}"
+            );
+        }
+        let mut record = denial(1, "x", 1);
+        record.entry.action = "run.succeeded".into();
+        assert!(evaluate(&rule, &mut RuleState::default(), &record).is_none());
     }
 
     #[test]

@@ -19,6 +19,15 @@ async fn a_burst_of_100_events_starts_at_most_the_rate_limit_and_counts_the_rest
         "max_concurrent": 100,
     });
     let (tid, signer) = trigger(&server, &pid, body).await;
+    // An alert rule on the overflow, routed to a file sink.
+    let alerts = tempfile::tempdir().expect("dir");
+    let path = alerts.path().join("alerts.jsonl");
+    let sink = json!({"name": "pager", "kind": "file", "path": path.to_str().expect("utf8"), "events": "alerts", "from": "now"});
+    let r = server.post("/v1/notify/sinks", &server.admin, sink).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let rule = json!({"name": "storm", "match": {"kind": "action", "action": "trigger.overflow"}, "sinks": ["pager"]});
+    let r = server.post("/v1/notify/rules", &server.admin, rule).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let ts = now();
     let events: Vec<(String, i64, String)> = (0..100)
         .map(|i| {
@@ -63,6 +72,21 @@ async fn a_burst_of_100_events_starts_at_most_the_rate_limit_and_counts_the_rest
     assert_eq!(overflow.len(), 1, "{overflow:?}");
     let detail = overflow[0]["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("count 95;"), "{detail}");
+    // One alert for the storm, at its sink.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("alert.fired") {
+            assert!(text.contains("storm"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert reached the sink"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.audit("action=alert.fired").await.len(), 1);
     // A limited event was not remembered: the sender's retry of the same id is not a replay.
     let (id, ts, body) = &events[99];
     let r = deliver(&server, &tid, Some((id, *ts, &signatures[99])), body).await;

@@ -8,6 +8,8 @@
 //! - per-host-call overhead: one run of N `ssh.exec` calls on one target, remote vs embedded;
 //! - the 50-host fan-out (`exec-many` over 50 sshd), remote vs embedded;
 //! - 1,000 simulated bridges holding idle claims: the server's RSS and CPU.
+//!
+//! Everything goes over TLS (the data directory's certificate, pinned), as in production.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,8 +19,9 @@ use tempfile::TempDir;
 use warden_host::bridge::remote::{self, Agent, Trust};
 use warden_host::bridge::wire::RequestSigner;
 use warden_host::store::DataDir;
+use warden_host::tls::{Fingerprint, ServerTls, ServerTrust, TLS_DIR};
 use warden_host::users::UserStore;
-use warden_tests::http::{Server, bootstrap_admin, new_key};
+use warden_tests::http::{Server, bootstrap_admin, new_key, pinned_client};
 use warden_tests::sshd::{Sshd, TestUser};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
@@ -35,9 +38,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The server over TLS (its data directory's certificate), and a client pinned to it.
 struct Serve {
     child: std::process::Child,
     base: String,
+    pin: Fingerprint,
+    client: reqwest::Client,
 }
 
 impl Drop for Serve {
@@ -52,7 +58,16 @@ async fn serve(data: &Path, log: &Path) -> anyhow::Result<Serve> {
         .local_addr()?
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(BIN)
+    // `WARDEN_BENCH_SERVER_WRAPPER=heaptrack` runs the server under a profiler.
+    let mut command = match std::env::var("WARDEN_BENCH_SERVER_WRAPPER") {
+        Ok(wrapper) => {
+            let mut command = std::process::Command::new(wrapper);
+            command.arg(BIN);
+            command
+        }
+        Err(_) => std::process::Command::new(BIN),
+    };
+    let child = command
         .args(["serve", "--listen", &listen, "--data"])
         .arg(data)
         .arg("--policies")
@@ -60,11 +75,17 @@ async fn serve(data: &Path, log: &Path) -> anyhow::Result<Serve> {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()?;
-    let base = format!("http://{listen}");
-    let client = reqwest::Client::new();
+    let base = format!("https://{listen}");
+    let pin = Fingerprint::of_pem_file(&ServerTls::data_dir_files(data).0)?;
+    let client = pinned_client(pin);
     for _ in 0..200 {
         if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Ok(Serve { child, base });
+            return Ok(Serve {
+                child,
+                base,
+                pin,
+                client,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -103,10 +124,11 @@ async fn main() -> anyhow::Result<()> {
         let dir = DataDir::init(&data)?;
         let token = bootstrap_admin(&UserStore::open(&dir.db)?);
         drop(dir);
+        ServerTls::generate_self_signed(&data.join(TLS_DIR), &[])?;
         token
     };
     let serve = serve(&data, &tmp.path().join("serve.log")).await?;
-    let server = Server::remote(serve.base.clone(), admin);
+    let server = Server::remote_with(serve.base.clone(), admin, serve.client.clone());
     let key = new_key();
     server.trust("bench", &key).await;
     let digest = server.publish("probe", &key).await;
@@ -144,7 +166,11 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let token = r.body["token"].as_str().expect("token").to_string();
     let bridge_dir = tmp.path().join("bridge");
-    remote::enroll(&bridge_dir, &serve.base, &token, Trust::default(), "bench").await?;
+    let trust = Trust {
+        fingerprint: Some(serve.pin.to_string()),
+        ca: None,
+    };
+    remote::enroll(&bridge_dir, &serve.base, &token, trust, "bench").await?;
     let agent = Agent::open(&bridge_dir, 64)?;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(agent.run(stop.clone()));
@@ -294,7 +320,8 @@ async fn idle_bridges(server: &Server, serve: &Serve) -> anyhow::Result<()> {
         ));
     }
     let rss_before = rss_kib(serve.child.id());
-    let client = reqwest::Client::builder()
+    let client = ServerTrust::Pinned(serve.pin)
+        .client_builder()?
         .pool_max_idle_per_host(IDLE_BRIDGES)
         .build()?;
     let base = serve.base.clone();

@@ -386,7 +386,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let background = Background::start(&state);
-    let served = axum::serve(without_nagle(listener), app(state))
+    let served = axum::serve(without_nagle(listener), app(state).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;
     background.stop().await;

@@ -410,22 +410,38 @@ impl BridgeHub {
             })
     }
 
-    /// Checks one use of a held run's lease on a target of the bridge's zone.
-    pub fn check_lease(
+    /// Checks uses of a held run's leases, each on a target of the bridge's zone: for each,
+    /// `None` if allowed or the denial.
+    pub fn check_leases(
         &self,
         bridge: &BridgeRecord,
         run_id: &str,
-        used: &LeaseUse,
-    ) -> Result<(), HubError> {
+        uses: &[LeaseUse],
+    ) -> Result<Vec<Option<String>>, HubError> {
+        if uses.len() > super::wire::MAX_LEASE_CHECKS {
+            return Err(HubError::Invalid(format!(
+                "at most {} lease uses per check",
+                super::wire::MAX_LEASE_CHECKS
+            )));
+        }
         let run = self.held(bridge, run_id)?;
-        let Some(target) = &used.target else {
-            return Err(HubError::Invalid("a lease check names a target".into()));
-        };
-        self.in_zone(bridge, target)?;
-        self.leases
-            .check(&used.lease, &run.id, &used.credential, target)
-            .map(|_| ())
-            .map_err(|d| HubError::Denied(d.to_string()))
+        let mut verdicts = Vec::with_capacity(uses.len());
+        for used in uses {
+            let Some(target) = &used.target else {
+                return Err(HubError::Invalid("a lease check names a target".into()));
+            };
+            let verdict = match self.in_zone(bridge, target) {
+                Err(HubError::Denied(why)) => Some(why),
+                Err(e) => return Err(e),
+                Ok(()) => self
+                    .leases
+                    .check(&used.lease, &run.id, &used.credential, target)
+                    .err()
+                    .map(|d| d.to_string()),
+            };
+            verdicts.push(verdict);
+        }
+        Ok(verdicts)
     }
 
     /// The secret of a held run's credential under its lease (for a call on a target of the

@@ -124,20 +124,27 @@ impl ServerLink for RunLink {
         })
     }
 
-    fn check_lease(
+    fn check_leases(
         &self,
-        lease: String,
-        credential: String,
-        target: String,
-    ) -> BoxFuture<'_, Result<(), LinkError>> {
+        uses: Vec<(String, String, String)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<String>>, LinkError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(&wire::LeaseUse {
-                lease,
-                credential,
-                target: Some(target),
-            })
-            .map_err(|e| LinkError::Failed(e.to_string()))?;
-            self.post("lease-check", body).await.map(|_| ())
+            let uses = uses
+                .into_iter()
+                .map(|(lease, credential, target)| wire::LeaseUse {
+                    lease,
+                    credential,
+                    target: Some(target),
+                })
+                .collect();
+            let body = serde_json::to_vec(&wire::LeaseChecks { uses })
+                .map_err(|e| LinkError::Failed(e.to_string()))?;
+            self.post("lease-check", body)
+                .await?
+                .json::<wire::LeaseVerdicts>()
+                .await
+                .map(|v| v.denied)
+                .map_err(|e| LinkError::Failed(e.to_string()))
         })
     }
 

@@ -281,6 +281,23 @@ pub struct LeaseUse {
     pub target: Option<String>,
 }
 
+/// `POST /v1/bridge/runs/{id}/lease-check`: several uses at once (at most
+/// [`MAX_LEASE_CHECKS`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseChecks {
+    pub uses: Vec<LeaseUse>,
+}
+
+/// For each use, in order: `None` if allowed, else the denial.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseVerdicts {
+    pub denied: Vec<Option<String>>,
+}
+
+/// Most lease uses one check may carry (a fan-out's targets).
+pub const MAX_LEASE_CHECKS: usize = 1024;
+
 /// A refusal of a lease or secret request (HTTP 403 with this body).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Refused {

@@ -279,6 +279,7 @@ impl HostContext {
         if self.services.server.audit_failed() {
             return Err(self.end_run(RunStop::AuditFailed("audit log is failed".into())));
         }
+        self.precheck_leases(&calls).await;
         let mut decided = Vec::with_capacity(calls.len());
         // A fan-out uses one handle on many targets: its secret is fetched once.
         let mut fetched: HashMap<String, Result<Arc<SshCredential>, Error>> = HashMap::new();
@@ -313,6 +314,8 @@ impl HostContext {
             };
             decided.push((call.action, call.effect, call.subject, started, verdict));
         }
+        // Verdicts are for this batch only: a later call asks again (a lease may be revoked).
+        self.lease_verdicts.clear();
         let mut entries = Vec::new();
         for (action, effect, subject, started, verdict) in &decided {
             let written = match verdict {

@@ -99,6 +99,38 @@ fn refusal(e: LinkError) -> Refusal {
 }
 
 impl HostContext {
+    /// On a remote bridge, asks the server about every lease use of `calls` in one round
+    /// trip (a fan-out over N targets would otherwise wait N times); [`Self::use_lease`] then
+    /// answers from these verdicts. A failed request leaves them to be asked one by one.
+    pub(crate) async fn precheck_leases(&mut self, calls: &[super::call::HostCall<'_>]) {
+        let ServerSide::Remote(link) = &self.services.server else {
+            return;
+        };
+        let mut uses = Vec::new();
+        for call in calls {
+            if let (Some(target), ..) = call.request.parts() {
+                for handle in &call.leases {
+                    let key = (handle.lease_id().to_string(), target.to_string());
+                    if !uses
+                        .iter()
+                        .any(|(l, _, t): &(String, String, String)| (l, t) == (&key.0, &key.1))
+                    {
+                        uses.push((key.0, handle.name().to_string(), key.1));
+                    }
+                }
+            }
+        }
+        if uses.len() < 2 {
+            return;
+        }
+        let link = link.clone();
+        if let Ok(verdicts) = link.check_leases(uses.clone()).await {
+            for ((lease, _, target), verdict) in uses.into_iter().zip(verdicts) {
+                self.lease_verdicts.insert((lease, target), verdict);
+            }
+        }
+    }
+
     /// The lease a new handle for `credential` is bound to: the run's live lease for it, or a
     /// new one covering the grant's targets and ending by the run's deadline.
     pub(crate) async fn lease_for_acquire(
@@ -130,6 +162,13 @@ impl HostContext {
         handle: &CredentialHandle,
         target: &str,
     ) -> Result<(), Denial> {
+        let key = (handle.lease_id().to_string(), target.to_string());
+        if let Some(verdict) = self.lease_verdicts.remove(&key) {
+            return match verdict {
+                None => Ok(()),
+                Some(denied) => Err(denial(denied)),
+            };
+        }
         self.services
             .server
             .check_lease(

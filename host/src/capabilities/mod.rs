@@ -136,6 +136,9 @@ pub struct HostContext {
     scope: ManifestScope,
     /// The lease each acquired credential's handles are bound to, by credential name.
     leases: std::collections::HashMap<String, String>,
+    /// On a remote bridge, the server's verdicts on the lease uses of the calls being
+    /// admitted, asked in one round trip per batch: (lease, target) -> denial, if any.
+    lease_verdicts: std::collections::HashMap<(String, String), Option<String>>,
     pub(crate) events: EventLog,
     pub(crate) stop: Option<RunStop>,
 }
@@ -180,6 +183,7 @@ impl HostContext {
             cancelled,
             scope: ManifestScope::default(),
             leases: Default::default(),
+            lease_verdicts: Default::default(),
             events,
             stop: None,
         }

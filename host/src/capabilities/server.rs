@@ -82,13 +82,12 @@ pub trait ServerLink: Send + Sync {
         credential: String,
         known: Option<String>,
     ) -> BoxFuture<'_, Result<HeldLease, LinkError>>;
-    /// Checks one use of lease `lease` for `credential` on `target`.
-    fn check_lease(
+    /// Checks uses of leases, each (lease, credential, target), in one request: for each,
+    /// `None` if allowed or the denial.
+    fn check_leases(
         &self,
-        lease: String,
-        credential: String,
-        target: String,
-    ) -> BoxFuture<'_, Result<(), LinkError>>;
+        uses: Vec<(String, String, String)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<String>>, LinkError>>;
     /// The secret of `credential` under `lease`, for a call on `target` (none: to register
     /// it with the run's redactor when the handle is acquired).
     fn secret(
@@ -153,8 +152,11 @@ impl ServerSide {
                 .map(|_| ())
                 .map_err(|d: LeaseDenial| LinkError::Denied(d.to_string())),
             ServerSide::Remote(link) => {
-                link.check_lease(lease.into(), credential.into(), target.into())
-                    .await
+                let uses = vec![(lease.into(), credential.into(), target.into())];
+                match link.check_leases(uses).await?.pop().flatten() {
+                    None => Ok(()),
+                    Some(denied) => Err(LinkError::Denied(denied)),
+                }
             }
         }
     }

@@ -301,6 +301,9 @@ async fn listen(
     // The router of `crate::api::app`, with the drain gate and one log line per request
     // (outermost, so refusals are logged too). Both are `Router::layer`s, so they see the
     // matched route.
+    // Served as a make-service: each connection then shares the router (an `Arc`) instead of
+    // axum deep-copying the whole router per connection (as serving a `Router` directly does
+    // through `with_state`), which cost ~0.9 MiB per open connection, e.g. a bridge's claim.
     let app = crate::api::app(state.clone())
         .layer(axum::middleware::from_fn_with_state(
             drain.clone(),
@@ -327,13 +330,15 @@ async fn listen(
                 fingerprint = %tls.fingerprint(),
                 "listening on https://{addr}"
             );
-            let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            let served =
+                axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stopped);
             tokio::spawn(served.into_future())
         }
         None => {
             let listener = crate::api::without_nagle(listener);
             tracing::info!(target: SERVER_LOG, "listening on http://{addr}");
-            let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            let served =
+                axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stopped);
             tokio::spawn(served.into_future())
         }
     };

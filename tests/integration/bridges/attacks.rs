@@ -35,7 +35,7 @@ async fn another_zones_bridge_never_gets_the_runs_or_the_secrets_of_this_zone() 
             json!({ "lease": "x", "credential": "pw", "target": null }),
         ),
         ("lease", json!({ "credential": "pw", "known": null })),
-        ("lease-check", lease_body),
+        ("lease-check", json!({ "uses": [lease_body] })),
         ("audit", json!({ "entries": [] })),
         ("renew", json!({})),
     ] {
@@ -67,6 +67,34 @@ async fn another_zones_bridge_never_gets_the_runs_or_the_secrets_of_this_zone() 
     assert_eq!(status, 403, "{reply}");
     assert!(
         reply.to_string().contains("not this bridge's zone"),
+        "{reply}"
+    );
+    // One check of several uses answers each on its own: its own target allowed, the other
+    // zone's refused, an unknown lease refused.
+    let (status, reply) = signed(
+        &lab,
+        &mine.signer(),
+        &format!("/v1/bridge/runs/{id}/lease-check"),
+        json!({ "uses": [
+            { "lease": lease, "credential": "pw", "target": "dmz-host" },
+            { "lease": lease, "credential": "pw", "target": "lab-host" },
+            { "lease": "no-such-lease", "credential": "pw", "target": "dmz-host" },
+        ] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let denied = reply["denied"].as_array().expect("verdicts");
+    assert!(denied[0].is_null(), "{reply}");
+    assert!(
+        denied[1]
+            .as_str()
+            .is_some_and(|d| d.contains("not this bridge's zone")),
+        "{reply}"
+    );
+    assert!(
+        denied[2]
+            .as_str()
+            .is_some_and(|d| d.contains("does not exist")),
         "{reply}"
     );
     // While the same request for its own target is answered (the positive control).

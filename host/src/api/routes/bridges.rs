@@ -395,13 +395,13 @@ async fn lease(
 async fn lease_check(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Signed { bridge, body }: Signed<wire::LeaseUse>,
-) -> Result<StatusCode, ApiError> {
-    state
+    Signed { bridge, body }: Signed<wire::LeaseChecks>,
+) -> Result<Json<wire::LeaseVerdicts>, ApiError> {
+    let denied = state
         .hub
-        .check_lease(&bridge, &id, &body)
+        .check_leases(&bridge, &id, &body.uses)
         .map_err(hub_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(wire::LeaseVerdicts { denied }))
 }
 
 async fn secret(

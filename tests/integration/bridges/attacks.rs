@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use super::{Lab, Zone, ended, signed};
+use super::{Lab, Zone, assert_leases_revoked, ended, signed, wait_for_intent};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_zones_bridge_never_gets_the_runs_or_the_secrets_of_this_zone() {
@@ -255,7 +255,7 @@ async fn a_revoked_bridge_is_refused_and_its_runs_end_lost() {
     let process = lab.process("in-dmz", &["dmz-host"]).await;
     let bridge = zone.bridge(&lab.token("dmz").await);
     let id = lab.exec(&process, "dmz-host", "sleep 20").await;
-    lab.server.wait_for_state(&id, "running").await;
+    wait_for_intent(&lab, &id, "ssh.exec").await;
     let r = lab
         .server
         .post(
@@ -271,20 +271,7 @@ async fn a_revoked_bridge_is_refused_and_its_runs_end_lost() {
     assert_eq!(run["state"], "lost", "{run}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // Its leases are revoked.
-    let leases = lab
-        .server
-        .get(&format!("/v1/runs/{id}/leases"), &lab.server.admin)
-        .await;
-    assert!(
-        leases
-            .body
-            .as_array()
-            .expect("leases")
-            .iter()
-            .all(|l| l["status"] == "revoked"),
-        "{}",
-        leases.text
-    );
+    assert_leases_revoked(&lab, &id).await;
     // Its next request is refused with the reason.
     let (status, reply): (u16, Value) = signed(
         &lab,

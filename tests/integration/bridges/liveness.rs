@@ -5,25 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Lab, Zone, assert_verifies, ended};
+use super::{Lab, Zone, assert_leases_revoked, assert_verifies, ended, wait_for_intent};
 
 /// The lost timeout these tests use.
 const LOST_AFTER: Duration = Duration::from_secs(5);
-
-/// Waits until run `id` has a durable `action` intent record (the call is in flight).
-async fn wait_for_intent(lab: &Lab, id: &str, action: &str) -> Vec<Value> {
-    for _ in 0..400 {
-        let records = lab.server.audit(&format!("run={id}")).await;
-        if records
-            .iter()
-            .any(|r| r["action"] == action && r["outcome"] == "intent")
-        {
-            return records;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("run {id} never made a {action} call");
-}
 
 /// Every outcome record of run `id` follows an intent of the same call, and the chain verifies.
 async fn assert_complete(lab: &Lab, id: &str) -> Vec<Value> {
@@ -75,20 +60,7 @@ async fn a_bridge_killed_mid_call_leaves_the_run_lost_within_the_timeout_and_the
         records.iter().any(|r| r["action"] == "run.lost"),
         "{records:?}"
     );
-    let leases = lab
-        .server
-        .get(&format!("/v1/runs/{id}/leases"), &lab.server.admin)
-        .await;
-    assert!(
-        leases
-            .body
-            .as_array()
-            .expect("leases")
-            .iter()
-            .all(|l| l["status"] == "revoked"),
-        "{}",
-        leases.text
-    );
+    assert_leases_revoked(&lab, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

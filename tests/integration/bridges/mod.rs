@@ -9,6 +9,7 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -339,6 +340,36 @@ async fn signed(
 /// Waits until run `id` has left `queued`/`running`; its record.
 async fn ended(lab: &Lab, id: &str) -> Value {
     lab.server.wait_for_state_or_end(id).await
+}
+
+/// Waits until run `id` has a durable `action` intent record (the call is in flight).
+async fn wait_for_intent(lab: &Lab, id: &str, action: &str) -> Vec<Value> {
+    for _ in 0..400 {
+        let records = lab.server.audit(&format!("run={id}")).await;
+        if records
+            .iter()
+            .any(|r| r["action"] == action && r["outcome"] == "intent")
+        {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {id} never made a {action} call");
+}
+
+/// Run `id` was issued leases, and every one of them is revoked now.
+async fn assert_leases_revoked(lab: &Lab, id: &str) {
+    let leases = lab
+        .server
+        .get(&format!("/v1/runs/{id}/leases"), &lab.server.admin)
+        .await;
+    let all = leases.body.as_array().expect("leases");
+    assert!(!all.is_empty(), "the run acquired no lease");
+    assert!(
+        all.iter().all(|l| l["status"] == "revoked"),
+        "{}",
+        leases.text
+    );
 }
 
 /// The server's audit chain verifies end to end.

@@ -50,3 +50,4 @@ pub mod tls;
 pub mod triggers;
 pub mod users;
 pub mod vault;
+pub mod workflow;

@@ -105,6 +105,8 @@ async fn bench(location: &DatabaseLocation) -> anyhow::Result<()> {
             shared_roles: Default::default(),
             required_approvals: 0,
             retry_on_lost: false,
+            limits: Default::default(),
+            workflow: None,
         })?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);

@@ -382,6 +382,8 @@ async fn a_schedule_slot_due_on_two_servers_fires_once() {
             shared_roles: Default::default(),
             required_approvals: 0,
             retry_on_lost: false,
+            limits: Default::default(),
+            workflow: None,
         })
         .expect("process");
     let schedule = a

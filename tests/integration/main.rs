@@ -31,3 +31,4 @@ mod support;
 mod tls;
 mod triggers;
 mod vault;
+mod workflows;

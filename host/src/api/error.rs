@@ -17,6 +17,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The same error with its message prefixed by `what` (where it applies).
+    pub fn context(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// An error with an explicit status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {

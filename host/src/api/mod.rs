@@ -257,6 +257,14 @@ impl AppState {
             dispatcher.clone(),
             audit.clone(),
         )?;
+        if !shared {
+            // Workflow runs live on across a restart (over a shared database, a stopped
+            // server's workflow runs are ended interrupted by the cluster sweep instead).
+            let resumed = crate::workflow::engine::resume_all(&dispatcher, &processes).await?;
+            if resumed > 0 {
+                tracing::info!(count = resumed, "workflow runs resumed after a restart");
+            }
+        }
         let hub = crate::bridge::hub::BridgeHub::new(crate::bridge::hub::HubParts {
             registry: crate::bridge::registry::BridgeRegistry::open(&db, audit.clone()),
             runs: runs.clone(),

@@ -229,6 +229,9 @@ impl BridgeHub {
             .get(&run.process_id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("process {} no longer exists", run.process_id))?;
+        // A workflow's step run executes its task state's module, grant and limits.
+        let process =
+            crate::workflow::effective_process(&process, run).map_err(|e| e.to_string())?;
         if process.module_digest != run.module_digest {
             return Err(format!(
                 "process {} changed its module since the run was requested",
@@ -276,9 +279,10 @@ impl BridgeHub {
             digest: module.digest.clone(),
             params: resolved.params,
             grant: process.grant.clone(),
-            limits: self
-                .limits
-                .for_module(module.manifest.limits.memory_bytes(), usize::MAX),
+            limits: process.limits.lower(
+                self.limits
+                    .for_module(module.manifest.limits.memory_bytes(), usize::MAX),
+            ),
             requested: module.manifest.capabilities.to_vec(),
             scope: module.manifest.requests.clone(),
             targets,

@@ -59,8 +59,16 @@ pub enum ProcessCommand {
         /// The process name.
         name: String,
         /// The module's digest.
-        #[arg(long)]
-        module: String,
+        #[arg(
+            long,
+            required_unless_present = "workflow",
+            conflicts_with = "workflow"
+        )]
+        module: Option<String>,
+        /// A workflow definition (JSON, or TOML for a `.toml` file) instead of one module;
+        /// each task state carries its own grant.
+        #[arg(long, value_name = "FILE")]
+        workflow: Option<std::path::PathBuf>,
         /// A credential the process may use.
         #[arg(long = "credential")]
         credentials: Vec<String>,
@@ -147,8 +155,19 @@ pub enum RunCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show a run.
+    /// Show a run (a workflow run as its step tree; `--json` for the whole record).
     Get {
+        /// The run id.
+        run: String,
+        /// Print the whole run record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a failed or interrupted workflow run from the step that failed (a new attempt
+    /// of the same run; steps that succeeded are not run again).
+    Resume {
         /// The run id.
         run: String,
         #[command(flatten)]
@@ -349,6 +368,7 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
         ProcessCommand::Create {
             name,
             module,
+            workflow,
             credentials,
             targets,
             commands,
@@ -362,13 +382,20 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
         } => {
             let client = Client::new(&server)?;
             let rotation_policy = rotation_policy.policy();
-            let body = json!({
+            let mut body = json!({
                 "name": name,
-                "module_digest": module,
-                "grant": { "credentials": credentials, "targets": targets, "commands": commands, "raw_shell": raw_shell, "paths": paths, "rotations": rotations, "rotation_policy": rotation_policy },
                 "default_inputs": parse_inputs(&inputs)?,
                 "required_approvals": required_approvals,
             });
+            match (workflow, module) {
+                (Some(file), _) => {
+                    body["workflow"] = super::workflow::read_definition(&file)?;
+                }
+                (None, module) => {
+                    body["module_digest"] = json!(module.unwrap_or_default());
+                    body["grant"] = json!({ "credentials": credentials, "targets": targets, "commands": commands, "raw_shell": raw_shell, "paths": paths, "rotations": rotations, "rotation_policy": rotation_policy });
+                }
+            }
             let p = client.post("/v1/processes", &body).await?;
             println!(
                 "created process {} ({})",
@@ -453,12 +480,25 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
             follow(&client, &run_id).await
         }
         RunCommand::Logs { run, server } => follow(&Client::new(&server)?, &run).await,
-        RunCommand::Get { run, server } => {
-            print_json(
-                &Client::new(&server)?
-                    .get(&format!("/v1/runs/{run}"))
-                    .await?,
-            )?;
+        RunCommand::Get { run, json, server } => {
+            let record = Client::new(&server)?
+                .get(&format!("/v1/runs/{run}"))
+                .await?;
+            if json || record.get("workflow").is_none() {
+                print_json(&record)?;
+            } else {
+                print!("{}", super::workflow::step_tree(&record));
+            }
+            Ok(0)
+        }
+        RunCommand::Resume { run, server } => {
+            let record = Client::new(&server)?
+                .post(&format!("/v1/runs/{run}/resume"), &json!({}))
+                .await?;
+            println!(
+                "resumed {run}: attempt {}",
+                record["workflow"]["attempt"].as_u64().unwrap_or(0)
+            );
             Ok(0)
         }
         RunCommand::Cancel { run, server } => {

@@ -22,6 +22,7 @@ mod target;
 mod tls;
 mod trigger;
 mod vault;
+mod workflow;
 
 use std::path::PathBuf;
 

@@ -479,6 +479,8 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
             shared_roles: Default::default(),
             required_approvals: 0,
             retry_on_lost: false,
+            limits: Default::default(),
+            workflow: None,
         })?;
     }
     let token = admin_token

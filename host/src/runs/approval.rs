@@ -193,6 +193,12 @@ pub struct ApprovalRequest {
     pub approvals: Vec<ApprovalStatus>,
     /// Distinct valid approvals.
     pub valid_approvals: usize,
+    /// A workflow run: the run path of the `approval` state waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// A workflow run: the outputs (by step path) the gate's binding covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// What an approval did.
@@ -312,6 +318,9 @@ impl Approvals {
     /// none).
     pub fn request(&self, run_id: &str) -> Result<ApprovalRequest, ApprovalError> {
         let run = self.load_run(run_id)?;
+        if run.workflow.is_some() {
+            return self.gate_view(&run, now_ms());
+        }
         Ok(self.view(&run, now_ms())?.0)
     }
 
@@ -352,6 +361,9 @@ impl Approvals {
             )
             .await?;
             return Err(ApprovalError::SelfApproval);
+        }
+        if run.workflow.is_some() {
+            return self.approve_gate(&run, approver, seen, via).await;
         }
         let resolved = match self.resolve(&run) {
             Ok(resolved) => resolved,
@@ -457,14 +469,17 @@ impl Approvals {
             .await?;
             return Err(ApprovalError::SelfApproval);
         }
-        if run.state != RunState::AwaitingApproval {
-            return Err(not_awaiting(&run));
-        }
         let why = if reason.is_empty() {
             format!("rejected by {approver}")
         } else {
             format!("rejected by {approver}: {reason}")
         };
+        if run.workflow.is_some() {
+            return self.reject_gate(&run, approver, why).await;
+        }
+        if run.state != RunState::AwaitingApproval {
+            return Err(not_awaiting(&run));
+        }
         self.audit
             .append(entry(
                 &run,
@@ -626,6 +641,8 @@ impl Approvals {
             blocked,
             approvals: statuses,
             valid_approvals,
+            step: None,
+            outputs: None,
         };
         Ok((request, binding))
     }
@@ -774,6 +791,9 @@ fn entry(
         detail: Some(detail),
     }
 }
+
+#[path = "approval_gate.rs"]
+mod gate;
 
 #[cfg(test)]
 mod tests {

@@ -325,7 +325,8 @@ impl Cluster {
             let Ok(Some(run)) = self.inner.runs.get(id) else {
                 continue;
             };
-            if run.state != RunState::Lost {
+            // A workflow's step run is retried by the workflow's own `retry` rules.
+            if run.state != RunState::Lost || run.step.is_some() {
                 continue;
             }
             let Ok(Some(process)) = self.inner.processes.get(&run.process_id) else {

@@ -97,6 +97,8 @@ pub struct Dispatcher {
     embedded_zone: Arc<str>,
     /// Woken when a run is queued for a remote bridge (the bridges' claims wait on it).
     zone_queued: Arc<tokio::sync::Notify>,
+    /// Workflow runs this server drives (see `crate::workflow::engine`).
+    workflows: crate::workflow::engine::LiveWorkflows,
 }
 
 impl Dispatcher {
@@ -122,7 +124,18 @@ impl Dispatcher {
             ),
             embedded_zone: Arc::from(crate::targets::DEFAULT_ZONE),
             zone_queued: Arc::default(),
+            workflows: Default::default(),
         }
+    }
+
+    /// The workflow runs this dispatcher drives.
+    pub fn workflows(&self) -> &crate::workflow::engine::LiveWorkflows {
+        &self.workflows
+    }
+
+    /// The run store.
+    pub fn runs(&self) -> &RunStore {
+        &self.runs
     }
 
     /// This dispatcher with `queue` (sized for the bridge's runtime) in place of the default.
@@ -172,6 +185,23 @@ impl Dispatcher {
         actor: &str,
         charged_to: &str,
     ) -> Result<RunRecord, StartError> {
+        if let Some(workflow) = &process.workflow {
+            return crate::workflow::engine::start(self, process, workflow, inputs, actor).await;
+        }
+        self.start_as(process, inputs, actor, charged_to, None)
+            .await
+    }
+
+    /// [`Dispatcher::start_charged`] of a single-task `process`; `step` names the workflow
+    /// step the run executes, if it is one.
+    pub(crate) async fn start_as(
+        &self,
+        process: &Process,
+        inputs: BTreeMap<String, serde_json::Value>,
+        actor: &str,
+        charged_to: &str,
+        step: Option<crate::workflow::StepRef>,
+    ) -> Result<RunRecord, StartError> {
         let ResolvedRun {
             module,
             inputs: merged,
@@ -185,6 +215,7 @@ impl Dispatcher {
             actor.to_string(),
             merged,
         );
+        record.step = step;
         let zone = self.zone_of(process)?;
         if process.required_approvals > 0 {
             record.state = RunState::AwaitingApproval;
@@ -445,10 +476,10 @@ impl Dispatcher {
             task,
             params,
             grant: process.grant.clone(),
-            limits: self.limits.for_module(
+            limits: process.limits.lower(self.limits.for_module(
                 module.manifest.limits.memory_bytes(),
                 self.bridge.runtime().max_memory_bytes(),
-            ),
+            )),
             control: RunControl::new(),
         };
         let policy = HostCallPolicy {
@@ -501,6 +532,9 @@ impl Dispatcher {
     /// Cancels a queued or running run. A queued run leaves the queue (its place is given
     /// back) and never starts.
     pub async fn cancel(&self, run_id: &str, actor: &str) -> Result<RunRecord, RunsError> {
+        if let Some(record) = self.workflows.cancel(&self.runs, run_id, actor).await? {
+            return Ok(record);
+        }
         if let Some(control) = self.control(run_id) {
             control.cancel();
         }
@@ -576,7 +610,10 @@ pub(crate) fn final_state(outcome: &RunOutcome) -> RunState {
 }
 
 /// Converts a JSON input to the TOML-shaped value the manifest checks; `null` is refused.
-fn json_to_toml(name: &str, value: &serde_json::Value) -> Result<toml::Value, ManifestError> {
+pub(crate) fn json_to_toml(
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<toml::Value, ManifestError> {
     use serde_json::Value as J;
     Ok(match value {
         J::String(s) => toml::Value::String(s.clone()),

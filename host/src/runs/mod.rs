@@ -44,6 +44,7 @@ mod state;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub(crate) use process::check_grant;
 pub use process::{
     MAX_DEFAULT_INPUTS, MAX_DEFAULT_INPUTS_BYTES, MAX_DESCRIPTION_BYTES, MAX_GRANT_ENTRIES,
     MAX_GRANT_NAME_LEN, MAX_PATTERN_BYTES, MAX_PROCESS_BYTES, MAX_REQUIRED_APPROVALS, MAX_SHARES,
@@ -144,7 +145,7 @@ fn check_size(bytes: &[u8], max: usize) -> Result<(), RunsError> {
 }
 
 /// Unix time in ms; a clock before 1970 reads as 0.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -20,6 +20,7 @@ use super::{RunsError, check_size, is_sha256_hex, is_valid_name, is_valid_princi
 use crate::capabilities::argv::Pattern;
 use crate::capabilities::grant::{Grant, normalize_path};
 use crate::store::{Batch, Database, Expect, StoreError, Table, TableDef};
+use crate::workflow::{StepLimits, Workflow};
 
 /// Processes by id.
 pub const PROCESSES: TableDef = TableDef {
@@ -85,6 +86,13 @@ pub struct Process {
     /// to repeat. False unless the process says so.
     #[serde(default)]
     pub retry_on_lost: bool,
+    /// Limits below the server's for every run of it (a workflow step's own limits).
+    #[serde(default, skip_serializing_if = "StepLimits::is_empty")]
+    pub limits: StepLimits,
+    /// The workflow its runs follow; none for a single-task process. For a workflow
+    /// `module_digest` is the definition's digest and `module` is `workflow@<digest prefix>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Workflow>,
     /// 1 at creation, bumped by every update; approvals bind to it.
     pub revision: u64,
     pub created_ms: u64,
@@ -112,6 +120,10 @@ pub struct NewProcess {
     pub required_approvals: u32,
     #[serde(default)]
     pub retry_on_lost: bool,
+    #[serde(default)]
+    pub limits: StepLimits,
+    #[serde(default)]
+    pub workflow: Option<Workflow>,
 }
 
 fn invalid(field: &'static str, why: impl Into<String>) -> RunsError {
@@ -148,6 +160,9 @@ impl Process {
                 format!("at most {MAX_REQUIRED_APPROVALS}"),
             ));
         }
+        if let Some(workflow) = &self.workflow {
+            check_workflow_process(self, workflow)?;
+        }
         Ok(())
     }
 
@@ -156,6 +171,34 @@ impl Process {
         check_size(&bytes, MAX_PROCESS_BYTES)?;
         Ok(bytes)
     }
+}
+
+/// What a workflow process must look like (the definition's own rules are checked against
+/// the registry by `crate::workflow::validate` before it is stored).
+fn check_workflow_process(process: &Process, workflow: &Workflow) -> Result<(), RunsError> {
+    if process.module_digest != workflow.digest() {
+        return Err(invalid(
+            "module_digest",
+            "a workflow process's module_digest is its definition's digest",
+        ));
+    }
+    if process.required_approvals > 0 {
+        return Err(invalid(
+            "required_approvals",
+            "a workflow asks for approvals with `approval` states, not required_approvals",
+        ));
+    }
+    if process.grant != Grant::default() {
+        return Err(invalid(
+            "grant",
+            "a workflow process has no grant of its own: each task state has its own",
+        ));
+    }
+    let bytes = serde_json::to_vec(workflow)?;
+    if bytes.len() > crate::workflow::definition::MAX_DEFINITION_BYTES {
+        return Err(invalid("workflow", "definition is over 256 KiB"));
+    }
+    Ok(())
 }
 
 fn check_description(text: &str) -> Result<(), RunsError> {
@@ -188,7 +231,7 @@ fn check_module_ref(module: &str) -> Result<(), RunsError> {
     }
 }
 
-fn check_grant(grant: &Grant) -> Result<(), RunsError> {
+pub(crate) fn check_grant(grant: &Grant) -> Result<(), RunsError> {
     let valid_name = |n: &String| {
         n.len() <= MAX_GRANT_NAME_LEN
             && !n.is_empty()
@@ -318,6 +361,8 @@ impl ProcessStore {
             shared_roles: new.shared_roles,
             required_approvals: new.required_approvals,
             retry_on_lost: new.retry_on_lost,
+            limits: new.limits,
+            workflow: new.workflow,
             revision: 1,
             created_ms: now,
             updated_ms: now,

@@ -33,6 +33,8 @@ fn new_process(name: &str) -> NewProcess {
         shared_roles: BTreeSet::new(),
         required_approvals: 0,
         retry_on_lost: false,
+        limits: Default::default(),
+        workflow: None,
     }
 }
 

@@ -63,6 +63,8 @@ use crate::store::{Batch, ColumnValue, Database, Expect, StoreError, Table, Tabl
 #[path = "run_list.rs"]
 mod list;
 pub use list::{RunCursor, RunFilter};
+#[path = "run_workflow.rs"]
+mod workflow_runs;
 
 /// Run records by id.
 pub const RUNS: TableDef = TableDef {
@@ -145,6 +147,12 @@ pub struct RunRecord {
     /// Why a queued run has not started yet (waiting for a bridge of its zone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// A workflow run's steps (see `crate::workflow`); none for a single-task run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflow::WorkflowProgress>,
+    /// For the run of one step of a workflow: which run and which step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<crate::workflow::StepRef>,
 }
 
 impl RunRecord {
@@ -174,6 +182,8 @@ impl RunRecord {
             host_calls: 0,
             bridge: None,
             waiting: None,
+            workflow: None,
+            step: None,
         }
     }
 }
@@ -185,6 +195,8 @@ struct RunHead {
     process_id: String,
     actor: String,
     state: RunState,
+    #[serde(default)]
+    workflow: Option<serde::de::IgnoredAny>,
 }
 
 /// Persistent runs. Cheap to clone; clones share the per-run locks.
@@ -199,6 +211,8 @@ pub struct RunStore {
     owner: Arc<str>,
     audit: AuditLog,
     locks: Arc<Locks>,
+    /// Woken when a run ends, by run id (see [`RunStore::wait_finished`]).
+    finished: workflow_runs::Waiters,
 }
 
 struct Locks {
@@ -228,6 +242,7 @@ impl RunStore {
             owner: Arc::from(uuid::Uuid::new_v4().to_string()),
             audit,
             locks: Arc::new(locks),
+            finished: workflow_runs::Waiters::default(),
         })
     }
 
@@ -453,8 +468,8 @@ impl RunStore {
         Ok(self
             .scan_states()?
             .into_iter()
-            .filter(|(_, s)| *s == state)
-            .map(|(id, _)| id)
+            .filter(|(_, s, _)| *s == state)
+            .map(|(id, _, _)| id)
             .collect())
     }
 
@@ -468,10 +483,16 @@ impl RunStore {
     /// with runs whose state it could not record.
     pub async fn recover(&self) -> Result<Vec<String>, RunsError> {
         let mut interrupted = Vec::new();
-        for (id, state) in self.scan_states()? {
+        for (id, state, workflow) in self.scan_states()? {
             if !state.is_terminal() && self.is_remote(&id)? {
                 // A remote bridge holds it (or it waits for one): it lives on; the cluster
                 // sweep ends it if its bridge is gone.
+                continue;
+            }
+            if workflow && state == RunState::Running {
+                // A workflow lives on: its engine resumes it (a step that was running ends
+                // interrupted here, and the workflow follows its catch or stops).
+                self.audit.append(recovered_entry(&id, state)).await?;
                 continue;
             }
             if state == RunState::Running {
@@ -498,8 +519,8 @@ impl RunStore {
         }
     }
 
-    /// (id, state) of every run, oldest first.
-    fn scan_states(&self) -> Result<Vec<(String, RunState)>, RunsError> {
+    /// (id, state, is a workflow run) of every run, oldest first.
+    fn scan_states(&self) -> Result<Vec<(String, RunState, bool)>, RunsError> {
         let mut states = Vec::new();
         for (_, id) in self.by_time.all()? {
             let Some(bytes) = self.runs.get(&id)? else {
@@ -507,7 +528,7 @@ impl RunStore {
             };
             let id = String::from_utf8_lossy(&id).into_owned();
             let head: RunHead = serde_json::from_slice(&bytes).map_err(|_| corrupt(&id))?;
-            states.push((id, head.state));
+            states.push((id, head.state, head.workflow.is_some()));
         }
         Ok(states)
     }
@@ -527,15 +548,21 @@ impl RunStore {
             next,
             actor,
         } = change;
+        let change_id = id;
         let mut swap = Batch::new();
         swap.put(&RUNS, id.as_bytes(), new_bytes, Expect::Equals(old_bytes));
         self.hold(&mut swap, id, next);
         let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
-        finish_detached(guard, async move {
+        let finished = self.finished.clone();
+        let done = finish_detached(guard, async move {
             let (_, swapped) = store.audit.append_then(entry, swap).await?;
             store.lost_if_conflict(&id, swapped, next, &actor).await
         })
-        .await
+        .await;
+        if done.is_ok() && next.is_terminal() {
+            finished.wake(change_id);
+        }
+        done
     }
 
     /// Step 4's outcome: nothing to do if the swap took effect; otherwise the audited

@@ -27,6 +27,7 @@ use crate::policy::{Action, ProcessRef, Resource};
 use crate::registry::store::ModuleInfo;
 use crate::runs::dispatch::StartError;
 use crate::runs::{NewProcess, Process, RunRecord};
+use crate::workflow::{StepLimits, Workflow};
 use axum::http::StatusCode as Status;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -43,8 +44,15 @@ struct ProcessRequest {
     name: String,
     #[serde(default)]
     description: String,
-    /// The task module's digest.
+    /// The task module's digest (none for a workflow: its digest is the definition's).
+    #[serde(default)]
     module_digest: String,
+    /// A workflow definition instead of one module (see `docs/workflows.md`).
+    #[serde(default)]
+    workflow: Option<Workflow>,
+    /// Limits below the server's for every run.
+    #[serde(default)]
+    limits: StepLimits,
     #[serde(default)]
     grant: Grant,
     #[serde(default)]
@@ -234,6 +242,73 @@ pub(crate) fn start_error(e: StartError) -> ApiError {
     }
 }
 
+/// What a process request executes, checked: its module, or its workflow's definition.
+struct Definition {
+    module_digest: String,
+    module: String,
+}
+
+impl AppState {
+    /// Checks what `req` would execute and what it may touch, as `caller` may grant it: the
+    /// module (registered, active), or every rule of the workflow definition (its modules
+    /// trusted now) and each task state's grant as if it were a process's.
+    async fn definition(
+        &self,
+        caller: &Caller,
+        req: &ProcessRequest,
+    ) -> Result<Definition, ApiError> {
+        let Some(workflow) = &req.workflow else {
+            self.check_process_grant(caller, &req.grant).await?;
+            let module = active_module(self, &req.module_digest)?;
+            return Ok(Definition {
+                module_digest: module.digest.clone(),
+                module: format!("{}@{}", module.name, module.version),
+            });
+        };
+        let digest = workflow.digest();
+        if !req.module_digest.is_empty() && req.module_digest != digest {
+            return Err(ApiError::bad_request(
+                "invalid_workflow",
+                "give a workflow or a module_digest, not both",
+            ));
+        }
+        let lookup = |d: &str| -> Result<crate::registry::manifest::Manifest, String> {
+            let module = self
+                .modules
+                .get(d)
+                .map_err(|e| e.to_string())?
+                .filter(|m| !m.retired)
+                .ok_or_else(|| format!("module {d} is not in the registry (or retired)"))?;
+            self.modules
+                .check_trusted(&module)
+                .map_err(|e| format!("module {d} is not signed by a trusted publisher: {e}"))?;
+            Ok(module.manifest)
+        };
+        crate::workflow::validate::validate(workflow, &lookup)
+            .map_err(|e| ApiError::bad_request("invalid_workflow", e.to_string()))?;
+        for (path, task) in workflow.tasks() {
+            self.check_process_grant(caller, &task.grant)
+                .await
+                .map_err(|e| e.context(&format!("workflow state `{path}`")))?;
+        }
+        Ok(Definition {
+            module_digest: digest.clone(),
+            module: format!("workflow@{}", &digest[..12]),
+        })
+    }
+
+    /// The checks on one grant: the caller may use what it names, its credentials fit
+    /// together, and its targets are in one zone.
+    async fn check_process_grant(&self, caller: &Caller, grant: &Grant) -> Result<(), ApiError> {
+        self.authorize_grant(caller, grant).await?;
+        self.check_grant_credentials(grant)?;
+        self.targets
+            .zone_of(&grant.targets)
+            .map_err(|why| ApiError::bad_request("grant_spans_zones", why))?;
+        Ok(())
+    }
+}
+
 /// A registered, not retired module, or 400 `unknown_module`.
 fn active_module(state: &AppState, digest: &str) -> Result<ModuleInfo, ApiError> {
     state
@@ -281,19 +356,15 @@ async fn create_process(
     state
         .authorize_system(&caller, Action::ManageProcess, "processes")
         .await?;
-    state.authorize_grant(&caller, &req.grant).await?;
-    let module = active_module(&state, &req.module_digest)?;
-    state.check_grant_credentials(&req.grant)?;
-    state
-        .targets
-        .zone_of(&req.grant.targets)
-        .map_err(|why| ApiError::bad_request("grant_spans_zones", why))?;
+    let what = state.definition(&caller, &req).await?;
     let process = state.processes.create(NewProcess {
         name: req.name,
         description: req.description,
         owner: caller.user.name.clone(),
-        module_digest: module.digest.clone(),
-        module: format!("{}@{}", module.name, module.version),
+        module_digest: what.module_digest,
+        module: what.module,
+        workflow: req.workflow,
+        limits: req.limits,
         grant: req.grant,
         default_inputs: req.default_inputs,
         shared_users: BTreeSet::new(),
@@ -337,18 +408,14 @@ async fn update_process(
     state
         .authorize_process(&caller, Action::ManageProcess, &process)
         .await?;
-    state.authorize_grant(&caller, &req.grant).await?;
-    let module = active_module(&state, &req.module_digest)?;
-    state.check_grant_credentials(&req.grant)?;
-    state
-        .targets
-        .zone_of(&req.grant.targets)
-        .map_err(|why| ApiError::bad_request("grant_spans_zones", why))?;
+    let what = state.definition(&caller, &req).await?;
     let updated = state.processes.update(&id, |p| {
         p.name = req.name;
         p.description = req.description;
-        p.module_digest = module.digest.clone();
-        p.module = format!("{}@{}", module.name, module.version);
+        p.module_digest = what.module_digest;
+        p.module = what.module;
+        p.workflow = req.workflow;
+        p.limits = req.limits;
         p.grant = req.grant;
         p.default_inputs = req.default_inputs;
         p.required_approvals = req.required_approvals;

@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_run))
         .routes(routes!(run_events))
         .routes(routes!(cancel_run))
+        .routes(routes!(resume_run))
 }
 
 #[derive(Deserialize)]
@@ -185,9 +186,16 @@ fn async_stream(
             // Not executing here: it may be running on another server over the same database.
             // Wait (bounded, polling the store) for its end, then replay what it stored.
             None if !run.state.is_terminal() => {
+                let mut steps = StepsSeen::default();
                 loop {
                     match state.runs.get(&run.id) {
-                        Ok(Some(record)) if !record.state.is_terminal() => {}
+                        Ok(Some(record)) if !record.state.is_terminal() => {
+                            for event in steps.changed(&record) {
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         _ => break,
                     }
                     if tokio::time::Instant::now() >= deadline || tx.is_closed() {
@@ -218,6 +226,28 @@ fn async_stream(
     )
 }
 
+/// The steps of a workflow run a stream has shown, to send a `step` event for each change.
+#[derive(Default)]
+struct StepsSeen(std::collections::HashMap<String, String>);
+
+impl StepsSeen {
+    /// A `step` event (`{"path": …, "step": …}`) for every step that changed since last time.
+    fn changed(&mut self, record: &RunRecord) -> Vec<Event> {
+        let Some(progress) = &record.workflow else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for (path, step) in &progress.steps {
+            let json = serde_json::json!({ "path": path, "step": step }).to_string();
+            if self.0.get(path) != Some(&json) {
+                events.push(Event::default().event("step").data(json.clone()));
+                self.0.insert(path.clone(), json);
+            }
+        }
+        events
+    }
+}
+
 fn log_event(json: &str) -> Event {
     Event::default().event("log").data(json)
 }
@@ -241,5 +271,40 @@ async fn cancel_run(
     if record.state == RunState::Running && state.dispatcher.control(&id).is_none() {
         state.cluster.request_cancel(&id, &caller.user.name).await?;
     }
+    Ok(Json(record))
+}
+
+/// Resume a failed or interrupted workflow run from the step that failed, as a new attempt of
+/// the same run: steps that succeeded are not run again. Needs the right to execute its
+/// process.
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run, running again"), (status = 400, description = "`invalid`: not a workflow run"), (status = 403, description = "may not execute the process"), (status = 404, description = "unknown or not visible"), (status = 409, description = "`bad_transition`: not failed or interrupted; `process_changed`: its process changed its definition since")))]
+async fn resume_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let run = state.visible_run(&caller, &id).await?;
+    let process = state.load_process(&run.process_id)?;
+    state
+        .authorize_process(&caller, Action::ExecuteProcess, &process)
+        .await?;
+    if run.workflow.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "only a workflow run can be resumed; start a new run instead",
+        ));
+    }
+    if process.module_digest != run.module_digest {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "process_changed",
+            format!(
+                "process {} changed its definition since run {id} started; start a new run",
+                process.id
+            ),
+        ));
+    }
+    let record = state.runs.resume(&id, &caller.user.name).await?;
+    crate::workflow::engine::drive(&state.dispatcher, &process, &id);
     Ok(Json(record))
 }

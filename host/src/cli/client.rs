@@ -389,7 +389,8 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             });
             match (workflow, module) {
                 (Some(file), _) => {
-                    body["workflow"] = super::workflow::read_definition(&file)?;
+                    let modules = client.get("/v1/modules").await?;
+                    body["workflow"] = super::workflow::read_definition(&file, &modules)?;
                 }
                 (None, module) => {
                     body["module_digest"] = json!(module.unwrap_or_default());

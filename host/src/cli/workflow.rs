@@ -10,18 +10,86 @@ use serde_json::Value;
 
 use crate::workflow::Workflow;
 
-/// The definition in `file` as JSON, parsed and checked for shape (the server validates it
-/// against the registry).
-pub(super) fn read_definition(file: &Path) -> anyhow::Result<Value> {
+/// The definition in `file` as JSON (TOML for a `.toml` file), checked for shape once its
+/// module names are digests (the server validates it against the registry).
+pub(super) fn read_definition(file: &Path, modules: &Value) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-    let is_toml = file.extension().is_some_and(|e| e == "toml");
-    let workflow = if is_toml {
-        Workflow::from_toml(&text)
+    let raw: Value = if file.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
     } else {
-        Workflow::from_json(text.as_bytes())
-    }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+    };
+    let resolved = with_module_digests(raw, modules)?;
+    let workflow = Workflow::from_json(&serde_json::to_vec(&resolved)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     Ok(serde_json::to_value(workflow)?)
+}
+
+/// `definition` with every task's `module` that names a module (`name` or `name@version`)
+/// replaced by the digest of the one active module of that name in `modules` (the server's
+/// `GET /v1/modules`). A digest stays as it is; an unknown or ambiguous name is an error.
+pub(super) fn with_module_digests(mut definition: Value, modules: &Value) -> anyhow::Result<Value> {
+    let active: Vec<(&str, &str, &str)> = modules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["retired"] != true)
+        .filter_map(|m| {
+            Some((
+                m["name"].as_str()?,
+                m["version"].as_str()?,
+                m["digest"].as_str()?,
+            ))
+        })
+        .collect();
+    let mut error = None;
+    replace_modules(&mut definition, &mut |name: &str| {
+        let (module, version) = match name.split_once('@') {
+            Some((m, v)) => (m, Some(v)),
+            None => (name, None),
+        };
+        let found: Vec<&str> = active
+            .iter()
+            .filter(|(m, v, _)| *m == module && version.is_none_or(|want| want == *v))
+            .map(|(_, _, d)| *d)
+            .collect();
+        match found.as_slice() {
+            [one] => Some(one.to_string()),
+            [] => {
+                error = Some(format!("no active module {name} on the server"));
+                None
+            }
+            _ => {
+                error = Some(format!(
+                    "several active versions of {name}: name one as {module}@VERSION"
+                ));
+                None
+            }
+        }
+    });
+    match error {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None => Ok(definition),
+    }
+}
+
+fn replace_modules(value: &mut Value, lookup: &mut dyn FnMut(&str) -> Option<String>) {
+    match value {
+        Value::Object(map) => {
+            let is_task = map.get("type").and_then(Value::as_str) == Some("task");
+            if let (true, Some(Value::String(module))) = (is_task, map.get_mut("module"))
+                && !crate::runs::is_sha256_hex(module)
+                && let Some(digest) = lookup(module)
+            {
+                *module = digest;
+            }
+            for child in map.values_mut() {
+                replace_modules(child, lookup);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_modules(v, lookup)),
+        _ => {}
+    }
 }
 
 /// A workflow run as text: its state, then one line per step (indented by depth) with its

@@ -11,7 +11,8 @@
 //! Values flow through *paths*: `$.inputs.NAME…` (the run's inputs), `$.steps.STATE…` (the
 //! output of an earlier state in this branch or an enclosing one) and `$.item…` (the current
 //! item of a `map`). A path continues with `.field` or `.N` (a list index). In a task's
-//! `inputs`, a key ending in `.$` takes its value from a path; any other key is a literal.
+//! `inputs`, a key ending in `.$` takes its value from a path (or a list of paths: the list of
+//! their values); any other key is a literal.
 
 use std::collections::BTreeMap;
 

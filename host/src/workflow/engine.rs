@@ -872,13 +872,19 @@ impl Exec {
         for (key, value) in &task.inputs {
             match key.strip_suffix(".$") {
                 Some(input) => {
-                    let p = value.as_str().and_then(|t| Path::parse(t).ok());
-                    let resolved = p.and_then(|p| p.resolve(scope)).ok_or_else(|| {
-                        failure(
-                            kinds::FAILED,
-                            format!("input {input}: {value} has no value"),
-                        )
-                    })?;
+                    let resolve = |v: &Value| {
+                        let p = v.as_str().and_then(|t| Path::parse(t).ok());
+                        p.and_then(|p| p.resolve(scope)).ok_or_else(|| {
+                            failure(kinds::FAILED, format!("input {input}: {v} has no value"))
+                        })
+                    };
+                    // A list of paths is the list of their values.
+                    let resolved = match value {
+                        Value::Array(paths) => {
+                            Value::Array(paths.iter().map(resolve).collect::<Result<_, _>>()?)
+                        }
+                        one => resolve(one)?,
+                    };
                     inputs.insert(input.to_string(), resolved);
                 }
                 None => {

@@ -371,12 +371,23 @@ fn check_task(
             return Err(invalid(path, format!("input {name:?} is given twice")));
         }
         if from_path {
-            let text = value
-                .as_str()
-                .ok_or_else(|| invalid(path, format!("input {key:?} must be a path string")))?;
-            let p =
-                Path::parse(text).map_err(|why| invalid(path, format!("input {name:?}: {why}")))?;
-            check_path(&p, path, visible, cx)?;
+            let texts: Vec<Option<&str>> = match value {
+                serde_json::Value::Array(items) if items.len() <= 64 => {
+                    items.iter().map(|v| v.as_str()).collect()
+                }
+                one => vec![one.as_str()],
+            };
+            for text in texts {
+                let text = text.ok_or_else(|| {
+                    invalid(
+                        path,
+                        format!("input {key:?} must be a path or a list of paths"),
+                    )
+                })?;
+                let p = Path::parse(text)
+                    .map_err(|why| invalid(path, format!("input {name:?}: {why}")))?;
+                check_path(&p, path, visible, cx)?;
+            }
         }
     }
     for (name, spec) in &manifest.inputs {

@@ -591,6 +591,13 @@ async fn follow(client: &Client, run_id: &str) -> anyhow::Result<i32> {
                         value["level"].as_str().unwrap_or(""),
                         value["message"].as_str().unwrap_or("")
                     );
+                } else if event == "step" {
+                    println!(
+                        "step {} [{}] {}",
+                        value["path"].as_str().unwrap_or("?"),
+                        value["step"]["kind"].as_str().unwrap_or("?"),
+                        value["step"]["status"].as_str().unwrap_or("?")
+                    );
                 } else if event == "state" {
                     let state = value["state"].as_str().unwrap_or("?");
                     match (value["result"].as_str(), value["error"].as_str()) {

@@ -98,7 +98,7 @@ pub struct Dispatcher {
     /// Woken when a run is queued for a remote bridge (the bridges' claims wait on it).
     zone_queued: Arc<tokio::sync::Notify>,
     /// Workflow runs this server drives (see `crate::workflow::engine`).
-    workflows: crate::workflow::engine::LiveWorkflows,
+    workflows: crate::workflow::live::LiveWorkflows,
 }
 
 impl Dispatcher {
@@ -129,7 +129,7 @@ impl Dispatcher {
     }
 
     /// The workflow runs this dispatcher drives.
-    pub fn workflows(&self) -> &crate::workflow::engine::LiveWorkflows {
+    pub fn workflows(&self) -> &crate::workflow::live::LiveWorkflows {
         &self.workflows
     }
 

@@ -1,5 +1,5 @@
 //! The workflow state language: what a workflow definition says, as JSON (or TOML from the
-//! CLI). The reference, with examples, is `docs/workflows.md`; this module holds the types and
+//! CLI). The reference, with examples, is `guest-examples/workflows/README.md`; this module holds the types and
 //! their size caps, [`crate::workflow::validate`] the rules that make a definition runnable.
 //!
 //! A definition is a graph of named states starting at `start_at`. A `task` runs a module (by

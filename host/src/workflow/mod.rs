@@ -24,13 +24,17 @@
 //!   restart or a resume, never re-executing a step that succeeded.
 //!
 //! Layout: `definition` (the language), `expr` (paths and conditions), `validate`, `progress`
-//! (what a run records), `engine` (the interpreter), `gate` (approval states).
+//! (what a run records), `engine` (the interpreter walking the states), `steps` (task,
+//! parallel, map, wait, retry and catch), `gate` (approval states), `live` (the runs driven
+//! here). The language reference is `guest-examples/workflows/README.md`.
 
 pub mod definition;
 pub mod engine;
 pub mod expr;
 pub mod gate;
+pub mod live;
 pub mod progress;
+mod steps;
 pub mod validate;
 
 pub use definition::{StepLimits, Workflow};
@@ -77,5 +81,84 @@ pub fn step_process(process: &Process, task: &definition::TaskState) -> Process 
         limits: task.limits.clone(),
         workflow: None,
         ..process.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::runs::RunState;
+
+    fn process() -> Process {
+        let module = "ab".repeat(32);
+        let workflow: Workflow = serde_json::from_value(json!({
+            "start_at": "a",
+            "states": {
+                "a": { "type": "task", "module": module, "end": true,
+                       "grant": { "credentials": ["db-pw"], "targets": ["db-1"] },
+                       "limits": { "timeout_seconds": 5 } }
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut p: Process = serde_json::from_value(json!({
+            "id": "p1", "name": "flow", "description": "", "owner": "alice",
+            "module_digest": workflow.digest(), "module": "workflow@x", "grant": {},
+            "default_inputs": {}, "shared_users": [], "shared_roles": [],
+            "required_approvals": 0, "revision": 1, "created_ms": 0, "updated_ms": 0
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        p.workflow = Some(workflow);
+        p
+    }
+
+    fn step_run(p: &Process, path: &str, module: &str, definition: &str) -> RunRecord {
+        let mut run = RunRecord::new_queued(
+            "r2".into(),
+            p.id.clone(),
+            module.into(),
+            "alice".into(),
+            Default::default(),
+        );
+        run.step = Some(StepRef {
+            run: "r1".into(),
+            path: path.into(),
+            definition_path: path.into(),
+            definition: definition.into(),
+        });
+        run
+    }
+
+    #[test]
+    fn a_step_run_executes_with_exactly_its_task_states_grant_and_limits() {
+        let p = process();
+        let run = step_run(&p, "a", &"ab".repeat(32), &p.module_digest);
+        let step = effective_process(&p, &run).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(step.grant.credentials, ["db-pw".to_string()].into());
+        assert_eq!(step.module_digest, "ab".repeat(32));
+        assert_eq!(step.limits.timeout_seconds, Some(5));
+        assert!(step.workflow.is_none());
+        assert_eq!(run.state, RunState::Queued);
+        // A run that is no step runs as the process itself.
+        let mut plain = run.clone();
+        plain.step = None;
+        assert_eq!(effective_process(&p, &plain).ok(), Some(p.clone()));
+    }
+
+    #[test]
+    fn a_step_run_of_a_changed_definition_another_module_or_no_such_step_is_refused() {
+        let p = process();
+        let module = "ab".repeat(32);
+        for run in [
+            step_run(&p, "a", &module, &"cd".repeat(32)),
+            step_run(&p, "a", &"ef".repeat(32), &p.module_digest),
+            step_run(&p, "zz", &module, &p.module_digest),
+        ] {
+            assert!(effective_process(&p, &run).is_err(), "{:?}", run.step);
+        }
+        let mut single = p.clone();
+        single.workflow = None;
+        assert!(effective_process(&single, &step_run(&p, "a", &module, &p.module_digest)).is_err());
     }
 }

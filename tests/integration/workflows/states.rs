@@ -462,3 +462,36 @@ async fn definitions_are_validated_at_create_and_update_naming_the_state() {
     r.expect_error(StatusCode::BAD_REQUEST, "invalid_workflow");
     assert!(r.text.contains("trusted publisher"), "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_workflow_run_cancels_its_step_run_and_starts_nothing_after() {
+    let lab = Lab::new().await;
+    let workflow = json!({ "start_at": "long", "states": {
+        "long": lab.probe("sleep", json!({"n": 60000}), json!({"next": "after",
+            "catch": [{ "errors": ["*"], "next": "after" }] })),
+        "after": lab.emit("should not run", json!({"end": true}))
+    } });
+    let pid = lab.process("cancellable", workflow).await;
+    let id = lab.server.start_run(&pid, &lab.server.admin, json!({})).await;
+    let mut child = String::new();
+    for _ in 0..400 {
+        let r = lab.server.get(&format!("/v1/runs/{id}"), &lab.server.admin).await;
+        if let Some(c) = step(&r.body, "long")["attempts"][0]["run_id"].as_str() {
+            let c = lab.server.get(&format!("/v1/runs/{c}"), &lab.server.admin).await;
+            if c.body["state"] == "running" {
+                child = c.body["id"].as_str().unwrap_or_default().to_string();
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(!child.is_empty(), "the step run never started");
+    let r = lab.server.post(&format!("/v1/runs/{id}/cancel"), &lab.server.admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let run = lab.server.wait_for_state_or_end(&id).await;
+    assert_eq!(run["state"], "cancelled", "{run}");
+    let c = lab.server.wait_for_state_or_end(&child).await;
+    assert_eq!(c["state"], "cancelled", "{c}");
+    assert_eq!(step(&run, "long")["status"], "cancelled", "a cancel is not caught");
+    assert!(step(&run, "after").is_null(), "nothing ran after the cancel");
+}

@@ -47,7 +47,7 @@ struct ProcessRequest {
     /// The task module's digest (none for a workflow: its digest is the definition's).
     #[serde(default)]
     module_digest: String,
-    /// A workflow definition instead of one module (see `docs/workflows.md`).
+    /// A workflow definition instead of one module (see `guest-examples/workflows/README.md`).
     #[serde(default)]
     workflow: Option<Workflow>,
     /// Limits below the server's for every run.

@@ -192,22 +192,25 @@ impl Dispatcher {
             .await
     }
 
-    /// [`Dispatcher::start_charged`] of a single-task `process`; `step` names the workflow
-    /// step the run executes, if it is one.
+    /// [`Dispatcher::start_charged`] of a single-task `process`; `step` gives the run's id and
+    /// names the workflow step it executes, if it is one.
     pub(crate) async fn start_as(
         &self,
         process: &Process,
         inputs: BTreeMap<String, serde_json::Value>,
         actor: &str,
         charged_to: &str,
-        step: Option<crate::workflow::StepRef>,
+        step: Option<(String, crate::workflow::StepRef)>,
     ) -> Result<RunRecord, StartError> {
         let ResolvedRun {
             module,
             inputs: merged,
             params,
         } = self.resolve(process, inputs)?;
-        let run_id = uuid::Uuid::new_v4().to_string();
+        let (run_id, step) = match step {
+            Some((id, step)) => (id, Some(step)),
+            None => (uuid::Uuid::new_v4().to_string(), None),
+        };
         let mut record = RunRecord::new_queued(
             run_id,
             process.id.clone(),
@@ -315,6 +318,37 @@ impl Dispatcher {
             inputs: merged,
             params,
         })
+    }
+
+    /// Checks `inputs` for a run of `process` without starting one: against its module's
+    /// manifest, or a workflow's declared inputs (process defaults merged in both cases).
+    pub fn check_run_inputs(
+        &self,
+        process: &Process,
+        inputs: BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), StartError> {
+        let Some(workflow) = &process.workflow else {
+            return self.resolve(process, inputs).map(|_| ());
+        };
+        let mut merged = process.default_inputs.clone();
+        merged.extend(inputs);
+        crate::workflow::engine::check_inputs(workflow, &merged)
+    }
+
+    /// The inputs a run of `process` takes: its module's, or its workflow's.
+    pub fn declared_inputs(
+        &self,
+        process: &Process,
+    ) -> Result<BTreeMap<String, crate::registry::manifest::InputSpec>, StartError> {
+        if let Some(workflow) = &process.workflow {
+            return Ok(workflow.inputs.clone());
+        }
+        let module = self
+            .modules
+            .get(&process.module_digest)
+            .map_err(|e| StartError::Registry(e.to_string()))?
+            .ok_or_else(|| StartError::ModuleUnavailable(process.module_digest.clone()))?;
+        Ok(module.manifest.inputs)
     }
 
     /// Queues and executes a run whose approvals are complete, as `actor` (the approver

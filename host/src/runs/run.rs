@@ -541,6 +541,16 @@ impl RunStore {
         entry: AuditEntry,
         change: Change<'_>,
     ) -> Result<(), RunsError> {
+        self.write_audited_all(guard, vec![entry], change).await
+    }
+
+    /// [`Self::write_audited`] with several audit records before the one swap.
+    async fn write_audited_all(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        entries: Vec<AuditEntry>,
+        change: Change<'_>,
+    ) -> Result<(), RunsError> {
         let Change {
             id,
             old_bytes,
@@ -555,7 +565,7 @@ impl RunStore {
         let (store, id, actor) = (self.clone(), id.to_string(), actor.to_string());
         let finished = self.finished.clone();
         let done = finish_detached(guard, async move {
-            let (_, swapped) = store.audit.append_then(entry, swap).await?;
+            let (_, swapped) = store.audit.append_all_then(entries, swap).await?;
             store.lost_if_conflict(&id, swapped, next, &actor).await
         })
         .await;

@@ -83,6 +83,17 @@ impl RunStore {
         id: &str,
         edit: impl FnOnce(&mut WorkflowProgress) -> Result<AuditEntry, RunsError>,
     ) -> Result<RunRecord, RunsError> {
+        self.update_workflow_all(id, |progress| edit(progress).map(|e| vec![e]))
+            .await
+    }
+
+    /// [`Self::update_workflow`] with any number of audit records (several step transitions
+    /// recorded at once, in one commit); none is a refusal.
+    pub async fn update_workflow_all(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut WorkflowProgress) -> Result<Vec<AuditEntry>, RunsError>,
+    ) -> Result<RunRecord, RunsError> {
         let guard = self.lock(id).await;
         let (old_bytes, old) = self
             .load(id)?
@@ -98,14 +109,20 @@ impl RunStore {
             .workflow
             .as_mut()
             .ok_or_else(|| invalid("workflow", "not a workflow run"))?;
-        let entry = edit(progress)?;
+        let entries = edit(progress)?;
+        if entries.is_empty() {
+            return Err(invalid("workflow", "nothing to record"));
+        }
         check_identity(&old, &new)?;
         let new_bytes = encode(&new)?;
-        let entry = AuditEntry {
-            run_id: Some(id.to_string()),
-            ..entry
-        };
-        let actor = entry.actor.clone();
+        let entries: Vec<AuditEntry> = entries
+            .into_iter()
+            .map(|entry| AuditEntry {
+                run_id: Some(id.to_string()),
+                ..entry
+            })
+            .collect();
+        let actor = entries[0].actor.clone();
         let change = Change {
             id,
             old_bytes,
@@ -113,7 +130,7 @@ impl RunStore {
             next: RunState::Running,
             actor: &actor,
         };
-        self.write_audited(guard, entry, change).await?;
+        self.write_audited_all(guard, entries, change).await?;
         Ok(new)
     }
 

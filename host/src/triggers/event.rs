@@ -148,7 +148,11 @@ impl Triggers {
                 return Err(self.refuse(&trigger.id, t, why, &ev, &digest).await);
             }
         };
-        if let Err(e) = self.inner.dispatcher.resolve(&process, inputs.clone()) {
+        if let Err(e) = self
+            .inner
+            .dispatcher
+            .check_run_inputs(&process, inputs.clone())
+        {
             let why = start_refusal(&e);
             return Err(self.refuse(&trigger.id, t, why, &ev, &digest).await);
         }

@@ -156,14 +156,11 @@ impl Triggers {
 
     /// Every mapped input must be declared by the process's manifest.
     fn check_inputs(&self, process: &Process, new: &NewTrigger) -> Result<(), TriggerError> {
-        let module = self
+        let declared = self
             .inner
             .dispatcher
-            .modules()
-            .get(&process.module_digest)
-            .map_err(|e| TriggerError::Invalid(format!("module: {e}")))?
-            .ok_or_else(|| TriggerError::Invalid("the process's module is gone".into()))?;
-        let declared = &module.manifest.inputs;
+            .declared_inputs(process)
+            .map_err(|e| TriggerError::Invalid(format!("module: {e}")))?;
         let unknown: Vec<&String> = new
             .map
             .keys()

@@ -67,7 +67,10 @@ pub async fn start(
 
 /// Checks a workflow run's inputs like a module's: declared names only, required ones present,
 /// values of the declared types.
-fn check_inputs(workflow: &Workflow, inputs: &BTreeMap<String, Value>) -> Result<(), StartError> {
+pub(crate) fn check_inputs(
+    workflow: &Workflow,
+    inputs: &BTreeMap<String, Value>,
+) -> Result<(), StartError> {
     let manifest = Manifest {
         name: "workflow".into(),
         version: "1".into(),
@@ -100,6 +103,7 @@ pub fn drive(dispatcher: &Dispatcher, process: &Process, run_id: &str) {
         run_id: run_id.to_string(),
         control,
         prior: Mutex::default(),
+        writer: Default::default(),
         actor: String::new(),
         attempt: 0,
     };
@@ -144,8 +148,11 @@ pub(super) struct Exec {
     pub(super) process: Arc<Process>,
     pub(super) run_id: String,
     pub(super) control: Arc<WorkflowControl>,
-    /// The steps as recorded when the engine (re)started: what replay reuses.
-    prior: Mutex<BTreeMap<String, StepRecord>>,
+    /// The steps as recorded when the engine (re)started, then as this engine recorded them:
+    /// what replay reuses.
+    pub(super) prior: Mutex<BTreeMap<String, StepRecord>>,
+    /// Step updates waiting to be written together (see `record.rs`).
+    pub(super) writer: super::record::StepWriter,
     pub(super) actor: String,
     pub(super) attempt: u32,
 }
@@ -259,52 +266,6 @@ impl Exec {
             .unwrap_or_else(PoisonError::into_inner)
             .get(path)
             .cloned()
-    }
-
-    /// Records the step at `path` (creating it if new) after `edit` changed the stored
-    /// record, audited `workflow.step.<status>` with `detail`. Returns the step as recorded.
-    pub(super) async fn record(
-        &self,
-        path: &str,
-        state: &str,
-        kind: &str,
-        detail: String,
-        edit: impl FnOnce(&mut StepRecord),
-    ) -> Result<StepRecord, Failure> {
-        let attempt = self.attempt;
-        let mut recorded = None;
-        let result = self
-            .dispatcher
-            .runs()
-            .update_workflow(&self.run_id, |progress| {
-                if !progress.steps.contains_key(path) && progress.steps.len() >= MAX_STEP_RECORDS {
-                    return Err(RunsError::Invalid {
-                        field: "workflow",
-                        why: format!("a run records at most {MAX_STEP_RECORDS} steps"),
-                    });
-                }
-                let step = progress
-                    .steps
-                    .entry(path.to_string())
-                    .or_insert_with(|| fresh(state, kind, attempt));
-                edit(step);
-                step.run_attempt = attempt;
-                recorded = Some(step.clone());
-                Ok(step_entry(&self.actor, path, step, &detail))
-            })
-            .await;
-        if let Err(e) = result {
-            return Err(failure(
-                kinds::FAILED,
-                format!("cannot record step {path}: {e}"),
-            ));
-        }
-        let record = recorded.ok_or_else(|| failure(kinds::FAILED, "step not recorded"))?;
-        self.prior
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(path.to_string(), record.clone());
-        Ok(record)
     }
 
     /// Runs one definition level from its `start_at` to its end; its output is the output of
@@ -515,56 +476,5 @@ fn adopted_entry(actor: &str) -> AuditEntry {
         detail: Some(
             "taken up again after a server restart; steps that ended are not run again".into(),
         ),
-    }
-}
-
-/// The audit record of a step transition.
-fn step_entry(actor: &str, path: &str, step: &StepRecord, detail: &str) -> AuditEntry {
-    let status = status_name(step.status);
-    let decision = match (&step.status, &step.error) {
-        (StepStatus::Failed, Some(e)) => Decision::Denied {
-            reason: format!("{}: {}", e.kind, e.message),
-            policy: None,
-        },
-        _ => Decision::Allowed,
-    };
-    AuditEntry {
-        run_id: None,
-        actor: actor.to_string(),
-        action: format!("workflow.step.{status}"),
-        target: None,
-        credential: None,
-        decision,
-        outcome: status.into(),
-        duration_us: 0,
-        detail: Some(format!("step {path} ({}): {detail}", step.kind)),
-    }
-}
-
-fn fresh(state: &str, kind: &str, attempt: u32) -> StepRecord {
-    StepRecord {
-        state: state.to_string(),
-        kind: kind.to_string(),
-        status: StepStatus::Running,
-        run_attempt: attempt,
-        started_ms: now_ms(),
-        finished_ms: None,
-        attempts: Vec::new(),
-        output: None,
-        error: None,
-        next: None,
-        wake_ms: None,
-        gate: None,
-    }
-}
-
-fn status_name(status: StepStatus) -> &'static str {
-    match status {
-        StepStatus::Running => "running",
-        StepStatus::Waiting => "waiting",
-        StepStatus::Succeeded => "succeeded",
-        StepStatus::Caught => "caught",
-        StepStatus::Failed => "failed",
-        StepStatus::Cancelled => "cancelled",
     }
 }

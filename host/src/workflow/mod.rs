@@ -34,6 +34,7 @@ pub mod expr;
 pub mod gate;
 pub mod live;
 pub mod progress;
+mod record;
 mod steps;
 pub mod validate;
 

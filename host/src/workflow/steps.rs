@@ -13,7 +13,7 @@ use super::definition::*;
 use super::engine::{CANCELLED, Exec, Failure, Flow, failure};
 use super::expr::{Path, Scope};
 use super::progress::*;
-use crate::runs::{RunRecord, RunState, now_ms};
+use crate::runs::{RunRecord, RunState, RunsError, now_ms};
 
 impl Exec {
     /// A task, parallel or map state with its `retry` and `catch` rules.
@@ -252,41 +252,55 @@ impl Exec {
         // (Only within one run attempt: a resume runs a failed or interrupted step again.)
         let in_flight = self
             .prior(path)
-            .filter(|p| adopt && p.status == StepStatus::Running && p.run_attempt == self.attempt);
-        let child_id = match in_flight.and_then(|p| p.attempts.last().cloned()) {
+            .filter(|p| adopt && p.status == StepStatus::Running && p.run_attempt == self.attempt)
+            .and_then(|p| p.attempts.last().cloned());
+        let mut child_id = match in_flight {
             Some(attempt) => attempt.run_id,
             None => self.start_task(task, name, path, def_path, scope).await?,
         };
-        let child = tokio::select! {
-            ended = runs.wait_finished(&child_id) => ended,
-            _ = self.cancelled() => {
-                let _ = self.dispatcher.cancel(&child_id, &self.actor).await;
-                runs.wait_finished(&child_id).await
+        let mut restarted = false;
+        let child = loop {
+            let ended = tokio::select! {
+                ended = runs.wait_finished(&child_id) => ended,
+                _ = self.cancelled() => {
+                    let _ = self.dispatcher.cancel(&child_id, &self.actor).await;
+                    runs.wait_finished(&child_id).await
+                }
+            };
+            match ended {
+                Ok(child) => break child,
+                // Recorded as an attempt, but the server stopped before the step run was
+                // created: it never ran, so it may start now.
+                Err(RunsError::NotFound(_)) if !restarted => {
+                    restarted = true;
+                    let never = StepAttempt {
+                        run_id: child_id.clone(),
+                        state: RunState::Cancelled,
+                        host_calls: 0,
+                        started_ms: now_ms(),
+                        finished_ms: Some(now_ms()),
+                        error: Some("never created: the server stopped first".into()),
+                    };
+                    self.writer.finished(path, never);
+                    child_id = self.start_task(task, name, path, def_path, scope).await?;
+                }
+                Err(e) => {
+                    return Err(failure(kinds::FAILED, format!("step run {child_id}: {e}")));
+                }
             }
-        }
-        .map_err(|e| failure(kinds::FAILED, format!("step run {child_id}: {e}")))?;
-        let attempt = StepAttempt {
-            run_id: child.id.clone(),
-            state: child.state,
-            host_calls: child.host_calls,
-            started_ms: child.started_ms.unwrap_or(child.created_ms),
-            finished_ms: child.finished_ms,
-            error: child.error.clone(),
         };
-        let summary = format!("step run {} {}", child.id, child.state);
-        self.record(path, name, "task", summary, move |r| {
-            if let Some(last) = r
-                .attempts
-                .iter_mut()
-                .rev()
-                .find(|a| a.run_id == attempt.run_id)
-            {
-                *last = attempt;
-            } else if r.attempts.len() < MAX_RECORDED_ATTEMPTS {
-                r.attempts.push(attempt);
-            }
-        })
-        .await?;
+        // The step's next record (success, retry, catch or failure) writes the attempt's end.
+        self.writer.finished(
+            path,
+            StepAttempt {
+                run_id: child.id.clone(),
+                state: child.state,
+                host_calls: child.host_calls,
+                started_ms: child.started_ms.unwrap_or(child.created_ms),
+                finished_ms: child.finished_ms,
+                error: child.error.clone(),
+            },
+        );
         step_output(&child)
     }
 
@@ -342,17 +356,12 @@ impl Exec {
             definition_path: def_path.to_string(),
             definition: self.process.module_digest.clone(),
         };
-        let started = self
-            .dispatcher
-            .start_as(&process, inputs, &self.actor, &self.actor, Some(step))
-            .await;
-        let child = match started {
-            Ok(child) => child,
-            Err(e) => return Err(failure(kinds::REFUSED, e.to_string())),
-        };
+        // The attempt is recorded before its step run exists, so that a restart in between
+        // finds it (and finds no run: it never started) rather than starting a second one.
+        let id = uuid::Uuid::new_v4().to_string();
         let attempt = StepAttempt {
-            run_id: child.id.clone(),
-            state: child.state,
+            run_id: id.clone(),
+            state: RunState::Queued,
             host_calls: 0,
             started_ms: now_ms(),
             finished_ms: None,
@@ -363,7 +372,7 @@ impl Exec {
             path,
             name,
             "task",
-            format!("attempt {n}: step run {}", child.id),
+            format!("attempt {n}: step run {id}"),
             move |r| {
                 r.status = StepStatus::Running;
                 if r.attempts.len() < MAX_RECORDED_ATTEMPTS {
@@ -372,7 +381,29 @@ impl Exec {
             },
         )
         .await?;
-        Ok(child.id)
+        let started = self
+            .dispatcher
+            .start_as(
+                &process,
+                inputs,
+                &self.actor,
+                &self.actor,
+                Some((id.clone(), step)),
+            )
+            .await;
+        if let Err(e) = started {
+            let refused = StepAttempt {
+                run_id: id,
+                state: RunState::Denied,
+                host_calls: 0,
+                started_ms: now_ms(),
+                finished_ms: Some(now_ms()),
+                error: Some(e.to_string()),
+            };
+            self.writer.finished(path, refused);
+            return Err(failure(kinds::REFUSED, e.to_string()));
+        }
+        Ok(id)
     }
 
     pub(super) async fn wait(

@@ -472,12 +472,21 @@ async fn cancelling_a_workflow_run_cancels_its_step_run_and_starts_nothing_after
         "after": lab.emit("should not run", json!({"end": true}))
     } });
     let pid = lab.process("cancellable", workflow).await;
-    let id = lab.server.start_run(&pid, &lab.server.admin, json!({})).await;
+    let id = lab
+        .server
+        .start_run(&pid, &lab.server.admin, json!({}))
+        .await;
     let mut child = String::new();
     for _ in 0..400 {
-        let r = lab.server.get(&format!("/v1/runs/{id}"), &lab.server.admin).await;
+        let r = lab
+            .server
+            .get(&format!("/v1/runs/{id}"), &lab.server.admin)
+            .await;
         if let Some(c) = step(&r.body, "long")["attempts"][0]["run_id"].as_str() {
-            let c = lab.server.get(&format!("/v1/runs/{c}"), &lab.server.admin).await;
+            let c = lab
+                .server
+                .get(&format!("/v1/runs/{c}"), &lab.server.admin)
+                .await;
             if c.body["state"] == "running" {
                 child = c.body["id"].as_str().unwrap_or_default().to_string();
                 break;
@@ -486,12 +495,88 @@ async fn cancelling_a_workflow_run_cancels_its_step_run_and_starts_nothing_after
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(!child.is_empty(), "the step run never started");
-    let r = lab.server.post(&format!("/v1/runs/{id}/cancel"), &lab.server.admin, json!({})).await;
+    let r = lab
+        .server
+        .post(
+            &format!("/v1/runs/{id}/cancel"),
+            &lab.server.admin,
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let run = lab.server.wait_for_state_or_end(&id).await;
     assert_eq!(run["state"], "cancelled", "{run}");
     let c = lab.server.wait_for_state_or_end(&child).await;
     assert_eq!(c["state"], "cancelled", "{c}");
-    assert_eq!(step(&run, "long")["status"], "cancelled", "a cancel is not caught");
-    assert!(step(&run, "after").is_null(), "nothing ran after the cancel");
+    assert_eq!(
+        step(&run, "long")["status"],
+        "cancelled",
+        "a cancel is not caught"
+    );
+    assert!(
+        step(&run, "after").is_null(),
+        "nothing ran after the cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_limit_times_the_step_out_and_schedules_check_a_workflows_inputs() {
+    let lab = Lab::new().await;
+    let workflow = json!({
+        "inputs": { "user": { "type": "string", "required": true } },
+        "start_at": "slow", "states": {
+        "slow": lab.probe("sleep", json!({"n": 20000}), json!({ "limits": { "timeout_seconds": 1 },
+            "next": "never", "catch": [{ "errors": ["timed-out"], "next": "late" }] })),
+        "never": lab.emit("no", json!({"end": true})),
+        "late": lab.emit("late", json!({"end": true}))
+    } });
+    let pid = lab.process("limited", workflow).await;
+    let started = std::time::Instant::now();
+    let run = lab.run(&pid, json!({ "user": "ada" })).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the step limit held"
+    );
+    assert_eq!(run["result"], "late", "{run}");
+    let slow = step(&run, "slow");
+    assert_eq!(slow["error"]["kind"], "timed-out", "{slow}");
+    assert_eq!(slow["attempts"][0]["state"], "timed-out");
+    // A run's inputs are the workflow's: checked at start and when a schedule is made.
+    let r = lab
+        .server
+        .post(
+            &format!("/v1/processes/{pid}/runs"),
+            &lab.server.admin,
+            json!({ "inputs": {} }),
+        )
+        .await;
+    r.expect_error(StatusCode::BAD_REQUEST, "invalid_inputs");
+    let r = lab
+        .server
+        .post(
+            &format!("/v1/processes/{pid}/runs"),
+            &lab.server.admin,
+            json!({ "inputs": { "user": "ada", "extra": 1 } }),
+        )
+        .await;
+    r.expect_error(StatusCode::BAD_REQUEST, "invalid_inputs");
+    let path = format!("/v1/processes/{pid}/schedules");
+    let r = lab
+        .server
+        .post(
+            &path,
+            &lab.server.admin,
+            json!({ "cron": "0 3 * * *", "inputs": {} }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let r = lab
+        .server
+        .post(
+            &path,
+            &lab.server.admin,
+            json!({ "cron": "0 3 * * *", "inputs": { "user": "ada" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }

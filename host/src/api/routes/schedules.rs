@@ -65,7 +65,7 @@ async fn create_schedule(
         .await?;
     state
         .dispatcher
-        .resolve(&process, req.inputs.clone())
+        .check_run_inputs(&process, req.inputs.clone())
         .map_err(super::processes::start_error)?;
     let schedule = state
         .schedules

@@ -6,7 +6,9 @@
 //!   measured from the start call to its recorded end on the server (p50 over the rounds),
 //!   per-step overhead = (t20 - t1) / 19 (target ≤ 2 ms with sled);
 //! - a `map` over N real sshd targets (one `exec` step run per target, all at once) against
-//!   one `exec-many` run on the same targets (target ≤ 1.5x).
+//!   one `exec-many` run on the same targets (target ≤ 1.5x): once with the run queue's default
+//!   fair-share caps (16 running runs per user: the map's step runs go in waves) and once with
+//!   those caps raised to 64 (`--queue-per-user-running`), which is what the target measures.
 //!
 //! The server runs in-process over sled; every step transition, run transition and host call
 //! is audited durably while measured.
@@ -113,6 +115,26 @@ async fn bench() -> anyhow::Result<()> {
         .unwrap_or(50);
     let user = TestUser::create("wbw")?;
     let sshds = Sshd::fleet(n)?;
+    println!("--- default run-queue caps (16 running runs per user)");
+    map_vs_many(&server, &probe, &user, &sshds).await?;
+    let mut limits = warden_host::api::ServerLimits::default();
+    limits.queue.per_user_running = 64;
+    limits.queue.per_process_running = 64;
+    let wide = Server::start_with(&limits).await;
+    wide.trust("bench", &key).await;
+    let probe = wide.publish("probe", &key).await;
+    println!("--- per-user and per-process caps raised to 64");
+    map_vs_many(&wide, &probe, &user, &sshds).await?;
+    Ok(())
+}
+
+async fn map_vs_many(
+    server: &Server,
+    probe: &str,
+    user: &TestUser,
+    sshds: &[Sshd],
+) -> anyhow::Result<()> {
+    let n = sshds.len();
     let r = server
         .post(
             "/v1/credentials",
@@ -142,15 +164,15 @@ async fn bench() -> anyhow::Result<()> {
         "type": "task", "module": probe, "grant": grant, "end": true,
         "inputs": { "mode": "exec-many", "credential": "pw", "command": "id -un", "targets.$": "$.inputs.targets" } } },
         "inputs": { "targets": { "type": "string-list", "required": true } } });
-    let map_pid = create(&server, "map", map).await?;
-    let many_pid = create(&server, "exec-many", many).await?;
+    let map_pid = create(server, "map", map).await?;
+    let many_pid = create(server, "exec-many", many).await?;
     let inputs = json!({ "targets": names });
-    timed(&server, &map_pid, inputs.clone()).await?;
-    timed(&server, &many_pid, inputs.clone()).await?;
+    timed(server, &map_pid, inputs.clone()).await?;
+    timed(server, &many_pid, inputs.clone()).await?;
     let (mut tm, mut te) = (Vec::new(), Vec::new());
     for _ in 0..MAP_ROUNDS {
-        tm.push(timed(&server, &map_pid, inputs.clone()).await?);
-        te.push(timed(&server, &many_pid, inputs.clone()).await?);
+        tm.push(timed(server, &map_pid, inputs.clone()).await?);
+        te.push(timed(server, &many_pid, inputs.clone()).await?);
     }
     let (mm, me) = (median(tm), median(te));
     println!(

@@ -385,6 +385,9 @@ impl BridgeHub {
             .processes
             .get(&run.process_id)?
             .ok_or_else(|| HubError::Denied(format!("process {} is gone", run.process_id)))?;
+        // A workflow's step run holds its task state's grant, not the (empty) process grant.
+        let process = crate::workflow::effective_process(&process, &run)
+            .map_err(|e| HubError::Denied(e.to_string()))?;
         let grant = &process.grant;
         if !grant.credentials.contains(credential) && !grant.rotations.contains(credential) {
             return Err(HubError::Denied(format!(

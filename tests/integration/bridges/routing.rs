@@ -184,3 +184,67 @@ async fn a_remote_bridge_redacts_the_secret_exactly_as_the_embedded_one() {
     );
     assert!(records.iter().any(|r| r["action"] == "ssh.exec"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_step_runs_on_its_zones_bridge_with_only_its_own_grant() {
+    let lab = Lab::new(30).await;
+    let zone = Zone::new(&lab);
+    lab.target("dmz-host", "dmz", &zone.sshd).await;
+    let exec = serde_json::json!({ "mode": "exec", "credential": "pw", "target": "dmz-host", "command": "id -un" });
+    let task = |grant: serde_json::Value, next: serde_json::Value| {
+        let mut t = serde_json::json!({ "type": "task", "module": lab.digest, "inputs": exec, "grant": grant });
+        if let (Some(t), Some(n)) = (t.as_object_mut(), next.as_object()) {
+            t.extend(n.clone());
+        }
+        t
+    };
+    // Step one may use the target but not the credential; step two both.
+    let workflow = serde_json::json!({ "start_at": "one", "states": {
+        "one": task(serde_json::json!({ "targets": ["dmz-host"], "commands": ["id -un"] }), serde_json::json!({ "next": "two", "catch": [{ "errors": ["*"], "next": "two" }] })),
+        "two": task(serde_json::json!({ "credentials": ["pw"], "targets": ["dmz-host"], "commands": ["id -un"] }), serde_json::json!({ "end": true })),
+    } });
+    let r = lab
+        .server
+        .post(
+            "/v1/processes",
+            &lab.server.admin,
+            serde_json::json!({ "name": "remote-flow", "workflow": workflow }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pid = r.body["id"].as_str().expect("id").to_string();
+    let bridge = zone.bridge(&lab.token("dmz").await);
+    let id = lab
+        .server
+        .start_run(&pid, &lab.server.admin, serde_json::json!({}))
+        .await;
+    let run = ended(&lab, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run} {}", bridge.log());
+    let steps = &run["workflow"]["steps"];
+    // Step one's run is denied the credential on the bridge too.
+    let one = &steps["one"];
+    assert_eq!(one["status"], "caught", "{one}");
+    assert!(
+        one["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("denied")),
+        "{one}"
+    );
+    let two = &steps["two"]["output"];
+    assert_eq!(two["exit"], 0, "{two}");
+    assert_eq!(
+        two["stdout"].as_str().map(str::trim),
+        Some(lab.user.name.as_str()),
+        "{two}"
+    );
+    for step in ["one", "two"] {
+        let child = steps[step]["attempts"][0]["run_id"]
+            .as_str()
+            .expect("child");
+        let r = lab
+            .server
+            .get(&format!("/v1/runs/{child}"), &lab.server.admin)
+            .await;
+        assert_eq!(r.body["bridge"], bridge.id, "{}", r.text);
+    }
+}

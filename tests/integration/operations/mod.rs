@@ -13,6 +13,7 @@
 //! man pages; `config` the configuration file and `config check`; `lifecycle` request log
 //! lines and graceful shutdown.
 
+mod backup;
 mod config;
 mod lifecycle;
 mod policies;

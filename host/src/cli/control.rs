@@ -87,12 +87,17 @@ impl ControlSocket {
 
 /// Answers one connection (blocking).
 fn answer(mut stream: UnixStream, allowed: bool, source: &Source, busy: &AtomicBool) {
+    // The answer, then the rest of what the peer sent (bounded) is read and dropped, so it
+    // reads the sentence rather than a reset connection.
     let refuse = |stream: &mut UnixStream, why: &str| {
         let _ = stream.write_all(format!("error: {why}\n").as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut (&*stream).take(64 * 1024), &mut std::io::sink());
     };
     if stream.set_nonblocking(false).is_err() {
         return;
     }
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     if !allowed {
         tracing::warn!(target: SERVER_LOG, "control socket: refused a peer that does not own the data directory");
         return refuse(
@@ -100,7 +105,6 @@ fn answer(mut stream: UnixStream, allowed: bool, source: &Source, busy: &AtomicB
             "only the data directory's owner may ask for a backup",
         );
     }
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let mut line = String::new();
     let read = std::io::BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
     if read.is_err() || line.trim_end() != REQUEST {

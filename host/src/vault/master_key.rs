@@ -93,6 +93,7 @@ impl MasterKey {
     pub fn load(path: &Path) -> Result<Self, VaultError> {
         let mut file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VaultError::KeyFileMissing(path.into()),
+            std::io::ErrorKind::PermissionDenied => VaultError::KeyFileUnreadable(path.into()),
             _ => key_file_error(path, e),
         })?;
         // Check the opened file itself, not the path, so a swap after the check cannot win.

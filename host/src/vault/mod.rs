@@ -136,6 +136,11 @@ pub enum VaultError {
          it with --master-key-file, --master-key-env or --master-key-command"
     )]
     KeyFileMissing(PathBuf),
+    #[error(
+        "master key file {0} cannot be read by this user: run warden as the user that owns \
+         it, or hand it over with systemd's LoadCredential and --master-key-file"
+    )]
+    KeyFileUnreadable(PathBuf),
     #[error("master key file {0} already exists; refusing to overwrite it")]
     KeyFileExists(PathBuf),
     #[error("master key file {path} has mode {mode:o}; group/other access is refused (use 0600)")]

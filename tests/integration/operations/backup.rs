@@ -496,6 +496,39 @@ async fn a_data_directory_in_use_and_a_missing_master_key_are_one_sentence_each(
         1,
         "said twice: {stderr}"
     );
+    // A key this user may not read (the service user's, read by another account).
+    let unreadable = tmp.path().join("unreadable");
+    std::fs::create_dir(&unreadable).expect("dir");
+    std::fs::copy(&moved, unreadable.join("master.key")).expect("copy");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open =
+            |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        open(tmp.path(), 0o755).expect("chmod");
+        open(&data, 0o755).expect("chmod");
+        open(&unreadable, 0o755).expect("chmod");
+    }
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(super::BIN)
+        .args([
+            "audit",
+            "verify",
+            "--data",
+            &arg(&data),
+            "--master-key-file",
+        ])
+        .arg(unreadable.join("master.key"))
+        .env_remove("WARDEN_DATA");
+    let (out, _, stderr) = run(command);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot be read by this user"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
     // With the key named, the same command works.
     let mut command = warden(tmp.path());
     command.args([
@@ -508,4 +541,67 @@ async fn a_data_directory_in_use_and_a_missing_master_key_are_one_sentence_each(
     ]);
     let (out, stdout, stderr) = run(command);
     assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_data_directorys_owner_gets_a_backup_even_through_a_loosened_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    init_data_dir(&data);
+    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
+    let socket = data.join("control.sock");
+    let mode = |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    // The misconfiguration an attacker hopes for: directory and socket opened to everyone.
+    let open = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    open(tmp.path(), 0o755);
+    open(&data, 0o755);
+    open(&socket, 0o666);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).expect("dir");
+    open(&out, 0o777);
+    let stolen = out.join("stolen.jsonl");
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(super::BIN)
+        .args(["backup", "--data", &arg(&data), "-o", &arg(&stolen)])
+        .env_remove("WARDEN_DATA");
+    let (status, stdout, stderr) = run(command);
+    assert!(!status.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("only the data directory's owner may ask for a backup"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).expect("out").count(),
+        0,
+        "a file was left"
+    );
+    // The owner speaking anything but the one request gets a refusal, not state.
+    for request in [
+        "backup 2\n",
+        "dump\n",
+        &format!("backup 1{}\n", "x".repeat(200)),
+    ] {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        stream.write_all(request.as_bytes()).expect("write");
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(
+            answer.starts_with("error: unknown request"),
+            "{request:?}: {answer}"
+        );
+        assert_eq!(answer.lines().count(), 1, "{answer}");
+    }
+    let log = serve.stderr();
+    assert!(log.contains("refused a peer that does not own"), "{log}");
+    drop(serve);
 }

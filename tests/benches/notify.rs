@@ -84,6 +84,8 @@ async fn bench() -> anyhow::Result<()> {
                 signing_credential: None,
                 timeout_ms: 5_000,
                 retry_ms: vec![100],
+                ca_file: None,
+                server_fingerprint: None,
             }),
             events: Events::All,
             from: From::Now,

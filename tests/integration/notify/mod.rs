@@ -4,6 +4,7 @@
 //! file sink's export. This file holds the shared harness; one file per sink kind.
 
 mod export;
+mod https;
 mod syslog;
 mod webhook;
 

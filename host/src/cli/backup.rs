@@ -157,7 +157,7 @@ impl Hashing<'_> {
 }
 
 /// A scratch file in the data directory (owner-only), removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -165,10 +165,28 @@ impl Drop for Scratch {
     }
 }
 
-/// Writes a backup of `source` to `out`. The tables and the audit head are read with every
-/// write held off (into a scratch file, so a slow reader of `out` never stalls the server);
-/// then the audit records up to that head follow.
+/// Writes a backup of `source` to `out`: [`take_snapshot`], then [`stream_snapshot`]. The
+/// tables and the audit head are read with every write held off (into a scratch file, so a
+/// slow reader of `out` never stalls the server); then the audit records up to that head
+/// follow.
 pub(crate) fn write_snapshot(source: &Source, out: &mut dyn Write) -> anyhow::Result<Summary> {
+    let taken = take_snapshot(source)?;
+    stream_snapshot(source, taken, out)
+}
+
+/// The part of a snapshot read with the writes held off: the tables (in a scratch file) and
+/// the audit head.
+pub(crate) struct Taken {
+    _scratch: Scratch,
+    file: fs::File,
+    count: u64,
+    head: store::AuditTip,
+    audit_records: u64,
+}
+
+/// Reads the tables and the audit head with every write held off (the backend refuses if it
+/// cannot hold them off).
+pub(crate) fn take_snapshot(source: &Source) -> anyhow::Result<Taken> {
     let scratch = Scratch(
         source
             .root
@@ -203,11 +221,34 @@ pub(crate) fn write_snapshot(source: &Source, out: &mut dyn Write) -> anyhow::Re
         head = source.db.backend().audit_tip()?;
         Ok(())
     })?;
-    let mut file = rows.into_inner().context("writing the scratch file")?;
+    let file = rows.into_inner().context("writing the scratch file")?;
     let audit_records = match &head.last {
         None => 0,
         Some(bytes) => record_seq(bytes).context("the audit log's last record")? + 1,
     };
+    Ok(Taken {
+        _scratch: scratch,
+        file,
+        count,
+        head,
+        audit_records,
+    })
+}
+
+/// Writes the backup of a taken snapshot: header, sealed key files, the tables, the audit
+/// head and the records up to it, the checksum line.
+pub(crate) fn stream_snapshot(
+    source: &Source,
+    taken: Taken,
+    out: &mut dyn Write,
+) -> anyhow::Result<Summary> {
+    let Taken {
+        _scratch,
+        mut file,
+        count,
+        head,
+        audit_records,
+    } = taken;
 
     let mut out = Hashing {
         out,

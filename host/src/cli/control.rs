@@ -121,10 +121,18 @@ fn answer(mut stream: UnixStream, allowed: bool, source: &Source, busy: &AtomicB
     }
     let _ = stream.set_read_timeout(None);
     let started = std::time::Instant::now();
+    let taken = match backup::take_snapshot(source) {
+        Ok(taken) => taken,
+        Err(e) => {
+            busy.store(false, Ordering::SeqCst);
+            tracing::warn!(target: SERVER_LOG, error = %format!("{e:#}"), "backup refused");
+            return refuse(&mut stream, &format!("{e:#}"));
+        }
+    };
     let result = stream
         .write_all(b"ok\n")
         .map_err(anyhow::Error::from)
-        .and_then(|()| backup::write_snapshot(source, &mut stream));
+        .and_then(|()| backup::stream_snapshot(source, taken, &mut stream));
     busy.store(false, Ordering::SeqCst);
     match result {
         Ok(summary) => tracing::info!(

@@ -605,3 +605,80 @@ async fn only_the_data_directorys_owner_gets_a_backup_even_through_a_loosened_so
     assert!(log.contains("refused a peer that does not own"), "{log}");
     drop(serve);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_an_empty_postgres_database_and_never_into_a_used_one() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let admin = init_data_dir(&data);
+    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
+    let (server, process) = probe_process(&serve, &admin).await;
+    let secret = random_secret(24);
+    let body = json!({"name": "db-root", "username": "root", "secret": secret});
+    assert!(
+        server
+            .post("/v1/credentials", &admin, body)
+            .await
+            .status
+            .is_success()
+    );
+    let id = server
+        .start_run(&process, &admin, json!({"mode": "calls", "n": 4}))
+        .await;
+    server.wait_for_state_or_end(&id).await;
+    let file = tmp.path().join("backup.jsonl");
+    backup(tmp.path(), &data, &file);
+    drop(serve);
+    let snapshot = header(&file)["audit_records"].as_u64().expect("count");
+    let key = data.join("master.key");
+    let url = warden_tests::postgres::fresh_database();
+
+    let keys = tmp.path().join("pg-keys");
+    let with = ["--database", url.as_str(), "--master-key-file", &arg(&key)];
+    let (ok, out) = restore(tmp.path(), &file, &keys, &with);
+    assert!(ok, "{out}");
+    let mut verify = warden(tmp.path());
+    verify
+        .args(["audit", "verify", "--data", &arg(&keys)])
+        .args(with);
+    let (status, stdout, stderr) = run(verify);
+    assert!(status.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{snapshot} records")), "{stdout}");
+    let dir = DataDir::open_at(
+        &keys,
+        &MasterKeySource::File(key.clone()),
+        &DatabaseLocation::Postgres(url.clone()),
+    )
+    .expect("open");
+    let vault = Vault::open(
+        &dir.db,
+        MasterKeySource::File(key.clone()).load().expect("key"),
+    )
+    .expect("vault");
+    assert_eq!(
+        vault.secret("db-root").expect("secret").expose(),
+        secret.as_bytes()
+    );
+    // Without --database the restored directory says where its state is.
+    let mut plain = warden(tmp.path());
+    plain.args([
+        "audit",
+        "verify",
+        "--data",
+        &arg(&keys),
+        "--master-key-file",
+        &arg(&key),
+    ]);
+    let (status, _, stderr) = run(plain);
+    assert!(
+        !status.status.success() && stderr.contains("--database"),
+        "{stderr}"
+    );
+    drop(dir);
+
+    // The database now holds state: a second restore into it is refused, leaving nothing.
+    let again = tmp.path().join("again");
+    let (ok, out) = restore(tmp.path(), &file, &again, &with);
+    assert!(!ok && out.contains("already holds Warden state"), "{out}");
+    assert!(!again.exists());
+}

@@ -103,6 +103,23 @@ pub struct WebhookConfig {
     /// `https://` only: the receiver's exact certificate, `sha256:<hex>` (pinned; no CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_fingerprint: Option<String>,
+    /// Lines per message, at most (1, the default: one message per line). Above 1, each
+    /// message is `{"type":"warden.audit.batch","lines":[…]}` of the lines read together
+    /// (a sink that keeps up still sends single-line batches at once), its `webhook-id`
+    /// `FIRST..LAST` of the lines' ids; every line keeps its own `seq` and hash.
+    #[serde(default = "default_batch", skip_serializing_if = "is_one")]
+    pub batch: u32,
+}
+
+/// Most lines one webhook message may carry.
+pub const MAX_BATCH: u32 = 256;
+
+fn default_batch() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl WebhookConfig {
@@ -144,6 +161,13 @@ pub struct SyslogConfig {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// With `tls`: this client's certificate chain (PEM file, absolute path), presented to a
+    /// collector that asks for one (RFC 5425 mutual authentication); its private key is the
+    /// vault credential `client_key_credential` (PEM), never a file or the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_credential: Option<String>,
     #[serde(default)]
     pub format: SyslogFormat,
     /// HOSTNAME field of each message.
@@ -242,6 +266,9 @@ impl SinkConfig {
                         .client_config()
                         .map_err(|e| invalid(format!("{e:#}")))?;
                 }
+                if w.batch == 0 || w.batch > MAX_BATCH {
+                    return Err(invalid(format!("batch is 1..={MAX_BATCH}")));
+                }
                 if w.timeout_ms == 0 || w.timeout_ms > MAX_TIMEOUT_MS {
                     return Err(invalid(format!("timeout_ms is 1..={MAX_TIMEOUT_MS}")));
                 }
@@ -255,10 +282,27 @@ impl SinkConfig {
             }
             SinkKind::Syslog(s) => {
                 let (host, _) = parse_host_port(&s.address)?;
+                if !s.tls && (s.client_cert_file.is_some() || s.client_key_credential.is_some()) {
+                    return Err(invalid("a client certificate needs tls"));
+                }
                 if s.tls {
                     let ca = s.ca_file.as_deref().unwrap_or_default();
                     if !ca.starts_with('/') {
                         return Err(invalid("tls needs ca_file, an absolute path"));
+                    }
+                    match (&s.client_cert_file, &s.client_key_credential) {
+                        (None, None) => {}
+                        (Some(cert), Some(key)) => {
+                            if !cert.starts_with('/') {
+                                return Err(invalid("client_cert_file must be an absolute path"));
+                            }
+                            check_name(key)?;
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "client_cert_file and client_key_credential go together",
+                            ));
+                        }
                     }
                     let name = s.server_name.clone().unwrap_or(host);
                     if rustls::pki_types::ServerName::try_from(name).is_err() {

@@ -119,12 +119,19 @@ fn answer(mut stream: UnixStream, allowed: bool, source: &Source, busy: &AtomicB
             "a backup is being taken already; try again when it ends",
         );
     }
+    // Cleared however this ends (a panic included).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _done = Done(busy);
     let _ = stream.set_read_timeout(None);
     let started = std::time::Instant::now();
     let taken = match backup::take_snapshot(source) {
         Ok(taken) => taken,
         Err(e) => {
-            busy.store(false, Ordering::SeqCst);
             tracing::warn!(target: SERVER_LOG, error = %format!("{e:#}"), "backup refused");
             return refuse(&mut stream, &format!("{e:#}"));
         }
@@ -133,7 +140,6 @@ fn answer(mut stream: UnixStream, allowed: bool, source: &Source, busy: &AtomicB
         .write_all(b"ok\n")
         .map_err(anyhow::Error::from)
         .and_then(|()| backup::stream_snapshot(source, taken, &mut stream));
-    busy.store(false, Ordering::SeqCst);
     match result {
         Ok(summary) => tracing::info!(
             target: SERVER_LOG,

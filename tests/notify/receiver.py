@@ -3,7 +3,8 @@
 Verifies `v1` signatures with the `standardwebhooks` package (PyPI, pinned in
 requirements.txt) and `v1a` ed25519 signatures with `cryptography`, then appends one JSON
 line per request to --log: {"id", "status", "v1", "v1a", "body"}. It answers --fail-first
-requests with --fail-status, then 200 (or 410 for ever with --gone). Prints its port first.
+requests with --fail-status, then 200 (or 410 for ever with --gone). With --tls-cert and
+--tls-key it serves HTTPS (Python's `ssl`). Prints its port first.
 """
 
 import argparse
@@ -27,6 +28,8 @@ parser.add_argument("--log", required=True)
 parser.add_argument("--fail-first", type=int, default=0)
 parser.add_argument("--fail-status", type=int, default=500)
 parser.add_argument("--gone", action="store_true")
+parser.add_argument("--tls-cert", default="")
+parser.add_argument("--tls-key", default="")
 args = parser.parse_args()
 
 webhook = Webhook(args.secret)
@@ -85,6 +88,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if args.tls_cert:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 sys.stdout.close()
 server.serve_forever()

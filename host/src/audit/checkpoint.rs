@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 /// Domain separation: the signature cannot be replayed as any other Warden signature.
 const SIGNING_CONTEXT: &[u8] = b"warden-audit-checkpoint-v1\0";
 
+/// The `(seq, hash)` a stored checkpoint signs, if its bytes decode and `key` signed them.
+pub fn authentic_head(bytes: &[u8], key: &VerifyingKey) -> Option<(u64, String)> {
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes).ok()?;
+    checkpoint
+        .is_authentic(key)
+        .then_some((checkpoint.seq, checkpoint.hash))
+}
+
 /// The signed claim "the chain ends at record `seq`, whose hash is `hash`".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Checkpoint {

@@ -19,9 +19,27 @@ const CHUNK: usize = 1024;
 
 /// Copies every record of `from` into `to`; returns how many.
 pub fn copy_log(from: &Database, to: &Database, key: &SigningKey) -> Result<u64, AuditError> {
+    append_records(to, key, &mut |next| {
+        Ok(from.backend().audit_range(next, CHUNK)?)
+    })
+}
+
+/// Records as stored, `(seq, canonical bytes)`, starting at the given seq: the next chunk of
+/// a copy's source (empty at the end).
+pub type RecordSource<'a> = &'a mut dyn FnMut(u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError>;
+
+/// Appends the records `source` yields, byte for byte, to the (empty) log of `to`, each chunk
+/// committed with a checkpoint signed by `key`: the copy of [`copy_log`] and the restore of a
+/// backup. Every record must decode and follow the previous one (`seq` consecutive from 0).
+/// Returns how many were appended.
+pub fn append_records(
+    to: &Database,
+    key: &SigningKey,
+    source: RecordSource<'_>,
+) -> Result<u64, AuditError> {
     let mut next = 0u64;
     loop {
-        let chunk = from.backend().audit_range(next, CHUNK)?;
+        let chunk = source(next)?;
         let Some(&(last_seq, _)) = chunk.last() else {
             return Ok(next);
         };

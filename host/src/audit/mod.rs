@@ -35,7 +35,8 @@ use tokio::sync::{oneshot, watch};
 
 /// The signed head, for exporters (`crate::notify`) that ship checkpoints in their stream.
 pub(crate) use checkpoint::Checkpoint;
-pub use copy::copy_log;
+pub use checkpoint::authentic_head;
+pub use copy::{RecordSource, append_records, copy_log};
 pub use record::{
     AuditEntry, AuditRecord, Decision, GENESIS_HASH, MAX_NAME_BYTES, MAX_TEXT_BYTES,
     TRUNCATION_MARKER,

@@ -3,9 +3,11 @@
 
 mod access;
 mod audit;
+mod backup;
 mod bridge;
 mod client;
 mod config;
+mod control;
 mod credential;
 mod db;
 mod docs;
@@ -14,6 +16,7 @@ mod init;
 mod notify;
 mod policies;
 mod reconcile;
+mod restore;
 mod scaffold;
 mod serve;
 mod shutdown;
@@ -148,6 +151,12 @@ enum Command {
     /// Inbound triggers on a server: signed events that start a process.
     #[command(subcommand)]
     Trigger(trigger::TriggerCommand),
+    /// Write a consistent, checksummed backup of a data directory's state (from the server
+    /// running on it, or from the stopped directory); the master key is never in it.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new, empty data directory (the master key it was taken under
+    /// is needed).
+    Restore(restore::RestoreArgs),
     /// The state's database: status, migrations, copying sled into PostgreSQL.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -217,6 +226,8 @@ pub async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<i32> {
         Command::Trigger(cmd) => trigger::run(cmd).await,
         Command::Vault(cmd) => vault::run(cmd),
         Command::Db(cmd) => db::run(cmd),
+        Command::Backup(args) => tokio::task::block_in_place(|| backup::run(args)),
+        Command::Restore(args) => tokio::task::block_in_place(|| restore::run(args)),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
         Command::New(args) => scaffold::new(args),

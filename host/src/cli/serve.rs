@@ -220,6 +220,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
     let tls = choose_tls(&args)?;
     let listener = bind(args.listen).await?;
     let dir = args.data.open()?;
+    // `warden backup` asks here while this server holds the database (removed at the end).
+    let _control = super::control::ControlSocket::start(super::backup::Source::of(&dir))?;
     let mut state = AppState::open_with(dir, args.policy_source(), &limits).await?;
     let ttl = Duration::from_secs(args.approval_ttl_secs);
     state.approvals = state.approvals.with_ttl(ttl);
@@ -442,6 +444,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<i32> {
     let tls = choose_tls(&args.serve)?;
     let listener = bind(args.serve.listen).await?;
     let dir = args.serve.data.open()?;
+    let _control = super::control::ControlSocket::start(super::backup::Source::of(&dir))?;
     let state = AppState::open_with(dir, args.serve.policy_source(), &limits).await?;
     let publisher = root.join("demo-publisher.key");
     let key = if publisher.exists() {

@@ -83,7 +83,7 @@ pub enum SinkKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookConfig {
-    /// `http://HOST:PORT/PATH`; must be allowed by the allow-list.
+    /// `https://HOST[:PORT]/PATH` (or `http://`); must be allowed by the allow-list.
     pub url: String,
     /// Vault credential holding the `whsec_<base64>` secret (v1, HMAC-SHA256).
     #[serde(default)]
@@ -96,6 +96,48 @@ pub struct WebhookConfig {
     /// Waits before each retry; jitter of up to ±20% is added.
     #[serde(default = "default_retry")]
     pub retry_ms: Vec<u64>,
+    /// `https://` only: a PEM file (absolute path) of the CA certificate(s) the receiver's
+    /// certificate must chain to, instead of the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// `https://` only: the receiver's exact certificate, `sha256:<hex>` (pinned; no CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_fingerprint: Option<String>,
+    /// Lines per message, at most (1, the default: one message per line). Above 1, each
+    /// message is `{"type":"warden.audit.batch","lines":[…]}` of the lines read together
+    /// (a sink that keeps up still sends single-line batches at once), its `webhook-id`
+    /// `FIRST..LAST` of the lines' ids; every line keeps its own `seq` and hash.
+    #[serde(default = "default_batch", skip_serializing_if = "is_one")]
+    pub batch: u32,
+}
+
+/// Most lines one webhook message may carry.
+pub const MAX_BATCH: u32 = 256;
+
+fn default_batch() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+impl WebhookConfig {
+    /// How an `https://` receiver is verified: the pinned certificate, the CA file, else the
+    /// system's trust store.
+    pub fn trust(&self) -> Result<crate::tls::ServerTrust, Invalid> {
+        crate::tls::ServerTrust::from_args(
+            self.ca_file.as_deref().map(std::path::Path::new),
+            self.server_fingerprint.as_deref(),
+        )
+        .map_err(|e| invalid(format!("{e:#}")))
+    }
+
+    fn is_https(&self) -> bool {
+        self.url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -119,6 +161,13 @@ pub struct SyslogConfig {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// With `tls`: this client's certificate chain (PEM file, absolute path), presented to a
+    /// collector that asks for one (RFC 5425 mutual authentication); its private key is the
+    /// vault credential `client_key_credential` (PEM), never a file or the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_credential: Option<String>,
     #[serde(default)]
     pub format: SyslogFormat,
     /// HOSTNAME field of each message.
@@ -200,6 +249,26 @@ impl SinkConfig {
                 {
                     check_name(name)?;
                 }
+                if !w.is_https() && (w.ca_file.is_some() || w.server_fingerprint.is_some()) {
+                    return Err(invalid(
+                        "ca_file and server_fingerprint apply to https:// webhooks only",
+                    ));
+                }
+                if let Some(ca) = &w.ca_file
+                    && !ca.starts_with('/')
+                {
+                    return Err(invalid("ca_file must be an absolute path"));
+                }
+                if w.is_https() {
+                    // Loads the CA file (or parses the pin) now: a typo is refused here,
+                    // not found at the first delivery.
+                    w.trust()?
+                        .client_config()
+                        .map_err(|e| invalid(format!("{e:#}")))?;
+                }
+                if w.batch == 0 || w.batch > MAX_BATCH {
+                    return Err(invalid(format!("batch is 1..={MAX_BATCH}")));
+                }
                 if w.timeout_ms == 0 || w.timeout_ms > MAX_TIMEOUT_MS {
                     return Err(invalid(format!("timeout_ms is 1..={MAX_TIMEOUT_MS}")));
                 }
@@ -213,10 +282,27 @@ impl SinkConfig {
             }
             SinkKind::Syslog(s) => {
                 let (host, _) = parse_host_port(&s.address)?;
+                if !s.tls && (s.client_cert_file.is_some() || s.client_key_credential.is_some()) {
+                    return Err(invalid("a client certificate needs tls"));
+                }
                 if s.tls {
                     let ca = s.ca_file.as_deref().unwrap_or_default();
                     if !ca.starts_with('/') {
                         return Err(invalid("tls needs ca_file, an absolute path"));
+                    }
+                    match (&s.client_cert_file, &s.client_key_credential) {
+                        (None, None) => {}
+                        (Some(cert), Some(key)) => {
+                            if !cert.starts_with('/') {
+                                return Err(invalid("client_cert_file must be an absolute path"));
+                            }
+                            check_name(key)?;
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "client_cert_file and client_key_credential go together",
+                            ));
+                        }
                     }
                     let name = s.server_name.clone().unwrap_or(host);
                     if rustls::pki_types::ServerName::try_from(name).is_err() {
@@ -294,13 +380,8 @@ impl AllowList {
     pub async fn check_url(&self, url: &str) -> Result<Destination, Invalid> {
         let parsed = reqwest::Url::parse(url).map_err(|_| invalid("not a URL"))?;
         match parsed.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(
-                    "https webhooks are not available in this build (no TLS stack linked)",
-                ));
-            }
-            _ => return Err(invalid("a webhook URL is http://")),
+            "http" | "https" => {}
+            _ => return Err(invalid("a webhook URL is https:// or http://")),
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(invalid("no credentials in a webhook URL"));
@@ -311,7 +392,9 @@ impl AllowList {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        let port = parsed.port_or_known_default().unwrap_or(80);
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| invalid("a webhook URL needs a port"))?;
         let exact = self.entries.iter().any(|e| {
             !e.contains('/') && parse_host_port(e).is_ok_and(|(h, p)| h == host && p == port)
         });
@@ -407,7 +490,16 @@ mod tests {
         let open = allow(&["0.0.0.0/0"]);
         assert!(open.check_url("ftp://127.0.0.1/").await.is_err());
         assert!(open.check_url("http://user:pw@127.0.0.1/").await.is_err());
-        assert!(open.check_url("https://127.0.0.1/").await.is_err());
+        assert!(open.check_url("https://127.0.0.1/").await.is_ok());
+        // https defaults to port 443: an entry for another port does not allow it.
+        let exact = allow(&["127.0.0.1:80"]);
+        assert!(exact.check_url("https://127.0.0.1/").await.is_err());
+        assert!(
+            allow(&["127.0.0.1:443"])
+                .check_url("https://127.0.0.1/")
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

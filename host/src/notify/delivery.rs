@@ -87,7 +87,7 @@ pub async fn run_sink(store: NotifyStore, config: SinkConfig, mut wake: watch::R
         }
     };
     let mut syslog = match &config.kind {
-        SinkKind::Syslog(s) => Some(Syslog::new(s.clone())),
+        SinkKind::Syslog(s) => Some(Syslog::new(s.clone(), store.vault.clone())),
         _ => None,
     };
     // The allow-list is read when the task starts; a change restarts every task (reload).
@@ -177,17 +177,41 @@ enum Flow {
     Stop,
 }
 
-/// Posts each line with its retry schedule; dead-letters what fails for good; disables the
-/// sink on 410.
+/// One webhook message: its id, first seq and body (one line, or a batch of them).
+fn messages(lines: &[ExportLine], batch: u32) -> Vec<(String, u64, String)> {
+    if batch <= 1 {
+        return lines
+            .iter()
+            .map(|line| (line.id(), line.seq(), line.to_json()))
+            .collect();
+    }
+    lines
+        .chunks(batch as usize)
+        .filter_map(|group| {
+            let (first, last) = (group.first()?, group.last()?);
+            let body = serde_json::json!({"type": BATCH_TYPE, "lines": group});
+            Some((
+                format!("{}..{}", first.id(), last.id()),
+                first.seq(),
+                body.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The `type` of a batched webhook message.
+pub const BATCH_TYPE: &str = "warden.audit.batch";
+
+/// Posts each message with its retry schedule; dead-letters what fails for good; disables
+/// the sink on 410.
 async fn deliver_webhook(
     store: &NotifyStore,
     name: &str,
     hook: &Webhook,
     lines: &[ExportLine],
 ) -> Flow {
-    for line in lines {
-        let body = line.to_json();
-        let (outcome, attempts) = hook.deliver(&line.id(), &body).await;
+    for (id, seq, body) in messages(lines, hook.config.batch) {
+        let (outcome, attempts) = hook.deliver(&id, &body).await;
         store.metrics.attempts(name, attempts);
         match outcome {
             Attempt::Delivered => {}
@@ -200,8 +224,8 @@ async fn deliver_webhook(
                 store.metrics.failed(name);
                 let letter = DeadLetter {
                     sink: name.to_string(),
-                    id: line.id(),
-                    seq: line.seq(),
+                    id,
+                    seq,
                     body,
                     attempts,
                     last_error: reason,

@@ -15,6 +15,7 @@
 //! on the administrator's allow-list ([`config::AllowList`]), checked at configuration and at
 //! every request; every configuration change, refusal, 410 disable and dead letter is audited.
 
+mod bridge_offline;
 pub mod config;
 pub mod delivery;
 pub mod export;

@@ -50,8 +50,8 @@ pub enum Match {
     AuditVerifyFailed,
     /// An expired or revoked token was used.
     TokenMisuse,
-    /// A bridge offline longer than `secs` (not evaluated yet: the audit stream records no
-    /// silence; watch `warden_bridges_online` in `/metrics` meanwhile — never fires).
+    /// A bridge not heard from for longer than `secs`: once per offline period and bridge
+    /// (the registry is polled, see [`super::bridge_offline`]).
     BridgeOffline { secs: u64 },
     /// Any record whose action is `action`, or starts with it when it ends in `*` (for
     /// example `trigger.overflow`, `bridge.revoked`, `bridge.enrol.*`).
@@ -187,6 +187,7 @@ pub async fn run_rules(store: NotifyStore, mut wake: watch::Receiver<u64>) {
     };
     let mut cursor = super::delivery::Cursor::new(RULES_CURSOR, start);
     let mut states: HashMap<String, RuleState> = HashMap::new();
+    let mut offline = super::bridge_offline::OfflineWatch::default();
     loop {
         let rules = store.rules().unwrap_or_default();
         let db = store.db.clone();
@@ -214,6 +215,17 @@ pub async fn run_rules(store: NotifyStore, mut wake: watch::Receiver<u64>) {
             }
         }
         firings.extend(flush_cooled(&rules, &mut states));
+        if offline.due(now_ms(), &rules) {
+            let (db, audit) = (store.db.clone(), store.audit.clone());
+            let listed = tokio::task::spawn_blocking(move || {
+                crate::bridge::registry::BridgeRegistry::open(&db, audit).list()
+            })
+            .await;
+            match listed {
+                Ok(Ok(bridges)) => firings.extend(offline.check(&rules, &bridges, now_ms())),
+                _ => tracing::warn!("bridge_offline: cannot read the bridge registry"),
+            }
+        }
         for (rule, key, count, seq) in firings {
             fire(&store, &rule, &key, count, seq).await;
         }

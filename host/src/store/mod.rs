@@ -40,7 +40,7 @@ pub use sled_audit::{
 pub use sled_backend::SledBackend;
 pub use table::{
     AuditBatch, AuditQuery, AuditRow, AuditTip, Backend, Batch, ColumnValue, Database, Expect, Op,
-    Scan, Seal, Select, StoreError, Table, TableDef,
+    Rows, Scan, Seal, Select, StoreError, Table, TableDef,
 };
 
 use std::fs;
@@ -75,8 +75,8 @@ pub enum DataDirError {
     /// A key file is readable by others or malformed.
     #[error("{path}: {why}")]
     BadKeyFile { path: PathBuf, why: String },
-    /// The vault master key could not be created or loaded.
-    #[error("master key: {0}")]
+    /// The vault master key could not be created or loaded (the vault error names it).
+    #[error(transparent)]
     MasterKey(#[from] crate::vault::VaultError),
     /// The master key does not open a vault record: a wrong or retired key (or a tampered
     /// record).
@@ -94,8 +94,14 @@ pub enum DataDirError {
     /// A rekey needs the key in the data directory's file (it writes the new key there).
     #[error("rekey works with the master key file only, not with {0}")]
     RekeyNeedsKeyFile(&'static str),
-    /// The database could not be opened (for example another process holds it).
-    #[error("database: {0}")]
+    /// Another process (a running `warden serve`) holds the embedded database.
+    #[error(
+        "{0} is in use by another warden process; stop it or use another --data (`warden \
+         backup` asks a running server for its snapshot)"
+    )]
+    InUse(PathBuf),
+    /// The database could not be opened.
+    #[error(transparent)]
     Database(#[from] StoreError),
     /// The data directory keeps its state in an external database, but none was given.
     #[error(
@@ -257,7 +263,10 @@ pub fn open_database(root: &Path, location: &DatabaseLocation) -> Result<Databas
             if root.join(EXTERNAL_DATABASE_MARKER).exists() {
                 return Err(DataDirError::NeedsDatabaseUrl(root.to_path_buf()));
             }
-            let backend = SledBackend::open(&root.join("db"))?;
+            let backend = SledBackend::open_exclusive(&root.join("db")).map_err(|e| match e {
+                sled_backend::OpenFailure::InUse => DataDirError::InUse(root.to_path_buf()),
+                sled_backend::OpenFailure::Store(e) => DataDirError::Database(e),
+            })?;
             Ok(Database::from_backend(std::sync::Arc::new(backend)))
         }
         DatabaseLocation::Postgres(url) => {
@@ -267,8 +276,26 @@ pub fn open_database(root: &Path, location: &DatabaseLocation) -> Result<Databas
     }
 }
 
+/// Marks a new data directory whose state lives in PostgreSQL (as `init` does), so opening
+/// it without `--database` is a clear error.
+pub fn mark_external_database(root: &Path) -> Result<(), DataDirError> {
+    Ok(write_new_private(
+        &root.join(EXTERNAL_DATABASE_MARKER),
+        b"postgres: pass --database or WARDEN_DATABASE_URL\n",
+    )?)
+}
+
+/// The audit-signing key file's name inside the data directory (`warden backup` carries it,
+/// sealed under the master key).
+pub const SERVER_KEY_FILE_NAME: &str = SERVER_KEY_FILE;
+
+/// Writes a new owner-only file (refusing to replace one) and syncs it.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_new_private(path, bytes)
+}
+
 /// Authenticates every vault record with `key` (metadata only; no secret is decrypted).
-fn check_key_opens_vault(db: &Database, key: &MasterKey) -> Result<(), DataDirError> {
+pub fn check_key_opens_vault(db: &Database, key: &MasterKey) -> Result<(), DataDirError> {
     let vault = Vault::open(db, key.duplicate())?;
     match vault.list() {
         Ok(_) => Ok(()),

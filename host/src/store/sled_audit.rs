@@ -161,6 +161,9 @@ pub(crate) fn commit(
     seal: Seal<'_>,
     then: &[Batch],
 ) -> Result<Committed, StoreError> {
+    // Shared with other writes, exclusive of a snapshot (taken before the cache: a snapshot
+    // reads the tip while it holds the writes off).
+    let _writing = backend.write_guard();
     // This process owns the database (sled locks it), so the tip it wrote last is the tip.
     let mut cache = backend.audit_cache();
     let tip = match &cache.tip {

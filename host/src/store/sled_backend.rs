@@ -36,15 +36,43 @@ pub struct SledBackend {
     /// The audit tip this process wrote last, and committed rows not indexed yet.
     audit: std::sync::Mutex<AuditCache>,
     trees: RwLock<HashMap<&'static str, sled::Tree>>,
+    /// Every write (batch, audit commit) holds this shared; a consistent snapshot
+    /// ([`Backend::quiesced`]) holds it exclusively, so it sees no write half applied.
+    writes: RwLock<()>,
     path: String,
+}
+
+/// Why the embedded database did not open.
+pub(crate) enum OpenFailure {
+    /// Another process holds sled's lock on the directory.
+    InUse,
+    Store(StoreError),
 }
 
 impl SledBackend {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(sled_error)?;
+        Self::open_exclusive(path).map_err(|e| match e {
+            OpenFailure::InUse => StoreError::Io(format!(
+                "{} is in use by another warden process",
+                path.display()
+            )),
+            OpenFailure::Store(e) => e,
+        })
+    }
+
+    /// Opens the database at `path`, telling "another process holds it" from other failures.
+    pub(crate) fn open_exclusive(path: &std::path::Path) -> Result<Self, OpenFailure> {
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
+            // sled reports its lock as a plain `Other` error with this text (sled 0.34).
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(OpenFailure::InUse);
+            }
+            Err(e) => return Err(OpenFailure::Store(sled_error(e))),
+        };
         let backend = Self::from_db(db, path.display().to_string());
-        sled_audit::ensure_index(&backend)?;
+        sled_audit::ensure_index(&backend).map_err(OpenFailure::Store)?;
         Ok(backend)
     }
 
@@ -54,6 +82,7 @@ impl SledBackend {
             indexing: std::sync::Mutex::new(()),
             audit: std::sync::Mutex::default(),
             trees: RwLock::new(HashMap::new()),
+            writes: RwLock::new(()),
             path,
         }
     }
@@ -69,8 +98,15 @@ impl SledBackend {
         Ok(tree)
     }
 
+    /// Held (shared) by every write; see [`Self::writes`]. Take it before the audit cache.
+    pub(crate) fn write_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.writes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Applies `batch` inside an open multi-tree transaction (no flush): shared by
-    /// [`Backend::apply`] and the audit commit.
+    /// [`Backend::apply`] and the audit commit. The caller holds [`Self::write_guard`].
     pub(crate) fn apply_unflushed(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut names: Vec<&'static str> = batch.ops.iter().map(|op| op.table().name).collect();
         names.sort_unstable();
@@ -197,8 +233,19 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.apply_unflushed(batch)?;
+        {
+            let _writing = self.write_guard();
+            self.apply_unflushed(batch)?;
+        }
         self.flush()
+    }
+
+    fn quiesced(&self, read: &mut dyn FnMut() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let _no_writes = self
+            .writes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        read()
     }
 
     fn audit_commit(
@@ -225,5 +272,70 @@ impl Backend for SledBackend {
 
     fn audit_query(&self, query: &AuditQuery) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         sled_audit::query(self, query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    const T: TableDef = TableDef {
+        name: "quiesce_test",
+        columns: &[],
+        columns_of: None,
+    };
+
+    fn put(backend: &SledBackend, key: &[u8]) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put(&T, key.to_vec(), b"v".to_vec(), Expect::Absent);
+        backend.apply(&batch)
+    }
+
+    /// A snapshot sees no write that starts while it reads: batches and audit commits wait
+    /// until it ends, then apply.
+    #[test]
+    fn writes_wait_while_a_snapshot_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(SledBackend::open(&dir.path().join("db")).unwrap());
+        put(&backend, b"before").unwrap();
+        backend
+            .quiesced(&mut || {
+                let writer = backend.clone();
+                let batch = std::thread::spawn(move || put(&writer, b"during"));
+                let auditor = backend.clone();
+                let audit = std::thread::spawn(move || {
+                    let mut seal = |_: &AuditTip| Ok(super::super::AuditBatch::default());
+                    let mut then = Batch::new();
+                    then.put(&T, b"audited".to_vec(), b"v".to_vec(), Expect::Absent);
+                    auditor.audit_commit(&mut seal, &[then]).map(drop)
+                });
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(backend.get(&T, b"before")?.is_some());
+                assert_eq!(
+                    backend.get(&T, b"during")?,
+                    None,
+                    "a batch applied mid-snapshot"
+                );
+                assert!(!batch.is_finished() && !audit.is_finished());
+                // Reads go on.
+                assert_eq!(backend.scan(&T, &Scan::all())?.len(), 1);
+                std::thread::spawn(move || {
+                    batch.join().unwrap().unwrap();
+                    audit.join().unwrap().unwrap();
+                });
+                Ok(())
+            })
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while backend.get(&T, b"during").unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never applied"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

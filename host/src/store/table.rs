@@ -362,6 +362,17 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Runs `read` while no write (batch or audit commit) can commit, so everything it reads
+    /// is one consistent state: what `warden backup` copies. A backend that cannot hold its
+    /// writers off (PostgreSQL: several servers write) refuses.
+    fn quiesced(&self, read: &mut dyn FnMut() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let _ = read;
+        Err(StoreError::Incompatible(format!(
+            "a consistent snapshot of a {} database is taken with its own tools (pg_dump)",
+            self.kind()
+        )))
+    }
+
     /// Appends audit rows: reads the tip under the chain's lock, calls `seal` with it, writes
     /// the rows and checkpoint, then applies each of `then` (each on its own: one that
     /// conflicts is skipped and reported, the others and the audit rows still commit) in the

@@ -91,7 +91,11 @@ impl MasterKey {
     /// Loads a key file; refuses one that group or others may access, or that is not exactly
     /// 32 bytes.
     pub fn load(path: &Path) -> Result<Self, VaultError> {
-        let mut file = File::open(path).map_err(|e| key_file_error(path, e))?;
+        let mut file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VaultError::KeyFileMissing(path.into()),
+            std::io::ErrorKind::PermissionDenied => VaultError::KeyFileUnreadable(path.into()),
+            _ => key_file_error(path, e),
+        })?;
         // Check the opened file itself, not the path, so a swap after the check cannot win.
         let metadata = file.metadata().map_err(|e| key_file_error(path, e))?;
         if !metadata.is_file() {
@@ -217,10 +221,10 @@ fn write_durably(file: &mut File, bytes: &[u8], path: &Path) -> std::io::Result<
     Ok(())
 }
 
-fn key_file_error(path: &Path, source: std::io::Error) -> VaultError {
+fn key_file_error(path: &Path, error: std::io::Error) -> VaultError {
     VaultError::KeyFile {
         path: path.into(),
-        source,
+        error,
     }
 }
 
@@ -287,7 +291,7 @@ mod tests {
     fn load_reports_missing_file_and_refuses_directory() {
         let dir = tempfile::tempdir().unwrap();
         let err = MasterKey::load(&dir.path().join("absent")).unwrap_err();
-        assert!(matches!(err, VaultError::KeyFile { .. }), "{err:?}");
+        assert!(matches!(err, VaultError::KeyFileMissing(_)), "{err:?}");
         let err = MasterKey::load(dir.path()).unwrap_err();
         assert!(matches!(err, VaultError::KeyFileNotRegular(_)), "{err:?}");
     }

@@ -101,15 +101,46 @@ const MAX_CAS_RETRIES: usize = 16;
 /// [`Vault::replace_secret`]) and of secrets stored before versioning existed.
 pub const UNATTRIBUTED: &str = record::MIGRATED_BY;
 
+pub(crate) use crypto::Sealed;
+
+/// Seals bytes kept outside the vault's records (the key files a backup carries) under the
+/// master key, authenticating `aad` (which names what they are, so one cannot stand for
+/// another).
+pub(crate) fn seal_with_master(
+    key: &MasterKey,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Sealed, VaultError> {
+    crypto::seal(key.bytes(), plaintext, aad).map_err(|_| VaultError::EncryptionFailed)
+}
+
+/// Opens what [`seal_with_master`] sealed; fails for another key, another `aad` or an edit.
+pub(crate) fn open_with_master(
+    key: &MasterKey,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+    crypto::open(key.bytes(), sealed, aad).map_err(|_| VaultError::DecryptionFailed)
+}
+
 /// Errors from the vault. None of them carries secret material.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("master key file {path}: {source}")]
+    #[error("master key file {path}: {error}")]
     KeyFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(
+        "no master key at {0}: put back the key kept apart from the data (mode 0600), or name \
+         it with --master-key-file, --master-key-env or --master-key-command"
+    )]
+    KeyFileMissing(PathBuf),
+    #[error(
+        "master key file {0} cannot be read by this user: run warden as the user that owns \
+         it, or hand it over with systemd's LoadCredential and --master-key-file"
+    )]
+    KeyFileUnreadable(PathBuf),
     #[error("master key file {0} already exists; refusing to overwrite it")]
     KeyFileExists(PathBuf),
     #[error("master key file {path} has mode {mode:o}; group/other access is refused (use 0600)")]
@@ -156,7 +187,7 @@ pub enum VaultError {
     CorruptRecord { name: String },
     #[error("cannot encode credential record: {0}")]
     Encode(#[source] serde_json::Error),
-    #[error("vault storage error: {0}")]
+    #[error(transparent)]
     Storage(#[from] crate::store::StoreError),
 }
 

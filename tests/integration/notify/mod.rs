@@ -3,7 +3,10 @@
 //! started per test on a loopback port (plain TCP and TLS), and the offline verifier over a
 //! file sink's export. This file holds the shared harness; one file per sink kind.
 
+mod batch;
+mod bridge_offline;
 mod export;
+mod https;
 mod syslog;
 mod webhook;
 

@@ -3,6 +3,9 @@
 use super::*;
 
 struct Rsyslog {
+    /// With TLS: require a client certificate chaining to the collector's CA
+    /// (`x509/certvalid`) instead of taking any client (`anon`).
+    mutual: bool,
     child: Option<Reaper>,
     conf: PathBuf,
     pid: PathBuf,
@@ -103,6 +106,7 @@ impl Rsyslog {
             .unwrap()
             .port();
         let mut r = Rsyslog {
+            mutual: false,
             child: None,
             conf: dir.join("rsyslog.conf"),
             pid: dir.join("rsyslog.pid"),
@@ -126,7 +130,14 @@ impl Rsyslog {
                     p.cert.display(),
                     p.key.display()
                 ),
-                " streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\"".to_string(),
+                format!(
+                    " streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"{}\"",
+                    if self.mutual {
+                        "x509/certvalid"
+                    } else {
+                        "anon"
+                    }
+                ),
             ),
         };
         std::fs::write(
@@ -273,4 +284,147 @@ async fn syslog_over_tls_verifies_the_collector_certificate() {
     let bad = json!({"name": "tls2", "kind": "syslog", "address": "127.0.0.1:1", "tls": true});
     let r = server.post("/v1/notify/sinks", &server.admin, bad).await;
     r.expect_error(StatusCode::BAD_REQUEST, "invalid");
+}
+
+/// A client certificate for `name`, signed by `ca`'s CA key (openssl CLI); (cert, key PEM).
+fn client_cert(dir: &Path, ca: &Pki, name: &str) -> (PathBuf, Vec<u8>) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let ca_dir = ca.ca.parent().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "client.csr",
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    std::fs::write(d.join("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let ca_pem = ca.ca.to_str().unwrap().to_string();
+    let ca_key = ca_dir.join("ca.key").to_str().unwrap().to_string();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        d.join("cert.pem"),
+        std::fs::read(d.join("key.pem")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn syslog_over_mutual_tls_is_accepted_only_with_a_client_certificate_of_the_collectors_ca() {
+    let server = Server::start().await;
+    let st = state(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki(dir.path(), "good");
+    let rogue = pki(dir.path(), "rogue");
+    let (genuine_cert, genuine_key) = client_cert(dir.path(), &good, "warden-client");
+    let (forged_cert, forged_key) = client_cert(dir.path(), &rogue, "warden-forged");
+    for (name, pem) in [
+        ("syslog-client-key", &genuine_key),
+        ("forged-client-key", &forged_key),
+    ] {
+        st.vault
+            .add(
+                name,
+                "syslog",
+                CredentialKind::Password,
+                Secret::from_bytes(pem.clone()),
+            )
+            .expect("credential");
+    }
+    let mut rsyslog = Rsyslog::with_tls(dir.path(), Some(&good));
+    rsyslog.stop();
+    rsyslog.mutual = true;
+    rsyslog.configure(dir.path(), Some(&good));
+    rsyslog.start();
+    let address = format!("127.0.0.1:{}", rsyslog.port);
+    let sink = |name: &str, client: Option<(&Path, &str)>| {
+        let mut sink = json!({"name": name, "kind": "syslog", "address": address,
+            "tls": true, "ca_file": good.ca.to_str().unwrap()});
+        if let Some((cert, key)) = client {
+            sink["client_cert_file"] = json!(cert.to_str().unwrap());
+            sink["client_key_credential"] = json!(key);
+        }
+        sink
+    };
+    // Without a certificate, or with one from another CA: the collector takes nothing.
+    for s in [
+        sink("no-cert", None),
+        sink("forged", Some((forged_cert.as_path(), "forged-client-key"))),
+    ] {
+        let r = server.post("/v1/notify/sinks", &server.admin, s).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    denial(st, "run-m", 3).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        rsyslog.seqs().is_empty(),
+        "the collector took a client it should not"
+    );
+    // With the certificate the collector's CA signed: everything arrives.
+    let s = sink("mtls", Some((genuine_cert.as_path(), "syslog-client-key")));
+    let r = server.post("/v1/notify/sinks", &server.admin, s).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let want = head(st);
+    wait_until("every record over mutual TLS", || {
+        let got = rsyslog.seqs();
+        (0..want).all(|seq| got.contains(&seq))
+    })
+    .await;
+    // The key is named, never shown.
+    let r = server.get("/v1/notify/sinks", &server.admin).await;
+    let pem = String::from_utf8(genuine_key.clone()).unwrap();
+    let body_line = pem.lines().nth(1).unwrap();
+    assert!(
+        !r.text.contains(body_line) && r.text.contains("syslog-client-key"),
+        "{}",
+        r.text
+    );
+    // Half a client identity, or one without TLS: refused at configuration.
+    for bad in [
+        json!({"name": "b1", "kind": "syslog", "address": address, "tls": true,
+            "ca_file": good.ca.to_str().unwrap(), "client_cert_file": genuine_cert.to_str().unwrap()}),
+        json!({"name": "b2", "kind": "syslog", "address": address, "tls": true,
+            "ca_file": good.ca.to_str().unwrap(), "client_key_credential": "syslog-client-key"}),
+        json!({"name": "b3", "kind": "syslog", "address": address,
+            "client_cert_file": genuine_cert.to_str().unwrap(), "client_key_credential": "syslog-client-key"}),
+        json!({"name": "b4", "kind": "syslog", "address": address, "tls": true,
+            "ca_file": good.ca.to_str().unwrap(), "client_cert_file": "cert.pem", "client_key_credential": "syslog-client-key"}),
+    ] {
+        let r = server.post("/v1/notify/sinks", &server.admin, bad).await;
+        r.expect_error(StatusCode::BAD_REQUEST, "invalid");
+    }
 }

@@ -69,14 +69,14 @@ async fn webhook_destination_outside_the_allow_list_is_refused_and_audited() {
     )
     .await;
     // Another port, another loopback address, a name for the allowed address, a block
-    // not on the list, the link-local metadata address, https.
+    // not on the list, the link-local metadata address, https to a port not on the list.
     for url in [
         "http://127.0.0.1:10/hook",
         "http://127.0.0.2:9/hook",
         "http://localhost:9/hook",
         "http://10.8.0.1:9/",
         "http://169.254.169.254/latest/meta-data/",
-        "https://127.0.0.1:9/",
+        "https://127.0.0.1:10/",
     ] {
         let sink =
             json!({"name": "x", "kind": "webhook", "url": url, "secret_credential": "hook-hmac"});

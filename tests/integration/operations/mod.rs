@@ -11,9 +11,13 @@
 //! `WARDEN_*` settings, a `warden serve` child that can be signalled); `policies` the
 //! built-in set, its export and override, syntax errors, the port in use, completions and
 //! man pages; `config` the configuration file and `config check`; `lifecycle` request log
-//! lines and graceful shutdown.
+//! lines and graceful shutdown; `backup` backup and restore (of a running server, into sled
+//! or PostgreSQL, refusing damaged files) and the control socket; `errors` the data
+//! directory in use and the master key missing or unreadable.
 
+mod backup;
 mod config;
+mod errors;
 mod lifecycle;
 mod policies;
 

@@ -2,7 +2,8 @@
 //! (the line's stable id, so a receiver deduplicates at-least-once delivery),
 //! `webhook-timestamp` and `webhook-signature` over `{id}.{timestamp}.{body}` (`v1,` HMAC-
 //! SHA256 under the `whsec_` secret; `v1a,` ed25519), the spec's retry schedule with jitter,
-//! 410 Gone disabling the endpoint, and a per-request timeout.
+//! 410 Gone disabling the endpoint, and a per-request timeout. `https://` receivers are
+//! verified by a pinned certificate, a CA file, or the system's trust store.
 //!
 //! Threat: requests to places no administrator allowed, and secrets leaking. The client
 //! connects only to the addresses the allow-list check returned (no DNS after it), never
@@ -111,7 +112,17 @@ impl Webhook {
         {
             return Some(client.clone());
         }
-        let client = reqwest::Client::builder()
+        // https: verified by the sink's pin, CA file or the system's roots (see
+        // `crate::tls::ServerTrust`); checked when the sink was configured.
+        let builder = if self.config.url.starts_with("https://") {
+            self.config
+                .trust()
+                .ok()
+                .and_then(|trust| trust.client_builder().ok())?
+        } else {
+            reqwest::Client::builder()
+        };
+        let client = builder
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(self.config.timeout_ms))
@@ -180,9 +191,19 @@ impl Webhook {
             Ok(response) if response.status() == reqwest::StatusCode::GONE => Attempt::Gone,
             Ok(response) => Attempt::Failed(format!("HTTP {}", response.status().as_u16())),
             Err(e) if e.is_timeout() => Attempt::Failed("timed out".into()),
-            Err(e) if e.is_connect() => Attempt::Failed("connection failed".into()),
-            Err(_) => Attempt::Failed("request failed".into()),
+            Err(e) => match self.tls_refusal(&e) {
+                Some(why) => Attempt::Failed(why),
+                None if e.is_connect() => Attempt::Failed("connection failed".into()),
+                None => Attempt::Failed("request failed".into()),
+            },
         }
+    }
+
+    /// One sentence when `error` is the receiver failing TLS verification (wrong pin,
+    /// unknown CA, no TLS at all).
+    fn tls_refusal(&self, error: &reqwest::Error) -> Option<String> {
+        let trust = self.config.trust().ok()?;
+        trust.explain(error)
     }
 
     /// The first attempt and then one per step of the retry schedule (jittered), until one

@@ -25,10 +25,11 @@ use crate::audit::{AuditEntry, Decision};
 use crate::policy::{Action, Resource};
 use crate::runs::approval::{ApprovalError, ApprovalRequest, ApproveOutcome};
 use crate::runs::dispatch::StartError;
-use crate::runs::{Process, RunRecord};
+use crate::runs::{MAX_LIST_RUNS, Process, RunFilter, RunRecord, RunState};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_approvals))
         .routes(routes!(get_approval))
         .routes(routes!(approve_run))
         .routes(routes!(reject_run))
@@ -199,6 +200,29 @@ impl AppState {
             .await?;
         Err(ApiError::forbidden(&policy))
     }
+}
+
+/// Runs awaiting approval whose request the caller may see (as `GET
+/// /v1/runs/{id}/approval` decides: its requester, or one who may view or approve runs of its
+/// process), newest first, at most 100 of the newest awaiting runs: an approver's inbox.
+#[utoipa::path(get, path = "/v1/approvals", responses((status = 200, description = "runs awaiting approval that the caller may see the request of, newest first")))]
+async fn list_approvals(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<RunRecord>>, ApiError> {
+    let filter = RunFilter {
+        state: Some(RunState::AwaitingApproval),
+        limit: Some(MAX_LIST_RUNS),
+        ..RunFilter::default()
+    };
+    let mut visible = Vec::new();
+    for run in state.runs.list(&filter)? {
+        // Not visible is a silent filter (404 inside), as for the run list.
+        if state.approval_scope(&caller, &run.id).await.is_ok() {
+            visible.push(run);
+        }
+    }
+    Ok(Json(visible))
 }
 
 /// The approval request of a run: module digest, manifest (capabilities), inputs, the

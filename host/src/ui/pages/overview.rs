@@ -1,0 +1,99 @@
+//! The overview: runs in flight, recent failures, approvals waiting for the user, the audit
+//! chain's last verification on this server, remote bridges offline. Each list is an API
+//! call as the user (the Super Administrator's counts leave out unshared processes because
+//! the API's lists do); the audit and bridge parts only for those the policies let read them.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde_json::Value;
+
+use super::runs::{process_names, table};
+use crate::policy::Action;
+use crate::ui::UiState;
+use crate::ui::auth::Console;
+use crate::ui::layout::{auditor_only, page, time};
+
+/// Runs shown in each list of the overview.
+const SHOWN: usize = 10;
+
+async fn runs_in(ui: &UiState, console: &Console, state: &str) -> Vec<Value> {
+    let uri = format!("/v1/runs?state={state}&limit={SHOWN}");
+    let reply = ui.api.get(&console.caller, &uri).await;
+    reply.body.as_array().cloned().unwrap_or_default()
+}
+
+pub async fn show(State(ui): State<UiState>, console: Console) -> Response {
+    if auditor_only(&console) {
+        return Redirect::to("/ui/audit/resources").into_response();
+    }
+    let mut in_flight = runs_in(&ui, &console, "running").await;
+    in_flight.extend(runs_in(&ui, &console, "queued").await);
+    let failed = runs_in(&ui, &console, "failed").await;
+    let me = console.caller.user.name.as_str();
+    let inbox = ui.api.get(&console.caller, "/v1/approvals").await;
+    let waiting: Vec<Value> = inbox
+        .body
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["actor"].as_str() != Some(me))
+        .take(SHOWN)
+        .collect();
+    let names = process_names(&ui, &console).await;
+    let verified = match ui.may(&console, Action::ViewAudit) {
+        true => Some(ui.last_verified()),
+        false => None,
+    };
+    let offline = match ui.may(&console, Action::ManageTargets) {
+        true => {
+            let reply = ui.api.get(&console.caller, "/v1/bridges").await;
+            let bridges = reply.body.as_array().cloned().unwrap_or_default();
+            Some(
+                bridges
+                    .into_iter()
+                    .filter(|b| b["online"] == false && b["revoked"] == false)
+                    .collect::<Vec<_>>(),
+            )
+        }
+        false => None,
+    };
+    let body = html! {
+        section aria-labelledby="h-flight" {
+            h2 id="h-flight" { "In flight " span.count { (in_flight.len()) } }
+            (table(&in_flight, &names))
+        }
+        section aria-labelledby="h-wait" {
+            h2 id="h-wait" { "Waiting for my approval " span.count { (waiting.len()) } }
+            (table(&waiting, &names))
+            p { a href="/ui/approvals" { "All approvals" } }
+        }
+        section aria-labelledby="h-failed" {
+            h2 id="h-failed" { "Recent failures " span.count { (failed.len()) } }
+            (table(&failed, &names))
+        }
+        @if let Some(verified) = verified {
+            section aria-labelledby="h-audit" {
+                h2 id="h-audit" { "Audit chain" }
+                @match verified {
+                    Some(v) if v.ok => p.notice { "Verified up to record " (v.count) " at " (time(v.at_ms)) "." },
+                    Some(v) => p.error role="alert" { "Verification FAILED at " (time(v.at_ms)) ": " (v.error) },
+                    None => p { "Not verified since this server started." },
+                }
+                p { a href="/ui/audit" { "Verify the chain" } }
+            }
+        }
+        @if let Some(offline) = offline {
+            section aria-labelledby="h-bridges" {
+                h2 id="h-bridges" { "Bridges offline " span.count { (offline.len()) } }
+                ul {
+                    @for b in &offline {
+                        li { (b["name"].as_str().unwrap_or("")) " (zone " (b["zone"].as_str().unwrap_or("")) "), last seen " (time(b["last_seen_ms"].as_u64().unwrap_or(0))) }
+                    }
+                }
+            }
+        }
+    };
+    page(&ui, &console, "Overview", body).into_response()
+}

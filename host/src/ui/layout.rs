@@ -55,6 +55,13 @@ fn nav(ui: &UiState, console: &Console) -> Vec<NavItem> {
     }
     if ui.may(console, Action::ManageTargets) {
         items.push(item("/ui/targets", "Targets"));
+        items.push(item("/ui/bridges", "Bridges"));
+    }
+    if ui.may(console, Action::ManageProcess) || ui.may(console, Action::ManageModules) {
+        items.push(item("/ui/modules", "Modules"));
+    }
+    if ui.may(console, Action::ManageUsers) {
+        items.push(item("/ui/users", "Users"));
     }
     items
 }
@@ -92,7 +99,7 @@ pub fn page(ui: &UiState, console: &Console, title: &str, body: Markup) -> Marku
                     }
                     form.signout method="post" action="/ui/signout" {
                         (csrf(console))
-                        span.who { (console.caller.user.name) }
+                        a.who href="/ui/tokens" title="My API tokens" { (console.caller.user.name) }
                         button type="submit" { "Sign out" }
                     }
                 }

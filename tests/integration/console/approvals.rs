@@ -40,6 +40,21 @@ async fn a_second_user_approves_and_an_approval_after_an_input_change_is_stale()
         )
         .await;
 
+    // The API's inbox: the approver's and the requester's, nobody else's.
+    let otto = s.user("otto", &[]).await;
+    for (token, listed) in [(&alan, true), (&rita, true), (&otto, false)] {
+        let r = s.get("/v1/approvals", token).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let ids: Vec<&str> = r
+            .body
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|x| x["id"].as_str())
+            .collect();
+        assert_eq!(ids.contains(&run.as_str()), listed, "{ids:?}");
+    }
+
     // The requester: the request, but no approve button.
     c.sign_in(&rita).await;
     let b = &c.browser;

@@ -71,6 +71,18 @@ async fn the_super_administrator_sees_no_trace_of_an_unshared_process() {
         "hush-hush",
         "hush-needle",
     ];
+    // The owner sees them all on the same pages (so the checks below can fail).
+    let (admin_cookie, _) = http_sign_in(&s.base, &s.admin).await;
+    for (page, trace) in [
+        ("/ui/", failed.as_str()),
+        ("/ui/runs", done.as_str()),
+        ("/ui/processes", "hidden-proc"),
+        ("/ui/approvals", waiting.as_str()),
+        ("/ui/audit", done.as_str()),
+    ] {
+        let (_, _, html) = http_get(&s.base, &admin_cookie, page).await;
+        assert!(html.contains(trace), "the owner's {page} shows {trace}");
+    }
     c.sign_in(&sam).await;
     for page in PAGES {
         let html = c.page(page).await;
@@ -135,6 +147,10 @@ async fn the_password_auditor_sees_only_the_resource_audit() {
     s.wait_for_state_or_end(&run).await;
     let pat = s.user("pat", &["password-auditor"]).await;
 
+    // An administrator's console shows the task automation (so the checks below can fail).
+    let (admin_cookie, _) = http_sign_in(&s.base, &s.admin).await;
+    let (_, _, html) = http_get(&s.base, &admin_cookie, "/ui/runs").await;
+    assert!(html.contains(&run) && html.contains("task-proc"));
     c.sign_in(&pat).await;
     let b = &c.browser;
     // Signed in, the auditor lands on the resource audit, and the navigation has nothing else.

@@ -31,8 +31,21 @@ pub fn routes() -> Router<UiState> {
         .route("/ui/approvals/{id}/reject", post(reject))
 }
 
-async fn inbox(State(ui): State<UiState>, console: Console) -> Response {
-    let reply = ui.api.get(&console.caller, "/v1/approvals").await;
+#[derive(Deserialize, Default)]
+struct Before {
+    #[serde(default)]
+    before: String,
+}
+
+fn inbox_uri(before: &str) -> String {
+    match before {
+        "" => "/v1/approvals".to_string(),
+        cursor => format!("/v1/approvals?before={}", enc(cursor)),
+    }
+}
+
+async fn inbox(State(ui): State<UiState>, console: Console, Query(q): Query<Before>) -> Response {
+    let reply = ui.api.get(&console.caller, &inbox_uri(&q.before)).await;
     if !reply.ok() {
         return api_error(&ui, &console, &reply);
     }
@@ -45,6 +58,9 @@ async fn inbox(State(ui): State<UiState>, console: Console) -> Response {
         .into_iter()
         .partition(|r| r["actor"].as_str() == Some(me));
     let names = process_names(&ui, &console).await;
+    let further = reply
+        .header("x-warden-next-before")
+        .map(|c| format!("/ui/approvals?before={}", enc(c)));
     let body = html! {
         section aria-labelledby="h-others" {
             h2 id="h-others" { "Waiting for my approval" }
@@ -62,6 +78,9 @@ async fn inbox(State(ui): State<UiState>, console: Console) -> Response {
         section aria-labelledby="h-mine" {
             h2 id="h-mine" { "My requests" }
             (table(&mine, &names))
+        }
+        @if let Some(further) = further {
+            p { a.next href=(further) rel="next" { "Look further back in the history →" } }
         }
     };
     page(&ui, &console, "Approvals", body).into_response()

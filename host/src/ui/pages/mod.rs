@@ -6,6 +6,7 @@
 //! sign-out are audited (`console.signin`, `console.signout`), as is a sign-in with an
 //! expired token (`token.expired`).
 
+mod admin;
 mod approvals;
 mod audit;
 mod credentials;
@@ -39,6 +40,7 @@ pub fn routes() -> Router<UiState> {
         .merge(audit::routes())
         .merge(credentials::routes())
         .merge(targets::routes())
+        .merge(admin::routes())
 }
 
 async fn static_file(Path(file): Path<String>) -> Response {
@@ -94,10 +96,10 @@ fn signin_form(message: Option<&str>) -> Markup {
 
 async fn signin_page(State(ui): State<UiState>, request: Request) -> Response {
     // Already signed in: straight to the overview.
-    if let Some(sid) = session_cookie(request.headers()) {
-        if let Ok(Some(_)) = ui.resume(&sid) {
-            return Redirect::to("/ui/").into_response();
-        }
+    if let Some(sid) = session_cookie(request.headers())
+        && let Ok(Some(_)) = ui.resume(&sid)
+    {
+        return Redirect::to("/ui/").into_response();
     }
     signin_form(None).into_response()
 }

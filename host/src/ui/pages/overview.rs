@@ -17,21 +17,35 @@ use crate::ui::layout::{auditor_only, page, time};
 /// Runs shown in each list of the overview.
 const SHOWN: usize = 10;
 
-async fn runs_in(ui: &UiState, console: &Console, state: &str) -> Vec<Value> {
-    let uri = format!("/v1/runs?state={state}&limit={SHOWN}");
-    let reply = ui.api.get(&console.caller, &uri).await;
-    reply.body.as_array().cloned().unwrap_or_default()
-}
+/// Runs of history the overview looks through: one page of the newest runs (on sled a run's
+/// state is not indexed, so a filtered list would walk the whole history; the Runs page,
+/// filtered by state, pages further back).
+const WINDOW: usize = 100;
 
 pub async fn show(State(ui): State<UiState>, console: Console) -> Response {
     if auditor_only(&console) {
         return Redirect::to("/ui/audit/resources").into_response();
     }
-    let mut in_flight = runs_in(&ui, &console, "running").await;
-    in_flight.extend(runs_in(&ui, &console, "queued").await);
-    let failed = runs_in(&ui, &console, "failed").await;
+    let newest = ui
+        .api
+        .get(&console.caller, &format!("/v1/runs?limit={WINDOW}"))
+        .await;
+    let newest = newest.body.as_array().cloned().unwrap_or_default();
+    let in_state = |states: &[&str]| -> Vec<Value> {
+        newest
+            .iter()
+            .filter(|r| states.contains(&r["state"].as_str().unwrap_or("")))
+            .take(SHOWN)
+            .cloned()
+            .collect()
+    };
+    let in_flight = in_state(&["running", "queued"]);
+    let failed = in_state(&["failed", "timed-out", "lost", "interrupted"]);
     let me = console.caller.user.name.as_str();
-    let inbox = ui.api.get(&console.caller, "/v1/approvals").await;
+    let inbox = ui
+        .api
+        .get(&console.caller, &format!("/v1/approvals?window={WINDOW}"))
+        .await;
     let waiting: Vec<Value> = inbox
         .body
         .as_array()
@@ -62,6 +76,7 @@ pub async fn show(State(ui): State<UiState>, console: Console) -> Response {
     let body = html! {
         section aria-labelledby="h-flight" {
             h2 id="h-flight" { "In flight " span.count { (in_flight.len()) } }
+            p.hint { "Among the " (WINDOW) " newest runs. " a href="/ui/runs?state=running" { "All running runs" } }
             (table(&in_flight, &names))
         }
         section aria-labelledby="h-wait" {
@@ -71,6 +86,7 @@ pub async fn show(State(ui): State<UiState>, console: Console) -> Response {
         }
         section aria-labelledby="h-failed" {
             h2 id="h-failed" { "Recent failures " span.count { (failed.len()) } }
+            p.hint { "Among the " (WINDOW) " newest runs. " a href="/ui/runs?state=failed" { "All failed runs" } }
             (table(&failed, &names))
         }
         @if let Some(verified) = verified {

@@ -6,6 +6,7 @@
 //!
 //! Screenshots of the main pages go to `target/console-screenshots/` (not committed).
 
+mod admin;
 mod approvals;
 mod pages;
 mod runs;

@@ -11,6 +11,7 @@ mod approvals;
 mod audit;
 mod credentials;
 mod overview;
+mod process_admin;
 mod processes;
 mod runs;
 mod targets;
@@ -41,6 +42,7 @@ pub fn routes() -> Router<UiState> {
         .merge(credentials::routes())
         .merge(targets::routes())
         .merge(admin::routes())
+        .merge(process_admin::routes())
 }
 
 async fn static_file(Path(file): Path<String>) -> Response {

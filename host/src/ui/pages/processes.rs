@@ -25,7 +25,10 @@ use crate::ui::layout::{csrf, error, page, time};
 
 pub fn routes() -> Router<UiState> {
     Router::new()
-        .route("/ui/processes", get(list))
+        .route(
+            "/ui/processes",
+            get(list).post(super::process_admin::create),
+        )
         .route("/ui/processes/{id}", get(show))
         .route("/ui/processes/{id}/start", post(start))
 }
@@ -36,6 +39,7 @@ async fn list(State(ui): State<UiState>, console: Console) -> Response {
         return api_error(&ui, &console, &reply);
     }
     let processes = reply.body.as_array().cloned().unwrap_or_default();
+    let create = super::process_admin::create_form(&ui, &console).await;
     let body = html! {
         @if processes.is_empty() {
             p.empty { "No process is shared with you." }
@@ -56,6 +60,7 @@ async fn list(State(ui): State<UiState>, console: Console) -> Response {
                 }
             }
         }
+        (create)
     };
     page(&ui, &console, "Processes", body).into_response()
 }
@@ -98,6 +103,7 @@ async fn process_page(
             .collect()
     };
     let grant = &p["grant"];
+    let manage = super::process_admin::manage_section(ui, console, id, p).await;
     let body = html! {
         p.description { (p["description"].as_str().unwrap_or("")) }
         dl {
@@ -130,6 +136,7 @@ async fn process_page(
                 button type="submit" { "Start" }
             }
         }
+        (manage)
     };
     let status = failed.map_or(StatusCode::OK, |(s, _)| s);
     let title = p["name"].as_str().unwrap_or("Process");

@@ -124,6 +124,54 @@ async fn starts_a_run_from_the_form_and_its_output_arrives_live_as_text() {
             .is_empty()
     );
     c.browser.screenshot("run-done").await.expect("screenshot");
+    // Times are shown in the viewer's zone by app.js (UTC stays in the title).
+    let t = b.wait_for("time[datetime]").await.expect("a time");
+    let (shown, utc) = (
+        t.text().await.expect("text"),
+        t.attr("title").await.expect("title"),
+    );
+    assert!(
+        utc.as_deref().is_some_and(|u| u.ends_with(" UTC")),
+        "{utc:?}"
+    );
+    assert_ne!(
+        Some(shown.as_str()),
+        utc.as_deref(),
+        "app.js rewrote the time"
+    );
+
+    // The runs filter, through htmx (under the CSP): the list is swapped in, the URL pushed.
+    c.page("/ui/runs").await;
+    let state = b.wait_for("#f-state").await.expect("filter");
+    state.select_by_value("failed").await.expect("select");
+    // Survives an htmx swap, not a full page load.
+    b.client
+        .execute("window.sameDocument = true;", vec![])
+        .await
+        .expect("js");
+    b.click("form.filters button[type=submit]")
+        .await
+        .expect("filter");
+    b.wait_for("p.empty").await.expect("no failed run");
+    let url = b.client.current_url().await.expect("url");
+    assert!(url.query().unwrap_or("").contains("state=failed"), "{url}");
+    let swapped = b
+        .client
+        .execute("return document.querySelectorAll('main').length;", vec![])
+        .await
+        .expect("js");
+    assert_eq!(swapped, json!(1), "one <main>, swapped in place");
+    let same = b
+        .client
+        .execute("return window.sameDocument === true;", vec![])
+        .await
+        .expect("js");
+    assert_eq!(
+        same,
+        json!(true),
+        "htmx swapped the list without a page load"
+    );
+    c.browser.screenshot("runs").await.expect("screenshot");
     c.browser.close().await;
 }
 

@@ -87,7 +87,8 @@ async fn search_page(
             (csrf(console))
             button id="verify" type="submit" { "Verify chain" }
         }
-        form.filters method="get" action="/ui/audit" {
+        form.filters method="get" action="/ui/audit" hx-get="/ui/audit" hx-target="#main"
+            hx-select="#main" hx-swap="outerHTML" hx-push-url="true" {
             label for="a-run" { "Run" } input id="a-run" name="run" value=(q.run) size="10";
             label for="a-actor" { "Actor" } input id="a-actor" name="actor" value=(q.actor) size="10";
             label for="a-action" { "Action" } input id="a-action" name="action" value=(q.action) size="12";

@@ -132,7 +132,10 @@ async fn list(State(ui): State<UiState>, console: Console, Query(f): Query<Filte
         )
     });
     let body = html! {
-        form.filters method="get" action="/ui/runs" {
+        // htmx swaps in the filtered page's <main> (and pushes its URL); without script the
+        // form is an ordinary GET.
+        form.filters method="get" action="/ui/runs" hx-get="/ui/runs" hx-target="#main"
+            hx-select="#main" hx-swap="outerHTML" hx-push-url="true" {
             label for="f-state" { "State" }
             select id="f-state" name="state" {
                 option value="" { "any" }

@@ -5,7 +5,7 @@
 //! active — re-checked on every request, so a revoked token or a disabled user ends the
 //! session at once. [`Posted`] also refuses (403) a post whose `Origin` is not this server or
 //! whose `Sec-Fetch-Site` is not `same-origin`, and one whose `_csrf` field is not the
-//! session's token (constant-time comparison).
+//! session's token (constant-time comparison); such a refusal is audited `console.refused`.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -100,6 +100,33 @@ impl FromRequestParts<UiState> for Console {
 }
 
 impl UiState {
+    /// Audits a refused form post of a signed-in user (`console.refused`): a forged or
+    /// cross-site post is worth knowing about.
+    async fn audit_refused(&self, console: &Console, refused: &Refused) -> Result<(), Refused> {
+        let Refused::Forbidden(why) = refused else {
+            return Ok(());
+        };
+        let entry = crate::audit::AuditEntry {
+            run_id: None,
+            actor: console.caller.user.name.clone(),
+            action: "console.refused".into(),
+            target: None,
+            credential: None,
+            decision: crate::audit::Decision::Denied {
+                reason: (*why).to_string(),
+                policy: None,
+            },
+            outcome: "denied".into(),
+            duration_us: 0,
+            detail: None,
+        };
+        self.app.audit.append(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "console audit record failed");
+            Refused::Unavailable
+        })?;
+        Ok(())
+    }
+
     /// The signed-in user of session `sid`, re-checked against the token and user stores;
     /// a session whose token or user is no longer good is deleted.
     pub fn resume(&self, sid: &str) -> Result<Option<Console>, anyhow::Error> {
@@ -205,14 +232,26 @@ impl FromRequest<UiState> for Posted {
     type Rejection = Refused;
 
     async fn from_request(request: Request, ui: &UiState) -> Result<Self, Refused> {
-        same_origin(request.headers())?;
         let (mut parts, body) = request.into_parts();
         let console = Console::from_request_parts(&mut parts, ui).await?;
-        let form = read_form(Request::from_parts(parts, body)).await?;
-        if !csrf_matches(&console.session, form.get("_csrf")) {
-            return Err(Refused::Forbidden(
-                "the form's CSRF token is missing or wrong; reload the page",
-            ));
+        let refused = match same_origin(&parts.headers) {
+            Err(refused) => Some(refused),
+            Ok(()) => None,
+        };
+        let (form, refused) = match refused {
+            Some(refused) => (Form::default(), Some(refused)),
+            None => {
+                let form = read_form(Request::from_parts(parts, body)).await?;
+                let forged = !csrf_matches(&console.session, form.get("_csrf"));
+                let refused = forged.then_some(Refused::Forbidden(
+                    "the form's CSRF token is missing or wrong; reload the page",
+                ));
+                (form, refused)
+            }
+        };
+        if let Some(refused) = refused {
+            ui.audit_refused(&console, &refused).await?;
+            return Err(refused);
         }
         Ok(Posted { console, form })
     }

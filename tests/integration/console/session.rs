@@ -364,6 +364,14 @@ async fn a_form_posted_without_or_with_a_wrong_csrf_token_is_refused() {
             "attempt {i} created nothing"
         );
     }
+    // Each refusal is audited, as the session's user.
+    let refused = server.audit("action=console.refused").await;
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["actor"] == "admin" && r["decision"]["verdict"] == "denied")
+    );
     // Sign-out without the token does not end the session either.
     let resp = raw_client()
         .post(format!("{}/ui/signout", server.base))
@@ -434,6 +442,12 @@ async fn a_cross_origin_or_cross_site_post_is_refused_even_with_the_csrf_token()
             .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{header}: {value}");
     }
+    let refused = server.audit("action=console.refused").await;
+    assert_eq!(
+        refused.len(),
+        cases.len(),
+        "each refusal audited: {refused:?}"
+    );
     // A sign-in posted from another site opens no session either (login CSRF).
     let resp = raw_client()
         .post(format!("{}/ui/signin", server.base))

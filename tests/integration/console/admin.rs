@@ -41,7 +41,11 @@ async fn creates_shares_and_schedules_a_process_through_the_console() {
     b.click("form.share button[type=submit]")
         .await
         .expect("share");
-    b.wait_for("form.share").await.expect("back on the page");
+    b.wait_until_html("the page after sharing", |h| {
+        h.contains("Shared with users: olga")
+    })
+    .await
+    .expect("back on the page");
     let p = s.get(&format!("/v1/processes/{id}"), &s.admin).await;
     assert_eq!(p.body["shared_users"], json!(["olga"]), "{}", p.text);
 

@@ -103,7 +103,9 @@ async fn a_credential_secret_added_or_replaced_in_the_console_never_appears_in_a
     b.click("form.replace button[type=submit]")
         .await
         .expect("replace");
-    b.wait_for("p.notice").await.expect("replaced");
+    b.wait_until_html("the replaced notice", |h| h.contains("Secret replaced."))
+        .await
+        .expect("replaced");
     let r = c
         .server
         .get("/v1/credentials/db-root/versions", &admin)

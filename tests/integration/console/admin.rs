@@ -85,6 +85,49 @@ async fn creates_shares_and_schedules_a_process_through_the_console() {
     }
     let html = c.page("/ui/users").await;
     assert!(html.contains("olga"), "{html}");
+    // A user created, then disabled, through the console (the API decides and audits).
+    b.fill("#u-name", "newbie").await.expect("name");
+    b.click("form.create-user button[type=submit]")
+        .await
+        .expect("create");
+    b.click("button[aria-label='disable newbie']")
+        .await
+        .expect("disable");
+    b.wait_for("button[aria-label='enable newbie']")
+        .await
+        .expect("disabled");
+    let users = s.get("/v1/users", &s.admin).await;
+    let newbie = users
+        .body
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["name"] == "newbie")
+        .cloned();
+    assert_eq!(newbie.expect("created")["disabled"], true);
+
+    // Edit the definition: the API bumps the revision.
+    let before = s.get(&format!("/v1/processes/{id}"), &s.admin).await.body["revision"]
+        .as_u64()
+        .expect("revision");
+    c.page(&format!("/ui/processes/{id}")).await;
+    b.click("#h-edit + details summary")
+        .await
+        .expect("open the edit form");
+    b.fill("#p-description", "edited in the console")
+        .await
+        .expect("description");
+    b.fill("#p-approvals", "1").await.expect("approvals");
+    b.click("form.edit button[type=submit]")
+        .await
+        .expect("save");
+    b.wait_until_html("the edited page", |h| h.contains("edited in the console"))
+        .await
+        .expect("saved");
+    let p = s.get(&format!("/v1/processes/{id}"), &s.admin).await;
+    assert_eq!(p.body["revision"], before + 1, "{}", p.text);
+    assert_eq!(p.body["required_approvals"], 1);
+    assert_eq!(p.body["shared_users"], json!(["olga"]), "sharing kept");
     c.browser.close().await;
 }
 

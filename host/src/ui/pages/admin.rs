@@ -1,5 +1,5 @@
-//! Administration lists: modules and trusted publishers, users and roles, one's own API
-//! tokens (with revoke), and remote bridges — each the API's answer for the user, shown only
+//! Administration lists: modules and trusted publishers, users and roles (create a user,
+//! disable or enable one), one's own API tokens (with revoke), and remote bridges — each the API's answer for the user, shown only
 //! in the navigation of those the policies let read it.
 //!
 //! Nothing here mints a token or shows one: a token is a secret, minted with the CLI.
@@ -21,7 +21,8 @@ use crate::ui::layout::{csrf, page, time, time_opt};
 pub fn routes() -> Router<UiState> {
     Router::new()
         .route("/ui/modules", get(modules))
-        .route("/ui/users", get(users))
+        .route("/ui/users", get(users).post(create_user))
+        .route("/ui/users/{name}/{change}", post(change_user))
         .route("/ui/tokens", get(tokens))
         .route("/ui/tokens/{id}/revoke", post(revoke))
         .route("/ui/bridges", get(bridges))
@@ -75,7 +76,7 @@ async fn users(State(ui): State<UiState>, console: Console) -> Response {
     let roles = ui.api.get(&console.caller, "/v1/roles").await;
     let body = html! {
         table.users {
-            thead { tr { th scope="col" { "User" } th scope="col" { "Roles" } th scope="col" { "Created" } th scope="col" { "State" } } }
+            thead { tr { th scope="col" { "User" } th scope="col" { "Roles" } th scope="col" { "Created" } th scope="col" { "State" } th scope="col" { "" } } }
             tbody {
                 @for u in list(&users.body) {
                     tr {
@@ -83,8 +84,27 @@ async fn users(State(ui): State<UiState>, console: Console) -> Response {
                         td { (u["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")) }
                         td { (time(u["created_ms"].as_u64().unwrap_or(0))) }
                         td { @if u["deleted_ms"].is_u64() { "deleted" } @else if u["disabled"] == true { "disabled" } @else { "active" } }
+                        td {
+                            @if !u["deleted_ms"].is_u64() {
+                                @let change = if u["disabled"] == true { "enable" } else { "disable" };
+                                form method="post" action={ "/ui/users/" (enc(text(&u, "name"))) "/" (change) } {
+                                    (csrf(&console))
+                                    button type="submit" aria-label={ (change) " " (text(&u, "name")) } { (change) }
+                                }
+                            }
+                        }
                     }
                 }
+            }
+        }
+        section aria-labelledby="h-new-user" {
+            h2 id="h-new-user" { "Create a user" }
+            p.hint { "The console shows no token: mint the new user's enrollment token with the API (" code { "POST /v1/users/NAME/tokens" } ") or create the user with " code { "warden user create" } ", and hand it over out of band." }
+            form.create-user method="post" action="/ui/users" {
+                (csrf(&console))
+                label for="u-name" { "Name (a-z 0-9 . _ -)" } input id="u-name" name="name" required;
+                label for="u-roles" { "Roles (comma separated)" } input id="u-roles" name="roles";
+                button type="submit" { "Create" }
             }
         }
         h2 { "Custom roles" }
@@ -95,6 +115,44 @@ async fn users(State(ui): State<UiState>, console: Console) -> Response {
         }
     };
     page(&ui, &console, "Users and roles", body).into_response()
+}
+
+async fn create_user(State(ui): State<UiState>, posted: Posted) -> Response {
+    let console = &posted.console;
+    let f = &posted.form;
+    let roles: Vec<&str> = f
+        .text("roles")
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let body = serde_json::json!({ "name": f.text("name"), "roles": roles });
+    let reply = ui.api.post(&console.caller, "/v1/users", &body).await;
+    if !reply.ok() {
+        return api_error(&ui, console, &reply);
+    }
+    Redirect::to("/ui/users").into_response()
+}
+
+async fn change_user(
+    State(ui): State<UiState>,
+    Path((name, change)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    let console = &posted.console;
+    let change = match change.as_str() {
+        "enable" | "disable" => change,
+        _ => return (axum::http::StatusCode::NOT_FOUND, "not found").into_response(),
+    };
+    let uri = format!("/v1/users/{}/{change}", enc(&name));
+    let reply = ui
+        .api
+        .post(&console.caller, &uri, &serde_json::json!({}))
+        .await;
+    if !reply.ok() {
+        return api_error(&ui, console, &reply);
+    }
+    Redirect::to("/ui/users").into_response()
 }
 
 async fn tokens(State(ui): State<UiState>, console: Console) -> Response {

@@ -3,8 +3,9 @@
 //! the API (`POST /v1/processes`, `/share`, `/schedules`), which checks the grant against
 //! what the user may use and audits the change.
 //!
-//! Editing a process's definition in place (`PUT /v1/processes/{id}`) is not in the console
-//! yet: the CLI or the API do it.
+//! Editing a process (`PUT /v1/processes/{id}`) replaces its whole definition, so the edit
+//! form carries every field, prefilled; the API bumps the revision, so approvals given to a
+//! run of the old definition stop counting.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -24,6 +25,7 @@ use crate::ui::layout::{csrf, page, time_opt};
 pub fn routes() -> Router<UiState> {
     Router::new()
         .route("/ui/processes/{id}/share", post(share))
+        .route("/ui/processes/{id}/edit", post(edit))
         .route("/ui/processes/{id}/schedules", post(add_schedule))
         .route(
             "/ui/processes/{id}/schedules/{schedule}/delete",
@@ -61,25 +63,49 @@ pub async fn create_form(ui: &UiState, console: &Console) -> Markup {
             h2 id="h-create" { "Create a process" }
             form.create method="post" action="/ui/processes" {
                 (csrf(console))
-                label for="p-name" { "Name (A-Z a-z 0-9 . _ -)" } input id="p-name" name="name" required;
-                label for="p-description" { "Description" } input id="p-description" name="description";
-                label for="p-module" { "Module" }
-                select id="p-module" name="module_digest" required {
-                    @for m in modules.iter().filter(|m| m["retired"] != true) {
-                        option value=(m["digest"].as_str().unwrap_or("")) {
-                            (m["name"].as_str().unwrap_or("")) "@" (m["version"].as_str().unwrap_or(""))
-                            " (" (m["publisher"].as_str().unwrap_or("")) ")"
-                        }
-                    }
-                }
-                label for="p-targets" { "Targets (comma separated)" } input id="p-targets" name="targets";
-                label for="p-credentials" { "Credentials (comma separated)" } input id="p-credentials" name="credentials";
-                label for="p-commands" { "Command patterns (one per line)" } textarea id="p-commands" name="commands" rows="2" {}
-                label for="p-paths" { "Path patterns (one per line)" } textarea id="p-paths" name="paths" rows="2" {}
-                label for="p-approvals" { "Approvals required" } input id="p-approvals" name="required_approvals" type="number" min="0" value="0";
+                (definition_fields(&modules, &Value::Null))
                 button type="submit" { "Create" }
             }
         }
+    }
+}
+
+/// The fields of a process's definition, prefilled from `p` (`Null` for a new one).
+fn definition_fields(modules: &[Value], p: &Value) -> Markup {
+    let grant = &p["grant"];
+    let joined = |v: &Value, sep: &str| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let current = p["module_digest"].as_str().unwrap_or("");
+    let defaults = match &p["default_inputs"] {
+        Value::Null => "{}".to_string(),
+        v => v.to_string(),
+    };
+    html! {
+        label for="p-name" { "Name (A-Z a-z 0-9 . _ -)" } input id="p-name" name="name" required value=(p["name"].as_str().unwrap_or(""));
+        label for="p-description" { "Description" } input id="p-description" name="description" value=(p["description"].as_str().unwrap_or(""));
+        label for="p-module" { "Module" }
+        select id="p-module" name="module_digest" required {
+            @for m in modules.iter().filter(|m| m["retired"] != true) {
+                @let digest = m["digest"].as_str().unwrap_or("");
+                option value=(digest) selected[digest == current] {
+                    (m["name"].as_str().unwrap_or("")) "@" (m["version"].as_str().unwrap_or(""))
+                    " (" (m["publisher"].as_str().unwrap_or("")) ")"
+                }
+            }
+        }
+        label for="p-targets" { "Targets (comma separated)" } input id="p-targets" name="targets" value=(joined(&grant["targets"], ", "));
+        label for="p-credentials" { "Credentials (comma separated)" } input id="p-credentials" name="credentials" value=(joined(&grant["credentials"], ", "));
+        label for="p-commands" { "Command patterns (one per line)" } textarea id="p-commands" name="commands" rows="2" { (joined(&grant["commands"], "\n")) }
+        label for="p-paths" { "Path patterns (one per line)" } textarea id="p-paths" name="paths" rows="2" { (joined(&grant["paths"], "\n")) }
+        label for="p-defaults" { "Default inputs (a JSON object)" } textarea id="p-defaults" name="default_inputs" rows="2" { (defaults) }
+        label for="p-approvals" { "Approvals required" } input id="p-approvals" name="required_approvals" type="number" min="0" value=(p["required_approvals"].as_u64().unwrap_or(0));
+        label for="p-retry" { input id="p-retry" name="retry_on_lost" type="checkbox" value="true" checked[p["retry_on_lost"] == true]; " Start again when a remote bridge loses a run (only for tasks safe to repeat)" }
     }
 }
 
@@ -94,6 +120,11 @@ pub async fn manage_section(ui: &UiState, console: &Console, id: &str, p: &Value
         .await;
     let schedules = schedules.body.as_array().cloned().unwrap_or_default();
     let manage = ui.may(console, Action::ManageProcess);
+    let modules = match manage {
+        true => ui.api.get(&console.caller, "/v1/modules").await.body,
+        false => Value::Null,
+    };
+    let modules = modules.as_array().cloned().unwrap_or_default();
     let joined = |v: &Value| {
         v.as_array()
             .into_iter()
@@ -140,6 +171,17 @@ pub async fn manage_section(ui: &UiState, console: &Console, id: &str, p: &Value
             }
         }
         @if manage {
+            section aria-labelledby="h-edit" {
+                h2 id="h-edit" { "Edit the definition" }
+                details {
+                    summary { "Edit" }
+                    form.edit method="post" action={ "/ui/processes/" (enc(id)) "/edit" } {
+                        (csrf(console))
+                        (definition_fields(&modules, p))
+                        button type="submit" { "Save" }
+                    }
+                }
+            }
             section aria-labelledby="h-share" {
                 h2 id="h-share" { "Sharing" }
                 p { "Shared with users: " (joined(&p["shared_users"])) "; roles: " (joined(&p["shared_roles"])) }
@@ -175,6 +217,12 @@ fn process_body(f: &Form) -> Value {
             "paths": lines(f.text("paths")),
         },
         "required_approvals": f.text("required_approvals").trim().parse::<u32>().unwrap_or(0),
+        // Defaults that are not JSON go as text, for the API to refuse.
+        "default_inputs": match f.text("default_inputs").trim() {
+            "" => json!({}),
+            text => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+        },
+        "retry_on_lost": f.text("retry_on_lost") == "true",
     })
 }
 
@@ -193,6 +241,30 @@ pub(super) async fn create(State(ui): State<UiState>, posted: Posted) -> Respons
         enc(reply.body["id"].as_str().unwrap_or(""))
     );
     answer(&ui, console, &reply, &to)
+}
+
+async fn edit(State(ui): State<UiState>, Path(id): Path<String>, posted: Posted) -> Response {
+    let console = &posted.console;
+    let uri = format!("/v1/processes/{}", enc(&id));
+    let mut body = process_body(&posted.form);
+    // What the form does not show (rotations, raw shell, the rotation policy) stays as it is.
+    let current = ui.api.get(&console.caller, &uri).await;
+    if !current.ok() {
+        return answer(&ui, console, &current, "");
+    }
+    if let (Some(old), Some(new)) = (
+        current.body["grant"].as_object(),
+        body["grant"].as_object_mut(),
+    ) {
+        for (field, value) in old {
+            new.entry(field.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    let reply = ui
+        .api
+        .call(&console.caller, Method::PUT, &uri, Some(&body))
+        .await;
+    answer(&ui, console, &reply, &uri.replacen("/v1/", "/ui/", 1))
 }
 
 async fn share(State(ui): State<UiState>, Path(id): Path<String>, posted: Posted) -> Response {

@@ -234,10 +234,7 @@ impl FromRequest<UiState> for Posted {
     async fn from_request(request: Request, ui: &UiState) -> Result<Self, Refused> {
         let (mut parts, body) = request.into_parts();
         let console = Console::from_request_parts(&mut parts, ui).await?;
-        let refused = match same_origin(&parts.headers) {
-            Err(refused) => Some(refused),
-            Ok(()) => None,
-        };
+        let refused = same_origin(&parts.headers).err();
         let (form, refused) = match refused {
             Some(refused) => (Form::default(), Some(refused)),
             None => {

@@ -27,6 +27,7 @@
 //! - [`notify`]: the audit stream exported to webhooks, syslog and files; alert rules.
 //! - [`triggers`]: signed inbound events (Standard Webhooks) that start runs.
 //! - [`api`]: the HTTP API (axum): routes, authentication, errors, OpenAPI.
+//! - [`ui`]: the web console under `/ui/` (server-rendered, every page an API call as the user).
 //! - [`tls`]: the server's TLS (certificate, self-signed by `warden init`) and the clients'
 //!   verification of it (system roots, a CA file, or a pinned fingerprint).
 //! - [`cli`]: the `warden` command line.
@@ -48,6 +49,7 @@ pub mod store;
 pub mod targets;
 pub mod tls;
 pub mod triggers;
+pub mod ui;
 pub mod users;
 pub mod vault;
 pub mod workflow;

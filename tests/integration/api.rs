@@ -597,6 +597,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/runs/{id}/leases"),
     ("get", "/v1/leases/{id}"),
     ("post", "/v1/leases/{id}/revoke"),
+    ("get", "/v1/approvals"),
     ("get", "/v1/runs/{id}/approval"),
     ("post", "/v1/runs/{id}/approve"),
     ("post", "/v1/runs/{id}/reject"),

@@ -11,6 +11,7 @@ mod approvals;
 mod bridges;
 mod cli;
 mod cluster;
+mod console;
 mod db;
 mod grant;
 mod languages;

@@ -4,6 +4,7 @@
 //! Nothing here is mocked: guests are built from `guest-examples/` and `tests/fixtures/`
 //! for `wasm32-wasip2`, SSH goes to OpenSSH on loopback, state lives in real sled files.
 
+pub mod browser;
 pub mod guests;
 pub mod http;
 pub mod netns;

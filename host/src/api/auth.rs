@@ -20,6 +20,13 @@ use crate::users::{Authenticated, TokenInfo, TokenKind, User};
 /// Longest `Authorization` header accepted. Blocks oversized headers reaching the parser.
 const MAX_AUTH_HEADER: usize = 256;
 
+/// A caller the web console authenticated already (its session, see [`crate::ui`]), handed to
+/// the API handlers in-process as a request extension: the console calls the very handlers
+/// the API serves, so its pages pass the same authorization. A request from the network
+/// cannot carry an extension; only the console's own in-process requests have one.
+#[derive(Clone, Debug)]
+pub struct InProcessCaller(pub Caller);
+
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -35,6 +42,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(InProcessCaller(caller)) = parts.extensions.get::<InProcessCaller>() {
+            return Ok(caller.clone());
+        }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

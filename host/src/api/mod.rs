@@ -146,7 +146,8 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
             axum::routing::get(move || async move { axum::Json(doc) }),
         )
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .with_state(state);
+        .with_state(state.clone());
+    let router = crate::ui::mount(router, state);
     (router, api)
 }
 

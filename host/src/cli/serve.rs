@@ -218,6 +218,7 @@ pub struct DemoArgs {
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<i32> {
     let limits = args.runs.limits()?;
     let tls = choose_tls(&args)?;
+    crate::ui::set_served_over_tls(tls.is_some());
     let listener = bind(args.listen).await?;
     let dir = args.data.open()?;
     // `warden backup` asks here while this server holds the database (removed at the end).

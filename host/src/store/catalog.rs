@@ -5,7 +5,7 @@
 use super::TableDef;
 
 /// The domain tables, in no particular order.
-pub fn tables() -> [&'static TableDef; 32] {
+pub fn tables() -> [&'static TableDef; 33] {
     [
         &crate::users::USERS,
         &crate::users::ROLES,
@@ -39,5 +39,6 @@ pub fn tables() -> [&'static TableDef; 32] {
         &crate::triggers::TRIGGER_STATE,
         &crate::triggers::TRIGGER_REPLAY,
         &crate::triggers::TRIGGER_BODIES,
+        &crate::ui::session::SESSIONS,
     ]
 }

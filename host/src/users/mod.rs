@@ -236,6 +236,11 @@ impl std::fmt::Debug for UserStore {
 }
 
 impl UserStore {
+    /// The database the store lives in (for stores kept beside it: console sessions).
+    pub fn database(&self) -> &Database {
+        self.users.database()
+    }
+
     /// Opens the three tables.
     pub fn open(db: &Database) -> Result<Self, UserError> {
         Ok(UserStore {

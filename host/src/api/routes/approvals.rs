@@ -25,10 +25,11 @@ use crate::audit::{AuditEntry, Decision};
 use crate::policy::{Action, Resource};
 use crate::runs::approval::{ApprovalError, ApprovalRequest, ApproveOutcome};
 use crate::runs::dispatch::StartError;
-use crate::runs::{Process, RunRecord};
+use crate::runs::{MAX_LIST_RUNS, Process, RunCursor, RunFilter, RunRecord, RunState};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_approvals))
         .routes(routes!(get_approval))
         .routes(routes!(approve_run))
         .routes(routes!(reject_run))
@@ -199,6 +200,75 @@ impl AppState {
             .await?;
         Err(ApiError::forbidden(&policy))
     }
+}
+
+/// Runs of history an inbox page looks through by default (and at most). Bounds a request's
+/// work on a long history: on sled a state is not indexed, so the inbox walks the time index.
+const INBOX_WINDOW: usize = 1_000;
+const MAX_INBOX_WINDOW: usize = 10_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    /// Look through this many of the newest runs (older than `before`), at most 10,000.
+    window: Option<usize>,
+    /// Only runs older than this cursor (`created_ms:id`): the previous page's
+    /// `x-warden-next-before`.
+    before: Option<String>,
+}
+
+/// Runs awaiting approval whose request the caller may see (as `GET
+/// /v1/runs/{id}/approval` decides: its requester, or one who may view or approve runs of its
+/// process), newest first: an approver's inbox. A page looks through `window` runs of history
+/// (1,000 by default); `x-warden-next-before` names where the next page starts.
+#[utoipa::path(get, path = "/v1/approvals", params(
+    ("window" = Option<usize>, Query, description = "look through this many of the newest runs (default 1,000, at most 10,000)"),
+    ("before" = Option<String>, Query, description = "only runs older than this cursor (created_ms:id)")),
+    responses(
+        (status = 200, description = "runs awaiting approval that the caller may see the request of, newest first",
+            headers(("x-warden-next-before" = String, description = "cursor of the next page; absent when the history is exhausted"))),
+        (status = 400, description = "`invalid`: `before` is not `created_ms:id`")))]
+async fn list_approvals(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Query(q): axum::extract::Query<InboxQuery>,
+) -> Result<(axum::http::HeaderMap, Json<Vec<RunRecord>>), ApiError> {
+    let window = q.window.unwrap_or(INBOX_WINDOW).clamp(1, MAX_INBOX_WINDOW);
+    let mut before = q
+        .before
+        .as_deref()
+        .map(str::parse::<RunCursor>)
+        .transpose()?;
+    let (mut seen, mut visible, mut next) = (0, Vec::new(), None);
+    while seen < window {
+        let limit = MAX_LIST_RUNS.min(window - seen);
+        let filter = RunFilter {
+            before: before.clone(),
+            limit: Some(limit),
+            ..RunFilter::default()
+        };
+        let page = state.runs.list(&filter)?;
+        seen += page.len();
+        let full = page.len() >= limit;
+        before = page.last().map(RunCursor::after);
+        for run in page {
+            // Not visible is a silent filter (404 inside), as for the run list.
+            if run.state == RunState::AwaitingApproval
+                && state.approval_scope(&caller, &run.id).await.is_ok()
+            {
+                visible.push(run);
+            }
+        }
+        if !full {
+            break;
+        }
+        next = before.clone();
+    }
+    let header = next.filter(|_| seen >= window).map(|c| c.to_string());
+    Ok((
+        super::runs::next_page_header(super::runs::NEXT_BEFORE_HEADER, header),
+        Json(visible),
+    ))
 }
 
 /// The approval request of a run: module digest, manifest (capabilities), inputs, the

@@ -37,10 +37,14 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("sql/0003_triggers.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("sql/0004_console.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub const BINARY_SCHEMA_VERSION: u32 = 3;
+pub const BINARY_SCHEMA_VERSION: u32 = 4;
 
 /// The advisory lock that serializes migrations ("WARDEN" and 1, as an i64).
 const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;

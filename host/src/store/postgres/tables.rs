@@ -46,7 +46,7 @@ const fn plain(name: &'static str) -> TableSchema {
     TableSchema { name, columns: &[] }
 }
 
-/// Every generic table of the schema (migrations 1 to 3), with its typed columns: the tables of
+/// Every generic table of the schema (migrations 1 to 4), with its typed columns: the tables of
 /// [`crate::store::catalog`] (a test checks both lists agree).
 pub(crate) const TABLES: &[TableSchema] = &[
     plain("users"),
@@ -90,6 +90,8 @@ pub(crate) const TABLES: &[TableSchema] = &[
     plain("trigger_state"),
     plain("trigger_replay"),
     plain("trigger_bodies"),
+    // Migration 4 (the web console).
+    plain("console_sessions"),
 ];
 
 fn schema_of(def: &TableDef) -> Result<&'static TableSchema, StoreError> {

@@ -113,11 +113,13 @@ fn migrations_apply_once_and_report_their_versions() {
 fn a_version_1_schema_is_upgraded_with_its_rows_kept() {
     let url = fresh_database();
     migrate(&url).unwrap();
-    // Back to what a version-1 server left: no bridge or trigger tables, version 1 recorded.
+    // Back to what a version-1 server left: no bridge, trigger or console tables, version 1
+    // recorded.
     execute(
         &url,
         "DROP TABLE warden.bridge_tokens, warden.bridges, warden.bridges_seen, \
-         warden.triggers, warden.trigger_state, warden.trigger_replay, warden.trigger_bodies; \
+         warden.triggers, warden.trigger_state, warden.trigger_replay, warden.trigger_bodies, \
+         warden.console_sessions; \
          DELETE FROM warden.schema_version WHERE version > 1; \
          INSERT INTO warden.users (key, value) VALUES ('\\x6b'::bytea, '\\x76'::bytea)",
     );

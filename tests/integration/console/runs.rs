@@ -248,3 +248,62 @@ async fn cancels_a_running_run_from_its_page() {
     );
     c.browser.close().await;
 }
+
+#[tokio::test]
+async fn a_workflow_run_page_shows_its_step_tree_and_a_step_run_links_back() {
+    let c = Console::start().await;
+    let admin = c.server.admin.clone();
+    let emit = |content: &str, next: serde_json::Value| {
+        let mut s = json!({ "type": "task", "module": c.probe, "inputs": { "mode": "emit", "content": content } });
+        if let (Some(s), Some(n)) = (s.as_object_mut(), next.as_object()) {
+            s.extend(n.clone());
+        }
+        s
+    };
+    let workflow = json!({ "start_at": "first", "states": {
+        "first": emit(HOSTILE, json!({ "next": "fan" })),
+        "fan": { "type": "parallel", "end": true, "branches": [
+            { "start_at": "inner", "states": { "inner": emit("{\"ok\": true}", json!({ "end": true })) } }
+        ] }
+    } });
+    let r = c
+        .server
+        .post(
+            "/v1/processes",
+            &admin,
+            json!({ "name": "console-flow", "workflow": workflow }),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.text);
+    let pid = r.body["id"].as_str().expect("id").to_string();
+    let id = c.server.start_run(&pid, &admin, json!({})).await;
+    let run = c.server.wait_for_state_or_end(&id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    c.sign_in(&admin).await;
+    let html = c.page(&format!("/ui/runs/{id}")).await;
+    let b = &c.browser;
+    let rows = b.find_all("table.steps tr.step").await.expect("rows");
+    assert_eq!(rows.len(), 3, "{html}");
+    for path in ["first", "fan", "fan/0/inner"] {
+        assert!(
+            b.find(&format!("tr.step[data-path='{path}']"))
+                .await
+                .is_some(),
+            "{path}: {html}"
+        );
+    }
+    // A step's output is text, even when it is hostile HTML.
+    assert!(b.find_all("img[src=x]").await.expect("query").is_empty());
+    assert!(html.contains("&lt;script&gt;"), "{html}");
+    c.browser
+        .screenshot("workflow-run")
+        .await
+        .expect("screenshot");
+    // A step run's page links back to its workflow run.
+    let child = run["workflow"]["steps"]["fan/0/inner"]["attempts"][0]["run_id"]
+        .as_str()
+        .expect("child")
+        .to_string();
+    let html = c.page(&format!("/ui/runs/{child}")).await;
+    assert!(html.contains(&format!("href=\"/ui/runs/{id}\"")), "{html}");
+}

@@ -14,6 +14,7 @@ mod overview;
 mod process_admin;
 mod processes;
 mod runs;
+mod steps;
 mod targets;
 
 use axum::Router;

@@ -1,8 +1,8 @@
 //! Runs: the filtered, paginated list, and a run's page with its live events (server-sent
 //! events passed through from `/v1/runs/{id}/events`), output, host calls and cancel.
 //!
-//! The step tree of a workflow run goes in [`run_page`] once workflows land (its own
-//! section between the summary and the events).
+//! A workflow run's page shows its step tree (`steps.rs`) between the summary and the
+//! events; a step run's page links back to its workflow run.
 
 use std::collections::BTreeMap;
 
@@ -212,6 +212,7 @@ async fn run_page(State(ui): State<UiState>, console: Console, Path(id): Path<St
                 dt { "Started" } dd { (time_opt(run["started_ms"].as_u64())) }
                 dt { "Finished" } dd { (time_opt(run["finished_ms"].as_u64())) }
                 dt { "Module" } dd { code { (run["module_digest"].as_str().unwrap_or("")) } }
+                (super::steps::parent_link(run))
             }
             h2 { "Inputs" }
             (inputs_table(&run["inputs"]))
@@ -225,6 +226,7 @@ async fn run_page(State(ui): State<UiState>, console: Console, Path(id): Path<St
                 p { a href={ "/ui/approvals/" (enc(&id)) } { "Approval request" } }
             }
         }
+        (super::steps::step_tree(run))
         section aria-label="events" {
             h2 { "Events" }
             ol id="events" data-events-url=[is_active(run_state).then_some(&events_url)] {

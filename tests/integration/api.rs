@@ -594,6 +594,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/runs/{id}"),
     ("get", "/v1/runs/{id}/events"),
     ("post", "/v1/runs/{id}/cancel"),
+    ("post", "/v1/runs/{id}/resume"),
     ("get", "/v1/runs/{id}/leases"),
     ("get", "/v1/leases/{id}"),
     ("post", "/v1/leases/{id}/revoke"),

@@ -417,16 +417,7 @@ impl RunStore {
         if !is_valid_principal(actor) {
             return Err(invalid("actor", "not a valid user name"));
         }
-        let guard = self.lock(id).await;
-        let (old_bytes, old) = self
-            .load(id)?
-            .ok_or_else(|| RunsError::NotFound(id.into()))?;
-        if old.state != RunState::AwaitingApproval {
-            return Err(RunsError::BadTransition {
-                from: old.state,
-                to: RunState::AwaitingApproval,
-            });
-        }
+        let (guard, old_bytes, old) = self.lock_in(id, RunState::AwaitingApproval).await?;
         let new = RunRecord {
             inputs,
             ..old.clone()
@@ -622,6 +613,26 @@ impl RunStore {
         } else {
             batch.delete(&RUNS_ACTIVE, id.as_bytes(), Expect::Any);
         }
+    }
+
+    /// Run `id` under its lock, with its stored bytes, if it is in `state` (else
+    /// [`RunsError::BadTransition`] to `state`: the write that wanted it cannot happen).
+    async fn lock_in(
+        &self,
+        id: &str,
+        state: RunState,
+    ) -> Result<(OwnedMutexGuard<()>, Vec<u8>, RunRecord), RunsError> {
+        let guard = self.lock(id).await;
+        let (bytes, run) = self
+            .load(id)?
+            .ok_or_else(|| RunsError::NotFound(id.into()))?;
+        if run.state != state {
+            return Err(RunsError::BadTransition {
+                from: run.state,
+                to: state,
+            });
+        }
+        Ok((guard, bytes, run))
     }
 
     fn load(&self, id: &str) -> Result<Option<(Vec<u8>, RunRecord)>, RunsError> {

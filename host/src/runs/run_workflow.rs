@@ -94,16 +94,7 @@ impl RunStore {
         id: &str,
         edit: impl FnOnce(&mut WorkflowProgress) -> Result<Vec<AuditEntry>, RunsError>,
     ) -> Result<RunRecord, RunsError> {
-        let guard = self.lock(id).await;
-        let (old_bytes, old) = self
-            .load(id)?
-            .ok_or_else(|| RunsError::NotFound(id.into()))?;
-        if old.state != RunState::Running {
-            return Err(RunsError::BadTransition {
-                from: old.state,
-                to: RunState::Running,
-            });
-        }
+        let (guard, old_bytes, old) = self.lock_in(id, RunState::Running).await?;
         let mut new = old.clone();
         let progress = new
             .workflow

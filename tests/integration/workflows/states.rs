@@ -423,15 +423,7 @@ async fn definitions_are_validated_at_create_and_update_naming_the_state() {
     );
     let broken =
         json!({ "start_at": "a", "states": { "a": lab.emit("x", json!({"next": "gone"})) } });
-    let r = lab
-        .server
-        .request(
-            reqwest::Method::PUT,
-            &format!("/v1/processes/{pid}"),
-            Some(&lab.server.admin),
-            Some(&json!({ "name": "wf", "workflow": broken })),
-        )
-        .await;
+    let r = put_workflow(&lab, &pid, broken).await;
     r.expect_error(StatusCode::BAD_REQUEST, "invalid_workflow");
     let r = lab
         .server
@@ -450,15 +442,7 @@ async fn definitions_are_validated_at_create_and_update_naming_the_state() {
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
-    let r = lab
-        .server
-        .request(
-            reqwest::Method::PUT,
-            &format!("/v1/processes/{pid}"),
-            Some(&lab.server.admin),
-            Some(&json!({ "name": "wf", "workflow": ok })),
-        )
-        .await;
+    let r = put_workflow(&lab, &pid, ok).await;
     r.expect_error(StatusCode::BAD_REQUEST, "invalid_workflow");
     assert!(r.text.contains("trusted publisher"), "{}", r.text);
 }
@@ -579,4 +563,18 @@ async fn a_step_limit_times_the_step_out_and_schedules_check_a_workflows_inputs(
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+/// Replaces process `pid`'s definition (named `wf`) as the admin.
+async fn put_workflow(lab: &Lab, pid: &str, workflow: Value) -> warden_tests::http::Reply {
+    let body = json!({ "name": "wf", "workflow": workflow });
+    let path = format!("/v1/processes/{pid}");
+    lab.server
+        .request(
+            reqwest::Method::PUT,
+            &path,
+            Some(&lab.server.admin),
+            Some(&body),
+        )
+        .await
 }

@@ -335,13 +335,28 @@ impl Exec {
         let kind = state.kind();
         let prior = self.prior(path);
         let then = state.transition().and_then(|t| t.next.map(str::to_string));
+        // Replay: a state that ended is not run (or recorded) again.
         match (&prior, state) {
-            (Some(p), State::Task(_) | State::Parallel(_) | State::Map(_))
+            (Some(p), State::Task(_) | State::Parallel(_) | State::Map(_) | State::Approval(_))
                 if p.status == StepStatus::Succeeded =>
             {
                 return Ok(Flow::Next {
                     output: Some(p.output.clone().unwrap_or(Value::Null)),
                     next: then,
+                });
+            }
+            (Some(p), State::Wait(_)) if p.status == StepStatus::Succeeded => {
+                return Ok(Flow::Next {
+                    output: None,
+                    next: then,
+                });
+            }
+            (Some(p), State::Choice(_))
+                if p.status == StepStatus::Succeeded && p.next.is_some() =>
+            {
+                return Ok(Flow::Next {
+                    output: None,
+                    next: p.next.clone(),
                 });
             }
             (Some(p), _) if p.status == StepStatus::Caught => {

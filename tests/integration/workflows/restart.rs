@@ -121,6 +121,25 @@ async fn a_wait_in_progress_survives_a_restart_with_its_wake_up_time() {
         .audit(&format!("run={id}&action=run.recovered"))
         .await;
     assert_eq!(recovered.len(), 1, "{recovered:?}");
+    // Replay after the restart records nothing again for the step that had ended.
+    let done = lab
+        .server
+        .audit(&format!("run={id}&action=workflow.step.succeeded"))
+        .await;
+    let a = done
+        .iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("step a "))
+        })
+        .count();
+    assert_eq!(a, 1, "{done:?}");
+    let resumed = lab
+        .server
+        .audit(&format!("run={id}&action=workflow.resumed"))
+        .await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

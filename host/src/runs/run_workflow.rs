@@ -34,11 +34,16 @@ impl Waiters {
         map.entry(id.to_string()).or_default().clone()
     }
 
-    fn forget(&self, id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+    /// Drops `id`'s entry once `mine` (the caller's handle on it) is the last one outside the
+    /// map: another waiter for the same run keeps it.
+    fn forget(&self, id: &str, mine: &Arc<Notify>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = map
+            .get(id)
+            .is_some_and(|n| Arc::ptr_eq(n, mine) && Arc::strong_count(n) <= 2);
+        if last {
+            map.remove(id);
+        }
     }
 
     /// Wakes everyone waiting for run `id`.
@@ -71,7 +76,7 @@ impl RunStore {
             }
             let _ = tokio::time::timeout(FINISH_POLL, woken).await;
         };
-        self.finished.forget(id);
+        self.finished.forget(id, &notify);
         result
     }
 

@@ -214,8 +214,11 @@ impl AppState {
             limits.cluster.clone(),
         );
         cluster.beat().await?;
+        let mut left_running = Vec::new();
         if !shared {
-            let interrupted = runs.recover().await?;
+            let recovered = runs.recover_all().await?;
+            let interrupted = recovered.interrupted;
+            left_running = recovered.workflows;
             if !interrupted.is_empty() {
                 tracing::warn!(count = interrupted.len(), "runs interrupted by a restart");
             }
@@ -261,7 +264,8 @@ impl AppState {
         if !shared {
             // Workflow runs live on across a restart (over a shared database, a stopped
             // server's workflow runs are ended interrupted by the cluster sweep instead).
-            let resumed = crate::workflow::engine::resume_all(&dispatcher, &processes).await?;
+            let resumed =
+                crate::workflow::engine::resume_all(&dispatcher, &processes, left_running).await?;
             if resumed > 0 {
                 tracing::info!(count = resumed, "workflow runs resumed after a restart");
             }

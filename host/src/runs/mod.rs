@@ -52,8 +52,8 @@ pub use process::{
 };
 pub use run::{
     INTERRUPTED_ERROR, LOST_TRANSITION_ACTION, MAX_LIST_RUNS, MAX_RUN_RECORD_BYTES,
-    RECOVERED_ACTION, RECOVERY_ACTOR, RUNS, RUNS_ACTIVE, RUNS_BY_TIME, RunCursor, RunFilter,
-    RunRecord, RunStore,
+    RECOVERED_ACTION, RECOVERY_ACTOR, RUNS, RUNS_ACTIVE, RUNS_BY_TIME, Recovery, RunCursor,
+    RunFilter, RunRecord, RunStore,
 };
 pub use state::RunState;
 

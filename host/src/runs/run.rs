@@ -112,6 +112,15 @@ pub const LOST_TRANSITION_ACTION: &str = "run.transition-lost";
 pub const INTERRUPTED_ERROR: &str =
     "the server stopped while this run was running; its effects on targets are unknown";
 
+/// What [`RunStore::recover_all`] found, oldest first.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Runs left `running`, now `interrupted`.
+    pub interrupted: Vec<String>,
+    /// Workflow runs left `running`, for the workflow engine to resume.
+    pub workflows: Vec<String>,
+}
+
 /// Transitions of different runs proceed in parallel; runs that hash to the same stripe
 /// wait for each other, which only costs latency.
 const LOCK_STRIPES: usize = 256;
@@ -473,7 +482,14 @@ impl RunStore {
     /// Any audit failure stops recovery with an error: the server must not start serving
     /// with runs whose state it could not record.
     pub async fn recover(&self) -> Result<Vec<String>, RunsError> {
+        Ok(self.recover_all().await?.interrupted)
+    }
+
+    /// [`Self::recover`], also returning the workflow runs left `running` (for the workflow
+    /// engine to resume): one scan of the run history for both.
+    pub async fn recover_all(&self) -> Result<Recovery, RunsError> {
         let mut interrupted = Vec::new();
+        let mut workflows = Vec::new();
         for (id, state, workflow) in self.scan_states()? {
             if !state.is_terminal() && self.is_remote(&id)? {
                 // A remote bridge holds it (or it waits for one): it lives on; the cluster
@@ -484,6 +500,7 @@ impl RunStore {
                 // A workflow lives on: its engine resumes it (a step that was running ends
                 // interrupted here, and the workflow follows its catch or stops).
                 self.audit.append(recovered_entry(&id, state)).await?;
+                workflows.push(id);
                 continue;
             }
             if state == RunState::Running {
@@ -494,7 +511,10 @@ impl RunStore {
                 self.audit.append(recovered_entry(&id, state)).await?;
             }
         }
-        Ok(interrupted)
+        Ok(Recovery {
+            interrupted,
+            workflows,
+        })
     }
 
     /// Marks one running run interrupted; false if it moved on since the scan.

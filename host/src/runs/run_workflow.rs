@@ -187,14 +187,4 @@ impl RunStore {
         self.write_audited(guard, entry, change).await?;
         Ok(new)
     }
-
-    /// Ids of workflow runs left `running` (for the engine to resume at start), oldest first.
-    pub fn running_workflows(&self) -> Result<Vec<String>, RunsError> {
-        Ok(self
-            .scan_states()?
-            .into_iter()
-            .filter(|(_, state, workflow)| *workflow && *state == RunState::Running)
-            .map(|(id, _, _)| id)
-            .collect())
-    }
 }

@@ -110,14 +110,16 @@ pub fn drive(dispatcher: &Dispatcher, process: &Process, run_id: &str) {
     tokio::spawn(async move { exec.run(Arc::new(workflow)).await });
 }
 
-/// Resumes, at server start, every workflow run a previous process left running.
+/// Resumes, at server start, the workflow runs a previous process left running (`ids`, from
+/// `RunStore::recover_all`).
 pub async fn resume_all(
     dispatcher: &Dispatcher,
     processes: &crate::runs::ProcessStore,
+    ids: Vec<String>,
 ) -> Result<usize, RunsError> {
     let runs = dispatcher.runs().clone();
     let mut resumed = 0;
-    for id in runs.running_workflows()? {
+    for id in ids {
         let Some(run) = runs.get(&id)? else { continue };
         let process = processes.get(&run.process_id)?;
         match process {

@@ -173,7 +173,25 @@ async fn a_failed_run_resumes_from_the_step_that_failed_without_rerunning_the_re
     assert_eq!(step(&run, "check")["status"], "failed");
     let id = run["id"].as_str().expect("id").to_string();
 
-    // A run that has not failed cannot be resumed; a non-admin stranger cannot see it.
+    // Who may not see the process cannot resume its run, and learns nothing of it: a Super
+    // Administrator (the process is another administrator's, unshared) and a Password Auditor.
+    for (name, role) in [("sa", "super-administrator"), ("aud", "password-auditor")] {
+        let token = lab.server.user(name, &[role]).await;
+        let r = lab
+            .server
+            .post(&format!("/v1/runs/{id}/resume"), &token, json!({}))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{name}: {}", r.text);
+    }
+    let still = lab
+        .server
+        .get(&format!("/v1/runs/{id}"), &lab.server.admin)
+        .await;
+    assert_eq!(still.body["state"], "failed");
+    assert_eq!(
+        still.body["workflow"]["attempt"], 1,
+        "the refusals resumed nothing"
+    );
     std::fs::write(&flag, b"").expect("flag");
     let r = lab
         .server

@@ -48,6 +48,25 @@ async fn an_approval_state_needs_another_approver_and_refuses_a_stale_binding() 
         .as_str()
         .expect("binding")
         .to_string();
+    // Who may not see the process gets nothing: not the request, not an approval.
+    let sa = lab.server.user("sa", &["super-administrator"]).await;
+    let auditor = lab.server.user("aud", &["password-auditor"]).await;
+    for token in [&sa, &auditor] {
+        let r = lab
+            .server
+            .get(&format!("/v1/runs/{id}/approval"), token)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        let r = lab
+            .server
+            .post(
+                &format!("/v1/runs/{id}/approve"),
+                token,
+                json!({ "binding": binding }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    }
     // The requester cannot approve their own run.
     let r = lab
         .server

@@ -347,7 +347,7 @@ async fn list_processes(
 }
 
 /// Create a process bound to a registered module.
-#[utoipa::path(post, path = "/v1/processes", responses((status = 201, description = "created"), (status = 400, description = "invalid"), (status = 409, description = "name taken")))]
+#[utoipa::path(post, path = "/v1/processes", responses((status = 201, description = "created"), (status = 400, description = "`invalid`, `unknown_module`, `invalid_grant`, `grant_spans_zones`; for a `workflow`, `invalid_workflow` naming the state at fault"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden`; `grant_not_permitted`: a grant (for a workflow, a task state's, named in the message) names a credential or target the caller may not use"), (status = 409, description = "name taken")))]
 async fn create_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -397,7 +397,7 @@ async fn get_process(
 }
 
 /// Replace a process's definition (name, module, grant, inputs, approvals).
-#[utoipa::path(put, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "updated")))]
+#[utoipa::path(put, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "updated"), (status = 400, description = "as for create, including `invalid_workflow`; the process is left as it was"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden` or `grant_not_permitted`"), (status = 404, description = "unknown or not visible"), (status = 409, description = "name taken")))]
 async fn update_process(
     State(state): State<AppState>,
     caller: Caller,

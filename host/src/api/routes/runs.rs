@@ -277,7 +277,7 @@ async fn cancel_run(
 /// Resume a failed or interrupted workflow run from the step that failed, as a new attempt of
 /// the same run: steps that succeeded are not run again. Needs the right to execute its
 /// process.
-#[utoipa::path(post, path = "/v1/runs/{id}/resume", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run, running again"), (status = 400, description = "`invalid`: not a workflow run"), (status = 403, description = "may not execute the process"), (status = 404, description = "unknown or not visible"), (status = 409, description = "`bad_transition`: not failed or interrupted; `process_changed`: its process changed its definition since")))]
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run, running again"), (status = 400, description = "`invalid`: not a workflow run"), (status = 403, description = "may not execute the process"), (status = 404, description = "unknown or not visible"), (status = 401, description = "missing or invalid token"), (status = 409, description = "`conflict`: not failed or interrupted; `process_changed`: its process changed its definition since"), (status = 503, description = "`database-unavailable`: nothing was changed; retry", headers(("Retry-After" = u64, description = "seconds to wait")))))]
 async fn resume_run(
     State(state): State<AppState>,
     caller: Caller,

@@ -2,6 +2,7 @@
 //! `WARDEN_COMMIT` from the environment when set (a packager building from a tarball),
 //! else `git rev-parse --short=12 HEAD`, else `unknown` (no git, or not a checkout).
 
+use std::path::PathBuf;
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -22,17 +23,27 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
     // Rebuild when HEAD moves: the HEAD file (a branch switch) and the ref it points to (a
-    // commit). Paths from git itself, so worktrees work too.
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(file) = git(&["rev-parse", "--path-format=absolute", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={file}");
+    // commit), loose or packed. Paths from git itself, so worktrees work too. Only paths that
+    // exist: cargo takes a missing one as changed, which would rebuild the crate every time;
+    // a ref not written loose yet is watched through its folder.
+    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
+    let path_of = |name: &str| {
+        git(&["rev-parse", "--path-format=absolute", "--git-path", name]).map(PathBuf::from)
+    };
+    let mut watched: Vec<PathBuf> = ["HEAD", "packed-refs"]
+        .into_iter()
+        .filter_map(path_of)
+        .filter(|p| p.exists())
+        .collect();
+    if let Some(file) = reference.as_deref().and_then(path_of) {
+        if file.exists() {
+            watched.push(file);
+        } else {
+            watched.extend(file.parent().filter(|d| d.exists()).map(PathBuf::from));
         }
     }
-    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
-    let ref_file =
-        reference.and_then(|r| git(&["rev-parse", "--path-format=absolute", "--git-path", &r]));
-    if let Some(file) = ref_file {
-        println!("cargo:rerun-if-changed={file}");
+    for path in watched {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     println!("cargo:rustc-env=WARDEN_COMMIT={commit}");
 }

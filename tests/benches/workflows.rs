@@ -48,6 +48,15 @@ async fn create(server: &Server, name: &str, workflow: Value) -> anyhow::Result<
 
 /// Starts a run of `pid` in-process and waits for its recorded end; the elapsed time.
 async fn timed(server: &Server, pid: &str, inputs: Value) -> anyhow::Result<Duration> {
+    Ok(timed_run(server, pid, inputs).await?.0)
+}
+
+/// [`timed`], and the run's id.
+async fn timed_run(
+    server: &Server,
+    pid: &str,
+    inputs: Value,
+) -> anyhow::Result<(Duration, String)> {
     let state = server
         ._state
         .as_ref()
@@ -62,7 +71,71 @@ async fn timed(server: &Server, pid: &str, inputs: Value) -> anyhow::Result<Dura
     let end = state.runs.wait_finished(&run.id).await?;
     let took = started.elapsed();
     anyhow::ensure!(end.state.as_str() == "succeeded", "{:?}", end.error);
-    Ok(took)
+    Ok((took, run.id))
+}
+
+/// Where a map run's time went: for its step runs, the median time (ms, from the workflow
+/// run's start) at which the engine began the step, the step run was created, started and
+/// finished, and the engine recorded the step's end.
+fn breakdown(server: &Server, run_id: &str) -> anyhow::Result<String> {
+    let state = server
+        ._state
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+    let run = state
+        .runs
+        .get(run_id)?
+        .ok_or_else(|| anyhow::anyhow!("run"))?;
+    let base = run.started_ms.unwrap_or(run.created_ms);
+    let progress = run.workflow.ok_or_else(|| anyhow::anyhow!("workflow"))?;
+    let mut columns: [Vec<u64>; 5] = Default::default();
+    let mut children = Vec::new();
+    for step in progress.steps.values().filter(|s| s.kind == "task") {
+        let Some(attempt) = step.attempts.last() else {
+            continue;
+        };
+        let child = state
+            .runs
+            .get(&attempt.run_id)?
+            .ok_or_else(|| anyhow::anyhow!("step run"))?;
+        let at = |ms: u64| ms.saturating_sub(base);
+        columns[0].push(at(step.started_ms));
+        columns[1].push(at(child.created_ms));
+        columns[2].push(at(child.started_ms.unwrap_or(child.created_ms)));
+        columns[3].push(at(child.finished_ms.unwrap_or_default()));
+        columns[4].push(at(step.finished_ms.unwrap_or_default()));
+        children.push(child);
+    }
+    // One step run's audit records, in ms from its creation: what it waited on.
+    children.sort_by_key(|c| c.finished_ms);
+    let mut trail = String::new();
+    if let Some(child) = children.get(children.len() / 2) {
+        let filter = warden_host::audit::AuditFilter {
+            run_id: Some(child.id.clone()),
+            ..Default::default()
+        };
+        for record in state.audit.query(&filter)? {
+            let at = record.time_ms.saturating_sub(child.created_ms);
+            trail.push_str(&format!(" {}@{at}", record.entry.action));
+        }
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let [a, b, c, d, e] = &mut columns;
+    Ok(format!(
+        "step begun {} ms, step run created {}, started {}, finished {}, step recorded {}; \
+         last step recorded {} ms, run ended {} ms; median step run's audit (ms):{}",
+        median(a),
+        median(b),
+        median(c),
+        median(d),
+        median(e),
+        e.last().copied().unwrap_or_default(),
+        run.finished_ms.unwrap_or_default().saturating_sub(base),
+        trail,
+    ))
 }
 
 fn chain(noop: &str, steps: usize) -> Value {
@@ -170,14 +243,21 @@ async fn map_vs_many(
     timed(server, &map_pid, inputs.clone()).await?;
     timed(server, &many_pid, inputs.clone()).await?;
     let (mut tm, mut te) = (Vec::new(), Vec::new());
+    let mut last_map = String::new();
     for _ in 0..MAP_ROUNDS {
-        tm.push(timed(server, &map_pid, inputs.clone()).await?);
+        let (took, id) = timed_run(server, &map_pid, inputs.clone()).await?;
+        tm.push(took);
+        last_map = id;
         te.push(timed(server, &many_pid, inputs.clone()).await?);
     }
     let (mm, me) = (median(tm), median(te));
     println!(
         "map over {n} targets (one step run each): p50 {:.1} ms",
         mm.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  last map run, medians over its steps: {}",
+        breakdown(server, &last_map)?
     );
     println!(
         "one exec-many run on {n} targets:        p50 {:.1} ms",

@@ -89,6 +89,8 @@ pub struct BridgeHub {
     pub nonces: Arc<NonceCache>,
     /// Claims served and their wait, for `/metrics`.
     pub metrics: Arc<HubMetrics>,
+    /// Live events of the runs bridges hold, for their streams.
+    pub live: super::live::RemoteLive,
 }
 
 /// Counters for `/metrics`.
@@ -132,6 +134,7 @@ impl BridgeHub {
             limits: parts.limits,
             nonces: Arc::default(),
             metrics: Arc::default(),
+            live: Default::default(),
         }
     }
 
@@ -545,6 +548,8 @@ impl BridgeHub {
         {
             tracing::error!(run = %run_id, error = %e, "could not revoke the run's leases");
         }
+        // After the end is stored: a stream that sees its channel close finds the end.
+        self.live.close(run_id);
         Ok(ended)
     }
 }

@@ -7,6 +7,7 @@
 mod enrol;
 pub mod hub;
 mod link;
+pub mod live;
 pub mod registry;
 pub mod remote;
 pub mod wire;

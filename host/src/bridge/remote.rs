@@ -399,8 +399,9 @@ impl Agent {
         Ok(trusted)
     }
 
-    /// Renews the run's claim until aborted; cancels the run when asked to, or when the
-    /// server says the run is no longer this bridge's (lost, revoked).
+    /// Renews the run's claim until aborted, sending what the run logged since the last
+    /// renewal (its live events); cancels the run when asked to, or when the server says the
+    /// run is no longer this bridge's (lost, revoked).
     async fn renew(
         self: Arc<Self>,
         run_id: String,
@@ -408,12 +409,15 @@ impl Agent {
         gone: Arc<AtomicBool>,
     ) {
         let path = format!("/v1/bridge/runs/{run_id}/renew");
+        let mut events = LiveEvents::new(&control);
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            match self
-                .send(reqwest::Method::POST, &path, b"{}".to_vec())
-                .await
-            {
+            let batch = events.take();
+            let body = serde_json::to_vec(&wire::RenewRequest {
+                events: batch.clone(),
+            })
+            .unwrap_or_else(|_| b"{}".to_vec());
+            match self.send(reqwest::Method::POST, &path, body).await {
                 Ok(r) if r.status().is_success() => {
                     let asked = r.json::<wire::RenewReply>().await.is_ok_and(|r| r.cancel);
                     if asked {
@@ -426,9 +430,13 @@ impl Agent {
                     control.cancel();
                     return;
                 }
-                // Unreachable or a transient error: keep trying; the server decides when the
-                // claim is lost.
-                _ => {}
+                // Events it will not take (never the claim's fault): not sent again.
+                Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => {
+                    tracing::warn!(run = %run_id, "the server refused the run's live events");
+                }
+                // Unreachable or a transient error: keep trying (the events again); the
+                // server decides when the claim is lost.
+                _ => events.put_back(batch),
             }
         }
     }
@@ -473,5 +481,63 @@ fn truncate(text: &mut String, max: usize) {
             cut -= 1;
         }
         text.truncate(cut);
+    }
+}
+
+/// The run's events as the renewals send them: each with its index in the run's event log
+/// (what a stream on the server needs to replay, at the end, only what it did not show).
+struct LiveEvents {
+    receiver: tokio::sync::broadcast::Receiver<crate::runtime::RunEvent>,
+    next: u64,
+    unsent: Vec<wire::LiveEvent>,
+}
+
+impl LiveEvents {
+    /// Subscribed before the run starts, so the first event is index 0.
+    fn new(control: &RunControl) -> Self {
+        LiveEvents {
+            receiver: control.subscribe(),
+            next: 0,
+            unsent: Vec::new(),
+        }
+    }
+
+    /// What to send now: at most one renewal's worth, within its caps.
+    fn take(&mut self) -> Vec<wire::LiveEvent> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        while self.unsent.len() < super::live::MAX_EVENTS_PER_RENEW {
+            match self.receiver.try_recv() {
+                Ok(event) => {
+                    // One too big for a renewal is shown from the stored record at the end.
+                    if event.message.len() <= super::live::MAX_RENEW_MESSAGE_BYTES {
+                        self.unsent.push(wire::LiveEvent {
+                            index: self.next,
+                            event,
+                        });
+                    }
+                    self.next += 1;
+                }
+                // Missed ones are skipped here; the server's streams replay them at the end.
+                Err(TryRecvError::Lagged(n)) => self.next += n,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        let mut bytes = 0;
+        let fit = self
+            .unsent
+            .iter()
+            .take_while(|e| {
+                bytes += e.event.message.len();
+                bytes <= super::live::MAX_RENEW_MESSAGE_BYTES
+            })
+            .count();
+        self.unsent.drain(..fit).collect()
+    }
+
+    /// A batch the server did not take goes out again with the next renewal.
+    fn put_back(&mut self, mut batch: Vec<wire::LiveEvent>) {
+        batch.append(&mut self.unsent);
+        batch.truncate(4 * super::live::MAX_EVENTS_PER_RENEW);
+        self.unsent = batch;
     }
 }

@@ -304,6 +304,22 @@ pub struct Refused {
     pub denied: String,
 }
 
+/// `POST /v1/bridge/runs/{id}/renew`'s body: the events the run logged since the last
+/// renewal (older bridges send `{}`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RenewRequest {
+    #[serde(default)]
+    pub events: Vec<LiveEvent>,
+}
+
+/// One event of a remote run and its index in the run's event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    pub index: u64,
+    #[serde(flatten)]
+    pub event: crate::runtime::RunEvent,
+}
+
 /// `POST /v1/bridge/runs/{id}/renew`'s answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RenewReply {

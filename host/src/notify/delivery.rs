@@ -13,12 +13,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::config::{Events, SinkConfig, SinkKind};
-use super::export::{ExportLine, read_chunk};
+use super::export::ExportLine;
 use super::sinks::{file, syslog::Syslog, webhook::Attempt, webhook::Webhook};
+use super::tail::Line;
 use super::{DeadLetter, NotifyStore};
 
-/// Records read per chunk.
-const CHUNK: usize = 256;
 /// Longest wait between two tries of a failing syslog or file sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Re-check the store at least this often even without a wake-up (another server's commits).
@@ -103,12 +102,9 @@ pub async fn run_sink(store: NotifyStore, config: SinkConfig, mut wake: watch::R
     let mut backoff = Duration::from_millis(100);
     let mut cursor = Cursor::new(&name, start);
     loop {
-        let db = store.db.clone();
-        let from = cursor.next;
-        let chunk = tokio::task::spawn_blocking(move || read_chunk(&db, from, CHUNK)).await;
-        let chunk = match chunk {
-            Ok(Ok(chunk)) => chunk,
-            _ => {
+        let chunk = match store.tail.read(cursor.next).await {
+            Ok(chunk) => chunk,
+            Err(_) => {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -124,15 +120,15 @@ pub async fn run_sink(store: NotifyStore, config: SinkConfig, mut wake: watch::R
             tokio::time::sleep(COALESCE).await;
             continue;
         }
-        let lines: Vec<ExportLine> = chunk
+        let lines: Vec<&Line> = chunk
             .lines
-            .into_iter()
-            .filter(|line| wanted(&config, line))
+            .iter()
+            .filter(|line| wanted(&config, &line.line))
             .collect();
         let delivered = match &config.kind {
             SinkKind::File(f) => {
                 let f = f.clone();
-                let batch = lines.clone();
+                let batch: Vec<String> = lines.iter().map(|l| l.json().to_string()).collect();
                 match tokio::task::spawn_blocking(move || file::append(&f, &batch)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(format!("write: {}", e.kind())),
@@ -178,23 +174,27 @@ enum Flow {
 }
 
 /// One webhook message: its id, first seq and body (one line, or a batch of them).
-fn messages(lines: &[ExportLine], batch: u32) -> Vec<(String, u64, String)> {
+fn messages(lines: &[&Line], batch: u32) -> Vec<(String, u64, String)> {
     if batch <= 1 {
         return lines
             .iter()
-            .map(|line| (line.id(), line.seq(), line.to_json()))
+            .map(|l| (l.line.id(), l.line.seq(), l.json().to_string()))
             .collect();
     }
     lines
         .chunks(batch as usize)
         .filter_map(|group| {
-            let (first, last) = (group.first()?, group.last()?);
-            let body = serde_json::json!({"type": BATCH_TYPE, "lines": group});
-            Some((
-                format!("{}..{}", first.id(), last.id()),
-                first.seq(),
-                body.to_string(),
-            ))
+            let (first, last) = (&group.first()?.line, &group.last()?.line);
+            // The lines' own encodings, joined: `{"type":…,"lines":[…]}`.
+            let mut body = format!("{{\"type\":\"{BATCH_TYPE}\",\"lines\":[");
+            for (i, l) in group.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(l.json());
+            }
+            body.push_str("]}");
+            Some((format!("{}..{}", first.id(), last.id()), first.seq(), body))
         })
         .collect()
 }
@@ -204,12 +204,7 @@ pub const BATCH_TYPE: &str = "warden.audit.batch";
 
 /// Posts each message with its retry schedule; dead-letters what fails for good; disables
 /// the sink on 410.
-async fn deliver_webhook(
-    store: &NotifyStore,
-    name: &str,
-    hook: &Webhook,
-    lines: &[ExportLine],
-) -> Flow {
+async fn deliver_webhook(store: &NotifyStore, name: &str, hook: &Webhook, lines: &[&Line]) -> Flow {
     for (id, seq, body) in messages(lines, hook.config.batch) {
         let (outcome, attempts) = hook.deliver(&id, &body).await;
         store.metrics.attempts(name, attempts);

@@ -23,6 +23,7 @@ pub mod export_verify;
 pub mod metrics;
 pub mod rules;
 pub mod sinks;
+pub mod tail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -108,6 +109,8 @@ pub struct NotifyStore {
     pub vault: Vault,
     pub audit: AuditLog,
     pub metrics: Arc<metrics::NotifyMetrics>,
+    /// The log as every reader reads it ([`tail`]).
+    pub tail: tail::Tail,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
@@ -126,6 +129,7 @@ impl NotifyStore {
             vault,
             audit,
             metrics: Arc::default(),
+            tail: tail::Tail::new(db),
         }
     }
 

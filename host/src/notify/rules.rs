@@ -19,7 +19,6 @@ use tokio::sync::watch;
 
 use super::config::{Invalid, MAX_ITEMS, check_name};
 use super::delivery::{ALERT_ACTION, now_ms};
-use super::export::read_chunk;
 use super::{ACTOR, NotifyStore, RULES_CURSOR};
 use crate::audit::{AuditRecord, Decision};
 
@@ -190,17 +189,15 @@ pub async fn run_rules(store: NotifyStore, mut wake: watch::Receiver<u64>) {
     let mut offline = super::bridge_offline::OfflineWatch::default();
     loop {
         let rules = store.rules().unwrap_or_default();
-        let db = store.db.clone();
-        let from = cursor.next;
-        let chunk = match tokio::task::spawn_blocking(move || read_chunk(&db, from, 512)).await {
-            Ok(Ok(chunk)) => chunk,
-            _ => {
+        let chunk = match store.tail.read(cursor.next).await {
+            Ok(chunk) => chunk,
+            Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         let mut firings = Vec::new();
-        for record in chunk.lines.iter().filter_map(|l| l.as_record()) {
+        for record in chunk.lines.iter().filter_map(|l| l.line.as_record()) {
             observe(&store, record);
             let own = record.entry.action.starts_with("alert.")
                 || record.entry.action.starts_with("notify.");

@@ -3,6 +3,7 @@
 //! the server only by a Unix-socket forwarder. The target is reachable from the bridge alone.
 
 mod attacks;
+mod live;
 mod liveness;
 mod routing;
 mod tls;

@@ -422,12 +422,20 @@ async fn secret(
 async fn renew(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Signed { bridge, .. }: Signed<IgnoredAny>,
+    Signed { bridge, body }: Signed<wire::RenewRequest>,
 ) -> Result<Json<wire::RenewReply>, ApiError> {
+    if !crate::bridge::live::within_caps(&body.events) {
+        return Err(ApiError::bad_request(
+            "too_many_events",
+            "a renewal carries at most 256 events and 256 KiB of messages",
+        ));
+    }
     let cancel = state
         .hub
         .renew(&bridge, &id, &state.cluster.cancel_requests())
         .map_err(hub_error)?;
+    // Only for a run this bridge holds (renew checked it).
+    state.hub.live.publish(&id, body.events);
     Ok(Json(wire::RenewReply { cancel }))
 }
 

@@ -145,7 +145,12 @@ async fn run_events(
     let run = state.visible_run(&caller, &id).await?;
     // Subscribe before reading the stored state, so no event falls between the two.
     let live = state.dispatcher.control(&id).map(|c| c.subscribe());
-    let stream = async_stream(state, run, live);
+    // A run not executing here may be on a remote bridge that renews through this server.
+    let remote = match live {
+        Some(_) => None,
+        None => state.hub.live.subscribe(&id),
+    };
+    let stream = async_stream(state, run, live, remote);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -159,10 +164,12 @@ fn async_stream(
     state: AppState,
     run: RunRecord,
     live: Option<tokio::sync::broadcast::Receiver<crate::runtime::RunEvent>>,
+    mut remote: Option<tokio::sync::broadcast::Receiver<crate::bridge::wire::LiveEvent>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + MAX_STREAM;
+        let mut shown = RemoteShown::default();
         let replay_stored = match live {
             Some(mut live) if !run.state.is_terminal() => {
                 use tokio::sync::broadcast::error::RecvError;
@@ -185,9 +192,16 @@ fn async_stream(
             }
             // Not executing here: it may be running on another server over the same database.
             // Wait (bounded, polling the store) for its end, then replay what it stored.
+            // Events of a remote bridge's run arrive with its renewals, if they reach this
+            // server; the stored record has every event at the end.
             None if !run.state.is_terminal() => {
                 let mut steps = StepsSeen::default();
                 loop {
+                    for event in remote.as_mut().map(|r| shown.take(r)).unwrap_or_default() {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
                     match state.runs.get(&run.id) {
                         Ok(Some(record)) if !record.state.is_terminal() => {
                             for event in steps.changed(&record) {
@@ -211,7 +225,8 @@ fn async_stream(
             return;
         };
         if replay_stored {
-            for event in &record.events {
+            let after = usize::try_from(shown.next).unwrap_or(usize::MAX);
+            for event in record.events.iter().skip(after) {
                 if tx.send(log_event(&event.to_string())).await.is_err() {
                     return;
                 }
@@ -224,6 +239,43 @@ fn async_stream(
         rx,
         |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
     )
+}
+
+/// The events of a remote run a stream has shown: they come in index order, so the stream
+/// shows each once, says when it missed some, and replays from the stored record at the end
+/// only those after the last one shown.
+#[derive(Default)]
+struct RemoteShown {
+    /// The index after the last event shown.
+    next: u64,
+}
+
+impl RemoteShown {
+    /// The `log` events (and a `lagged` notice for a gap) that have arrived on `live`.
+    fn take(
+        &mut self,
+        live: &mut tokio::sync::broadcast::Receiver<crate::bridge::wire::LiveEvent>,
+    ) -> Vec<Event> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut events = Vec::new();
+        loop {
+            let live_event = match live.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return events,
+            };
+            if live_event.index < self.next {
+                continue;
+            }
+            if live_event.index > self.next {
+                let missed = live_event.index - self.next;
+                events.push(Event::default().event("lagged").data(missed.to_string()));
+            }
+            let json = serde_json::to_string(&live_event.event).unwrap_or_default();
+            events.push(log_event(&json));
+            self.next = live_event.index + 1;
+        }
+    }
 }
 
 /// The steps of a workflow run a stream has shown, to send a `step` event for each change.

@@ -17,15 +17,15 @@ use std::path::{Path, PathBuf};
 use crate::notify::config::FileConfig;
 use crate::notify::export::ExportLine;
 
-/// Appends `lines` to the file, rotating first if it is full. Blocking: call off the runtime.
-pub fn append(config: &FileConfig, lines: &[ExportLine]) -> std::io::Result<()> {
+/// Appends `lines` (encoded export lines) to the file, rotating first if it is full. Blocking: call off the runtime.
+pub fn append(config: &FileConfig, lines: &[String]) -> std::io::Result<()> {
     let path = Path::new(&config.path);
     if std::fs::metadata(path).is_ok_and(|m| m.len() >= config.max_bytes) {
         rotate(path, config.keep)?;
     }
     let mut text = String::new();
     for line in lines {
-        text.push_str(&line.to_json());
+        text.push_str(line);
         text.push('\n');
     }
     let mut file = std::fs::OpenOptions::new()
@@ -137,7 +137,7 @@ mod tests {
             max_bytes: 1 << 20,
             keep: 1,
         };
-        append(&config, &[line(0)]).unwrap();
+        append(&config, &[line(0).to_json()]).unwrap();
         assert!(
             check_path(&at("export.jsonl")).is_ok(),
             "an existing export"
@@ -147,7 +147,7 @@ mod tests {
             path: at("dangling.jsonl"),
             ..config
         };
-        assert!(append(&planted, &[line(1)]).is_err());
+        assert!(append(&planted, &[line(1).to_json()]).is_err());
         assert!(!dir.path().join("missing").exists());
     }
 
@@ -161,7 +161,7 @@ mod tests {
             keep: 2,
         };
         for seq in 0..6 {
-            append(&config, &[line(seq), line(seq + 100)]).unwrap();
+            append(&config, &[line(seq).to_json(), line(seq + 100).to_json()]).unwrap();
         }
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

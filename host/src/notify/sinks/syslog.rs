@@ -30,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 use crate::audit::{AuditRecord, Decision};
 use crate::notify::config::{SyslogConfig, SyslogFormat};
 use crate::notify::export::ExportLine;
+use crate::notify::tail::Line;
 use crate::vault::Vault;
 
 /// Facility 13 (log audit).
@@ -108,7 +109,7 @@ impl Syslog {
 
     /// Sends every line, in order; on any error the connection is dropped and the caller
     /// retries the whole chunk later.
-    pub async fn send(&mut self, lines: &[ExportLine]) -> Result<(), String> {
+    pub async fn send(&mut self, lines: &[&Line]) -> Result<(), String> {
         let mut frames = Vec::new();
         for line in lines {
             let message = format_message(&self.config, line);
@@ -213,7 +214,8 @@ fn peer_closed(stream: &TcpStream) -> bool {
 }
 
 /// One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME warden - MSGID [SD] BODY`.
-pub fn format_message(config: &SyslogConfig, line: &ExportLine) -> String {
+pub fn format_message(config: &SyslogConfig, shared: &Line) -> String {
+    let line = &shared.line;
     let (severity, time_ms, msgid, sd) = match line {
         ExportLine::Record {
             seq, hash, record, ..
@@ -243,7 +245,7 @@ pub fn format_message(config: &SyslogConfig, line: &ExportLine) -> String {
     let pri = FACILITY * 8 + severity;
     let body = match (config.format, line) {
         (SyslogFormat::Cef, ExportLine::Record { record, .. }) => cef(record),
-        _ => line.to_json(),
+        _ => shared.json().to_string(),
     };
     format!(
         "<{pri}>1 {} {} warden - {msgid} {sd} {body}",
@@ -366,7 +368,7 @@ mod tests {
     #[test]
     fn rfc5424_header_and_json_body() {
         let line = ExportLine::record(record("ssh.exec", true));
-        let msg = format_message(&config(SyslogFormat::Json), &line);
+        let msg = format_message(&config(SyslogFormat::Json), &Line::new(line.clone()));
         assert!(
             msg.starts_with(
                 "<108>1 2023-11-14T22:13:20.123Z h1 warden - audit [warden@32473 seq=\"3\" hash=\""
@@ -380,7 +382,7 @@ mod tests {
 
     #[test]
     fn structured_data_and_cef_escape_their_delimiters() {
-        let line = ExportLine::record(record("x\"] y|z", true));
+        let line = Line::new(ExportLine::record(record("x\"] y|z", true)));
         let msg = format_message(&config(SyslogFormat::Cef), &line);
         assert!(msg.contains(r#"action="x\"\] y|z"]"#), "{msg}");
         assert!(msg.contains(r#"|x"] y\|z|x"] y\|z|7|"#), "{msg}");

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -103,7 +104,7 @@ def test_users_and_tokens_lifecycle(server: Server, admin: Client, unique: str) 
 
 def test_a_plain_user_is_refused_admin_routes(server: Server, admin: Client, unique: str) -> None:
     plain = new_user(admin, server, f"p-{unique}")
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: plain.users.create(f"x-{unique}"),
         lambda: plain.credentials.create(f"c-{unique}", username="u", secret="s3cret-value"),
         lambda: plain.processes.create(f"x-{unique}", module_digest=server.digests["hello"]),
@@ -117,7 +118,7 @@ def test_a_plain_user_is_refused_admin_routes(server: Server, admin: Client, uni
             attempt()
         assert (e.value.status, e.value.code) == (403, "forbidden"), e.value
         assert "s3cret-value" not in str(e.value)
-    # An unknown user's token list and a process the user may not see look the same: absent.
+    # A run that does not exist, or that the user may not see: absent.
     with pytest.raises(WardenError) as e:
         plain.runs.get("00000000-0000-4000-8000-000000000000")
     assert e.value.status == 404

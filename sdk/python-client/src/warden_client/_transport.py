@@ -237,7 +237,8 @@ class Transport:
                 except ValueError:
                     parsed = None
                 raise WardenError.from_reply(resp.status, parsed)
-            event, data_lines = "message", []
+            event = "message"
+            data_lines: list[str] = []
             while True:
                 try:
                     line = resp.readline(MAX_EVENT_LINE_BYTES + 1)

@@ -46,6 +46,9 @@ MAX_WAIT_SECONDS = 86_400.0
 _NEXT_BEFORE = "x-warden-next-before"
 _NEXT_AFTER = "x-warden-next-after"
 
+#: `list` under another name, for the annotations of classes that have a `list` method.
+_List = list
+
 
 def _seg(value: str) -> str:
     """One path segment, percent-encoded (an id or a name never changes the route)."""
@@ -76,7 +79,7 @@ class Modules(_Group):
         reply = self._http.request("POST", "/v1/modules", raw=data, content_type="application/wasm")
         return Module.from_json(reply.body)
 
-    def list(self) -> list[Module]:
+    def list(self) -> _List[Module]:
         return [Module.from_json(m) for m in self._http.request("GET", "/v1/modules").body]
 
     def get(self, digest: str) -> Module:
@@ -91,7 +94,7 @@ class Modules(_Group):
 class Publishers(_Group):
     """Publisher keys the server trusts to sign modules (`/v1/publishers`)."""
 
-    def list(self) -> list[JsonObject]:
+    def list(self) -> _List[JsonObject]:
         return list(self._http.request("GET", "/v1/publishers").body)
 
     def trust(self, name: str, public_key_hex: str) -> JsonObject:
@@ -139,7 +142,7 @@ class Processes(_Group):
             body["module_digest"] = module_digest
         return Process.from_json(self._http.request("POST", "/v1/processes", json_body=body).body)
 
-    def list(self) -> list[Process]:
+    def list(self) -> _List[Process]:
         return [Process.from_json(p) for p in self._http.request("GET", "/v1/processes").body]
 
     def get(self, process_id: str) -> Process:
@@ -312,7 +315,7 @@ class Audit(_Group):
 class Credentials(_Group):
     """Vault credentials. Secrets are write-only: sent once, never returned, never kept."""
 
-    def list(self) -> list[Credential]:
+    def list(self) -> _List[Credential]:
         return [Credential.from_json(c) for c in self._http.request("GET", "/v1/credentials").body]
 
     def get(self, name: str) -> Credential:
@@ -339,7 +342,7 @@ class Credentials(_Group):
         path = f"/v1/credentials/{_seg(name)}/secret"
         return Credential.from_json(self._http.request("PUT", path, json_body=body).body)
 
-    def versions(self, name: str) -> list[JsonObject]:
+    def versions(self, name: str) -> _List[JsonObject]:
         path = f"/v1/credentials/{_seg(name)}/versions"
         return list(self._http.request("GET", path).body)
 
@@ -347,7 +350,7 @@ class Credentials(_Group):
 class Targets(_Group):
     """SSH targets with pinned host keys."""
 
-    def list(self) -> list[Target]:
+    def list(self) -> _List[Target]:
         return [Target.from_json(t) for t in self._http.request("GET", "/v1/targets").body]
 
     def get(self, name: str) -> Target:
@@ -375,7 +378,7 @@ class Targets(_Group):
 class Users(_Group):
     """Users and their roles."""
 
-    def list(self) -> list[User]:
+    def list(self) -> _List[User]:
         return [User.from_json(u) for u in self._http.request("GET", "/v1/users").body]
 
     def create(self, name: str, *, roles: Sequence[str] = (), enroll: bool = False) -> User:
@@ -410,7 +413,7 @@ class Tokens(_Group):
         """As `user`, holding their enrollment token: that user's own full token."""
         return self.issue(user, label=label)
 
-    def list(self, user: str) -> list[TokenInfo]:
+    def list(self, user: str) -> _List[TokenInfo]:
         path = f"/v1/users/{_seg(user)}/tokens"
         return [TokenInfo.from_json(t) for t in self._http.request("GET", path).body]
 

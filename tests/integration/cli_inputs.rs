@@ -18,7 +18,10 @@ const PAIRS: [&str; 4] = ["mode=echo", "command=123", "n=7", r"targets=web-1,db\
 fn expected_echo(result: &Value) {
     assert_eq!(result["command"], r#"Value::Text("123")"#, "{result}");
     assert_eq!(result["n"], "Value::Integer(7)", "{result}");
-    assert_eq!(result["targets"], r#"Value::TextList(["web-1", "db,2"])"#, "{result}");
+    assert_eq!(
+        result["targets"], r#"Value::TextList(["web-1", "db,2"])"#,
+        "{result}"
+    );
 }
 
 fn with_inputs<'a>(args: &[&'a str], pairs: &[&'a str]) -> Vec<&'a str> {
@@ -83,7 +86,10 @@ fn exec_types_inputs_by_the_manifest() {
         None,
     );
     let result = result_json(&out);
-    assert_eq!(result["targets"], r#"Value::TextList(["a,b", "c"])"#, "{result}");
+    assert_eq!(
+        result["targets"], r#"Value::TextList(["a,b", "c"])"#,
+        "{result}"
+    );
     // A bad value is refused before anything runs, naming the key.
     let (code, err) = cli.fails(&with_inputs(
         &["exec", &probe, "--manifest", &manifest],
@@ -113,7 +119,9 @@ async fn process_create_and_run_start_take_the_same_syntax_as_exec() {
     let defaults = process.map(|p| p["default_inputs"].clone());
     assert_eq!(
         defaults,
-        Some(serde_json::json!({"mode": "echo", "command": "123", "n": 7, "targets": ["web-1", "db,2"]}))
+        Some(
+            serde_json::json!({"mode": "echo", "command": "123", "n": 7, "targets": ["web-1", "db,2"]})
+        )
     );
     // ...and a run's inputs in it too, the run seeing the same typed values.
     let (code, out, err) = remote(
@@ -127,10 +135,21 @@ async fn process_create_and_run_start_take_the_same_syntax_as_exec() {
     // The deprecated JSON-quoted string still works, with a warning on stderr.
     let (code, out, err) = remote(
         &server,
-        &["run", "start", "echo-inputs", "--wait", "--input", r#"command="ls""#],
+        &[
+            "run",
+            "start",
+            "echo-inputs",
+            "--wait",
+            "--input",
+            r#"command="ls""#,
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(result_json(&out)["command"], r#"Value::Text("ls")"#, "{out}");
+    assert_eq!(
+        result_json(&out)["command"],
+        r#"Value::Text("ls")"#,
+        "{out}"
+    );
     assert!(err.contains("deprecated"), "{err}");
 
     // An undeclared input and a bad value: refused by the CLI, naming the key; no run.
@@ -138,10 +157,7 @@ async fn process_create_and_run_start_take_the_same_syntax_as_exec() {
         ("nope=1", "'nope': unknown input"),
         ("n=many", "'n' must be an integer"),
     ] {
-        let (code, out, err) = remote(
-            &server,
-            &["run", "start", "echo-inputs", "--input", pair],
-        );
+        let (code, out, err) = remote(&server, &["run", "start", "echo-inputs", "--input", pair]);
         assert_ne!(code, 0, "{pair}: {out}");
         assert!(err.contains(want), "{pair}: {err}");
     }

@@ -321,7 +321,10 @@ impl Client {
     }
 
     /// The inputs `process` declares: its workflow's, or its module's manifest's.
-    async fn declared_inputs(&self, process: &Value) -> anyhow::Result<BTreeMap<String, InputSpec>> {
+    async fn declared_inputs(
+        &self,
+        process: &Value,
+    ) -> anyhow::Result<BTreeMap<String, InputSpec>> {
         if let Some(workflow) = process.get("workflow").filter(|w| !w.is_null()) {
             return super::inputs::declared_in(workflow);
         }

@@ -144,11 +144,7 @@ fn typed(
             }
             None => Value::String(text.to_string()),
         },
-        InputKind::Int => Value::from(
-            text.trim()
-                .parse::<i64>()
-                .map_err(|_| bad("an integer"))?,
-        ),
+        InputKind::Int => Value::from(text.trim().parse::<i64>().map_err(|_| bad("an integer"))?),
         InputKind::Float => {
             let f: f64 = text.trim().parse().map_err(|_| bad("a number"))?;
             serde_json::Number::from_f64(f)
@@ -211,9 +207,9 @@ fn split_list(flag: &str, key: &str, text: &str) -> anyhow::Result<Vec<String>> 
         match c {
             '\\' => match chars.next() {
                 Some(escaped @ (',' | '\\' | '[')) => item.push(escaped),
-                Some(other) => bail!(
-                    "--{flag} '{key}': unknown escape '\\{other}' (only \\, \\\\ and \\[)"
-                ),
+                Some(other) => {
+                    bail!("--{flag} '{key}': unknown escape '\\{other}' (only \\, \\\\ and \\[)")
+                }
                 None => bail!("--{flag} '{key}': a lone '\\' at the end (write \\\\)"),
             },
             ',' => items.push(std::mem::take(&mut item)),
@@ -367,14 +363,20 @@ mod tests {
             ("ratio=inf", "'ratio' must be a finite number"),
             ("dry=yes", "'dry' must be true or false"),
             ("dry=1", "'dry' must be true or false"),
-            ("targets=[a,b]", "'targets' starts with '[' but is not a JSON array"),
+            (
+                "targets=[a,b]",
+                "'targets' starts with '[' but is not a JSON array",
+            ),
             ("targets=[1,2]", "'targets' must be a list of strings"),
             (r"targets=a\n", r"'targets': unknown escape '\n'"),
             (r"targets=a\", "'targets': a lone"),
             ("count:=\"3\"", "'count' must be an integer"),
             ("name:=3", "'name' must be a string"),
             ("name:={", "'name': not JSON after ':='"),
-            ("nope=1", "'nope': unknown input (declared: count, dry, name, ratio, targets)"),
+            (
+                "nope=1",
+                "'nope': unknown input (declared: count, dry, name, ratio, targets)",
+            ),
             ("count", "'count' is not KEY=VALUE"),
             ("=3", "has no KEY"),
         ] {
@@ -399,8 +401,16 @@ mod tests {
             let parsed = parse("input", &[r#"name="Ada""#.to_string()], declared.as_ref())?;
             assert_eq!(parsed.values["name"], json!("Ada"));
             assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
-            assert!(parsed.warnings[0].contains("deprecated"), "{:?}", parsed.warnings);
-            assert!(parsed.warnings[0].contains("name=TEXT"), "{:?}", parsed.warnings);
+            assert!(
+                parsed.warnings[0].contains("deprecated"),
+                "{:?}",
+                parsed.warnings
+            );
+            assert!(
+                parsed.warnings[0].contains("name=TEXT"),
+                "{:?}",
+                parsed.warnings
+            );
         }
         // A lone quote or one inside the text is no JSON string: taken as is, no warning.
         let parsed = parse(
@@ -428,7 +438,8 @@ mod tests {
 
     #[test]
     fn finds_declarations_in_a_module_or_a_workflow() -> anyhow::Result<()> {
-        let module = json!({"digest": "x", "manifest": {"name": "m", "inputs": {"n": {"type": "int"}}}});
+        let module =
+            json!({"digest": "x", "manifest": {"name": "m", "inputs": {"n": {"type": "int"}}}});
         assert_eq!(declared_in(&module)?["n"].kind, InputKind::Int);
         let workflow = json!({"start_at": "a", "inputs": {"t": {"type": "string-list"}}});
         assert_eq!(declared_in(&workflow)?["t"].kind, InputKind::StringList);

@@ -91,7 +91,6 @@ pub enum ProcessCommand {
         rotations: Vec<String>,
         #[command(flatten)]
         rotation_policy: super::RotationPolicyArgs,
-        /// Default inputs of its runs.
         #[arg(long = "input", value_name = "KEY=VALUE", help = super::inputs::INPUT_HELP)]
         inputs: Vec<String>,
         /// Approvals each run needs before it starts (four eyes); 0 for none.

@@ -10,6 +10,7 @@ mod api;
 mod approvals;
 mod bridges;
 mod cli;
+mod cli_inputs;
 mod cluster;
 mod console;
 mod db;

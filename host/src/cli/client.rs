@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use crate::registry::manifest::InputSpec;
 use crate::tls::ServerTrust;
 
 /// Which server, as whom.
@@ -90,8 +91,7 @@ pub enum ProcessCommand {
         rotations: Vec<String>,
         #[command(flatten)]
         rotation_policy: super::RotationPolicyArgs,
-        /// A default input, `key=value` (JSON values are parsed as JSON).
-        #[arg(long = "input")]
+        #[arg(long = "input", value_name = "KEY=VALUE", help = super::inputs::INPUT_HELP)]
         inputs: Vec<String>,
         /// Approvals each run needs before it starts (four eyes); 0 for none.
         #[arg(long = "approvals", default_value_t = 0)]
@@ -122,8 +122,7 @@ pub enum ProcessCommand {
         /// The cron expression, e.g. "0 3 */30 * *".
         #[arg(long)]
         cron: String,
-        /// An input, `key=value` (JSON values are parsed as JSON).
-        #[arg(long = "input")]
+        #[arg(long = "input", value_name = "KEY=VALUE", help = super::inputs::INPUT_HELP)]
         inputs: Vec<String>,
         /// Do not fire once at start when an occurrence was missed while the server was down.
         #[arg(long)]
@@ -139,8 +138,7 @@ pub enum RunCommand {
     Start {
         /// Process name or id.
         process: String,
-        /// An input, `key=value` (JSON values are parsed as JSON).
-        #[arg(long = "input")]
+        #[arg(long = "input", value_name = "KEY=VALUE", help = super::inputs::INPUT_HELP)]
         inputs: Vec<String>,
         /// Wait for the run to end, print its events and result; the exit code reflects it.
         #[arg(long)]
@@ -291,13 +289,52 @@ impl Client {
 
     /// A process id from a name or an id.
     async fn process_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let process = self.process(name_or_id).await?;
+        process["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("no process id in the answer")
+    }
+
+    /// A process (as the API shows it) from a name or an id.
+    async fn process(&self, name_or_id: &str) -> anyhow::Result<Value> {
         let all = self.get("/v1/processes").await?;
         all.as_array()
             .into_iter()
             .flatten()
             .find(|p| p["id"] == name_or_id || p["name"] == name_or_id)
-            .and_then(|p| p["id"].as_str().map(str::to_string))
+            .cloned()
             .with_context(|| format!("no process '{name_or_id}' visible to you"))
+    }
+
+    /// `--input` pairs for a run of `process`, typed by what it declares.
+    async fn process_inputs(
+        &self,
+        process: &Value,
+        pairs: &[String],
+    ) -> anyhow::Result<BTreeMap<String, Value>> {
+        if pairs.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        typed_inputs(pairs, self.declared_inputs(process).await)
+    }
+
+    /// The inputs `process` declares: its workflow's, or its module's manifest's.
+    async fn declared_inputs(
+        &self,
+        process: &Value,
+    ) -> anyhow::Result<BTreeMap<String, InputSpec>> {
+        if let Some(workflow) = process.get("workflow").filter(|w| !w.is_null()) {
+            return super::inputs::declared_in(workflow);
+        }
+        let digest = process["module_digest"].as_str().unwrap_or_default();
+        self.module_inputs(digest).await
+    }
+
+    /// The inputs the module with `digest` declares.
+    async fn module_inputs(&self, digest: &str) -> anyhow::Result<BTreeMap<String, InputSpec>> {
+        let module = self.get(&format!("/v1/modules/{digest}")).await?;
+        super::inputs::declared_in(&module)
     }
 }
 
@@ -320,17 +357,29 @@ fn warn_if_in_clear(base: &str) {
     }
 }
 
-fn parse_inputs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
-    pairs
-        .iter()
-        .map(|pair| {
-            let (k, v) = pair
-                .split_once('=')
-                .with_context(|| format!("'{pair}' is not KEY=VALUE"))?;
-            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
-            Ok((k.to_string(), value))
-        })
-        .collect()
+/// `--input` pairs typed by `declared`; where the declarations could not be read (the
+/// caller may start a process but not read its module), typed by inference, with a note.
+fn typed_inputs(
+    pairs: &[String],
+    declared: anyhow::Result<BTreeMap<String, InputSpec>>,
+) -> anyhow::Result<BTreeMap<String, Value>> {
+    if pairs.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut parsed = match &declared {
+        Ok(declared) => super::inputs::parse("input", pairs, Some(declared))?,
+        Err(_) => super::inputs::parse("input", pairs, None)?,
+    };
+    if let Err(e) = declared {
+        parsed.warnings.insert(
+            0,
+            format!(
+                "the declared inputs could not be read ({e:#}); input types are inferred \
+                 from the text (write KEY:=JSON to be exact)"
+            ),
+        );
+    }
+    Ok(parsed.into_values())
 }
 
 pub(super) fn print_json(value: &Value) -> anyhow::Result<()> {
@@ -384,19 +433,29 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             let rotation_policy = rotation_policy.policy();
             let mut body = json!({
                 "name": name,
-                "default_inputs": parse_inputs(&inputs)?,
                 "required_approvals": required_approvals,
             });
-            match (workflow, module) {
+            let declared = match (workflow, module) {
                 (Some(file), _) => {
                     let modules = client.get("/v1/modules").await?;
-                    body["workflow"] = super::workflow::read_definition(&file, &modules)?;
+                    let definition = super::workflow::read_definition(&file, &modules)?;
+                    let declared = super::inputs::declared_in(&definition);
+                    body["workflow"] = definition;
+                    declared
                 }
                 (None, module) => {
-                    body["module_digest"] = json!(module.unwrap_or_default());
+                    let module = module.unwrap_or_default();
+                    let declared = if inputs.is_empty() {
+                        Ok(BTreeMap::new())
+                    } else {
+                        client.module_inputs(&module).await
+                    };
+                    body["module_digest"] = json!(module);
                     body["grant"] = json!({ "credentials": credentials, "targets": targets, "commands": commands, "raw_shell": raw_shell, "paths": paths, "rotations": rotations, "rotation_policy": rotation_policy });
+                    declared
                 }
-            }
+            };
+            body["default_inputs"] = json!(typed_inputs(&inputs, declared)?);
             let p = client.post("/v1/processes", &body).await?;
             println!(
                 "created process {} ({})",
@@ -431,10 +490,11 @@ pub async fn process(cmd: ProcessCommand) -> anyhow::Result<i32> {
             server,
         } => {
             let client = Client::new(&server)?;
-            let id = client.process_id(&process).await?;
+            let found = client.process(&process).await?;
+            let id = found["id"].as_str().unwrap_or_default().to_string();
             let body = json!({
                 "cron": cron,
-                "inputs": parse_inputs(&inputs)?,
+                "inputs": client.process_inputs(&found, &inputs).await?,
                 "catch_up": !no_catch_up,
             });
             let schedule = client
@@ -459,11 +519,13 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<i32> {
             server,
         } => {
             let client = Client::new(&server)?;
-            let id = client.process_id(&process).await?;
+            let found = client.process(&process).await?;
+            let id = found["id"].as_str().unwrap_or_default().to_string();
+            let inputs = client.process_inputs(&found, &inputs).await?;
             let run = client
                 .post(
                     &format!("/v1/processes/{id}/runs"),
-                    &json!({ "inputs": parse_inputs(&inputs)? }),
+                    &json!({ "inputs": inputs }),
                 )
                 .await?;
             let run_id = run["id"]

@@ -23,6 +23,7 @@ use crate::capabilities::grant::Grant;
 use crate::capabilities::{RunIdentity, Services};
 use crate::registry::inputs::{Param, Value};
 use crate::registry::manifest::Manifest;
+use crate::runs::dispatch::json_to_toml;
 use crate::runtime::engine::EngineConfig;
 use crate::runtime::limits::RunLimits;
 use crate::runtime::{RunOutcome, RunReport};
@@ -36,12 +37,16 @@ use crate::vault::lease::LeaseStore;
 pub struct ExecArgs {
     /// The task component (`.wasm`).
     task: PathBuf,
-    /// The task's manifest; its inputs type and check `--param`. Without one, params are
-    /// passed as text.
+    /// The task's manifest; its inputs type and check `--input`. Without one, every input
+    /// is passed as text.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// An input, `key=value`.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
+    #[arg(
+        long = "input",
+        visible_alias = "param",
+        value_name = "KEY=VALUE",
+        help = super::inputs::INPUT_HELP
+    )]
     params: Vec<String>,
     /// A credential the run may acquire.
     #[arg(long = "allow-credential", value_name = "NAME")]
@@ -186,32 +191,26 @@ fn limits_from(args: &ExecArgs, manifest: Option<&Manifest>) -> RunLimits {
     limits
 }
 
-/// Turns `key=value` strings into the task's params, typed by the manifest if any.
+/// Turns `--input` pairs into the task's params, typed by the manifest if any (as text
+/// without one).
 fn resolve_params(manifest: Option<&Manifest>, raw: &[String]) -> anyhow::Result<Vec<Param>> {
-    let mut given = BTreeMap::new();
-    for pair in raw {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--param '{pair}' is not KEY=VALUE"))?;
-        if given.contains_key(key) {
-            anyhow::bail!("--param '{key}' given twice");
-        }
-        let value = match manifest {
-            Some(m) => m.parse_cli_value(key, value)?,
-            None => toml::Value::String(value.to_string()),
-        };
-        given.insert(key.to_string(), value);
-    }
-    match manifest {
-        Some(m) => Ok(m.resolve_inputs(&given)?),
-        None => Ok(given
+    let Some(m) = manifest else {
+        let declared = super::inputs::all_text(raw);
+        return Ok(super::inputs::parse("input", raw, Some(&declared))?
+            .into_values()
             .into_iter()
             .map(|(name, v)| Param {
                 name,
                 value: Value::Text(v.as_str().unwrap_or_default().into()),
             })
-            .collect()),
-    }
+            .collect());
+    };
+    let given = super::inputs::parse("input", raw, Some(&m.inputs))?
+        .into_values()
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
+        .collect::<Result<BTreeMap<_, _>, crate::registry::manifest::ManifestError>>()?;
+    Ok(m.resolve_inputs(&given)?)
 }
 
 pub(super) fn local_actor() -> String {

@@ -13,6 +13,7 @@ mod db;
 mod docs;
 mod exec;
 mod init;
+mod inputs;
 mod notify;
 mod policies;
 mod reconcile;

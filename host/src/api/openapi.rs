@@ -36,6 +36,22 @@ impl utoipa::PartialSchema for Label {
 
 impl utoipa::ToSchema for Label {}
 
+/// Raw bytes (a module upload).
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
 /// The security scheme every `/v1` route but trigger events requires.
 pub const BEARER: &str = "bearer";
 
@@ -89,6 +105,7 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
                 _ => "system",
             };
             op.tags = Some(vec![tag.to_string()]);
+            optional_body(op);
             let public = PUBLIC.contains(&(method, path.as_str()));
             shared_statuses(op, public, path);
             if public {
@@ -100,6 +117,35 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
                 }
             }
         }
+    }
+}
+
+/// An optional body (`Option<T>`) is `T`, not required: the derive says `oneOf [null, T]`,
+/// but the handlers take an absent body, not a JSON `null`.
+fn optional_body(op: &mut Operation) {
+    use utoipa::openapi::schema::{Schema, SchemaType};
+    let Some(body) = op.request_body.as_mut() else {
+        return;
+    };
+    let is_null = |item: &RefOr<Schema>| matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let mut optional = false;
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = content.schema.as_ref() else {
+            continue;
+        };
+        let rest: Vec<RefOr<Schema>> = one_of
+            .items
+            .iter()
+            .filter(|item| !is_null(item))
+            .cloned()
+            .collect();
+        if rest.len() == 1 && one_of.items.len() == 2 {
+            content.schema = rest.into_iter().next();
+            optional = true;
+        }
+    }
+    if optional {
+        body.required = Some(utoipa::openapi::Required::False);
     }
 }
 

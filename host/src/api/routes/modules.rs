@@ -79,7 +79,7 @@ fn registry_error(e: RegistryError) -> ApiError {
 }
 
 /// Upload a signed task module (the raw `.wasm` bytes as the body).
-#[utoipa::path(post, path = "/v1/modules", request_body(content((Vec<u8> = "application/wasm"), (Vec<u8> = "application/octet-stream")), description = "the signed module (at most 64 MiB), whatever the content type"), responses(
+#[utoipa::path(post, path = "/v1/modules", request_body(content((crate::api::openapi::Binary = "application/wasm"), (crate::api::openapi::Binary = "application/octet-stream")), description = "the signed module (at most 64 MiB), whatever the content type"), responses(
     (status = 201, description = "accepted", body = ModuleInfo),
     (status = 400, description = "`unsigned`, `bad_signature`, `malformed_module`, `bad_manifest`, `invalid_component`, `undeclared_capability` or `bad_body`"),
     (status = 403, description = "`untrusted_publisher`, or `forbidden`: the caller may not manage modules"),

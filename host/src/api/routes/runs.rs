@@ -39,7 +39,7 @@ struct RunQuery {
     state: Option<RunState>,
     /// Only runs older than this cursor (`created_ms:id`, the `x-warden-next-before` of the
     /// previous page).
-    #[param(pattern = r"^[0-9]{1,20}:[^:]*$")]
+    #[param(pattern = r"^[0-9]{1,19}:[A-Za-z0-9._-]{1,64}$")]
     before: Option<String>,
     /// At most this many (capped at 100).
     #[param(minimum = 0)]

@@ -18,6 +18,7 @@ mod grant;
 mod languages;
 mod leases;
 mod notify;
+mod openapi;
 mod operations;
 mod paging;
 mod pg;

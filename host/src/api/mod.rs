@@ -13,6 +13,7 @@
 mod audit_scope;
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod request_log;
 mod routes;
 
@@ -21,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::audit::AuditLog;
@@ -112,16 +112,9 @@ pub struct AppState {
     pub triggers: crate::triggers::Triggers,
 }
 
-#[derive(OpenApi)]
-#[openapi(info(
-    title = "Warden API",
-    description = "Privileged automation without handing credentials to scripts."
-))]
-struct ApiDoc;
-
 /// The router and its OpenAPI document, built from one route list.
 pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(openapi::base())
         .merge(routes::system::routes())
         .merge(routes::modules::routes())
         .merge(routes::targets::routes())
@@ -138,6 +131,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(routes::bridges::routes())
         .merge(routes::triggers::routes())
         .split_for_parts();
+    openapi::finish(&mut api);
     let doc = api.clone();
     let router = router
         .merge(routes::bridges::protocol())

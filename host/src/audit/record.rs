@@ -30,7 +30,7 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const TRUNCATION_MARKER: &str = "…[truncated]";
 
 /// What a host call (or operator action) was, as handed to [`super::AuditLog::append`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub run_id: Option<String>,
     pub actor: String,
@@ -44,7 +44,7 @@ pub struct AuditEntry {
 }
 
 /// Whether the call was allowed; a denial names why and, when known, the policy that denied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Decision {
     Allowed,
@@ -55,7 +55,7 @@ pub enum Decision {
 }
 
 /// One stored, chained record. Serialises to exactly the bytes stored in sled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub seq: u64,
     /// Unix time in milliseconds; never decreases along the chain.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::argv::{self, Pattern};
 
 /// What one run may do. Empty sets allow nothing; there is no wildcard.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Grant {
     /// Credential names the run may acquire.
@@ -40,6 +40,7 @@ pub struct Grant {
     /// with a granted admin credential. Empty: no rotation.
     pub rotations: BTreeSet<String>,
     /// The floor for passwords those rotations generate; a task may only ask for more.
+    #[schema(value_type = Object)]
     pub rotation_policy: crate::rotation::RotationPolicy,
 }
 

@@ -34,7 +34,7 @@ pub const DEFAULT_RETRY_MS: [u64; 7] = [
 
 /// One configured sink. (Unknown fields are ignored: serde cannot deny them through the
 /// flattened, tagged `kind`.)
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SinkConfig {
     pub name: String,
     #[serde(flatten)]
@@ -56,7 +56,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Events {
     #[default]
@@ -64,7 +64,7 @@ pub enum Events {
     Alerts,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum From {
     #[default]
@@ -73,7 +73,7 @@ pub enum From {
 }
 
 /// The destination and its format.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SinkKind {
     Webhook(WebhookConfig),
@@ -81,7 +81,7 @@ pub enum SinkKind {
     File(FileConfig),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfig {
     /// `https://HOST[:PORT]/PATH` (or `http://`); must be allowed by the allow-list.
     pub url: String,
@@ -148,7 +148,7 @@ fn default_retry() -> Vec<u64> {
     DEFAULT_RETRY_MS.to_vec()
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyslogConfig {
     /// `HOST:PORT` of the collector (TCP, RFC 6587 octet counting).
     pub address: String,
@@ -179,7 +179,7 @@ fn default_hostname() -> String {
     "warden".into()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SyslogFormat {
     #[default]
@@ -187,7 +187,7 @@ pub enum SyslogFormat {
     Cef,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileConfig {
     /// Absolute path of the JSON-lines file.
     pub path: String,
@@ -347,7 +347,7 @@ pub fn parse_host_port(text: &str) -> Result<(String, u16), Invalid> {
 
 /// Where webhooks may go: exact `HOST:PORT` entries, or CIDR blocks (`127.0.0.0/8`, any
 /// port). Empty: nowhere.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllowList {
     pub entries: Vec<String>,
 }

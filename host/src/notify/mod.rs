@@ -76,7 +76,7 @@ pub const MAX_DEAD_LETTERS: usize = 10_000;
 pub const ACTOR: &str = "warden-notify";
 
 /// A webhook line that exhausted its retries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub sink: String,
     pub id: String,

@@ -28,7 +28,7 @@ const MAX_THRESHOLD: u32 = 10_000;
 const MAX_WINDOW_SECS: u64 = 86_400;
 
 /// What a rule matches.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Match {
     /// A run failed, timed out, was lost or interrupted.
@@ -60,7 +60,7 @@ pub enum Match {
 /// Longest action pattern of a [`Match::Action`] rule.
 const MAX_ACTION_PATTERN: usize = 128;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BurstKey {
     Run,
@@ -68,7 +68,7 @@ pub enum BurstKey {
 }
 
 /// One rule: what it matches, where its alerts go, and its cool-down.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub name: String,

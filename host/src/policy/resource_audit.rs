@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::audit::{AuditRecord, Decision};
 
 /// Whether the recorded operation was allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceDecision {
     Allowed,
@@ -22,7 +22,7 @@ pub enum ResourceDecision {
 }
 
 /// How the recorded operation ended, as a closed set of words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     /// It did what was asked.
@@ -36,7 +36,7 @@ pub enum OutcomeKind {
 }
 
 /// One record of the resource audit; structured fields of [`AuditRecord`] only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ResourceAuditRecord {
     pub seq: u64,
     pub time_ms: u64,

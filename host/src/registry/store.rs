@@ -93,7 +93,7 @@ pub enum RegistryError {
 }
 
 /// A stored module, as listed and shown.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleInfo {
     /// SHA-256 (hex) of the component: the module's identity.
     pub digest: String,
@@ -101,6 +101,7 @@ pub struct ModuleInfo {
     pub version: String,
     pub description: String,
     /// The signed manifest.
+    #[schema(value_type = Object)]
     pub manifest: Manifest,
     /// The trusted publisher whose key signed it.
     pub publisher: String,

@@ -154,7 +154,7 @@ pub fn binding_digest(
 }
 
 /// An approval as the request shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApprovalStatus {
     pub approver: String,
     pub granted_ms: u64,
@@ -166,7 +166,7 @@ pub struct ApprovalStatus {
 }
 
 /// Everything an approver needs to decide, and where the run stands.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ApprovalRequest {
     pub run_id: String,
     pub state: RunState,
@@ -179,6 +179,7 @@ pub struct ApprovalRequest {
     /// The interfaces the signed manifest lets the module import.
     pub capabilities: Vec<String>,
     /// The whole signed manifest (inputs, narrower requests).
+    #[schema(value_type = Option<Object>)]
     pub manifest: Option<Manifest>,
     /// The run's inputs, process defaults merged.
     pub inputs: BTreeMap<String, serde_json::Value>,
@@ -202,7 +203,7 @@ pub struct ApprovalRequest {
 }
 
 /// What an approval did.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ApproveOutcome {
     /// The request after the approval.
     pub request: ApprovalRequest,

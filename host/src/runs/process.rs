@@ -61,7 +61,7 @@ pub const MAX_REQUIRED_APPROVALS: u32 = 16;
 pub const MAX_PROCESS_BYTES: usize = 1 << 20;
 
 /// A privileged process: a named, shareable definition users execute.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Process {
     /// UUID v4, assigned by [`ProcessStore::create`].
     pub id: String,
@@ -92,6 +92,7 @@ pub struct Process {
     /// The workflow its runs follow; none for a single-task process. For a workflow
     /// `module_digest` is the definition's digest and `module` is `workflow@<digest prefix>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub workflow: Option<Workflow>,
     /// 1 at creation, bumped by every update; approvals bind to it.
     pub revision: u64,

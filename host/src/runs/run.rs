@@ -126,7 +126,7 @@ pub struct Recovery {
 const LOCK_STRIPES: usize = 256;
 
 /// One execution of a process.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RunRecord {
     pub id: String,
     pub process_id: String,
@@ -158,9 +158,11 @@ pub struct RunRecord {
     pub waiting: Option<String>,
     /// A workflow run's steps (see `crate::workflow`); none for a single-task run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub workflow: Option<crate::workflow::WorkflowProgress>,
     /// For the run of one step of a workflow: which run and which step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub step: Option<crate::workflow::StepRef>,
 }
 

@@ -81,7 +81,7 @@ pub enum ScheduleError {
 }
 
 /// A cron schedule of one process.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Schedule {
     /// UUID v4.
     pub id: String,
@@ -118,7 +118,7 @@ impl Schedule {
 }
 
 /// What a caller supplies to create a schedule.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSchedule {
     pub cron: String,

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a run is in its life.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     /// Waiting for the approvals its process requires.

@@ -66,7 +66,7 @@ pub enum TargetError {
 }
 
 /// An SSH endpoint with its pinned host key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Target {
     pub name: String,
     /// Host name or IP address (IPv6 without brackets).

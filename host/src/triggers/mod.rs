@@ -101,7 +101,7 @@ fn invalid(why: impl Into<String>) -> TriggerError {
 }
 
 /// How an event's signature is checked.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum KeySpec {
     /// `v1,` HMAC-SHA256; the key lives in the vault under `credential`, never returned.
@@ -111,7 +111,7 @@ pub enum KeySpec {
 }
 
 /// At most `runs` runs started per `window_secs`.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub runs: u32,
@@ -128,7 +128,7 @@ impl Default for Rate {
 }
 
 /// Events whose `pointer` value equals one seen within `window_secs` start no run.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dedupe {
     pub pointer: String,
@@ -136,7 +136,7 @@ pub struct Dedupe {
 }
 
 /// An inbound trigger of one process.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Trigger {
     /// UUID v4; the URL is `/v1/triggers/{id}/events`.
     pub id: String,
@@ -168,7 +168,7 @@ impl Trigger {
 }
 
 /// What a caller supplies to create a trigger.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTrigger {
     #[serde(default)]

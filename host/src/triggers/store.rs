@@ -58,7 +58,7 @@ struct ReplayEntry {
 }
 
 /// A stored event: what arrived, redacted, and the run it started.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub event_id: String,
     pub received_ms: u64,

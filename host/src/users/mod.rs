@@ -142,7 +142,7 @@ pub enum UserError {
 }
 
 /// A user account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     /// `[a-z0-9._-]{1,64}`.
     pub name: String,
@@ -168,10 +168,11 @@ impl User {
 /// A custom role: a name, the privileges it grants, and the credentials and targets its
 /// holders may name in a process grant ([`crate::policy::Action::UseCredential`],
 /// [`crate::policy::Action::UseTarget`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Role {
     pub name: String,
     #[serde(with = "privilege_names")]
+    #[schema(value_type = Vec<String>)]
     pub privileges: BTreeSet<Privilege>,
     pub created_ms: u64,
     #[serde(default)]
@@ -181,7 +182,7 @@ pub struct Role {
 }
 
 /// The credentials and targets a role grants use of.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleGrants {
     #[serde(default)]

@@ -35,7 +35,7 @@ pub const DEFAULT_ENROLLMENT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_ENROLLMENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a token may do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// Everything its user may do. Minted by the user for themselves (or by `warden init`
@@ -48,7 +48,7 @@ pub enum TokenKind {
 }
 
 /// What may be shown about a token: never its secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub user: String,

@@ -93,7 +93,7 @@ pub enum LeaseError {
 }
 
 /// Who revoked a lease, when and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revocation {
     /// Unix time in milliseconds.
     pub at_ms: u64,
@@ -103,7 +103,7 @@ pub struct Revocation {
 }
 
 /// One lease. Never holds a secret: the credential is named, not carried.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub id: String,
     /// The run it was issued to; no other run may use it.
@@ -123,7 +123,7 @@ pub struct Lease {
 }
 
 /// Where a lease stands at a moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LeaseStatus {
     Active,

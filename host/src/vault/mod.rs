@@ -192,7 +192,7 @@ pub enum VaultError {
 }
 
 /// What a credential is; decides how the host uses it (password auth vs public-key auth).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     Password,
@@ -232,7 +232,7 @@ impl FromStr for CredentialKind {
 }
 
 /// Everything about a credential except its secret; safe to show and serialize.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CredentialInfo {
     pub name: String,
     pub username: String,
@@ -280,7 +280,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Where a version stands in its credential's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VersionState {
     /// The one version [`Vault::secret`] returns.
@@ -311,7 +311,7 @@ impl std::fmt::Display for VersionState {
 }
 
 /// One version's metadata (never its value); safe to show and serialize.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     /// 1 for the first version; increases by one per version and is never reused.
     pub version: u32,

@@ -197,7 +197,7 @@ pub struct TaskState {
 }
 
 /// Limits one step may set below the server's own (never above them).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepLimits {
     /// Wall time of one attempt.

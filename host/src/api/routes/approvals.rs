@@ -13,6 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,7 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_inputs))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RejectRequest {
     #[serde(default)]
@@ -45,14 +46,15 @@ struct RejectRequest {
 
 /// What an approver sends: optionally the binding digest they reviewed (from `GET
 /// /v1/runs/{id}/approval`), so a change made since is refused instead of approved.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveRequest {
+    /// The `binding` of the request the approver reviewed.
     #[serde(default)]
     binding: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InputsRequest {
     inputs: BTreeMap<String, serde_json::Value>,
@@ -207,13 +209,16 @@ impl AppState {
 const INBOX_WINDOW: usize = 1_000;
 const MAX_INBOX_WINDOW: usize = 10_000;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct InboxQuery {
-    /// Look through this many of the newest runs (older than `before`), at most 10,000.
-    window: Option<usize>,
+    /// Look through this many of the newest runs (older than `before`): default 1,000, at
+    /// most 10,000.
+    window: Option<u32>,
     /// Only runs older than this cursor (`created_ms:id`): the previous page's
     /// `x-warden-next-before`.
+    #[param(pattern = r"^[0-9]{1,19}:[A-Za-z0-9._-]{1,64}$")]
     before: Option<String>,
 }
 
@@ -221,19 +226,20 @@ struct InboxQuery {
 /// /v1/runs/{id}/approval` decides: its requester, or one who may view or approve runs of its
 /// process), newest first: an approver's inbox. A page looks through `window` runs of history
 /// (1,000 by default); `x-warden-next-before` names where the next page starts.
-#[utoipa::path(get, path = "/v1/approvals", params(
-    ("window" = Option<usize>, Query, description = "look through this many of the newest runs (default 1,000, at most 10,000)"),
-    ("before" = Option<String>, Query, description = "only runs older than this cursor (created_ms:id)")),
+#[utoipa::path(get, path = "/v1/approvals", params(InboxQuery),
     responses(
-        (status = 200, description = "runs awaiting approval that the caller may see the request of, newest first",
+        (status = 200, description = "runs awaiting approval that the caller may see the request of, newest first", body = Vec<RunRecord>,
             headers(("x-warden-next-before" = String, description = "cursor of the next page; absent when the history is exhausted"))),
         (status = 400, description = "`invalid`: `before` is not `created_ms:id`")))]
 async fn list_approvals(
     State(state): State<AppState>,
     caller: Caller,
-    axum::extract::Query(q): axum::extract::Query<InboxQuery>,
+    super::Params(q): super::Params<InboxQuery>,
 ) -> Result<(axum::http::HeaderMap, Json<Vec<RunRecord>>), ApiError> {
-    let window = q.window.unwrap_or(INBOX_WINDOW).clamp(1, MAX_INBOX_WINDOW);
+    let window = q
+        .window
+        .map_or(INBOX_WINDOW, |n| n as usize)
+        .clamp(1, MAX_INBOX_WINDOW);
     let mut before = q
         .before
         .as_deref()
@@ -274,7 +280,7 @@ async fn list_approvals(
 /// The approval request of a run: module digest, manifest (capabilities), inputs, the
 /// process's grant (targets, credentials), the binding digest an approval binds to, and
 /// the approvals so far with their validity.
-#[utoipa::path(get, path = "/v1/runs/{id}/approval", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the approval request"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/runs/{id}/approval", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the approval request", body = ApprovalRequest), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn get_approval(
     State(state): State<AppState>,
     caller: Caller,
@@ -288,7 +294,7 @@ async fn get_approval(
 /// body, only if it still binds to what the approver reviewed). Needs the ApproveRun
 /// privilege on its process; never the run's requester. When this completes the required
 /// approvals the run is queued and executes (`started`).
-#[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "approved; `started` says whether the run was queued"), (status = 403, description = "not an approver of this run, or its requester"), (status = 409, description = "not awaiting approval, already approved, or stale"), (status = 429, description = "the approval would start the run, but its requester (or its process) has its maximum of runs waiting; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "the approval would start the run, but the server's run queue is full; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
+#[utoipa::path(post, path = "/v1/runs/{id}/approve", params(("id" = String, Path, description = "run id")), request_body = ApproveRequest, responses((status = 200, description = "approved; `started` says whether the run was queued", body = ApproveOutcome), (status = 400, description = "`invalid_inputs`, `grant_spans_zones` or `invalid`: the run cannot start as it stands"), (status = 403, description = "`forbidden`: not an approver of this run; `self_approval`; `untrusted_module`; `no_requester`"), (status = 404, description = "`not_found`: unknown or not visible"), (status = 409, description = "`not_awaiting_approval`, `already_approved`, `stale_request`, `module_unavailable` or `concurrent_change`"), (status = 429, description = "the approval would start the run, but its requester (or its process) has its maximum of runs waiting; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "the approval would start the run, but the server's run queue is full; the approval was not recorded", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn approve_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,7 +318,7 @@ async fn approve_run(
 }
 
 /// Reject a run awaiting approval: it becomes `denied` and never executes.
-#[utoipa::path(post, path = "/v1/runs/{id}/reject", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the denied run"), (status = 403, description = "not an approver of this run"), (status = 409, description = "not awaiting approval")))]
+#[utoipa::path(post, path = "/v1/runs/{id}/reject", params(("id" = String, Path, description = "run id")), request_body = RejectRequest, responses((status = 200, description = "the denied run", body = RunRecord), (status = 400, description = "`invalid`: a reason too long"), (status = 403, description = "`forbidden`: not an approver of this run; `no_requester`"), (status = 404, description = "`not_found`: unknown or not visible"), (status = 409, description = "`not_awaiting_approval` or `concurrent_change`")))]
 async fn reject_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -330,7 +336,7 @@ async fn reject_run(
 
 /// Replace the inputs of one's own run while it awaits approval. Every approval given so
 /// far stops counting.
-#[utoipa::path(put, path = "/v1/runs/{id}/inputs", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the approval request with the new inputs"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not the run's requester"), (status = 409, description = "not awaiting approval")))]
+#[utoipa::path(put, path = "/v1/runs/{id}/inputs", params(("id" = String, Path, description = "run id")), request_body = InputsRequest, responses((status = 200, description = "the approval request with the new inputs", body = ApprovalRequest), (status = 400, description = "`invalid_inputs`: inputs do not match the manifest"), (status = 403, description = "`not_requester`: not the run's requester"), (status = 404, description = "`not_found`: unknown or not visible"), (status = 409, description = "`not_awaiting_approval` or `concurrent_change`")))]
 async fn change_inputs(
     State(state): State<AppState>,
     caller: Caller,

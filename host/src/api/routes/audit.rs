@@ -7,12 +7,13 @@
 //! unshared process here either. Filters and `limit` apply to what is visible.
 
 use axum::Json;
-use axum::extract::{Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::Params;
 use crate::api::AppState;
 use crate::api::audit_scope::AuditScope;
 use crate::api::auth::Caller;
@@ -28,19 +29,26 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resource_audit))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only records of this run (its id).
     run: Option<String>,
+    /// Only records of this actor.
     actor: Option<String>,
+    /// Only records of this action, e.g. `ssh.exec`.
     action: Option<String>,
+    /// From this time (Unix ms).
     since_ms: Option<u64>,
+    /// Until this time (Unix ms).
     until_ms: Option<u64>,
     /// The target or credential-bearing resource the record is about.
     resource: Option<String>,
     /// Only records after this sequence number: the `x-warden-next-after` of the last page.
     after: Option<u64>,
-    limit: Option<usize>,
+    /// At most this many (capped at 10,000).
+    limit: Option<u32>,
 }
 
 impl From<AuditQuery> for AuditFilter {
@@ -53,7 +61,7 @@ impl From<AuditQuery> for AuditFilter {
             until_ms: q.until_ms,
             resource: q.resource,
             after_seq: q.after,
-            limit: q.limit,
+            limit: q.limit.map(|n| n as usize),
         }
     }
 }
@@ -62,19 +70,11 @@ impl From<AuditQuery> for AuditFilter {
 pub const NEXT_AFTER_HEADER: &str = "x-warden-next-after";
 
 /// Audit records matching the filters, in sequence order.
-#[utoipa::path(get, path = "/v1/audit", params(
-    ("run" = Option<String>, Query, description = "run id"),
-    ("actor" = Option<String>, Query, description = "actor"),
-    ("action" = Option<String>, Query, description = "action, e.g. ssh.exec"),
-    ("since_ms" = Option<u64>, Query, description = "from this time (Unix ms)"),
-    ("until_ms" = Option<u64>, Query, description = "until this time (Unix ms)"),
-    ("resource" = Option<String>, Query, description = "target the record is about"),
-    ("after" = Option<u64>, Query, description = "only records after this seq (pagination)"),
-    ("limit" = Option<usize>, Query, description = "at most this many")),
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery),
     responses(
-        (status = 200, description = "records the caller may see, in sequence order, from a page of at most `limit` (capped at 10,000) matching records",
+        (status = 200, description = "records the caller may see, in sequence order, from a page of at most `limit` (capped at 10,000) matching records", body = Vec<AuditRecord>,
             headers(("x-warden-next-after" = u64, description = "cursor of the next page (a seq, for `after`); absent on the last page"))),
-        (status = 400, description = "a query parameter does not parse (e.g. `after` is not a number)"),
+        (status = 400, description = "`invalid_query`: a query parameter does not parse (e.g. `after` is not a number)"),
         (status = 401, description = "missing or invalid token"),
         (status = 403, description = "may not view the audit log"),
         (status = 503, description = "`database-unavailable`: nothing was read; retry", headers(("Retry-After" = u64, description = "seconds to wait"))),
@@ -82,12 +82,15 @@ pub const NEXT_AFTER_HEADER: &str = "x-warden-next-after";
 async fn query_audit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> Result<(axum::http::HeaderMap, Json<Vec<AuditRecord>>), ApiError> {
     state
         .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
-    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS).min(MAX_QUERY_RECORDS);
+    let limit = q
+        .limit
+        .map_or(MAX_QUERY_RECORDS, |n| n as usize)
+        .min(MAX_QUERY_RECORDS);
     let filter = AuditFilter {
         limit: Some(limit),
         ..q.into()
@@ -113,35 +116,65 @@ async fn query_audit(
 }
 
 /// Re-walks the hash chain and checks the signed checkpoint.
-#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the verdict")))]
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the verdict", body = Verdict)))]
 async fn verify_audit(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Verdict>, ApiError> {
     state
         .authorize_system(&caller, Action::ViewAudit, "audit")
         .await?;
     Ok(Json(match state.audit.verify() {
-        Ok(report) => json!({ "ok": true, "count": report.count, "head_hash": report.head_hash }),
-        Err(e) => json!({ "ok": false, "error": e.to_string(), "seq": e.seq() }),
+        Ok(report) => Verdict::Verified {
+            ok: true,
+            count: report.count,
+            head_hash: report.head_hash,
+        },
+        Err(e) => Verdict::Broken {
+            ok: false,
+            error: e.to_string(),
+            seq: e.seq(),
+        },
     }))
+}
+
+/// The audit chain's verdict: `ok` with the count and head hash, or where it broke.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum Verdict {
+    /// The chain and the checkpoint verify.
+    Verified {
+        /// `true`.
+        ok: bool,
+        /// Records verified.
+        count: u64,
+        /// The newest record's hash (none for an empty log).
+        head_hash: Option<String>,
+    },
+    /// The chain or the checkpoint does not verify.
+    Broken {
+        /// `false`.
+        ok: bool,
+        /// What broke.
+        error: String,
+        /// Where it broke, when known.
+        seq: Option<u64>,
+    },
 }
 
 /// The resource view: records about targets and credentials, without run ids, details or
 /// hashes (see `policies/README.md`).
-#[utoipa::path(get, path = "/v1/audit/resources", params(
-    ("since_ms" = Option<u64>, Query, description = "from this time (Unix ms)"),
-    ("limit" = Option<usize>, Query, description = "at most this many")),
-    responses((status = 200, description = "projected records")))]
+#[utoipa::path(get, path = "/v1/audit/resources", params(AuditQuery),
+    responses((status = 200, description = "projected records, in sequence order", body = Vec<ResourceAuditRecord>)))]
 async fn resource_audit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> Result<Json<Vec<ResourceAuditRecord>>, ApiError> {
     state
         .authorize_system(&caller, Action::ViewResourceAudit, "resource audit")
         .await?;
-    let limit = q.limit.unwrap_or(MAX_QUERY_RECORDS);
+    let limit = q.limit.map_or(MAX_QUERY_RECORDS, |n| n as usize);
     let filter = AuditFilter {
         limit: None,
         ..q.into()

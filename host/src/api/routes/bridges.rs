@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -62,16 +63,18 @@ pub fn protocol() -> Router<AppState> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    /// The zone the bridge will serve.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     zone: String,
     /// Seconds; default one hour.
     #[serde(default)]
     ttl_secs: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TokenView {
     token: String,
     zone: String,
@@ -79,7 +82,7 @@ struct TokenView {
 }
 
 /// Create a one-time enrolment token for a bridge of a zone (shown once).
-#[utoipa::path(post, path = "/v1/bridges/tokens", responses((status = 201, description = "the token, shown once"), (status = 400, description = "invalid zone or ttl"), (status = 403, description = "not permitted")))]
+#[utoipa::path(post, path = "/v1/bridges/tokens", request_body = NewToken, responses((status = 201, description = "the token, shown once", body = TokenView), (status = 400, description = "`invalid`: a zone or ttl out of range"), (status = 403, description = "`forbidden`: not permitted")))]
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,7 +108,7 @@ async fn create_token(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct BridgeView {
     id: String,
     name: String,
@@ -119,7 +122,7 @@ struct BridgeView {
 }
 
 /// List the remote bridges: zone, version, last seen, online, runs in flight.
-#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, description = "bridges"), (status = 403, description = "not permitted")))]
+#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, description = "bridges", body = Vec<BridgeView>), (status = 403, description = "`forbidden`: not permitted")))]
 async fn list_bridges(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,7 +155,7 @@ async fn list_bridges(
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Revoke {
     #[serde(default)]
@@ -160,13 +163,13 @@ struct Revoke {
 }
 
 /// Revoke a bridge: its next request is refused and the runs it holds end `lost`.
-#[utoipa::path(post, path = "/v1/bridges/{id}/revoke", params(("id" = String, Path, description = "bridge id")), responses((status = 200, description = "revoked"), (status = 404, description = "unknown"), (status = 409, description = "already revoked")))]
+#[utoipa::path(post, path = "/v1/bridges/{id}/revoke", params(("id" = String, Path, description = "bridge id")), request_body = Revoke, responses((status = 200, description = "revoked", body = Revoked), (status = 400, description = "`invalid`: a reason too long"), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`already_revoked`")))]
 async fn revoke_bridge(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Body(req): Body<Revoke>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     state
         .authorize_system(&caller, Action::ManageTargets, "bridges")
         .await?;
@@ -179,9 +182,20 @@ async fn revoke_bridge(
         .revoke(&id, &caller.user.name, &reason)
         .await
         .map_err(registry_error)?;
-    Ok(Json(
-        json!({ "id": bridge.id, "zone": bridge.zone, "revoked": true }),
-    ))
+    Ok(Json(Revoked {
+        id: bridge.id,
+        zone: bridge.zone,
+        revoked: true,
+    }))
+}
+
+/// A revoked bridge.
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    id: String,
+    zone: String,
+    /// `true`.
+    revoked: bool,
 }
 
 fn registry_error(e: RegistryError) -> ApiError {

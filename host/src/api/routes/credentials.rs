@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
@@ -30,14 +31,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_versions))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCredential {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     name: String,
+    /// The account on the targets: 1 to 256 printable ASCII characters.
+    #[schema(pattern = r"^[\x20-\x7e]{1,256}$")]
     username: String,
     #[serde(default = "default_kind")]
+    #[schema(pattern = "^(password|ssh-key)$", default = "password")]
     kind: String,
-    /// The secret; wiped from memory once stored.
+    /// The secret (write-only: never returned), 1 byte to 16 KiB; wiped from memory once
+    /// stored.
+    #[schema(value_type = String, write_only, min_length = 1, max_length = 16384)]
     secret: Zeroizing<String>,
     /// An admin credential: used only for privileged operations (sudo, rotation's admin),
     /// never for a task's unprivileged commands or transfers.
@@ -45,12 +52,27 @@ struct NewCredential {
     admin: bool,
 }
 
+/// A username is printable ASCII (as the document says; the vault itself takes any text
+/// without control characters, which no SSH account name needs).
+fn check_username(username: &str) -> Result<(), ApiError> {
+    if username.is_empty()
+        || username.len() > 256
+        || !username.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "username must be 1 to 256 printable ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
 fn default_kind() -> String {
     "password".into()
 }
 
 /// List credentials' metadata (never secrets).
-#[utoipa::path(get, path = "/v1/credentials", responses((status = 200, description = "metadata")))]
+#[utoipa::path(get, path = "/v1/credentials", responses((status = 200, description = "metadata", body = Vec<CredentialInfo>)))]
 async fn list_credentials(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,7 +84,7 @@ async fn list_credentials(
 }
 
 /// Create a credential.
-#[utoipa::path(post, path = "/v1/credentials", responses((status = 201, description = "created (metadata only)"), (status = 409, description = "exists")))]
+#[utoipa::path(post, path = "/v1/credentials", request_body = NewCredential, responses((status = 201, description = "created (metadata only)", body = CredentialInfo), (status = 400, description = "`invalid`: a name, username, kind or secret the vault refuses"), (status = 409, description = "`conflict`: exists")))]
 async fn add_credential(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,6 +93,7 @@ async fn add_credential(
     state
         .authorize_system(&caller, Action::ManageCredentials, "credentials")
         .await?;
+    check_username(&req.username)?;
     let kind: CredentialKind = req
         .kind
         .parse()
@@ -97,7 +120,7 @@ async fn add_credential(
 }
 
 /// One credential's metadata.
-#[utoipa::path(get, path = "/v1/credentials/{name}", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "metadata"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/credentials/{name}", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "metadata", body = CredentialInfo), (status = 404, description = "`not_found`: unknown")))]
 async fn get_credential(
     State(state): State<AppState>,
     caller: Caller,
@@ -111,15 +134,16 @@ async fn get_credential(
     })?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretUpdate {
-    /// The new secret; wiped from memory once stored.
+    /// The new secret (write-only), 1 byte to 16 KiB; wiped from memory once stored.
+    #[schema(value_type = String, write_only, min_length = 1, max_length = 16384)]
     secret: Zeroizing<String>,
 }
 
 /// Replace a credential's secret. The answer carries metadata only.
-#[utoipa::path(put, path = "/v1/credentials/{name}/secret", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "updated (metadata only)"), (status = 404, description = "unknown")))]
+#[utoipa::path(put, path = "/v1/credentials/{name}/secret", params(("name" = String, Path, description = "credential name")), request_body = SecretUpdate, responses((status = 200, description = "updated (metadata only)", body = CredentialInfo), (status = 400, description = "`invalid`: a secret the vault refuses"), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`conflict`: too many pending versions, or a concurrent change")))]
 async fn update_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,7 +172,7 @@ async fn update_secret(
 
 /// A credential's retained versions, oldest first: number, state (current, previous,
 /// pending, failed), when, by whom and why. Never a value.
-#[utoipa::path(get, path = "/v1/credentials/{name}/versions", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "version metadata (never values)"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/credentials/{name}/versions", params(("name" = String, Path, description = "credential name")), responses((status = 200, description = "version metadata (never values)", body = Vec<VersionInfo>), (status = 404, description = "`not_found`: unknown")))]
 async fn list_versions(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,7 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// A lease as the API shows it: the stored record and its status now.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LeaseView {
     #[serde(flatten)]
     lease: Lease,
@@ -40,7 +41,7 @@ impl From<Lease> for LeaseView {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
     #[serde(default)]
@@ -72,7 +73,7 @@ impl AppState {
 }
 
 /// The leases a run was issued, oldest first.
-#[utoipa::path(get, path = "/v1/runs/{id}/leases", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run's leases"), (status = 404, description = "unknown run")))]
+#[utoipa::path(get, path = "/v1/runs/{id}/leases", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run's leases", body = Vec<LeaseView>), (status = 404, description = "`not_found`: unknown run")))]
 async fn run_leases(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,7 +85,7 @@ async fn run_leases(
 }
 
 /// One lease: run, credential, targets, expiry, revocation and status.
-#[utoipa::path(get, path = "/v1/leases/{id}", params(("id" = String, Path, description = "lease id")), responses((status = 200, description = "the lease"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/leases/{id}", params(("id" = String, Path, description = "lease id")), responses((status = 200, description = "the lease", body = LeaseView), (status = 404, description = "`not_found`: unknown")))]
 async fn get_lease(
     State(state): State<AppState>,
     caller: Caller,
@@ -95,7 +96,7 @@ async fn get_lease(
 
 /// Revoke a lease now: its run's next use of the credential is refused. The body is optional:
 /// `{"reason": "..."}`.
-#[utoipa::path(post, path = "/v1/leases/{id}/revoke", request_body(content = Option<String>, content_type = "application/json", description = r#"optional: {"reason": "..."}"#), params(("id" = String, Path, description = "lease id")), responses((status = 200, description = "revoked"), (status = 404, description = "unknown"), (status = 409, description = "already revoked")))]
+#[utoipa::path(post, path = "/v1/leases/{id}/revoke", request_body(content = Option<RevokeRequest>, content_type = "application/json", description = r#"optional: {"reason": "..."}"#), params(("id" = String, Path, description = "lease id")), responses((status = 200, description = "revoked", body = LeaseView), (status = 400, description = "`invalid_json`; `invalid`: a reason too long"), (status = 403, description = "`forbidden`: may not manage the run's process"), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`conflict`: already revoked")))]
 async fn revoke_lease(
     State(state): State<AppState>,
     caller: Caller,

@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -79,11 +79,12 @@ fn registry_error(e: RegistryError) -> ApiError {
 }
 
 /// Upload a signed task module (the raw `.wasm` bytes as the body).
-#[utoipa::path(post, path = "/v1/modules", request_body(content = Vec<u8>, content_type = "application/wasm", description = "the signed module"), responses(
-    (status = 201, description = "accepted"),
-    (status = 400, description = "unsigned, bad signature, malformed, bad manifest, invalid component or undeclared capability"),
-    (status = 403, description = "untrusted publisher, or the caller may not manage modules"),
-    (status = 413, description = "over the upload limit")))]
+#[utoipa::path(post, path = "/v1/modules", request_body(content((crate::api::openapi::Binary = "application/wasm"), (crate::api::openapi::Binary = "application/octet-stream")), description = "the signed module (at most 64 MiB), whatever the content type"), responses(
+    (status = 201, description = "accepted", body = ModuleInfo),
+    (status = 400, description = "`unsigned`, `bad_signature`, `malformed_module`, `bad_manifest`, `invalid_component`, `undeclared_capability` or `bad_body`"),
+    (status = 403, description = "`untrusted_publisher`, or `forbidden`: the caller may not manage modules"),
+    (status = 409, description = "`conflict`: the digest is registered with a different manifest"),
+    (status = 413, description = "`too_large`: over the upload limit")))]
 async fn upload_module(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,7 +182,7 @@ impl AppState {
 }
 
 /// List task modules.
-#[utoipa::path(get, path = "/v1/modules", responses((status = 200, description = "modules")))]
+#[utoipa::path(get, path = "/v1/modules", responses((status = 200, description = "modules", body = Vec<ModuleInfo>)))]
 async fn list_modules(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,7 +192,7 @@ async fn list_modules(
 }
 
 /// One task module by digest.
-#[utoipa::path(get, path = "/v1/modules/{digest}", params(("digest" = String, Path, description = "SHA-256 of the component")), responses((status = 200, description = "the module"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/modules/{digest}", params(("digest" = String, Path, description = "SHA-256 of the component (lowercase hex)")), responses((status = 200, description = "the module", body = ModuleInfo), (status = 404, description = "`not_found`: unknown")))]
 async fn get_module(
     State(state): State<AppState>,
     caller: Caller,
@@ -205,7 +206,7 @@ async fn get_module(
 }
 
 /// Retire a module: no new runs of it start.
-#[utoipa::path(post, path = "/v1/modules/{digest}/retire", params(("digest" = String, Path, description = "SHA-256 of the component")), responses((status = 200, description = "retired")))]
+#[utoipa::path(post, path = "/v1/modules/{digest}/retire", params(("digest" = String, Path, description = "SHA-256 of the component (lowercase hex)")), responses((status = 200, description = "retired", body = ModuleInfo), (status = 404, description = "`not_found`: unknown")))]
 async fn retire_module(
     State(state): State<AppState>,
     caller: Caller,
@@ -222,34 +223,45 @@ async fn retire_module(
 }
 
 /// Trusted publishers: name and key id.
-#[utoipa::path(get, path = "/v1/publishers", responses((status = 200, description = "publishers")))]
+#[utoipa::path(get, path = "/v1/publishers", responses((status = 200, description = "publishers", body = Vec<Publisher>)))]
 async fn list_publishers(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Publisher>>, ApiError> {
     state.authorize_module_read(&caller).await?;
     let list = state.modules.list_publishers().map_err(registry_error)?;
-    Ok(Json(json!(
+    Ok(Json(
         list.into_iter()
-            .map(|(name, key_id)| json!({ "name": name, "key_id": key_id }))
-            .collect::<Vec<_>>()
-    )))
+            .map(|(name, key_id)| Publisher { name, key_id })
+            .collect(),
+    ))
 }
 
-#[derive(Deserialize)]
+/// A trusted publisher.
+#[derive(Serialize, ToSchema)]
+struct Publisher {
+    name: String,
+    /// The key's id (as signatures name it).
+    key_id: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct TrustRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$")]
     name: String,
     /// Hex of the 32-byte ed25519 public key.
+    #[schema(pattern = r"^[0-9a-fA-F]{64}$")]
     public_key: String,
 }
 
 /// Trust a publisher's key.
-#[utoipa::path(post, path = "/v1/publishers", responses((status = 201, description = "trusted")))]
+#[utoipa::path(post, path = "/v1/publishers", request_body = TrustRequest, responses((status = 201, description = "trusted", body = Publisher), (status = 400, description = "`invalid`: not an ed25519 key, or a name the registry refuses")))]
 async fn trust_publisher(
     State(state): State<AppState>,
     caller: Caller,
     Body(req): Body<TrustRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Publisher>), ApiError> {
     state
         .authorize_system(&caller, Action::TrustPublishers, "publishers")
         .await?;
@@ -277,13 +289,16 @@ async fn trust_publisher(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": req.name, "key_id": key_id })),
+        Json(Publisher {
+            name: req.name,
+            key_id,
+        }),
     ))
 }
 
 /// Stop trusting a publisher: its modules are refused at their next run start (scheduled
 /// and approved runs included) and can no longer be uploaded.
-#[utoipa::path(delete, path = "/v1/publishers/{name}", params(("name" = String, Path, description = "publisher name")), responses((status = 204, description = "distrusted"), (status = 403, description = "not a Privileged Administrator"), (status = 404, description = "not trusted")))]
+#[utoipa::path(delete, path = "/v1/publishers/{name}", params(("name" = String, Path, description = "publisher name")), responses((status = 204, description = "distrusted"), (status = 403, description = "`forbidden`: not a Privileged Administrator"), (status = 404, description = "`not_found`: not trusted")))]
 async fn distrust_publisher(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,8 +8,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -57,7 +57,7 @@ async fn admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
 }
 
 /// List sinks.
-#[utoipa::path(get, path = "/v1/notify/sinks", responses((status = 200, description = "sinks")))]
+#[utoipa::path(get, path = "/v1/notify/sinks", responses((status = 200, description = "sinks", body = Vec<SinkConfig>)))]
 async fn list_sinks(
     State(state): State<AppState>,
     caller: Caller,
@@ -67,7 +67,7 @@ async fn list_sinks(
 }
 
 /// Add a sink (a webhook's URL must be on the allow-list).
-#[utoipa::path(post, path = "/v1/notify/sinks", responses((status = 201, description = "added"), (status = 400, description = "invalid or destination not allowed"), (status = 409, description = "exists")))]
+#[utoipa::path(post, path = "/v1/notify/sinks", request_body = SinkConfig, responses((status = 201, description = "added", body = SinkConfig), (status = 400, description = "`invalid`: a field out of range, or a destination the allow-list does not allow"), (status = 409, description = "`conflict`: exists")))]
 async fn add_sink(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,7 +84,7 @@ async fn add_sink(
 }
 
 /// Remove a sink (its cursor too; its dead letters stay until replayed or the sink is re-added).
-#[utoipa::path(delete, path = "/v1/notify/sinks/{name}", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "removed")))]
+#[utoipa::path(delete, path = "/v1/notify/sinks/{name}", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "removed"), (status = 404, description = "`not_found`: unknown sink")))]
 async fn remove_sink(
     State(state): State<AppState>,
     caller: Caller,
@@ -101,7 +101,7 @@ async fn remove_sink(
 }
 
 /// Re-enable a sink (after a 410, say).
-#[utoipa::path(post, path = "/v1/notify/sinks/{name}/enable", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "enabled")))]
+#[utoipa::path(post, path = "/v1/notify/sinks/{name}/enable", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "enabled"), (status = 404, description = "`not_found`: unknown sink")))]
 async fn enable_sink(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,7 +118,7 @@ async fn enable_sink(
 }
 
 /// Disable a sink.
-#[utoipa::path(post, path = "/v1/notify/sinks/{name}/disable", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "disabled")))]
+#[utoipa::path(post, path = "/v1/notify/sinks/{name}/disable", params(("name" = String, Path, description = "sink")), responses((status = 204, description = "disabled"), (status = 404, description = "`not_found`: unknown sink")))]
 async fn disable_sink(
     State(state): State<AppState>,
     caller: Caller,
@@ -140,7 +140,7 @@ async fn disable_sink(
 }
 
 /// A webhook's dead letters.
-#[utoipa::path(get, path = "/v1/notify/sinks/{name}/dead-letters", params(("name" = String, Path, description = "sink")), responses((status = 200, description = "dead letters")))]
+#[utoipa::path(get, path = "/v1/notify/sinks/{name}/dead-letters", params(("name" = String, Path, description = "sink")), responses((status = 200, description = "dead letters, oldest first", body = Vec<DeadLetter>), (status = 404, description = "`not_found`: unknown sink")))]
 async fn dead_letters(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,19 +151,28 @@ async fn dead_letters(
 }
 
 /// Send a webhook's dead letters once more.
-#[utoipa::path(post, path = "/v1/notify/sinks/{name}/dead-letters/replay", params(("name" = String, Path, description = "sink")), responses((status = 200, description = "replayed")))]
+#[utoipa::path(post, path = "/v1/notify/sinks/{name}/dead-letters/replay", params(("name" = String, Path, description = "sink")), responses((status = 200, description = "replayed", body = Replayed), (status = 400, description = "`invalid`: not a webhook sink"), (status = 404, description = "`not_found`: unknown sink")))]
 async fn replay(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     admin(&state, &caller).await?;
     let (delivered, failed) = state.notify.store.replay(&caller.user.name, &name).await?;
-    Ok(Json(json!({ "delivered": delivered, "failed": failed })))
+    Ok(Json(Replayed { delivered, failed }))
+}
+
+/// What a replay of dead letters did.
+#[derive(Serialize, ToSchema)]
+struct Replayed {
+    /// Letters delivered (and removed).
+    delivered: usize,
+    /// Letters that failed again (kept).
+    failed: usize,
 }
 
 /// The webhook destination allow-list.
-#[utoipa::path(get, path = "/v1/notify/allow", responses((status = 200, description = "allow-list")))]
+#[utoipa::path(get, path = "/v1/notify/allow", responses((status = 200, description = "allow-list", body = AllowList)))]
 async fn get_allow(
     State(state): State<AppState>,
     caller: Caller,
@@ -172,14 +181,16 @@ async fn get_allow(
     Ok(Json(state.notify.store.allow_list()?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AllowBody {
+    /// `HOST:PORT` or CIDR entries, at most 64.
+    #[schema(max_items = 64)]
     entries: Vec<String>,
 }
 
 /// Replace the allow-list (`HOST:PORT` or CIDR entries).
-#[utoipa::path(put, path = "/v1/notify/allow", responses((status = 204, description = "set"), (status = 400, description = "invalid")))]
+#[utoipa::path(put, path = "/v1/notify/allow", request_body = AllowBody, responses((status = 204, description = "set"), (status = 400, description = "`invalid`: an entry that is neither `HOST:PORT` nor a CIDR block")))]
 async fn set_allow(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,7 +210,7 @@ async fn set_allow(
 }
 
 /// List alert rules.
-#[utoipa::path(get, path = "/v1/notify/rules", responses((status = 200, description = "rules")))]
+#[utoipa::path(get, path = "/v1/notify/rules", responses((status = 200, description = "rules", body = Vec<Rule>)))]
 async fn list_rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -209,7 +220,7 @@ async fn list_rules(
 }
 
 /// Add an alert rule.
-#[utoipa::path(post, path = "/v1/notify/rules", responses((status = 201, description = "added"), (status = 400, description = "invalid")))]
+#[utoipa::path(post, path = "/v1/notify/rules", request_body = Rule, responses((status = 201, description = "added", body = Rule), (status = 400, description = "`invalid`: a name, match or sink out of range, or a sink that does not exist"), (status = 409, description = "`conflict`: exists")))]
 async fn add_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -225,7 +236,7 @@ async fn add_rule(
 }
 
 /// Remove an alert rule.
-#[utoipa::path(delete, path = "/v1/notify/rules/{name}", params(("name" = String, Path, description = "rule")), responses((status = 204, description = "removed")))]
+#[utoipa::path(delete, path = "/v1/notify/rules/{name}", params(("name" = String, Path, description = "rule")), responses((status = 204, description = "removed"), (status = 404, description = "`not_found`: unknown rule")))]
 async fn remove_rule(
     State(state): State<AppState>,
     caller: Caller,

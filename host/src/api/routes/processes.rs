@@ -14,6 +14,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -38,17 +39,21 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(start_run))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProcessRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     description: String,
     /// The task module's digest (none for a workflow: its digest is the definition's).
     #[serde(default)]
+    #[schema(pattern = r"^([0-9a-f]{64})?$")]
     module_digest: String,
     /// A workflow definition instead of one module (see `guest-examples/workflows/README.md`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     workflow: Option<Workflow>,
     /// Limits below the server's for every run.
     #[serde(default)]
@@ -58,6 +63,7 @@ struct ProcessRequest {
     #[serde(default)]
     default_inputs: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
+    #[schema(maximum = 16)]
     required_approvals: u32,
     /// Start a run that a remote bridge lost again automatically (only for tasks safe to
     /// repeat).
@@ -65,7 +71,7 @@ struct ProcessRequest {
     retry_on_lost: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ShareRequest {
     #[serde(default)]
@@ -74,7 +80,7 @@ struct ShareRequest {
     roles: Vec<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     #[serde(default)]
@@ -332,7 +338,7 @@ pub(crate) fn process_ref(p: &Process, owner_is_admin: bool) -> ProcessRef<'_> {
 }
 
 /// The processes the caller may view.
-#[utoipa::path(get, path = "/v1/processes", responses((status = 200, description = "visible processes")))]
+#[utoipa::path(get, path = "/v1/processes", responses((status = 200, description = "visible processes", body = Vec<Process>)))]
 async fn list_processes(
     State(state): State<AppState>,
     caller: Caller,
@@ -347,7 +353,7 @@ async fn list_processes(
 }
 
 /// Create a process bound to a registered module.
-#[utoipa::path(post, path = "/v1/processes", responses((status = 201, description = "created"), (status = 400, description = "`invalid`, `unknown_module`, `invalid_grant`, `grant_spans_zones`; for a `workflow`, `invalid_workflow` naming the state at fault"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden`; `grant_not_permitted`: a grant (for a workflow, a task state's, named in the message) names a credential or target the caller may not use"), (status = 409, description = "name taken")))]
+#[utoipa::path(post, path = "/v1/processes", request_body = ProcessRequest, responses((status = 201, description = "created", body = Process), (status = 400, description = "`invalid`, `unknown_module`, `invalid_grant`, `grant_spans_zones`; for a `workflow`, `invalid_workflow` naming the state at fault"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden`; `grant_not_permitted`: a grant (for a workflow, a task state's, named in the message) names a credential or target the caller may not use"), (status = 409, description = "name taken")))]
 async fn create_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -383,7 +389,7 @@ async fn create_process(
 }
 
 /// One process.
-#[utoipa::path(get, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "the process"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "the process", body = Process), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn get_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -397,7 +403,7 @@ async fn get_process(
 }
 
 /// Replace a process's definition (name, module, grant, inputs, approvals).
-#[utoipa::path(put, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "updated"), (status = 400, description = "as for create, including `invalid_workflow`; the process is left as it was"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden` or `grant_not_permitted`"), (status = 404, description = "unknown or not visible"), (status = 409, description = "name taken")))]
+#[utoipa::path(put, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), request_body = ProcessRequest, responses((status = 200, description = "updated", body = Process), (status = 400, description = "as for create, including `invalid_workflow`; the process is left as it was"), (status = 401, description = "missing or invalid token"), (status = 403, description = "`forbidden` or `grant_not_permitted`"), (status = 404, description = "unknown or not visible"), (status = 409, description = "name taken")))]
 async fn update_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,7 +443,7 @@ async fn update_process(
 }
 
 /// Delete a process.
-#[utoipa::path(delete, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 204, description = "deleted")))]
+#[utoipa::path(delete, path = "/v1/processes/{id}", params(("id" = String, Path, description = "process id")), responses((status = 204, description = "deleted"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn delete_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -457,7 +463,7 @@ async fn delete_process(
 }
 
 /// Share a process with users and roles (who may then execute it).
-#[utoipa::path(post, path = "/v1/processes/{id}/share", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "shared")))]
+#[utoipa::path(post, path = "/v1/processes/{id}/share", params(("id" = String, Path, description = "process id")), request_body = ShareRequest, responses((status = 200, description = "shared", body = Process), (status = 400, description = "`invalid`: a user or role name is not valid, or too many shares"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn share_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -488,7 +494,7 @@ async fn share_process(
 /// server's execution capacity waits `queued` and starts, in order, as slots free; when the
 /// caller's share or the server's queue is full the run is refused with `Retry-After` and
 /// nothing is created (the refusal is audited `run.refused`).
-#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), responses((status = 202, description = "started (recorded as queued, then running), queued for a free execution slot, or awaiting approval"), (status = 400, description = "inputs do not match the manifest"), (status = 403, description = "not shared with the caller"), (status = 429, description = "`user_run_limit` or `process_run_limit`: the caller (or this process) already has its maximum of runs waiting; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "`queue_full`: the server's run queue is full; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
+#[utoipa::path(post, path = "/v1/processes/{id}/runs", params(("id" = String, Path, description = "process id")), request_body = StartRequest, responses((status = 202, description = "started (recorded as queued, then running), queued for a free execution slot, or awaiting approval", body = RunRecord), (status = 400, description = "`invalid_inputs`: inputs do not match the manifest; `module_unavailable`; `grant_spans_zones`"), (status = 403, description = "`forbidden`: not shared with the caller; `untrusted_module`"), (status = 404, description = "`not_found`: unknown or not visible"), (status = 429, description = "`user_run_limit` or `process_run_limit`: the caller (or this process) already has its maximum of runs waiting; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying"))), (status = 503, description = "`queue_full`: the server's run queue is full; no run was created; retry after `Retry-After` seconds", headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn start_run(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,14 +4,16 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::Params;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
@@ -27,14 +29,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resume_run))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RunQuery {
+    /// Only this process's runs (its id).
     process: Option<String>,
+    /// Only runs in this state.
     state: Option<RunState>,
     /// Only runs older than this cursor (`created_ms:id`, the `x-warden-next-before` of the
     /// previous page).
+    #[param(pattern = r"^[0-9]{1,19}:[A-Za-z0-9._-]{1,64}$")]
     before: Option<String>,
+    /// At most this many (capped at 100).
+    #[param(minimum = 0)]
     limit: Option<usize>,
 }
 
@@ -71,22 +79,18 @@ impl AppState {
 }
 
 /// Runs the caller may see, newest first.
-#[utoipa::path(get, path = "/v1/runs", params(
-    ("process" = Option<String>, Query, description = "only this process's runs"),
-    ("state" = Option<String>, Query, description = "only runs in this state"),
-    ("before" = Option<String>, Query, description = "only runs older than this cursor (created_ms:id)"),
-    ("limit" = Option<usize>, Query, description = "at most this many")),
+#[utoipa::path(get, path = "/v1/runs", params(RunQuery),
     responses(
-        (status = 200, description = "runs the caller may see, newest first, at most `limit` (capped at 100)",
+        (status = 200, description = "runs the caller may see, newest first, at most `limit` (capped at 100)", body = Vec<RunRecord>,
             headers(("x-warden-next-before" = String, description = "cursor of the next page (`created_ms:id`); absent on the last page"))),
-        (status = 400, description = "`invalid`: `before` is not `created_ms:id`, or a query parameter does not parse"),
+        (status = 400, description = "`invalid`: `before` is not `created_ms:id`; `invalid_query`: a query parameter does not parse"),
         (status = 401, description = "missing or invalid token"),
         (status = 503, description = "`database-unavailable`: nothing was read; retry", headers(("Retry-After" = u64, description = "seconds to wait"))),
     ))]
 async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<RunQuery>,
+    Params(q): Params<RunQuery>,
 ) -> Result<(HeaderMap, Json<Vec<RunRecord>>), ApiError> {
     let limit = q.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
     let before = q
@@ -125,7 +129,7 @@ async fn list_runs(
 }
 
 /// A run: state, result, events and output.
-#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run", body = RunRecord), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -136,7 +140,7 @@ async fn get_run(
 
 /// Server-sent events: `log` events as the task logs them, then one `state` event with the
 /// final run record when it ends.
-#[utoipa::path(get, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "text/event-stream")))]
+#[utoipa::path(get, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "`log` events (data: a runtime event as JSON), `step` events for a workflow run (data: `{\"path\", \"step\"}`), `lagged` (data: events missed), then one `state` event whose data is the final run record", content_type = "text/event-stream", body = String), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn run_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -305,7 +309,7 @@ fn log_event(json: &str) -> Event {
 }
 
 /// Cancel a queued or running run.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "cancelled (or ending)")))]
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "cancelled (or ending)", body = RunRecord), (status = 404, description = "`not_found`: unknown or not visible"), (status = 409, description = "`conflict`: the run has ended already")))]
 async fn cancel_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -329,7 +333,7 @@ async fn cancel_run(
 /// Resume a failed or interrupted workflow run from the step that failed, as a new attempt of
 /// the same run: steps that succeeded are not run again. Needs the right to execute its
 /// process.
-#[utoipa::path(post, path = "/v1/runs/{id}/resume", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run, running again"), (status = 400, description = "`invalid`: not a workflow run"), (status = 403, description = "may not execute the process"), (status = 404, description = "unknown or not visible"), (status = 401, description = "missing or invalid token"), (status = 409, description = "`conflict`: not failed or interrupted; `process_changed`: its process changed its definition since"), (status = 503, description = "`database-unavailable`: nothing was changed; retry", headers(("Retry-After" = u64, description = "seconds to wait")))))]
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "the run, running again", body = RunRecord), (status = 403, description = "may not execute the process"), (status = 404, description = "unknown or not visible"), (status = 401, description = "missing or invalid token"), (status = 409, description = "`conflict`: not a workflow run, or not failed or interrupted; `process_changed`: its process changed its definition since"), (status = 503, description = "`database-unavailable`: nothing was changed; retry", headers(("Retry-After" = u64, description = "seconds to wait")))))]
 async fn resume_run(
     State(state): State<AppState>,
     caller: Caller,
@@ -341,8 +345,8 @@ async fn resume_run(
         .authorize_process(&caller, Action::ExecuteProcess, &process)
         .await?;
     if run.workflow.is_none() {
-        return Err(ApiError::bad_request(
-            "invalid",
+        // The request is well formed; the run is of the wrong kind: a conflict, not a 400.
+        return Err(ApiError::conflict(
             "only a workflow run can be resumed; start a new run instead",
         ));
     }

@@ -36,7 +36,7 @@ impl From<ScheduleError> for ApiError {
 }
 
 /// A process's schedules.
-#[utoipa::path(get, path = "/v1/processes/{id}/schedules", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "its schedules"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/processes/{id}/schedules", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "its schedules", body = Vec<Schedule>), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn list_schedules(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,7 +52,7 @@ async fn list_schedules(
 /// Add a cron schedule (5 fields, or 6 with leading seconds; UTC). Each firing starts an
 /// ordinary run whose actor is `schedule:<id>`. `catch_up` (default true): fire once at
 /// start when an occurrence was missed while the server was down.
-#[utoipa::path(post, path = "/v1/processes/{id}/schedules", params(("id" = String, Path, description = "process id")), responses((status = 201, description = "created"), (status = 400, description = "invalid_cron or invalid_inputs")))]
+#[utoipa::path(post, path = "/v1/processes/{id}/schedules", params(("id" = String, Path, description = "process id")), request_body = NewSchedule, responses((status = 201, description = "created", body = Schedule), (status = 400, description = "`invalid_cron`, `invalid_inputs` or `invalid`"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn create_schedule(
     State(state): State<AppState>,
     caller: Caller,
@@ -85,7 +85,7 @@ async fn create_schedule(
 }
 
 /// Delete a schedule.
-#[utoipa::path(delete, path = "/v1/processes/{id}/schedules/{schedule}", params(("id" = String, Path, description = "process id"), ("schedule" = String, Path, description = "schedule id")), responses((status = 204, description = "deleted"), (status = 404, description = "unknown")))]
+#[utoipa::path(delete, path = "/v1/processes/{id}/schedules/{schedule}", params(("id" = String, Path, description = "process id"), ("schedule" = String, Path, description = "schedule id")), responses((status = 204, description = "deleted"), (status = 404, description = "`not_found`: unknown process or schedule")))]
 async fn delete_schedule(
     State(state): State<AppState>,
     caller: Caller,

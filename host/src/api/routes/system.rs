@@ -4,12 +4,14 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
+use crate::api::error::ApiError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -19,19 +21,37 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Liveness: the server answers and its audit log accepts writes.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "healthy"), (status = 503, description = "audit log failed")))]
-async fn healthz(State(state): State<AppState>) -> (axum::http::StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "healthy", body = Health), (status = 503, description = "`audit_failed`: the audit log failed; the server refuses work")))]
+async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if state.audit.is_failed() {
-        return (
+        return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "audit-failed" })),
-        );
+            "audit_failed",
+            "the audit log failed; the server refuses work",
+        ));
     }
-    (axum::http::StatusCode::OK, Json(json!({ "status": "ok" })))
+    Ok(Json(Health { status: "ok" }))
+}
+
+/// What `/healthz` answers when healthy.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok`.
+    #[schema(value_type = String)]
+    status: &'static str,
+}
+
+/// The caller as the server sees it.
+#[derive(Serialize, ToSchema)]
+struct WhoAmI {
+    user: String,
+    roles: std::collections::BTreeSet<String>,
+    /// The privileges its roles give (e.g. `ManageProcess`).
+    privileges: Vec<String>,
 }
 
 /// Prometheus text metrics (counts only, nothing sensitive).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> String {
     let m = &state.metrics;
     let gauge = |name: &str, help: &str, value: u64| {
@@ -167,13 +187,17 @@ fn queue_metrics(q: &crate::runs::queue::QueueStats) -> String {
 }
 
 /// The caller's user, roles and privileges.
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, description = "the caller")))]
-async fn whoami(caller: Caller) -> Json<Value> {
-    let privileges: Vec<&str> = caller
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, description = "the caller", body = WhoAmI)))]
+async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let privileges = caller
         .principal
         .privileges
         .iter()
-        .map(|p| p.as_str())
+        .map(|p| p.as_str().to_string())
         .collect();
-    Json(json!({ "user": caller.user.name, "roles": caller.user.roles, "privileges": privileges }))
+    Json(WhoAmI {
+        user: caller.user.name,
+        roles: caller.user.roles,
+        privileges,
+    })
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,22 +21,28 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_target, remove_target))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTarget {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     /// `HOST[:PORT]`.
+    #[schema(min_length = 1, max_length = 260)]
     address: String,
     /// OpenSSH public key line to pin.
+    #[schema(min_length = 1, max_length = 8192)]
     host_key: String,
+    /// The zone whose bridge reaches it (`default` when none).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     zone: Option<String>,
     #[serde(default)]
+    #[schema(max_items = 32, value_type = Vec<crate::api::openapi::Label>)]
     tags: Vec<String>,
 }
 
 /// List targets.
-#[utoipa::path(get, path = "/v1/targets", responses((status = 200, description = "targets")))]
+#[utoipa::path(get, path = "/v1/targets", responses((status = 200, description = "targets", body = Vec<Target>)))]
 async fn list_targets(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,7 +54,7 @@ async fn list_targets(
 }
 
 /// Register a target with its pinned host key.
-#[utoipa::path(post, path = "/v1/targets", responses((status = 201, description = "added"), (status = 400, description = "invalid"), (status = 409, description = "exists")))]
+#[utoipa::path(post, path = "/v1/targets", request_body = NewTarget, responses((status = 201, description = "added", body = Target), (status = 400, description = "`invalid`: a name, address, host key, zone or tag the store refuses"), (status = 409, description = "`conflict`: exists")))]
 async fn add_target(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,7 +78,7 @@ async fn add_target(
 }
 
 /// One target.
-#[utoipa::path(get, path = "/v1/targets/{name}", params(("name" = String, Path, description = "target name")), responses((status = 200, description = "the target"), (status = 404, description = "unknown")))]
+#[utoipa::path(get, path = "/v1/targets/{name}", params(("name" = String, Path, description = "target name")), responses((status = 200, description = "the target", body = Target), (status = 404, description = "`not_found`: unknown")))]
 async fn get_target(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,7 +93,7 @@ async fn get_target(
 }
 
 /// Remove a target.
-#[utoipa::path(delete, path = "/v1/targets/{name}", params(("name" = String, Path, description = "target name")), responses((status = 204, description = "removed")))]
+#[utoipa::path(delete, path = "/v1/targets/{name}", params(("name" = String, Path, description = "target name")), responses((status = 204, description = "removed"), (status = 404, description = "`not_found`: unknown")))]
 async fn remove_target(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,8 +14,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,15 +34,29 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    /// At most 128 printable ASCII characters.
     #[serde(default)]
+    #[schema(pattern = r"^[\x20-\x7e]{0,128}$")]
     label: String,
     /// Lifetime in seconds: default 30 days (1 day for an enrollment token), at most 365
     /// days (7 for an enrollment token).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     ttl_secs: Option<u64>,
+}
+
+/// A minted token: the secret is in this answer only.
+#[derive(Serialize, ToSchema)]
+struct Minted {
+    id: String,
+    user: String,
+    kind: TokenKind,
+    expires_ms: u64,
+    /// The bearer token (shown once).
+    token: String,
 }
 
 /// Audits a minted token: whose, by whom, which kind, until when. Never the secret.
@@ -90,14 +104,21 @@ impl AppState {
 /// Mint an API token for a user; the token is in this response only. For oneself: a full
 /// token (an enrollment token presented here is consumed and replaced by it). For another
 /// user: an enrollment token, good only for that user to mint their own token.
-#[utoipa::path(post, path = "/v1/users/{name}/tokens", params(("name" = String, Path, description = "user name")), responses((status = 201, description = "the token, shown once"), (status = 403, description = "may not manage this user"), (status = 409, description = "enrollment token already used")))]
+#[utoipa::path(post, path = "/v1/users/{name}/tokens", params(("name" = String, Path, description = "user name")), request_body = NewToken, responses((status = 201, description = "the token, shown once", body = Minted), (status = 400, description = "`invalid`: a label or lifetime out of range, or the user has its maximum of tokens"), (status = 403, description = "`forbidden`: may not manage this user"), (status = 404, description = "`not_found`: no such user"), (status = 409, description = "`conflict`: enrollment token already used, or a deleted user")))]
 async fn issue_token(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Body(body): Body<NewToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Minted>), ApiError> {
     state.authorize_tokens_of(&caller, &name).await?;
+    // Printable ASCII, as documented (the store refuses control characters only).
+    if !body.label.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "a label is at most 128 printable ASCII characters",
+        ));
+    }
     let ttl = body.ttl_secs.map(Duration::from_secs);
     let issued = if caller.user.name == name && caller.token.kind == TokenKind::Enrollment {
         state.users.redeem(&caller.token, &body.label, ttl)?
@@ -119,18 +140,18 @@ async fn issue_token(
     audit_issued(&state, &caller, &issued.info).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": issued.info.id,
-            "user": name,
-            "kind": issued.info.kind,
-            "expires_ms": issued.info.expires_ms,
-            "token": issued.token.expose_secret(),
-        })),
+        Json(Minted {
+            id: issued.info.id,
+            user: name,
+            kind: issued.info.kind,
+            expires_ms: issued.info.expires_ms,
+            token: issued.token.expose_secret().to_string(),
+        }),
     ))
 }
 
 /// A user's tokens: metadata only (id, label, kind, who minted it, expiry), never secrets.
-#[utoipa::path(get, path = "/v1/users/{name}/tokens", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "token metadata"), (status = 403, description = "may not manage this user")))]
+#[utoipa::path(get, path = "/v1/users/{name}/tokens", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "token metadata", body = Vec<TokenInfo>), (status = 403, description = "`forbidden`: may not manage this user"), (status = 404, description = "`not_found`: no such user")))]
 async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,7 +163,7 @@ async fn list_tokens(
 
 /// Revoke a token: it stops working at the next request. One's own, or any token of a
 /// user one may manage.
-#[utoipa::path(delete, path = "/v1/tokens/{id}", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked"), (status = 403, description = "not yours and may not manage its user"), (status = 404, description = "unknown")))]
+#[utoipa::path(delete, path = "/v1/tokens/{id}", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked"), (status = 403, description = "`forbidden`: not yours and may not manage its user"), (status = 404, description = "`not_found`: unknown")))]
 async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,15 +10,16 @@
 
 use axum::Json;
 use axum::body::Body as RawBody;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-use super::Body;
+use super::{Body, Params};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
@@ -51,12 +52,15 @@ impl From<TriggerError> for ApiError {
 
 /// A trigger as shown: the record and its URL, plus the secret in the answers to create and
 /// rotate (never stored in the clear, never shown again).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Shown {
     #[serde(flatten)]
     trigger: Trigger,
+    /// Where events are delivered (`POST`).
     url: String,
+    /// The HMAC secret (`whsec_…`): in the answers to create and rotate only.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "expose")]
+    #[schema(value_type = Option<String>)]
     secret: Option<Zeroizing<String>>,
 }
 
@@ -99,22 +103,18 @@ impl AppState {
 }
 
 /// A process's triggers.
-#[utoipa::path(get, path = "/v1/processes/{id}/triggers", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "its triggers (no secrets)"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/processes/{id}/triggers", params(("id" = String, Path, description = "process id")), responses((status = 200, description = "its triggers (no secrets)", body = Vec<Shown>), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn list_triggers(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<Shown>>, ApiError> {
     let process = state.load_process(&id)?;
     state
         .authorize_process(&caller, Action::ViewProcess, &process)
         .await?;
     let listed = state.triggers.store().list(&process.id)?;
-    let shown: Vec<Value> = listed
-        .into_iter()
-        .map(|t| serde_json::to_value(shown(t, None)).unwrap_or(Value::Null))
-        .collect();
-    Ok(Json(shown))
+    Ok(Json(listed.into_iter().map(|t| shown(t, None)).collect()))
 }
 
 /// Create a trigger: `map` (input → JSON pointer into the event), `allow` (input → allowed
@@ -122,7 +122,7 @@ async fn list_triggers(
 /// window_secs}), `store_body`, `require_approval`, `tolerance_secs`, and
 /// `ed25519_public_key` for `v1a` signatures (else an HMAC `whsec_` secret is generated and
 /// shown in this answer only).
-#[utoipa::path(post, path = "/v1/processes/{id}/triggers", params(("id" = String, Path, description = "process id")), responses((status = 201, description = "created; `secret` is shown this once"), (status = 400, description = "invalid"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(post, path = "/v1/processes/{id}/triggers", params(("id" = String, Path, description = "process id")), request_body = NewTrigger, responses((status = 201, description = "created; `secret` is shown this once", body = Shown), (status = 400, description = "`invalid`: a mapping, limit or key out of range, or inputs the process does not take"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn create_trigger(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,7 +154,7 @@ async fn create_trigger(
 }
 
 /// One trigger (no secret).
-#[utoipa::path(get, path = "/v1/triggers/{id}", params(("id" = String, Path, description = "trigger id")), responses((status = 200, description = "the trigger"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/triggers/{id}", params(("id" = String, Path, description = "trigger id")), responses((status = 200, description = "the trigger", body = Shown), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn get_trigger(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,7 +167,7 @@ async fn get_trigger(
 }
 
 /// Delete a trigger: its URL answers 404 from then on.
-#[utoipa::path(delete, path = "/v1/triggers/{id}", params(("id" = String, Path, description = "trigger id")), responses((status = 204, description = "deleted"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(delete, path = "/v1/triggers/{id}", params(("id" = String, Path, description = "trigger id")), responses((status = 204, description = "deleted"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn delete_trigger(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,16 +189,17 @@ async fn delete_trigger(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
+    /// For a `v1a` trigger: the new ed25519 public key (standard base64 of its 32 bytes).
     #[serde(default)]
     ed25519_public_key: Option<String>,
 }
 
 /// Replace the trigger's secret (HMAC: a new one, in this answer only) or its ed25519
 /// public key; the old one stops verifying at once.
-#[utoipa::path(post, path = "/v1/triggers/{id}/rotate-secret", params(("id" = String, Path, description = "trigger id")), responses((status = 200, description = "rotated; `secret` is shown this once"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(post, path = "/v1/triggers/{id}/rotate-secret", params(("id" = String, Path, description = "trigger id")), request_body = RotateRequest, responses((status = 200, description = "rotated; `secret` is shown this once", body = Shown), (status = 400, description = "`invalid`: a key of the wrong kind or form"), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -222,37 +223,47 @@ async fn rotate_secret(
     Ok(Json(shown(trigger, secret)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
-    limit: Option<usize>,
+    /// At most this many (capped at 100).
+    limit: Option<u32>,
 }
 
 /// Most stored events one request lists.
 const MAX_LISTED_EVENTS: usize = 100;
 
 /// The trigger's stored (redacted) events, newest first, if it keeps them.
-#[utoipa::path(get, path = "/v1/triggers/{id}/bodies", params(("id" = String, Path, description = "trigger id"), ("limit" = Option<usize>, Query, description = "at most this many (100)")), responses((status = 200, description = "stored events"), (status = 404, description = "unknown or not visible")))]
+#[utoipa::path(get, path = "/v1/triggers/{id}/bodies", params(("id" = String, Path, description = "trigger id"), EventsQuery), responses((status = 200, description = "stored events, newest first", body = Vec<StoredEvent>), (status = 404, description = "`not_found`: unknown or not visible")))]
 async fn stored_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
     // The bodies are the detector's data about the process's subjects: managers only.
     let (trigger, _) = state
         .visible_trigger(&caller, &id, Action::ManageProcess)
         .await?;
-    let limit = q.limit.unwrap_or(MAX_LISTED_EVENTS).min(MAX_LISTED_EVENTS);
+    let limit = q
+        .limit
+        .map_or(MAX_LISTED_EVENTS, |n| n as usize)
+        .min(MAX_LISTED_EVENTS);
     Ok(Json(state.triggers.store().bodies(&trigger.id, limit)?))
 }
 
 /// Deliver an event (no API token: the `webhook-id`, `webhook-timestamp` and
 /// `webhook-signature` headers authenticate it). The body is at most 64 KiB of JSON. A valid
 /// event starts a run of the trigger's process (202) or is absorbed as a duplicate (200).
-#[utoipa::path(post, path = "/v1/triggers/{id}/events", params(("id" = String, Path, description = "trigger id")), responses(
-    (status = 202, description = "a run was started (or awaits approval)"),
-    (status = 200, description = "a duplicate of a recent event about the same subject; no run"),
+#[utoipa::path(post, path = "/v1/triggers/{id}/events", params(("id" = String, Path, description = "trigger id"),
+    ("webhook-id" = String, Header, description = "the event's unique id"),
+    ("webhook-timestamp" = String, Header, description = "Unix seconds the event was signed at"),
+    ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>` or `v1a,<base64 ed25519>` over `id.timestamp.body`")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "the event: any JSON, at most 64 KiB"),
+    responses(
+    (status = 202, description = "a run was started (or awaits approval)", body = EventStarted),
+    (status = 200, description = "a duplicate of a recent event about the same subject; no run", body = EventDeduplicated),
     (status = 400, description = "`invalid_json`, `unmapped`, `not_allowed` or `invalid_inputs`: nothing ran"),
     (status = 401, description = "`bad_signature` or `stale_timestamp`"),
     (status = 403, description = "`creator_inactive`: the trigger's creator is disabled or deleted"),
@@ -267,7 +278,7 @@ async fn receive_event(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     // Read at most the cap: a larger body is refused without being read further.
     let (bytes, too_large) = match axum::body::to_bytes(body, MAX_EVENT_BODY).await {
         Ok(bytes) => (bytes, false),
@@ -292,6 +303,31 @@ async fn receive_event(
         )),
         Err(refusal) => Err(refused(refusal)),
     }
+}
+
+/// The answer to an event that started a run.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct EventStarted {
+    run: StartedRun,
+}
+
+/// The run an event started.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct StartedRun {
+    id: String,
+    state: crate::runs::RunState,
+}
+
+/// The answer to a duplicate event.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct EventDeduplicated {
+    /// `true`.
+    deduplicated: bool,
+    /// The run the first event started, if any.
+    run: Option<String>,
 }
 
 fn refused(r: Refusal) -> ApiError {

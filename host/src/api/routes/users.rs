@@ -13,8 +13,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -35,26 +35,61 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(set_role_grants))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
+    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
     name: String,
+    /// Built-in roles (e.g. `Operator`) or custom ones, at most 64.
     #[serde(default)]
+    #[schema(max_items = 64, value_type = Vec<String>)]
     roles: BTreeSet<String>,
     /// Also mint an enrollment token the new user redeems for their own token.
     #[serde(default)]
     enroll: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRole {
+    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
     name: String,
+    #[schema(value_type = Vec<PrivilegeName>)]
     privileges: Vec<String>,
+    /// Credentials its holders may name in process grants.
     #[serde(default)]
+    #[schema(max_items = 256, value_type = Vec<String>)]
     credentials: BTreeSet<String>,
+    /// Targets its holders may name in process grants.
     #[serde(default)]
+    #[schema(max_items = 256, value_type = Vec<String>)]
     targets: BTreeSet<String>,
+}
+
+/// A privilege a custom role may give.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum PrivilegeName {
+    ManagePrivilegedProcess,
+    ExecutePrivilegedProcess,
+    ApproveRun,
+}
+
+/// A user as created, with its enrollment token when one was asked for.
+#[derive(Serialize, ToSchema)]
+struct CreatedUser {
+    #[serde(flatten)]
+    user: User,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enrollment: Option<Enrollment>,
+}
+
+/// An enrollment token: shown once, good only for its user to mint their own token.
+#[derive(Serialize, ToSchema)]
+struct Enrollment {
+    id: String,
+    token: String,
+    expires_ms: u64,
 }
 
 fn gives_admin(roles: &BTreeSet<String>) -> bool {
@@ -92,7 +127,7 @@ impl AppState {
 }
 
 /// Users and their roles (deleted users appear with `deleted_ms`).
-#[utoipa::path(get, path = "/v1/users", responses((status = 200, description = "users")))]
+#[utoipa::path(get, path = "/v1/users", responses((status = 200, description = "users", body = Vec<User>)))]
 async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,12 +140,12 @@ async fn list_users(
 
 /// Create a user with roles; with `"enroll": true` the response also carries an
 /// enrollment token (shown once) that the user redeems for their own token.
-#[utoipa::path(post, path = "/v1/users", responses((status = 201, description = "created"), (status = 409, description = "exists")))]
+#[utoipa::path(post, path = "/v1/users", request_body = NewUser, responses((status = 201, description = "created", body = CreatedUser), (status = 400, description = "`invalid`: a name or role the store refuses (an unknown role, too many)"), (status = 409, description = "`conflict`: exists, or a deleted user's reserved name")))]
 async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
     Body(req): Body<NewUser>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
     state
         .authorize(&caller, user_action(&req.roles), Resource::System, "users")
         .await?;
@@ -126,7 +161,7 @@ async fn create_user(
             ),
         )
         .await?;
-    let mut body = json!(user);
+    let mut enrollment = None;
     if req.enroll {
         let issued = state.users.issue(&TokenRequest {
             user: &user.name,
@@ -136,13 +171,13 @@ async fn create_user(
             enrolled_by: None,
         })?;
         super::tokens::audit_issued(&state, &caller, &issued.info).await?;
-        body["enrollment"] = json!({
-            "id": issued.info.id,
-            "token": issued.token.expose_secret(),
-            "expires_ms": issued.info.expires_ms,
+        enrollment = Some(Enrollment {
+            id: issued.info.id,
+            token: issued.token.expose_secret().to_string(),
+            expires_ms: issued.info.expires_ms,
         });
     }
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((StatusCode::CREATED, Json(CreatedUser { user, enrollment })))
 }
 
 /// Refuses changing one's own account this way (it would lock the caller out).
@@ -156,7 +191,7 @@ fn not_self(caller: &Caller, name: &str) -> Result<(), ApiError> {
 }
 
 /// Disable a user: its tokens are refused from the next request on.
-#[utoipa::path(post, path = "/v1/users/{name}/disable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "disabled"), (status = 403, description = "not allowed"), (status = 404, description = "unknown")))]
+#[utoipa::path(post, path = "/v1/users/{name}/disable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "disabled", body = User), (status = 403, description = "`forbidden`: not allowed"), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`conflict`: one's own account, or a deleted user")))]
 async fn disable_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -172,7 +207,7 @@ async fn disable_user(
 }
 
 /// Enable a disabled user again.
-#[utoipa::path(post, path = "/v1/users/{name}/enable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "enabled"), (status = 404, description = "unknown")))]
+#[utoipa::path(post, path = "/v1/users/{name}/enable", params(("name" = String, Path, description = "user name")), responses((status = 200, description = "enabled", body = User), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`conflict`: a deleted user")))]
 async fn enable_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -188,7 +223,7 @@ async fn enable_user(
 
 /// Delete a user: every token is revoked, its roles dropped; its name stays reserved so
 /// its runs, approvals and audit records remain attributable.
-#[utoipa::path(delete, path = "/v1/users/{name}", params(("name" = String, Path, description = "user name")), responses((status = 204, description = "deleted"), (status = 403, description = "not allowed"), (status = 404, description = "unknown")))]
+#[utoipa::path(delete, path = "/v1/users/{name}", params(("name" = String, Path, description = "user name")), responses((status = 204, description = "deleted"), (status = 403, description = "`forbidden`: not allowed"), (status = 404, description = "`not_found`: unknown"), (status = 409, description = "`conflict`: one's own account, or deleted already")))]
 async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -208,7 +243,7 @@ async fn delete_user(
 }
 
 /// Custom roles, their privileges and the credentials and targets they grant use of.
-#[utoipa::path(get, path = "/v1/roles", responses((status = 200, description = "roles")))]
+#[utoipa::path(get, path = "/v1/roles", responses((status = 200, description = "roles", body = Vec<Role>)))]
 async fn list_roles(
     State(state): State<AppState>,
     caller: Caller,
@@ -222,7 +257,7 @@ async fn list_roles(
 /// Create a custom role from privileges (`ManagePrivilegedProcess`,
 /// `ExecutePrivilegedProcess`, `ApproveRun`) and, optionally, the credentials and targets
 /// its holders may name in process grants.
-#[utoipa::path(post, path = "/v1/roles", responses((status = 201, description = "created")))]
+#[utoipa::path(post, path = "/v1/roles", request_body = NewRole, responses((status = 201, description = "created", body = Role), (status = 400, description = "`invalid`: an unknown privilege, a name the store refuses, too many grants"), (status = 409, description = "`conflict`: exists")))]
 async fn create_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -253,7 +288,7 @@ async fn create_role(
 }
 
 /// Replace the credentials and targets a custom role grants use of.
-#[utoipa::path(put, path = "/v1/roles/{name}/grants", params(("name" = String, Path, description = "role name")), responses((status = 200, description = "updated"), (status = 404, description = "unknown role")))]
+#[utoipa::path(put, path = "/v1/roles/{name}/grants", params(("name" = String, Path, description = "role name")), request_body = RoleGrants, responses((status = 200, description = "updated", body = Role), (status = 400, description = "`invalid`: a built-in role, or too many grants"), (status = 404, description = "`not_found`: unknown role")))]
 async fn set_role_grants(
     State(state): State<AppState>,
     caller: Caller,

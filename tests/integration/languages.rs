@@ -144,7 +144,7 @@ async fn user_report_runs_through_the_server(lang: &str, language: &str) {
     let digest = http.publish_signed(signed_example(lang, &key)).await;
     let process = target.process(&http, "user-report", &digest).await;
     let run = target.start_report(&http, &process).await;
-    let record = http.wait_while(&run).await;
+    let record = http.wait_while(&run, RUNNING).await;
     assert_eq!(record["state"], "succeeded", "{record:#}");
 
     // The report: the task parsed real `getent` output and its file made the round trip.
@@ -307,7 +307,7 @@ async fn restart_loads_the_precompiled_python_module_and_its_first_run_starts_fa
         assert!(asked.elapsed() < PATIENCE, "never started: {text}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let record = http.wait_while(&run).await;
+    let record = http.wait_while(&run, RUNNING).await;
     assert_eq!(record["state"], "succeeded", "{record:#}");
     assert_eq!(
         http.metric("warden_module_compiles_total").await,

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warden_host::api::AppState;
@@ -17,8 +16,6 @@ use warden_host::audit::{AuditFilter, AuditRecord, Decision};
 use warden_host::bridge::{Bridge, RUN_END_ACTOR};
 use warden_host::capabilities::Services;
 use warden_host::registry::inputs::{Param, Value as ParamValue};
-use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
 use warden_host::runtime::RunOutcome;
 use warden_host::runtime::limits::RunLimits;
 use warden_host::store::DataDir;

@@ -27,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 // ---------------------------------------------------------------------------------------
 
 /// `warden serve` on `data` with `args` and `envs`, its stdout and stderr in `logs/NAME.*`.
-fn serve(
+fn serve_command(
     data: &Path,
     args: &[&str],
     envs: &[(&str, &str)],
@@ -123,7 +123,7 @@ async fn rekey_then_restart_every_credential_decrypts_and_the_old_key_no_longer_
     assert_clean(&findings);
 
     // Restart the server on the rekeyed directory: it opens, and lists both credentials.
-    let mut serve = serve(&data, &[], &[], tmp.path(), "after-rekey")
+    let mut serve = serve_command(&data, &[], &[], tmp.path(), "after-rekey")
         .start()
         .await;
     let api = serve.server(&admin);
@@ -171,7 +171,7 @@ async fn rekey_then_restart_every_credential_decrypts_and_the_old_key_no_longer_
             assert!(matches!(err, VaultError::DecryptionFailed), "{err:?}");
         }
     }
-    let stderr = serve(
+    let stderr = serve_command(
         &data,
         &["--master-key-command", &old_command],
         &[],
@@ -361,7 +361,9 @@ async fn the_master_key_can_come_from_an_environment_variable_or_a_command() {
             vec![],
         ),
     ] {
-        let mut serve = serve(&data, &args, &envs, tmp.path(), name).start().await;
+        let mut serve = serve_command(&data, &args, &envs, tmp.path(), name)
+            .start()
+            .await;
         let api = serve.server(&admin);
         let text = api.admin_get("/v1/credentials").await.text;
         assert!(text.contains("\"c1\""), "{name}: {text}");
@@ -382,7 +384,7 @@ async fn the_server_refuses_to_start_with_a_key_file_group_or_others_can_read() 
     let key = data.join("master.key");
     for mode in [0o644, 0o640, 0o604] {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        let stderr = serve(&data, &[], &[], tmp.path(), &format!("mode-{mode:o}"))
+        let stderr = serve_command(&data, &[], &[], tmp.path(), &format!("mode-{mode:o}"))
             .refused()
             .await;
         assert!(
@@ -398,7 +400,9 @@ async fn the_server_refuses_to_start_with_a_key_file_group_or_others_can_read() 
         assert!(!out.status.success(), "offline commands refuse it too");
     }
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut serve = serve(&data, &[], &[], tmp.path(), "mode-600").start().await;
+    let mut serve = serve_command(&data, &[], &[], tmp.path(), "mode-600")
+        .start()
+        .await;
     serve.stop();
 }
 
@@ -411,7 +415,9 @@ async fn a_secret_update_adds_an_attributed_version_and_the_list_shows_no_value(
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
-    let mut serve = serve(&data, &[], &[], tmp.path(), "versions").start().await;
+    let mut serve = serve_command(&data, &[], &[], tmp.path(), "versions")
+        .start()
+        .await;
     let api = serve.server(&admin);
     let (first, second) = (random_secret(24), random_secret(24));
     api.expect(
@@ -523,7 +529,7 @@ async fn no_plaintext_secret_in_the_data_dir_logs_or_audit_after_updates_and_a_r
     // Everything Warden and the SSH layer log, down to trace; the compiler's own trace
     // (gigabytes of machine code listings) is left out.
     let log = "trace,cranelift=info,wasmtime=info,regalloc2=info,wasmparser=info";
-    let mut serve = serve(&data, &[], &[("WARDEN_LOG", log)], tmp.path(), "scan")
+    let mut serve = serve_command(&data, &[], &[("WARDEN_LOG", log)], tmp.path(), "scan")
         .start()
         .await;
     let api = serve.server(&admin);

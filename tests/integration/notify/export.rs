@@ -192,7 +192,7 @@ async fn metrics_the_dashboard_uses_exist_and_count_host_calls() {
 
 #[tokio::test]
 async fn a_stopped_notifier_resumes_at_its_cursor_without_a_gap() {
-    let (server, dir, path) = exporting_server().await;
+    let (server, _dir, path) = exporting_server().await;
     let st = state(&server);
     denial(st, "run-r", 3).await;
     export_until_head(&server, &path).await;

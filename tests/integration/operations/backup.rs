@@ -25,7 +25,7 @@ use warden_host::vault::{MasterKeySource, Vault};
 use warden_tests::http::Server;
 use warden_tests::random_secret;
 
-use super::{Serve, arg, audit_verify, probe_process, run, start_serve, warden};
+use super::{arg, audit_verify, probe_process, run, start_serve, warden};
 use warden_tests::http::init_data_dir;
 
 /// `warden backup --data DATA -o OUT` (in `cwd`); stdout, or a panic with the output.

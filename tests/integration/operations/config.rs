@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use warden_tests::random_secret;
 
-use super::{Serve, run, start_serve, warden};
+use super::{run, start_serve, warden};
 
 /// Writes `text` as a configuration file with mode 0600.
 fn config_file(dir: &Path, text: &str) -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use super::{Serve, arg, audit_verify, run, start_serve, warden};
+use super::{arg, audit_verify, run, start_serve, warden};
 use warden_tests::http::init_data_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{PATIENCE, Serve, export, logged_digest, run, start_serve, warden};
+use super::{PATIENCE, export, logged_digest, run, start_serve, warden};
 use warden_tests::http::init_data_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

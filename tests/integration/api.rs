@@ -7,7 +7,6 @@
 //! can kill it with SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -15,13 +14,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use warden_host::runtime::cache::MAX_COMPONENT_BYTES;
-use warden_host::store::DataDir;
-use warden_host::users::UserStore;
 use warden_tests::http::{
-    PATIENCE, Reply, Server, bootstrap_admin, client, component_bytes, manifest_text, new_key,
-    reply, signed,
+    Reply, ServeChild, Server, component_bytes, init_data_dir, manifest_text, new_key, reply,
+    signed,
 };
-use warden_tests::{random_secret, repo_root};
+use warden_tests::random_secret;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
@@ -274,8 +271,7 @@ async fn role_matrix_allows_and_denies_each_operation_as_the_seed_model_says() {
         ("approvers", "ApproveRun"),
     ] {
         let body = json!({ "name": name, "privileges": [privilege] });
-        let r = server.post("/v1/roles", &server.admin, body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        server.role(body).await;
     }
     let r = server
         .post(
@@ -844,105 +840,14 @@ async fn errors_are_json_with_stable_codes() {
 // 6. SIGKILL during a run
 // ---------------------------------------------------------------------------------------
 
-/// A `warden serve` child process; killed (SIGKILL) on drop if still running.
-pub(crate) struct ServeProcess {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl ServeProcess {
-    /// Starts `warden serve` on `data` at a free loopback port and waits until it answers.
-    pub(crate) async fn start(data: &Path, log: PathBuf) -> (ServeProcess, String) {
-        Self::start_with(data, log, &[]).await
-    }
-
-    /// [`ServeProcess::start`] with more `warden serve` arguments.
-    pub(crate) async fn start_with(
-        data: &Path,
-        log: PathBuf,
-        args: &[&str],
-    ) -> (ServeProcess, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let child = std::process::Command::new(BIN)
-            .args(["serve", "--listen", &listen, "--data"])
-            .arg(data)
-            .arg("--policies")
-            .arg(repo_root().join("policies"))
-            .args(args)
-            .env_remove("WARDEN_DATA")
-            .env_remove("WARDEN_POLICIES")
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("warden serve starts");
-        let mut server = ServeProcess { child, log };
-        let base = format!("http://{listen}");
-        server.wait_healthy(&base).await;
-        (server, base)
-    }
-
-    async fn wait_healthy(&mut self, base: &str) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let client = client();
-        loop {
-            let reply = client.get(format!("{base}/healthz")).send().await;
-            if reply.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("warden serve exited with {status}: {}", self.stderr());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server never healthy: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL: no shutdown hook, no flush, no chance to tidy up.
-    pub(crate) fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Initialises a data directory with `admin` (as `warden init` would) and returns its token,
-/// closing the database so a server process can open it.
-pub(crate) fn init_data_dir(data: &Path) -> String {
-    let dir = DataDir::init(data).expect("init data dir");
-    let users = UserStore::open(&dir.db).expect("user store");
-    let token = bootstrap_admin(&users);
-    drop(users);
-    drop(dir);
-    token
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_run_leaves_it_interrupted_and_every_acknowledged_record_intact() {
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
 
-    let (mut first, base) = ServeProcess::start(&data, tmp.path().join("serve-1.log")).await;
-    let server = Server::remote(base, admin.clone());
+    let mut first = ServeChild::plain(BIN, &data, tmp.path().join("serve-1.log")).await;
+    let server = first.server(&admin);
     let key = new_key();
     server.trust("acme", &key).await;
     let digest = server.publish("probe", &key).await;
@@ -961,8 +866,8 @@ async fn sigkill_during_a_run_leaves_it_interrupted_and_every_acknowledged_recor
     );
     first.kill_9();
 
-    let (_second, base) = ServeProcess::start(&data, tmp.path().join("serve-2.log")).await;
-    let server = Server::remote(base, admin.clone());
+    let second = ServeChild::plain(BIN, &data, tmp.path().join("serve-2.log")).await;
+    let server = second.server(&admin);
     let r = server.get(&format!("/v1/runs/{run}"), &admin).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["state"], "interrupted", "{}", r.text);

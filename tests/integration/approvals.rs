@@ -5,214 +5,33 @@
 //! cron expressions refused, and missed schedules caught up (or not) after a real
 //! `warden serve` was killed and restarted.
 
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::SigningKey;
-use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use warden_host::api::AppState;
-use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
 use warden_host::runs::approval::ApprovalError;
-use warden_host::store::DataDir;
-use warden_host::users::UserStore;
-use warden_tests::{guests, repo_root};
+use warden_host::store::DatabaseLocation;
+use warden_tests::http::{PATIENCE, ServeChild, Server, init_data_dir};
+use warden_tests::wait::until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
-/// How long a test waits for a run or a server before failing.
-const PATIENCE: Duration = Duration::from_secs(120);
-
 // ---------------------------------------------------------------------------------------
-// Harness
+// Harness (the server, client and waits are `warden_tests::http`'s)
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    text: String,
-    body: Value,
-}
-
-impl Reply {
-    fn expect(&self, status: StatusCode) -> &Value {
-        assert_eq!(self.status, status, "{}", self.text);
-        &self.body
-    }
-
-    fn expect_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{}", self.text);
-        assert_eq!(self.body["error"]["code"], code, "{}", self.text);
-    }
-}
-
-struct Server {
-    base: String,
-    admin: String,
-    client: reqwest::Client,
-    state: Option<AppState>,
-    _dir: Option<TempDir>,
-}
-
-impl Server {
-    /// The API in-process on 127.0.0.1:0 over a new data directory; approvals last `ttl`.
-    async fn start(ttl: Duration) -> Server {
-        let dir = TempDir::new().expect("temp dir");
-        let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
-        let mut state = AppState::open(data, &repo_root().join("policies"))
-            .await
-            .expect("app state");
-        state.approvals = state.approvals.with_ttl(ttl);
-        let admin = bootstrap_admin(&state.users);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        tokio::spawn(warden_host::api::serve(
-            listener,
-            state.clone(),
-            std::future::pending(),
-        ));
-        Server {
-            base,
-            admin,
-            client: reqwest::Client::new(),
-            state: Some(state),
-            _dir: Some(dir),
-        }
-    }
-
-    fn remote(base: String, admin: String) -> Server {
-        Server {
-            base,
-            admin,
-            client: reqwest::Client::new(),
-            state: None,
-            _dir: None,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, text, body }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, token, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.call(Method::PUT, path, token, Some(body)).await
-    }
-
-    /// Trusts a fresh publisher, signs and uploads `component`; its digest.
-    async fn publish(&self, component: &str) -> String {
-        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let body =
-            json!({ "name": "acme", "public_key": hex::encode(key.verifying_key().as_bytes()) });
-        self.post("/v1/publishers", &self.admin, body)
-            .await
-            .expect(StatusCode::CREATED);
-        let manifest = std::fs::read_to_string(guests::manifest(component)).expect("manifest");
-        let manifest = Manifest::parse(&manifest).expect("manifest parses");
-        let bytes = std::fs::read(guests::component(component)).expect("component built");
-        let signed = signing::sign(&bytes, &manifest, &key).expect("sign");
-        let resp = self
-            .client
-            .post(format!("{}/v1/modules", self.base))
-            .bearer_auth(&self.admin)
-            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-            .body(signed)
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let body: Value = resp.json().await.expect("json");
-        body["digest"].as_str().expect("digest").to_string()
-    }
-
-    /// Creates a user with `roles`; its token.
-    async fn user(&self, name: &str, roles: &[&str]) -> String {
-        self.post(
-            "/v1/users",
-            &self.admin,
-            json!({ "name": name, "roles": roles }),
-        )
-        .await
-        .expect(StatusCode::CREATED);
-        let r = self
-            .post(&format!("/v1/users/{name}/tokens"), &self.admin, json!({}))
-            .await;
-        let enrollment = r.expect(StatusCode::CREATED)["token"]
-            .as_str()
-            .expect("token")
-            .to_string();
-        warden_tests::http::redeem(&self.client, &self.base, name, &enrollment).await
-    }
-
-    async fn run(&self, id: &str) -> Value {
-        self.get(&format!("/v1/runs/{id}"), &self.admin)
-            .await
-            .expect(StatusCode::OK)
-            .clone()
-    }
-
-    async fn wait_for_state(&self, id: &str, want: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let run = self.run(id).await;
-            if run["state"] == want {
-                return run;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run never became {want}: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn audit(&self, query: &str) -> Vec<Value> {
-        let r = self.get(&format!("/v1/audit?{query}"), &self.admin).await;
-        r.expect(StatusCode::OK).as_array().expect("array").clone()
-    }
-
-    async fn approval(&self, run: &str, token: &str) -> Value {
-        self.get(&format!("/v1/runs/{run}/approval"), token)
-            .await
-            .expect(StatusCode::OK)
-            .clone()
-    }
-
-    async fn approve(&self, run: &str, token: &str) -> Reply {
-        self.post(&format!("/v1/runs/{run}/approve"), token, json!({}))
-            .await
-    }
-}
-
-fn bootstrap_admin(users: &UserStore) -> String {
-    let roles = BTreeSet::from(["privileged-administrator".to_string()]);
-    users.create_user("admin", roles).expect("create admin");
-    let issued = users.issue_token("admin", "bootstrap").expect("token");
-    issued.token.expose_secret().to_string()
+/// The API in-process on 127.0.0.1:0 over a new (sled) data directory; approvals last `ttl`.
+async fn start(ttl: Duration) -> Server {
+    Server::start_configured(
+        &Default::default(),
+        &DatabaseLocation::Embedded,
+        |mut state| {
+            state.approvals = state.approvals.with_ttl(ttl);
+            state
+        },
+    )
+    .await
 }
 
 /// A `hello` process requiring `required` approvals, shared with `requester` (who may
@@ -228,17 +47,14 @@ struct Guarded {
 }
 
 async fn guarded(required: u32, ttl: Duration) -> Guarded {
-    let server = Server::start(ttl).await;
-    let digest = server.publish("hello").await;
+    let server = start(ttl).await;
+    let digest = server.publish_as("acme", "hello").await;
     for (role, privilege) in [
         ("approvers", "ApproveRun"),
         ("executors", "ExecutePrivilegedProcess"),
     ] {
         let body = json!({ "name": role, "privileges": [privilege] });
-        server
-            .post("/v1/roles", &server.admin, body)
-            .await
-            .expect(StatusCode::CREATED);
+        server.role(body).await;
     }
     let requester = server.user("rita", &[]).await;
     let approver1 = server.user("alan", &["approvers"]).await;
@@ -388,7 +204,7 @@ async fn self_approval_and_approvers_without_the_privilege_are_refused_and_audit
     assert_eq!(refused_own.len(), 1, "{refused_own:?}");
 
     // The code refuses self-approval on its own too, should a policy ever allow it.
-    let state = g.server.state.as_ref().expect("in-process state");
+    let state = g.server.state();
     let err = state.approvals.approve(&run, "rita", None).await.err();
     assert!(matches!(err, Some(ApprovalError::SelfApproval)), "{err:?}");
     let refused = g
@@ -675,7 +491,7 @@ async fn a_rejected_run_is_denied_and_never_executes() {
 
 /// Creates a `hello` process (no approvals) as the admin; its id.
 async fn hello_process(server: &Server, name: &str) -> String {
-    let digest = server.publish("hello").await;
+    let digest = server.publish_as("acme", "hello").await;
     let body = json!({ "name": name, "module_digest": digest });
     let r = server.post("/v1/processes", &server.admin, body).await;
     r.expect(StatusCode::CREATED)["id"]
@@ -697,9 +513,21 @@ async fn runs_by(server: &Server, process: &str, actor: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Polls (every 100 ms, up to [`PATIENCE`]) until `actor` has a run of `process`; the last.
+async fn first_run_by(server: &Server, process: &str, actor: &str, never: &str) -> Value {
+    let every = Duration::from_millis(100);
+    until(PATIENCE, every, never, || async move {
+        runs_by(server, process, actor)
+            .await
+            .pop()
+            .ok_or_else(|| format!("no run by {actor} yet"))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
-    let server = Server::start(Duration::from_secs(3600)).await;
+    let server = start(Duration::from_secs(3600)).await;
     let process = hello_process(&server, "every-second").await;
     let body = json!({ "cron": "* * * * * *", "inputs": { "name": "cron" } });
     let r = server
@@ -714,17 +542,7 @@ async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
     let id = schedule["id"].as_str().expect("id");
     let actor = format!("schedule:{id}");
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let run = loop {
-        if let Some(run) = runs_by(&server, &process, &actor).await.pop() {
-            break run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the schedule never fired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = first_run_by(&server, &process, &actor, "the schedule never fired").await;
     let run_id = run["id"].as_str().expect("run id");
     let done = server.wait_for_state(run_id, "succeeded").await;
     assert_eq!(done["result"], "hello, cron");
@@ -749,11 +567,9 @@ async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
     assert_eq!(listed.expect(StatusCode::OK)[0]["id"], id);
 
     let r = server
-        .call(
-            Method::DELETE,
+        .delete(
             &format!("/v1/processes/{process}/schedules/{id}"),
             &server.admin,
-            None,
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
@@ -766,7 +582,7 @@ async fn a_schedule_fires_an_ordinary_run_whose_actor_is_the_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
-    let server = Server::start(Duration::from_secs(3600)).await;
+    let server = start(Duration::from_secs(3600)).await;
     let process = hello_process(&server, "scheduled").await;
     let path = format!("/v1/processes/{process}/schedules");
     for cron in ["every day", "61 * * * *", "* * *", ""] {
@@ -801,9 +617,7 @@ async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
         .as_str()
         .expect("schedule id")
         .to_string();
-    let r = server
-        .call(Method::DELETE, &format!("{path}/{id}"), &plain, None)
-        .await;
+    let r = server.delete(&format!("{path}/{id}"), &plain).await;
     assert!(
         matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND),
         "{}",
@@ -814,62 +628,6 @@ async fn bad_cron_expressions_and_inputs_are_refused_with_clear_codes() {
         listed.expect(StatusCode::OK).as_array().map(Vec::len),
         Some(1)
     );
-}
-
-/// A `warden serve` child; killed on drop.
-struct ServeProcess {
-    child: std::process::Child,
-}
-
-impl ServeProcess {
-    async fn start(data: &Path) -> (ServeProcess, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(BIN)
-            .args(["serve", "--listen", &listen, "--data"])
-            .arg(data)
-            .arg("--policies")
-            .arg(repo_root().join("policies"))
-            .env_remove("WARDEN_DATA")
-            .env_remove("WARDEN_POLICIES")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("warden serve starts");
-        let mut server = ServeProcess { child };
-        let base = format!("http://{listen}");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let reply = reqwest::get(format!("{base}/healthz")).await;
-            if reply.is_ok_and(|r| r.status() == StatusCode::OK) {
-                break;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("warden serve exited with {status}");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server never healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (server, base)
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A daily cron expression (6 fields, UTC) whose one occurrence is `secs` from now.
@@ -887,13 +645,9 @@ fn daily_at_in(secs: u64) -> String {
 async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
-    let admin = {
-        let dir = DataDir::init(&data).expect("init data dir");
-        let users = UserStore::open(&dir.db).expect("users");
-        bootstrap_admin(&users)
-    };
-    let (mut first, base) = ServeProcess::start(&data).await;
-    let server = Server::remote(base, admin.clone());
+    let admin = init_data_dir(&data);
+    let mut first = ServeChild::plain(BIN, &data, tmp.path().join("serve-1.log")).await;
+    let server = first.server(&admin);
     let process = hello_process(&server, "nightly").await;
     let path = format!("/v1/processes/{process}/schedules");
     // Both fall due in 5 s, while the server is down.
@@ -912,20 +666,16 @@ async fn a_schedule_missed_while_down_runs_once_at_start_only_with_catch_up() {
     first.kill_9();
     tokio::time::sleep(Duration::from_secs(7)).await;
 
-    let (_second, base) = ServeProcess::start(&data).await;
-    let server = Server::remote(base, admin.clone());
+    let second = ServeChild::plain(BIN, &data, tmp.path().join("serve-2.log")).await;
+    let server = second.server(&admin);
     let catching_up = format!("schedule:{}", ids[0]);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let run = loop {
-        if let Some(run) = runs_by(&server, &process, &catching_up).await.pop() {
-            break run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the missed schedule never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = first_run_by(
+        &server,
+        &process,
+        &catching_up,
+        "the missed schedule never ran",
+    )
+    .await;
     let done = server
         .wait_for_state(run["id"].as_str().expect("id"), "succeeded")
         .await;

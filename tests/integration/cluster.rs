@@ -11,9 +11,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use warden_host::store::{DataDir, DatabaseLocation};
 use warden_host::users::UserStore;
-use warden_tests::http::{Server, bootstrap_admin, new_key};
-
-use crate::api::ServeProcess;
+use warden_tests::http::{ServeChild, Server, Transport, bootstrap_admin, new_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
@@ -48,20 +46,17 @@ impl Pair {
         self.tmp.path().join(name)
     }
 
-    async fn serve(&self, name: &str, attempt: usize) -> (ServeProcess, Server) {
+    async fn serve(&self, name: &str, attempt: usize) -> (ServeChild, Server) {
         let log = self.tmp.path().join(format!("serve-{name}-{attempt}.log"));
-        let (process, base) = ServeProcess::start_with(
-            &self.data(name),
-            log,
-            &[
-                "--database",
-                &self.url,
-                "--server-dead-after-secs",
-                DEAD_AFTER_SECS,
-            ],
-        )
-        .await;
-        (process, Server::remote(base, self.admin.clone()))
+        let args = [
+            "--database",
+            &self.url,
+            "--server-dead-after-secs",
+            DEAD_AFTER_SECS,
+        ];
+        let process = ServeChild::start(BIN, &self.data(name), Transport::Plain, &args, log).await;
+        let server = process.server(&self.admin);
+        (process, server)
     }
 }
 

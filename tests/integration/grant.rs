@@ -11,7 +11,6 @@ use std::process::Command;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value as Json, json};
-use warden_host::api::AppState;
 use warden_host::audit::Decision;
 use warden_host::capabilities::HostCallPolicy;
 use warden_host::capabilities::grant::Grant;
@@ -20,14 +19,13 @@ use warden_host::registry::inputs::Param;
 use warden_host::registry::manifest::Manifest;
 use warden_host::runtime::RunOutcome;
 use warden_host::runtime::limits::RunLimits;
-use warden_host::store::DataDir;
 use warden_host::vault::{CredentialKind, NewCredential, Secret};
 use warden_tests::sshd::TestUser;
 use warden_tests::{guests, random_secret, repo_root};
 
 use crate::cli::Cli;
 use crate::ssh::{Fleet, flag, p};
-use crate::vault::{Api, publish_probe};
+use warden_tests::http::{Reply, Server};
 
 /// A grant of `credentials` on `t0` with `commands` (argv patterns).
 fn grant(credentials: &[&str], commands: &[&str]) -> Grant {
@@ -264,16 +262,10 @@ esac
 
 /// A user with password sudo and bash as login shell (so `~/.bashrc` is read for commands).
 fn bash_user(prefix: &str) -> TestUser {
-    let user = TestUser::create(prefix)
-        .expect("user")
-        .with_sudo()
-        .expect("sudo");
-    let status = Command::new("usermod")
-        .args(["-s", "/bin/bash", &user.name])
-        .status()
-        .expect("usermod");
-    assert!(status.success());
-    user
+    TestUser::create(prefix)
+        .and_then(TestUser::with_sudo)
+        .and_then(TestUser::with_bash)
+        .expect("sudo user with bash")
 }
 
 fn captured(capture: &PathBuf) -> String {
@@ -453,36 +445,9 @@ async fn an_admin_credential_runs_no_unprivileged_command_or_transfer() {
     assert_eq!(json["stdout"], "0\n", "{json}");
 }
 
-/// An in-process server on a bound port over a fresh data directory, with an admin token.
-async fn server() -> (tempfile::TempDir, AppState, Api) {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    let data = DataDir::init(&dir.path().join("data")).expect("init");
-    let state = AppState::open(data, &repo_root().join("policies"))
-        .await
-        .expect("state");
-    let roles = ["privileged-administrator".to_string()].into();
-    state.users.create_user("admin", roles).expect("admin");
-    let token = state
-        .users
-        .issue_token("admin", "bootstrap")
-        .expect("token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(warden_host::api::serve(
-        listener,
-        state.clone(),
-        std::future::pending(),
-    ));
-    use secrecy::ExposeSecret;
-    let api = Api::new(&base, token.token.expose_secret());
-    (dir, state, api)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_account() {
-    let (_dir, _state, api) = server().await;
+    let api = Server::start_embedded().await;
     for (name, username, kind, admin) in [
         ("root-pw", "ops", "password", true),
         ("ops-key", "ops", "ssh-key", false),
@@ -490,7 +455,7 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
         ("app-pw", "app", "password", false),
     ] {
         let body = json!({ "name": name, "username": username, "kind": kind, "secret": random_secret(20), "admin": admin });
-        api.ok(
+        api.expect(
             Method::POST,
             "/v1/credentials",
             Some(body),
@@ -498,7 +463,7 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
         )
         .await;
     }
-    let (_, listed) = api.get("/v1/credentials").await;
+    let listed = api.admin_get("/v1/credentials").await.body;
     let flags: Vec<(String, bool)> = listed
         .as_array()
         .expect("list")
@@ -514,13 +479,13 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
         flags.contains(&("root-pw".into(), true)) && flags.contains(&("ops-key".into(), false)),
         "{listed}"
     );
-    let (_, audit) = api.get("/v1/audit").await;
+    let audit = api.admin_get("/v1/audit").await.body;
     assert!(
         audit.to_string().contains("credential.create-admin"),
         "admin creation audited"
     );
 
-    let digest = publish_probe(&api).await;
+    let digest = api.publish_as("tests", "probe").await;
     let process =
         |name: &str, grant: Json| json!({ "name": name, "module_digest": digest, "grant": grant });
     let refused = [
@@ -530,12 +495,16 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
         json!({ "credentials": ["app-pw"], "targets": ["t0"], "commands": ["uptime; id"] }),
     ];
     for (i, grant) in refused.into_iter().enumerate() {
-        let (status, text, json) = api
-            .call(
-                Method::POST,
+        let Reply {
+            status,
+            text,
+            body: json,
+            ..
+        } = api
+            .post(
                 "/v1/processes",
-                Some(api.token.as_str()),
-                Some(process(&format!("bad-{i}"), grant.clone())),
+                &api.admin,
+                process(&format!("bad-{i}"), grant.clone()),
             )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{grant}: {text}");
@@ -552,23 +521,14 @@ async fn process_create_refuses_an_admin_credential_beside_one_of_the_same_accou
     }
     // Allowed: the admin credential alone for sudo, a different account's for the rest.
     let ok = json!({ "credentials": ["root-pw", "app-pw"], "targets": ["t0"], "commands": ["sudo id -u", "uptime"] });
-    let (_, created) = api
-        .ok(
-            Method::POST,
-            "/v1/processes",
-            Some(process("good", ok)),
-            StatusCode::CREATED,
-        )
-        .await;
+    let id = &api.process(process("good", ok)).await;
     // An update cannot smuggle the same-account credential in afterwards.
-    let id = created["id"].as_str().expect("id");
     let worse = json!({ "credentials": ["root-pw", "ops-pw"], "targets": ["t0"], "commands": ["sudo id -u"] });
-    let (status, text, _) = api
-        .call(
-            Method::PUT,
+    let Reply { status, text, .. } = api
+        .put(
             &format!("/v1/processes/{id}"),
-            Some(api.token.as_str()),
-            Some(process("good", worse)),
+            &api.admin,
+            process("good", worse),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");

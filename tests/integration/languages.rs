@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use warden_host::api::AppState;
 use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
-use warden_host::store::DataDir;
-use warden_host::users::UserStore;
+use warden_tests::http::{
+    Reply, ServeChild, ServeCommand, Server, init_data_dir, new_key, signed_bytes,
+};
 use warden_tests::sshd::{Sshd, TestUser};
 use warden_tests::{guests, repo_root, warden};
 
@@ -32,175 +30,27 @@ const PATIENCE: Duration = Duration::from_secs(180);
 /// The issue's bound on how long a precompiled Python module takes to start after a restart.
 const START_AFTER_RESTART: Duration = Duration::from_millis(500);
 
+/// The states a run here is still in before it ends (no process here needs approvals).
+const RUNNING: &[&str] = &["queued", "running"];
+
 // ---------------------------------------------------------------------------------------
-// Harness: HTTP client, server in-process or as a `warden serve` child, one sshd target
+// Harness: the server (in-process or a `warden serve` child) is `warden_tests::http`'s;
+// one sshd target
 // ---------------------------------------------------------------------------------------
-
-struct Http {
-    base: String,
-    admin: String,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new(base: String, admin: String) -> Http {
-        Http {
-            base,
-            admin,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, String, Value) {
-        let resp = req.bearer_auth(&self.admin).send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        (status, text, body)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String, Value) {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    /// POSTs `body`, asserts `want`, returns the JSON reply.
-    async fn post(&self, path: &str, body: Value, want: StatusCode) -> Value {
-        let req = self.client.post(format!("{}{path}", self.base)).json(&body);
-        let (status, text, body) = self.send(req).await;
-        assert_eq!(status, want, "POST {path}: {text}");
-        body
-    }
-
-    /// Uploads a signed module; returns (status, reply text, reply JSON).
-    async fn upload(&self, signed: Vec<u8>) -> (StatusCode, String, Value) {
-        let req = self
-            .client
-            .post(format!("{}/v1/modules", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-            .body(signed);
-        self.send(req).await
-    }
-
-    /// Uploads a module that must be accepted; returns its digest.
-    async fn publish(&self, signed: Vec<u8>) -> String {
-        let (status, text, body) = self.upload(signed).await;
-        assert_eq!(status, StatusCode::CREATED, "{text}");
-        body["digest"].as_str().expect("digest").to_string()
-    }
-
-    /// The value of counter `name` on `/metrics`.
-    async fn metric(&self, name: &str) -> u64 {
-        let (status, text, _) = self.get("/metrics").await;
-        assert_eq!(status, StatusCode::OK, "{text}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics: {text}"))
-    }
-
-    /// Polls run `id` until it is in a terminal state; returns the record.
-    async fn finished(&self, id: &str) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let (_, text, body) = self.get(&format!("/v1/runs/{id}")).await;
-            let state = body["state"].as_str().unwrap_or("");
-            if !["queued", "running"].contains(&state) {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "run never finished: {text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// The first Privileged Administrator, created in the store; its token.
-fn bootstrap_admin(users: &UserStore) -> String {
-    let roles = std::collections::BTreeSet::from(["privileged-administrator".to_string()]);
-    users.create_user("admin", roles).expect("create admin");
-    let issued = users.issue_token("admin", "bootstrap").expect("token");
-    issued.token.expose_secret().to_string()
-}
 
 /// A server in this process on 127.0.0.1:0 over a new data directory.
-async fn start_in_process(dir: &TempDir) -> (Http, AppState) {
-    let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
-    let state = AppState::open(data, &repo_root().join("policies"))
-        .await
-        .expect("app state");
-    let admin = bootstrap_admin(&state.users);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(warden_host::api::serve(
-        listener,
-        state.clone(),
-        std::future::pending(),
-    ));
-    (Http::new(base, admin), state)
+async fn start_in_process() -> Server {
+    Server::start_embedded().await.with_patience(PATIENCE)
 }
 
-/// A `warden serve` child process; killed on drop.
-struct ServeProcess {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl ServeProcess {
-    async fn start(data: &Path, log: PathBuf, admin: &str) -> (ServeProcess, Http) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(BIN)
-            .args(["serve", "--listen", &listen, "--data"])
-            .arg(data)
-            .arg("--policies")
-            .arg(repo_root().join("policies"))
-            .env_remove("WARDEN_DATA")
-            .env_remove("WARDEN_POLICIES")
-            .env("WARDEN_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("warden serve starts");
-        let mut server = ServeProcess { child, log };
-        let http = Http::new(format!("http://{listen}"), admin.to_string());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let healthy = http
-                .client
-                .get(format!("{}/healthz", http.base))
-                .send()
-                .await;
-            if healthy.is_ok_and(|r| r.status() == StatusCode::OK) {
-                break;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("warden serve exited with {status}: {}", server.log());
-            }
-            assert!(Instant::now() < deadline, "never healthy: {}", server.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (server, http)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// `warden serve` on `data` logging at `info` into `log`, and the harness on it as `admin`.
+async fn start_child(data: &Path, log: PathBuf, admin: &str) -> (ServeChild, Server) {
+    let child = ServeCommand::new(BIN, data, log)
+        .envs(&[("WARDEN_LOG", "info")])
+        .start()
+        .await;
+    let http = child.server(admin).with_patience(PATIENCE);
+    (child, http)
 }
 
 /// One real sshd target and a user on it, registered on a server as target `web-1` and
@@ -217,19 +67,20 @@ impl Target {
         Target { sshd, user }
     }
 
-    async fn register(&self, http: &Http) {
+    async fn register(&self, http: &Server) {
         let target = json!({
             "name": "web-1",
             "address": self.sshd.addr(),
             "host_key": self.sshd.host_key_line,
         });
-        http.post("/v1/targets", target, StatusCode::CREATED).await;
+        http.admin_post("/v1/targets", target, StatusCode::CREATED)
+            .await;
         let credential = json!({
             "name": "ops",
             "username": self.user.name,
             "secret": self.user.password,
         });
-        http.post("/v1/credentials", credential, StatusCode::CREATED)
+        http.admin_post("/v1/credentials", credential, StatusCode::CREATED)
             .await;
     }
 
@@ -238,7 +89,7 @@ impl Target {
     }
 
     /// A process running `digest` on this target, allowed to write under the user's home.
-    async fn process(&self, http: &Http, name: &str, digest: &str) -> String {
+    async fn process(&self, http: &Server, name: &str, digest: &str) -> String {
         let body = json!({
             "name": name,
             "module_digest": digest,
@@ -250,16 +101,18 @@ impl Target {
                 "paths": [self.home()],
             },
         });
-        let created = http.post("/v1/processes", body, StatusCode::CREATED).await;
+        let created = http
+            .admin_post("/v1/processes", body, StatusCode::CREATED)
+            .await;
         created["id"].as_str().expect("process id").to_string()
     }
 
     /// Starts a user report run of `process`; returns the run id.
-    async fn start_report(&self, http: &Http, process: &str) -> String {
+    async fn start_report(&self, http: &Server, process: &str) -> String {
         let inputs =
             json!({ "targets": ["web-1"], "credential": "ops", "report_dir": self.home() });
         let run = http
-            .post(
+            .admin_post(
                 &format!("/v1/processes/{process}/runs"),
                 json!({ "inputs": inputs }),
                 StatusCode::ACCEPTED,
@@ -269,21 +122,11 @@ impl Target {
     }
 }
 
-fn new_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
-}
-
 /// The `lang` example (`python`, `js`) signed with its manifest by `key`.
 fn signed_example(lang: &str, key: &SigningKey) -> Vec<u8> {
     let component = std::fs::read(guests::lang_component(lang)).expect("component");
     let text = std::fs::read_to_string(guests::lang_manifest(lang)).expect("manifest");
-    let manifest = Manifest::parse(&text).expect("manifest parses");
-    signing::sign(&component, &manifest, key).expect("sign")
-}
-
-async fn trust(http: &Http, key: &SigningKey) {
-    let body = json!({ "name": "acme", "public_key": hex::encode(key.verifying_key().as_bytes()) });
-    http.post("/v1/publishers", body, StatusCode::CREATED).await;
+    signed_bytes(&component, &text, key)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,16 +136,15 @@ async fn trust(http: &Http, key: &SigningKey) {
 /// Uploads the `lang` example, runs it on a real sshd target over HTTP, and checks its
 /// report, its file on the target, its log and audit, and that the secret leaked nowhere.
 async fn user_report_runs_through_the_server(lang: &str, language: &str) {
-    let dir = TempDir::new().expect("temp dir");
-    let (http, _state) = start_in_process(&dir).await;
+    let http = start_in_process().await;
     let target = Target::start();
     target.register(&http).await;
     let key = new_key();
-    trust(&http, &key).await;
-    let digest = http.publish(signed_example(lang, &key)).await;
+    http.trust("acme", &key).await;
+    let digest = http.publish_signed(signed_example(lang, &key)).await;
     let process = target.process(&http, "user-report", &digest).await;
     let run = target.start_report(&http, &process).await;
-    let record = http.finished(&run).await;
+    let record = http.wait_while(&run, RUNNING).await;
     assert_eq!(record["state"], "succeeded", "{record:#}");
 
     // The report: the task parsed real `getent` output and its file made the round trip.
@@ -340,7 +182,8 @@ async fn user_report_runs_through_the_server(lang: &str, language: &str) {
     );
 
     // Every host call is audited, with the run's id.
-    let (_, audit_text, audit) = http.get(&format!("/v1/audit?run={run}")).await;
+    let reply = http.get(&format!("/v1/audit?run={run}"), &http.admin).await;
+    let (audit_text, audit) = (reply.text, reply.body);
     let actions: Vec<&str> = audit
         .as_array()
         .expect("audit array")
@@ -358,7 +201,7 @@ async fn user_report_runs_through_the_server(lang: &str, language: &str) {
     }
 
     // The secret is in none of the run's outputs, its audit, nor the whole audit log.
-    let (_, whole_audit, _) = http.get("/v1/audit").await;
+    let whole_audit = http.get("/v1/audit", &http.admin).await.text;
     let secret = &target.user.password;
     for (what, text) in [
         ("run record", record.to_string()),
@@ -386,10 +229,9 @@ async fn js_task_acquires_a_credential_runs_ssh_transfers_and_logs_without_the_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_module_is_held_to_the_memory_its_signed_manifest_asks_for() {
-    let dir = TempDir::new().expect("temp dir");
-    let (http, _state) = start_in_process(&dir).await;
+    let http = start_in_process().await;
     let key = new_key();
-    trust(&http, &key).await;
+    http.trust("acme", &key).await;
     // The same Python component, signed with an ask (8 MiB) below what CPython needs.
     let text = std::fs::read_to_string(guests::lang_manifest("python"))
         .expect("manifest")
@@ -397,20 +239,24 @@ async fn python_module_is_held_to_the_memory_its_signed_manifest_asks_for() {
     let manifest = Manifest::parse(&text).expect("manifest parses");
     assert_eq!(manifest.limits.memory_mib, Some(8));
     let component = std::fs::read(guests::lang_component("python")).expect("component");
-    let signed = signing::sign(&component, &manifest, &key).expect("sign");
-    let digest = http.publish(signed).await;
+    let signed = signed_bytes(&component, &text, &key);
+    let digest = http.publish_signed(signed).await;
     let body = json!({ "name": "starved", "module_digest": digest, "grant": {} });
-    let created = http.post("/v1/processes", body, StatusCode::CREATED).await;
+    let created = http
+        .admin_post("/v1/processes", body, StatusCode::CREATED)
+        .await;
     let process = created["id"].as_str().expect("process id");
     let inputs = json!({ "targets": ["web-1"], "credential": "ops", "report_dir": "/tmp" });
     let run = http
-        .post(
+        .admin_post(
             &format!("/v1/processes/{process}/runs"),
             json!({ "inputs": inputs }),
             StatusCode::ACCEPTED,
         )
         .await;
-    let record = http.finished(run["id"].as_str().expect("run id")).await;
+    let record = http
+        .wait_while(run["id"].as_str().expect("run id"), RUNNING)
+        .await;
     assert_eq!(record["state"], "failed", "{record:#}");
     let error = record["error"].as_str().unwrap_or("");
     assert!(
@@ -428,18 +274,14 @@ async fn python_module_is_held_to_the_memory_its_signed_manifest_asks_for() {
 async fn restart_loads_the_precompiled_python_module_and_its_first_run_starts_fast() {
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
-    let admin = {
-        let dir = DataDir::init(&data).expect("init");
-        let users = UserStore::open(&dir.db).expect("users");
-        bootstrap_admin(&users)
-    };
+    let admin = init_data_dir(&data);
     let target = Target::start();
-    let (mut first, http) = ServeProcess::start(&data, tmp.path().join("1.log"), &admin).await;
+    let (mut first, http) = start_child(&data, tmp.path().join("1.log"), &admin).await;
     target.register(&http).await;
     let key = new_key();
-    trust(&http, &key).await;
+    http.trust("acme", &key).await;
     assert_eq!(http.metric("warden_module_compiles_total").await, 0);
-    let digest = http.publish(signed_example("python", &key)).await;
+    let digest = http.publish_signed(signed_example("python", &key)).await;
     // The upload compiled it, once, and left the artifact in the data directory.
     assert_eq!(http.metric("warden_module_compiles_total").await, 1);
     let artifacts: Vec<String> = std::fs::read_dir(data.join("artifacts"))
@@ -452,31 +294,31 @@ async fn restart_loads_the_precompiled_python_module_and_its_first_run_starts_fa
         "{artifacts:?}"
     );
     let process = target.process(&http, "user-report", &digest).await;
-    first.stop();
+    first.kill_9();
 
-    let (second, http) = ServeProcess::start(&data, tmp.path().join("2.log"), &admin).await;
+    let (second, http) = start_child(&data, tmp.path().join("2.log"), &admin).await;
     let asked = Instant::now();
     let run = target.start_report(&http, &process).await;
     let started = loop {
-        let (_, text, body) = http.get(&format!("/v1/runs/{run}")).await;
+        let Reply { text, body, .. } = http.get(&format!("/v1/runs/{run}"), &http.admin).await;
         if body["state"] != "queued" {
             break asked.elapsed();
         }
         assert!(asked.elapsed() < PATIENCE, "never started: {text}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let record = http.finished(&run).await;
+    let record = http.wait_while(&run, RUNNING).await;
     assert_eq!(record["state"], "succeeded", "{record:#}");
     assert_eq!(
         http.metric("warden_module_compiles_total").await,
         0,
         "the restarted server recompiled the module: {}",
-        second.log()
+        second.stderr()
     );
     assert!(
-        !second.log().contains("compiled component"),
+        !second.stderr().contains("compiled component"),
         "{}",
-        second.log()
+        second.stderr()
     );
     assert!(
         started <= START_AFTER_RESTART,
@@ -508,13 +350,14 @@ fn cli(dir: &Path, args: &[&str], env: &[(&str, PathBuf)]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warden_new_and_build_make_a_component_the_server_accepts_in_each_language() {
     let tmp = TempDir::new().expect("temp dir");
-    let (http, _state) = start_in_process(&tmp).await;
+    let http = start_in_process().await;
     let keys = tmp.path().join("publisher");
     let out = warden(BIN, &["keygen", "--out", &keys.to_string_lossy()], None).expect("keygen");
     assert!(out.status.success(), "{out:?}");
     let public = std::fs::read_to_string(keys.with_extension("pub")).expect("public key");
     let body = json!({ "name": "acme", "public_key": public.trim() });
-    http.post("/v1/publishers", body, StatusCode::CREATED).await;
+    http.admin_post("/v1/publishers", body, StatusCode::CREATED)
+        .await;
 
     let projects = tmp.path().join("projects");
     std::fs::create_dir_all(&projects).expect("projects dir");
@@ -552,7 +395,9 @@ async fn warden_new_and_build_make_a_component_the_server_accepts_in_each_langua
             &[],
         );
         let bytes = std::fs::read(&signed).expect("signed module");
-        let (status, text, body) = http.upload(bytes).await;
+        let Reply {
+            status, text, body, ..
+        } = http.upload(bytes).await;
         assert_eq!(status, StatusCode::CREATED, "{lang}: {text}");
         assert_eq!(body["name"], name, "{text}");
         let memory = body["manifest"]["limits"]["memory_mib"].as_u64();

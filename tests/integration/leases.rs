@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warden_host::api::AppState;
@@ -17,8 +16,6 @@ use warden_host::audit::{AuditFilter, AuditRecord, Decision};
 use warden_host::bridge::{Bridge, RUN_END_ACTOR};
 use warden_host::capabilities::Services;
 use warden_host::registry::inputs::{Param, Value as ParamValue};
-use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
 use warden_host::runtime::RunOutcome;
 use warden_host::runtime::limits::RunLimits;
 use warden_host::store::DataDir;
@@ -26,7 +23,7 @@ use warden_host::vault::lease::{LeaseDenial, LeaseStatus, LeaseStore, REVOKED_AC
 use warden_tests::guests;
 use warden_tests::sshd::{Sshd, TestUser};
 
-use crate::support::{Env, grant, text_params};
+use crate::support::{Env, grant, run_spec, text_params};
 
 /// How long a test waits for a run or a lease before failing.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -37,119 +34,47 @@ const PATIENCE: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------------------
 
 pub(crate) struct Server {
-    base: String,
-    admin: String,
-    client: reqwest::Client,
-    state: AppState,
-    _dir: TempDir,
+    http: warden_tests::http::Server,
     _sshd: Sshd,
     pub(crate) user: TestUser,
 }
 
-/// Status and JSON body of one reply.
-pub(crate) struct Reply {
-    pub(crate) status: StatusCode,
-    pub(crate) body: Value,
-    pub(crate) text: String,
+/// The shared harness's requests, waits and state (`warden_tests::http::Server`).
+impl std::ops::Deref for Server {
+    type Target = warden_tests::http::Server;
+
+    fn deref(&self) -> &Self::Target {
+        &self.http
+    }
 }
 
 impl Server {
-    /// A server over a fresh data directory, with target `t0` (a real sshd), credential
-    /// `pw` (a real user's password) and the `probe` module published.
+    /// A server over a fresh (sled) data directory, with target `t0` (a real sshd),
+    /// credential `pw` (a real user's password) and the `probe` module published.
     pub(crate) async fn start() -> (Server, String) {
-        let dir = TempDir::new().expect("temp dir");
-        let data = DataDir::init(&dir.path().join("data")).expect("init data dir");
-        let state = AppState::open(data, &warden_tests::repo_root().join("policies"))
+        let http = warden_tests::http::Server::start_embedded()
             .await
-            .expect("app state");
-        let roles = BTreeSet::from(["privileged-administrator".to_string()]);
-        state.users.create_user("admin", roles).expect("admin");
-        let admin = state.users.issue_token("admin", "test").expect("token");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(warden_host::api::serve(
-            listener,
-            state.clone(),
-            std::future::pending(),
-        ));
+            .with_patience(PATIENCE);
         let sshd = Sshd::start("127.0.0.1").expect("sshd");
         let user = TestUser::create("wls").expect("user");
         let server = Server {
-            base,
-            admin: admin.token.expose_secret().to_string(),
-            client: reqwest::Client::new(),
-            state,
-            _dir: dir,
+            http,
             _sshd: sshd,
             user,
         };
         let address = format!("{}:{}", server._sshd.ip, server._sshd.port);
         let host_key = server._sshd.host_key_line.clone();
         let body = json!({ "name": "t0", "address": address, "host_key": host_key });
-        server.ok("/v1/targets", body, StatusCode::CREATED).await;
+        server
+            .admin_post("/v1/targets", body, StatusCode::CREATED)
+            .await;
         let body =
             json!({ "name": "pw", "username": server.user.name, "secret": server.user.password });
         server
-            .ok("/v1/credentials", body, StatusCode::CREATED)
+            .admin_post("/v1/credentials", body, StatusCode::CREATED)
             .await;
-        let digest = server.publish_probe().await;
+        let digest = server.publish_as("acme", "probe").await;
         (server, digest)
-    }
-
-    async fn publish_probe(&self) -> String {
-        let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let public = hex::encode(key.verifying_key().as_bytes());
-        let body = json!({ "name": "acme", "public_key": public });
-        self.ok("/v1/publishers", body, StatusCode::CREATED).await;
-        let manifest = std::fs::read_to_string(guests::manifest("probe")).expect("manifest");
-        let manifest = Manifest::parse(&manifest).expect("manifest parses");
-        let component = std::fs::read(guests::component("probe")).expect("probe built");
-        let signed = signing::sign(&component, &manifest, &key).expect("sign");
-        let resp = self
-            .client
-            .post(format!("{}/v1/modules", self.base))
-            .bearer_auth(&self.admin)
-            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-            .body(signed)
-            .send()
-            .await
-            .expect("upload");
-        let r = reply(resp).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.body["digest"].as_str().expect("digest").to_string()
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        reply(req.send().await.expect("request")).await
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> Reply {
-        self.send(reqwest::Method::GET, path, &self.admin, None)
-            .await
-    }
-
-    /// POSTs as the admin and asserts the status.
-    async fn ok(&self, path: &str, body: Value, want: StatusCode) -> Value {
-        let r = self
-            .send(reqwest::Method::POST, path, &self.admin, Some(body))
-            .await;
-        assert_eq!(r.status, want, "POST {path}: {}", r.text);
-        r.body
     }
 
     /// Creates a process of the probe granted `pw` on `t0`, starts it with `inputs`, and
@@ -160,40 +85,18 @@ impl Server {
             "module_digest": digest,
             "grant": { "credentials": ["pw"], "targets": ["t0"], "commands": ["**"] },
         });
-        let process = self.ok("/v1/processes", body, StatusCode::CREATED).await;
-        let id = process["id"].as_str().expect("process id");
-        let run = self
-            .ok(
-                &format!("/v1/processes/{id}/runs"),
-                json!({ "inputs": inputs }),
-                StatusCode::ACCEPTED,
-            )
-            .await;
-        run["id"].as_str().expect("run id").to_string()
+        let id = self.process(body).await;
+        self.start_run(&id, &self.admin, inputs).await
     }
 
-    /// Polls until run `id` has ended; returns its record.
+    /// Polls until run `id` has ended (is neither queued nor running); returns its record.
     pub(crate) async fn wait_ended(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let r = self.get(&format!("/v1/runs/{id}")).await;
-            let state = r.body["state"].as_str().unwrap_or("").to_string();
-            if !matches!(state.as_str(), "queued" | "running") {
-                return r.body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run never ended: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_while(id, &["queued", "running"]).await
     }
 
     /// The run's leases as the API lists them.
     async fn leases(&self, run: &str) -> Vec<Value> {
-        let r = self.get(&format!("/v1/runs/{run}/leases")).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let r = self.admin_get(&format!("/v1/runs/{run}/leases")).await;
         r.body.as_array().expect("lease list").clone()
     }
 
@@ -203,20 +106,13 @@ impl Server {
             run_id: Some(run.into()),
             ..AuditFilter::default()
         };
-        let records = self.state.audit.query(&filter).expect("audit query");
+        let records = self.state().audit.query(&filter).expect("audit query");
         // One record per call: how it ended (the intent written before it acted is left out).
         records
             .into_iter()
             .filter(|r| !crate::support::is_intent(r))
             .collect()
     }
-}
-
-async fn reply(resp: reqwest::Response) -> Reply {
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, body, text }
 }
 
 fn of_action<'a>(records: &'a [AuditRecord], action: &str) -> Vec<&'a AuditRecord> {
@@ -274,7 +170,9 @@ async fn a_finished_runs_lease_is_revoked_audited_and_refused_afterwards() {
         - lease["issued_ms"].as_u64().expect("issued");
     let wall = RunLimits::default().wall_time.as_millis() as u64;
     assert!(expiry <= wall, "lease outlives the run's deadline: {lease}");
-    let one = server.get(&format!("/v1/leases/{lease_id}")).await;
+    let one = server
+        .get(&format!("/v1/leases/{lease_id}"), &server.admin)
+        .await;
     assert_eq!(one.status, StatusCode::OK, "{}", one.text);
     assert_eq!(one.body, *lease);
     assert!(
@@ -310,17 +208,17 @@ async fn a_finished_runs_lease_is_revoked_audited_and_refused_afterwards() {
     assert!(revoked_at < end, "the lease outlived the run's end record");
 
     // A use after the run ended is refused.
-    let leases = &server.state.leases;
+    let leases = &server.state().leases;
     assert!(matches!(
         leases.check(lease_id, &run_id, "pw", "t0"),
         Err(LeaseDenial::Revoked { .. })
     ));
     // Revoking again is a conflict, and changes nothing.
     let again = server
-        .send(
+        .request(
             reqwest::Method::POST,
             &format!("/v1/leases/{lease_id}/revoke"),
-            &server.admin,
+            Some(&server.admin),
             None,
         )
         .await;
@@ -358,20 +256,19 @@ async fn a_lease_revoked_through_the_api_refuses_the_next_use_and_a_reacquire() 
 
     // Someone who may not see the run learns nothing and revokes nothing.
     server
-        .ok(
+        .admin_post(
             "/v1/users",
             json!({ "name": "mallory", "roles": [] }),
             StatusCode::CREATED,
         )
         .await;
     let enrollment = server
-        .ok("/v1/users/mallory/tokens", json!({}), StatusCode::CREATED)
+        .admin_post("/v1/users/mallory/tokens", json!({}), StatusCode::CREATED)
         .await["token"]
         .as_str()
         .expect("token")
         .to_string();
-    let mallory =
-        warden_tests::http::redeem(&server.client, &server.base, "mallory", &enrollment).await;
+    let mallory = server.redeem("mallory", &enrollment).await;
     for (method, path) in [
         (reqwest::Method::GET, format!("/v1/leases/{lease_id}")),
         (reqwest::Method::GET, format!("/v1/runs/{run_id}/leases")),
@@ -380,13 +277,13 @@ async fn a_lease_revoked_through_the_api_refuses_the_next_use_and_a_reacquire() 
             format!("/v1/leases/{lease_id}/revoke"),
         ),
     ] {
-        let r = server.send(method, &path, &mallory, None).await;
+        let r = server.request(method, &path, Some(&mallory), None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text);
     }
     assert_eq!(server.leases(&run_id).await[0]["status"], "active");
 
     let revoked = server
-        .ok(
+        .admin_post(
             &format!("/v1/leases/{lease_id}/revoke"),
             json!({ "reason": "incident 7" }),
             StatusCode::OK,
@@ -482,10 +379,8 @@ impl ShortLeases {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_lease_is_refused_and_renewed_only_by_a_new_acquire() {
-    let short = ShortLeases::new(1, Duration::from_millis(1500));
-    let probe = short.env.prepare("probe");
+/// The probe's `exec-until-denied` of `sleep 0.2` as `pw` on `t0`, at most `n` times.
+fn exec_until_denied(n: i64) -> Vec<Param> {
     let mut params = text_params(&[
         ("mode", "exec-until-denied"),
         ("credential", "pw"),
@@ -494,21 +389,24 @@ async fn an_expired_lease_is_refused_and_renewed_only_by_a_new_acquire() {
     ]);
     params.push(Param {
         name: "n".into(),
-        value: ParamValue::Integer(100),
+        value: ParamValue::Integer(n),
     });
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let spec = warden_host::bridge::RunSpec {
-        identity: warden_host::capabilities::RunIdentity {
-            run_id: run_id.clone(),
-            actor: "test".into(),
-            module: "probe".into(),
-        },
-        task: probe,
+    params
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_refused_and_renewed_only_by_a_new_acquire() {
+    let short = ShortLeases::new(1, Duration::from_millis(1500));
+    let probe = short.env.prepare("probe");
+    let params = exec_until_denied(100);
+    let spec = run_spec(
+        "probe",
+        probe,
         params,
-        grant: grant(&["pw"], &["t0"]),
-        limits: RunLimits::default(),
-        control: warden_host::runtime::RunControl::new(),
-    };
+        grant(&["pw"], &["t0"]),
+        RunLimits::default(),
+    );
+    let run_id = spec.identity.run_id.clone();
     let report = short.bridge.execute(spec).await.expect("run executes");
     let RunOutcome::Succeeded { result } = &report.outcome else {
         panic!("{:?}", report.outcome);
@@ -724,16 +622,7 @@ async fn server_start_revokes_every_lease_a_dead_process_left_active() {
 async fn a_run_killed_at_its_wall_time_has_its_lease_bounded_by_it_and_revoked() {
     let short = ShortLeases::new(1, Duration::from_secs(600));
     let probe = short.env.prepare("probe");
-    let mut params = text_params(&[
-        ("mode", "exec-until-denied"),
-        ("credential", "pw"),
-        ("target", "t0"),
-        ("command", "sleep 0.2"),
-    ]);
-    params.push(Param {
-        name: "n".into(),
-        value: ParamValue::Integer(200),
-    });
+    let params = exec_until_denied(200);
     let limits = RunLimits {
         wall_time: Duration::from_secs(2),
         ..RunLimits::default()

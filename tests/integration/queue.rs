@@ -16,11 +16,11 @@ use warden_host::api::ServerLimits;
 use warden_host::runs::queue::QueueLimits;
 use warden_host::runtime::engine::EngineConfig;
 
-use warden_tests::http::{Reply, Server, new_key};
-
-use crate::api::{ServeProcess, init_data_dir};
+use warden_tests::http::{Reply, ServeChild, Server, Transport, init_data_dir, new_key};
 
 /// The allocator's error when the pool is exhausted; no run may ever end with it.
+const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
+
 const POOL_EXHAUSTED: &str = "maximum concurrent limit";
 
 /// A server over a pool of `slots` runs, with these queue bounds.
@@ -158,6 +158,17 @@ fn small_queue() -> QueueLimits {
     }
 }
 
+/// A roomy queue (100 places) in which each user may have `slots` runs running and `slots`
+/// more queued.
+fn per_user(slots: usize) -> QueueLimits {
+    QueueLimits {
+        max_queued: 100,
+        per_user_running: slots,
+        per_user_queued: slots,
+        ..small_queue()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_with_503_and_retry_after_and_leaves_nothing_behind() {
     let server = server_with(4, small_queue()).await;
@@ -245,14 +256,7 @@ async fn a_full_queue_refuses_with_503_and_retry_after_and_leaves_nothing_behind
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_over_their_share_gets_429_while_another_users_run_starts_and_succeeds() {
-    let limits = QueueLimits {
-        max_queued: 100,
-        per_user_running: 2,
-        per_user_queued: 2,
-        per_process_running: 32,
-        per_process_queued: 256,
-    };
-    let server = server_with(4, limits).await;
+    let server = server_with(4, per_user(2)).await;
     let digest = probe(&server).await;
     let mallory = server.user("mallory", &[]).await;
     let bob = server.user("bob", &[]).await;
@@ -364,8 +368,7 @@ async fn an_approval_that_would_overfill_the_queue_is_refused_and_not_recorded()
     let server = server_with(1, queue).await;
     let digest = probe(&server).await;
     let body = json!({ "name": "approvers", "privileges": ["ApproveRun"] });
-    let r = server.post("/v1/roles", &server.admin, body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    server.role(body).await;
     let rita = server.user("rita", &[]).await;
     let alan = server.user("alan", &["approvers"]).await;
     let body = json!({
@@ -419,8 +422,8 @@ async fn warden_serve_flags_size_the_queue_and_a_restart_cancels_runs_that_never
     let admin = init_data_dir(&data);
     let flags = ["--max-concurrent-runs", "1", "--max-queued-runs", "2"];
     let log = tmp.path().join("serve-1.log");
-    let (mut first, base) = ServeProcess::start_with(&data, log, &flags).await;
-    let server = Server::remote(base, admin.clone());
+    let mut first = ServeChild::start(BIN, &data, Transport::Plain, &flags, log).await;
+    let server = first.server(&admin);
     let digest = probe(&server).await;
     let process = sleeper_process(&server, &digest, "sleeper", &[]).await;
     assert_eq!(server.metric("warden_run_slots").await, 1);
@@ -440,8 +443,8 @@ async fn warden_serve_flags_size_the_queue_and_a_restart_cancels_runs_that_never
     // The queue lived in the killed process: its runs are cancelled, never started, and the
     // run that was executing is interrupted. The new server's queue starts empty.
     let log = tmp.path().join("serve-2.log");
-    let (_second, base) = ServeProcess::start_with(&data, log, &flags).await;
-    let server = Server::remote(base, admin.clone());
+    let second = ServeChild::start(BIN, &data, Transport::Plain, &flags, log).await;
+    let server = second.server(&admin);
     let running = server.wait_for_state_or_end(&id(&running)).await;
     assert_eq!(running["state"], "interrupted", "{running}");
     for run in &waiting {
@@ -460,18 +463,10 @@ async fn warden_serve_flags_size_the_queue_and_a_restart_cancels_runs_that_never
 async fn a_users_schedules_count_against_her_own_share_and_cannot_multiply_it() {
     // If each schedule had its own share, a user could create schedules to get more slots
     // and places than her own limits allow.
-    let limits = QueueLimits {
-        max_queued: 100,
-        per_user_running: 1,
-        per_user_queued: 1,
-        per_process_running: 32,
-        per_process_queued: 256,
-    };
-    let server = server_with(4, limits).await;
+    let server = server_with(4, per_user(1)).await;
     let digest = probe(&server).await;
     let body = json!({ "name": "process-managers", "privileges": ["ManagePrivilegedProcess"] });
-    let r = server.post("/v1/roles", &server.admin, body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    server.role(body).await;
     let mallory = server.user("mallory", &["process-managers"]).await;
     let r = server.create_process(&mallory, "mine", &digest).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);

@@ -357,8 +357,10 @@ async fn over_the_api_a_joined_secret_is_in_no_stored_result_error_event_or_audi
             .start_probe(&digest, &format!("joiner-{sink}"), inputs)
             .await;
         let ended = server.wait_ended(&run).await;
-        let record = server.get(&format!("/v1/runs/{run}")).await;
-        let audit = server.get(&format!("/v1/audit?run={run}")).await;
+        let record = server.get(&format!("/v1/runs/{run}"), &server.admin).await;
+        let audit = server
+            .get(&format!("/v1/audit?run={run}"), &server.admin)
+            .await;
         for text in [ended.to_string(), record.text, audit.text] {
             assert!(
                 !text.contains(&pw),

@@ -177,9 +177,10 @@ async fn settled(vault: &Vault, name: &str, version: u32) -> VersionState {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_either() {
-    let user = TestUser::create("wro")
+/// A sudo-capable account (name prefix `prefix`) on a real sshd registered as target `t0`,
+/// its password the admin credential `acct`: (account, sshd, environment).
+pub(crate) fn admin_account(prefix: &str) -> (TestUser, Sshd, Env) {
+    let user = TestUser::create(prefix)
         .expect("user")
         .with_sudo()
         .expect("sudo");
@@ -188,6 +189,12 @@ async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_e
     env.targets.add(target("t0", &sshd)).expect("target");
     env.add_password("acct", &user.name, &user.password);
     make_admin(&env.vault, "acct");
+    (user, sshd, env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_password_logs_in_the_old_one_does_not_and_the_guest_never_saw_either() {
+    let (user, sshd, env) = admin_account("wro");
     // The handoff wait runs as another account's ordinary credential: an admin credential
     // is for privileged operations, not a task's commands.
     let reader = TestUser::create("wrr").expect("reader");

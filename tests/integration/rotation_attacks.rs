@@ -13,18 +13,18 @@ use std::path::Path;
 use std::process::Command;
 
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 use warden_host::audit::Decision;
 use warden_host::rotation::{CharClass, RotationPolicy};
 use warden_host::runtime::limits::RunLimits;
 use warden_host::ssh::{ExecRequest, SshConfig, SshCredential, SshPool};
+use warden_tests::http::Server;
 use warden_tests::sshd::{Sshd, TestUser};
-use warden_tests::{guests, random_secret, repo_root};
+use warden_tests::{guests, random_secret};
 
 use crate::rotation::{
-    current_secret, login, make_admin, p, password, probe_rotate, records_of, result_json,
-    rotation_grant, states, target,
+    admin_account, current_secret, login, make_admin, p, password, probe_rotate, records_of,
+    result_json, rotation_grant, states, target,
 };
 use crate::rotation_reconcile::Cli;
 use crate::support::Env;
@@ -45,15 +45,7 @@ fn classes_of(secret: &str) -> (bool, bool, bool, bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn weak_password_requests_are_raised_to_the_grants_policy_not_obeyed() {
-    let user = TestUser::create("wrw")
-        .expect("user")
-        .with_sudo()
-        .expect("sudo");
-    let sshd = Sshd::start("127.0.0.1").expect("sshd");
-    let env = Env::new();
-    env.targets.add(target("t0", &sshd)).expect("target");
-    env.add_password("acct", &user.name, &user.password);
-    make_admin(&env.vault, "acct");
+    let (user, sshd, env) = admin_account("wrw");
 
     // Default grant policy: 24 characters from all four classes.
     let requests = [
@@ -149,72 +141,17 @@ async fn a_policy_under_128_bits_is_refused_at_call_time_and_audited() {
     assert_eq!(states(&env.vault, "acct"), [(1, VersionState::Current)]);
 }
 
-/// The API in-process on a bound port, with a bootstrapped administrator; (base, token).
-async fn start_server(dir: &Path) -> (String, String) {
-    let data = warden_host::store::DataDir::init(&dir.join("data")).expect("init");
-    let state = warden_host::api::AppState::open(data, &repo_root().join("policies"))
-        .await
-        .expect("app state");
-    let roles = ["privileged-administrator".to_string()].into();
-    state.users.create_user("admin", roles).expect("admin");
-    let token = state.users.issue_token("admin", "test").expect("token");
-    let token = token.token.expose_secret().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(warden_host::api::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    (base, token)
-}
-
-/// Trusts a fresh publisher and uploads the signed probe; its digest.
-async fn publish_probe(http: &reqwest::Client, base: &str, token: &str) -> String {
-    let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let publisher =
-        json!({ "name": "acme", "public_key": hex::encode(key.verifying_key().as_bytes()) });
-    let r = http
-        .post(format!("{base}/v1/publishers"))
-        .bearer_auth(token)
-        .json(&publisher)
-        .send()
-        .await
-        .expect("trust");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let manifest = std::fs::read_to_string(guests::manifest("probe")).expect("manifest");
-    let manifest = warden_host::registry::manifest::Manifest::parse(&manifest).expect("parse");
-    let bytes = std::fs::read(guests::component("probe")).expect("component");
-    let signed = warden_host::registry::signing::sign(&bytes, &manifest, &key).expect("sign");
-    let r = http
-        .post(format!("{base}/v1/modules"))
-        .bearer_auth(token)
-        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-        .body(signed)
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Json = r.json().await.expect("json");
-    body["digest"].as_str().expect("digest").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_policy_under_128_bits_is_refused_at_process_creation_and_by_warden_exec() {
-    let dir = tempfile::TempDir::new().expect("dir");
-    let (base, token) = start_server(dir.path()).await;
-    let http = reqwest::Client::new();
-    let digest = publish_probe(&http, &base, &token).await;
+    let server = Server::start_embedded().await;
+    let digest = server.publish_as("acme", "probe").await;
     let send = |method: reqwest::Method, path: String, body: Json| {
-        let req = http
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(&token);
+        let server = &server;
         async move {
-            let r = req.json(&body).send().await.expect("request");
-            let status = r.status();
-            (status, r.json::<Json>().await.unwrap_or(Json::Null))
+            let r = server
+                .request(method, &path, Some(&server.admin), Some(&body))
+                .await;
+            (r.status, r.body)
         }
     };
     let process = |name: &str, policy: Json| json!({ "name": name, "module_digest": digest, "grant": { "rotation_policy": policy } });
@@ -374,16 +311,10 @@ impl Shadow {
 
 /// A sudo-capable account whose login shell is bash (as admin accounts' usually is).
 fn bash_admin(prefix: &str) -> TestUser {
-    let user = TestUser::create(prefix)
-        .expect("user")
-        .with_sudo()
-        .expect("sudo");
-    let ok = Command::new("usermod")
-        .args(["-s", "/bin/bash", &user.name])
-        .status()
-        .expect("usermod");
-    assert!(ok.success());
-    user
+    TestUser::create(prefix)
+        .and_then(TestUser::with_sudo)
+        .and_then(TestUser::with_bash)
+        .expect("sudo user with bash")
 }
 
 /// What the account's own login shell runs for `sudo` now: proves the shadow is live.

@@ -12,7 +12,7 @@ use warden_host::registry::manifest::Requests;
 use warden_host::runtime::limits::{LimitExceeded, RunLimits};
 use warden_host::runtime::{RunControl, RunOutcome, RunStop};
 
-use crate::support::{Env, grant, target_of, text_params};
+use crate::support::{Env, grant, run_spec, target_of, text_params};
 
 /// A command that runs long and that `pgrep -f` finds by a marker no other test uses.
 fn long_sleep() -> String {
@@ -280,19 +280,14 @@ async fn exec_many_admits_each_target_through_the_same_path() {
 async fn exec_in_scope(env: &Env, scope: &Requests, command: &str) -> (String, serde_json::Value) {
     let probe = env.prepare("probe");
     let params = exec_params(command);
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let spec = warden_host::bridge::RunSpec {
-        identity: warden_host::capabilities::RunIdentity {
-            run_id: run_id.clone(),
-            actor: "test".into(),
-            module: "probe".into(),
-        },
-        task: probe,
+    let spec = run_spec(
+        "probe",
+        probe,
         params,
-        grant: grant(&["pw"], &["t0"]),
-        limits: RunLimits::default(),
-        control: RunControl::new(),
-    };
+        grant(&["pw"], &["t0"]),
+        RunLimits::default(),
+    );
+    let run_id = spec.identity.run_id.clone();
     let report = env
         .bridge
         .execute_in_scope(spec, scope)
@@ -346,26 +341,19 @@ async fn the_manifest_narrows_commands_paths_and_target_tags_its_grant_allows() 
         paths: vec!["/tmp/wdn-scope-allowed".into()],
         ..Requests::default()
     };
-    let spec = |path: &str| warden_host::bridge::RunSpec {
-        identity: warden_host::capabilities::RunIdentity {
-            run_id: uuid::Uuid::new_v4().to_string(),
-            actor: "test".into(),
-            module: "probe".into(),
-        },
-        task: probe.clone(),
-        params: text_params(&[
+    let spec = |path: &str| {
+        let params = text_params(&[
             ("mode", "transfer"),
             ("credential", "pw"),
             ("target", "t0"),
             ("path", path),
             ("content", "x"),
-        ]),
-        grant: Grant {
+        ]);
+        let grant = Grant {
             paths: vec!["/tmp".into()],
             ..grant(&["pw"], &["t0"])
-        },
-        limits: RunLimits::default(),
-        control: RunControl::new(),
+        };
+        run_spec("probe", probe.clone(), params, grant, RunLimits::default())
     };
     let outside = format!("/tmp/wdn-scope-outside-{}", rand_digits());
     let report = env

@@ -124,19 +124,8 @@ impl Env {
         let manifest = std::fs::read_to_string(guests::manifest(example)).expect("manifest");
         let manifest =
             warden_host::registry::manifest::Manifest::parse(&manifest).expect("manifest parses");
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let spec = RunSpec {
-            identity: RunIdentity {
-                run_id: run_id.clone(),
-                actor: "test".into(),
-                module: example.into(),
-            },
-            task,
-            params,
-            grant,
-            limits,
-            control: warden_host::runtime::RunControl::new(),
-        };
+        let spec = run_spec(example, task, params, grant, limits);
+        let run_id = spec.identity.run_id.clone();
         let report = self
             .bridge
             .execute_in_scope(spec, &manifest.requests)
@@ -155,18 +144,9 @@ impl Env {
         control: Arc<warden_host::runtime::RunControl>,
         run_id: &str,
     ) -> RunReport {
-        let spec = RunSpec {
-            identity: RunIdentity {
-                run_id: run_id.into(),
-                actor: "test".into(),
-                module: "probe".into(),
-            },
-            task: task.clone(),
-            params,
-            grant,
-            limits,
-            control,
-        };
+        let mut spec = run_spec("probe", task.clone(), params, grant, limits);
+        spec.identity.run_id = run_id.into();
+        spec.control = control;
         self.bridge.execute(spec).await.expect("run executes")
     }
 
@@ -209,20 +189,8 @@ impl Env {
         limits: RunLimits,
         policy: Option<warden_host::capabilities::HostCallPolicy>,
     ) -> (String, RunReport) {
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let identity = RunIdentity {
-            run_id: run_id.clone(),
-            actor: "test".into(),
-            module: "probe".into(),
-        };
-        let spec = RunSpec {
-            identity,
-            task: task.clone(),
-            params,
-            grant,
-            limits,
-            control: warden_host::runtime::RunControl::new(),
-        };
+        let spec = run_spec("probe", task.clone(), params, grant, limits);
+        let run_id = spec.identity.run_id.clone();
         let report = match policy {
             Some(policy) => self.bridge.execute_with_policy(spec, policy).await,
             None => self.bridge.execute(spec).await,
@@ -246,6 +214,28 @@ impl Env {
             .filter(|r| r.entry.action != warden_host::vault::lease::REVOKED_ACTION)
             .filter(|r| !is_intent(r))
             .collect()
+    }
+}
+
+/// A run of `task` as module `module` by actor `test`, under a fresh run id and control.
+pub fn run_spec(
+    module: &str,
+    task: Arc<PreparedTask>,
+    params: Vec<Param>,
+    grant: Grant,
+    limits: RunLimits,
+) -> RunSpec {
+    RunSpec {
+        identity: RunIdentity {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            actor: "test".into(),
+            module: module.into(),
+        },
+        task,
+        params,
+        grant,
+        limits,
+        control: warden_host::runtime::RunControl::new(),
     }
 }
 

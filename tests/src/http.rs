@@ -1,71 +1,42 @@
 //! The HTTP harness of the integration tests: a Warden server on a real bound port (in this
-//! process, or another one), a reqwest client, replies with their JSON error codes, and the
-//! helpers every API test needs (bootstrap an administrator, trust a publisher, publish a
-//! signed guest, create users with their own tokens, start and wait for runs, read the
-//! audit and a run's server-sent events). [`ServeChild`] (in `child.rs`) is `warden serve` as
-//! a child process, over TLS or plain HTTP.
+//! process, or another one), a reqwest client, replies with their JSON error codes and typed
+//! records (`reply.rs`), bootstrap and publish helpers (`setup.rs`: an administrator, users
+//! with their own tokens, trusted publishers, signed guests), bounded waits for runs, and a
+//! reader of a run's server-sent events (`sse.rs`). [`ServeChild`] (in `child.rs`) is
+//! `warden serve` as a child process, over TLS or plain HTTP.
+//!
+//! Its threat is a test that passes for the wrong reason: every wait is bounded (a hung
+//! server fails the test with the last reply), every helper asserts the status it relies on
+//! and shows the reply text when it is not, and nothing is mocked.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warden_host::api::AppState;
-use warden_host::registry::manifest::Manifest;
-use warden_host::registry::signing;
 use warden_host::store::{DataDir, DatabaseLocation};
 use warden_host::tls::{Fingerprint, ServerTrust};
-use warden_host::users::UserStore;
 
-use crate::{guests, repo_root};
+use crate::repo_root;
 
 mod child;
-pub use child::{ServeChild, Transport};
+mod reply;
+mod setup;
+mod sse;
+pub use child::{ServeChild, ServeCommand, Transport};
+pub use reply::{Created, IssuedToken, Reply, RunState, Uploaded, reply};
+pub use setup::{
+    ADMIN_ROLE, admin_in, bootstrap_admin, bootstrap_admin_as, component_bytes, init_data_dir,
+    manifest_text, new_key, redeem, signed, signed_bytes,
+};
+pub use sse::parse_sse_block;
 
 /// How long a test waits for a run, a stream or a server before failing.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
-/// Mints `user`'s own token with its enrollment token (what a new user does once): the
-/// token an administrator mints for someone else is good for nothing else.
-pub async fn redeem(client: &reqwest::Client, base: &str, user: &str, enrollment: &str) -> String {
-    let resp = client
-        .post(format!("{base}/v1/users/{user}/tokens"))
-        .bearer_auth(enrollment)
-        .json(&json!({ "label": "own" }))
-        .send()
-        .await
-        .expect("redeem request");
-    let r = reply(resp).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(r.body["kind"], "full", "{}", r.text);
-    r.body["token"].as_str().expect("token").to_string()
-}
-
-/// One HTTP reply: status, raw body text, and the body as JSON (`Null` if it is not JSON).
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub text: String,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The stable error code of a JSON error body.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    /// Asserts the status and the error code.
-    pub fn expect_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{}", self.text);
-        assert_eq!(self.code(), code, "{}", self.text);
-    }
-}
+/// The states of a run that has not ended yet, as [`Server::wait_for_state_or_end`] sees them.
+pub const UNFINISHED: &[&str] = &["queued", "running", "awaiting-approval"];
 
 /// A Warden server on a real port, and an admin token for it.
 pub struct Server {
@@ -75,6 +46,8 @@ pub struct Server {
     /// The in-process server's state (None for a server in another process).
     pub _state: Option<AppState>,
     _dir: Option<TempDir>,
+    /// How long this harness's waits last ([`PATIENCE`] unless set otherwise).
+    pub patience: Duration,
 }
 
 impl Server {
@@ -96,10 +69,29 @@ impl Server {
         Self::start_at(limits, &location).await
     }
 
+    /// [`Server::start`] in sled whatever `WARDEN_TEST_BACKEND` says (the suites whose
+    /// server always was sled).
+    pub async fn start_embedded() -> Server {
+        Self::start_configured(&Default::default(), &DatabaseLocation::Embedded, |state| {
+            state
+        })
+        .await
+    }
+
     /// [`Server::start_with`] over the database at `location`.
     pub async fn start_at(
         limits: &warden_host::api::ServerLimits,
         location: &DatabaseLocation,
+    ) -> Server {
+        Self::start_configured(limits, location, |state| state).await
+    }
+
+    /// [`Server::start_at`], with the state passed through `configure` before the server
+    /// serves it (to set an approval lifetime, say).
+    pub async fn start_configured(
+        limits: &warden_host::api::ServerLimits,
+        location: &DatabaseLocation,
+        configure: impl FnOnce(AppState) -> AppState,
     ) -> Server {
         let dir = TempDir::new().expect("temp dir");
         let root = dir.path().join("data");
@@ -108,7 +100,16 @@ impl Server {
         let state = AppState::open_with(data, &repo_root().join("policies"), limits)
             .await
             .expect("app state");
+        let state = configure(state);
         let admin = bootstrap_admin(&state.users);
+        let mut server = Self::serve_state(state, admin).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Serves `state` in this process on 127.0.0.1:0 until the test ends; the harness on it
+    /// as `admin`.
+    pub async fn serve_state(state: AppState, admin: String) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -123,7 +124,8 @@ impl Server {
             admin,
             client: client(),
             _state: Some(state),
-            _dir: Some(dir),
+            _dir: None,
+            patience: PATIENCE,
         }
     }
 
@@ -140,7 +142,28 @@ impl Server {
             client,
             _state: None,
             _dir: None,
+            patience: PATIENCE,
         }
+    }
+
+    /// This harness with its waits lasting `patience` instead of [`PATIENCE`].
+    pub fn with_patience(mut self, patience: Duration) -> Server {
+        self.patience = patience;
+        self
+    }
+
+    /// The in-process server's state; fails for a server in another process.
+    pub fn state(&self) -> &AppState {
+        self._state.as_ref().expect("in-process server")
+    }
+
+    /// The data directory of the in-process server; fails for one in another process.
+    pub fn data_path(&self) -> std::path::PathBuf {
+        self._dir
+            .as_ref()
+            .expect("in-process server")
+            .path()
+            .join("data")
     }
 
     pub async fn request(
@@ -169,6 +192,41 @@ impl Server {
             .await
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request(Method::PUT, path, Some(token), Some(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// `method path` as the admin (with `body`, if any); asserts `want` and returns the reply.
+    pub async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> Reply {
+        let shown = format!("{method} {path}");
+        let r = self
+            .request(method, path, Some(&self.admin), body.as_ref())
+            .await;
+        assert_eq!(r.status, want, "{shown}: {}", r.text);
+        r
+    }
+
+    /// POSTs `body` as the admin, asserts `want`, returns the JSON reply.
+    pub async fn admin_post(&self, path: &str, body: Value, want: StatusCode) -> Value {
+        self.expect(Method::POST, path, Some(body), want).await.body
+    }
+
+    /// GETs `path` as the admin and asserts 200.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.expect(Method::GET, path, None, StatusCode::OK).await
+    }
+
     /// POSTs raw bytes (a module upload, a malformed body).
     pub async fn post_raw(
         &self,
@@ -186,28 +244,6 @@ impl Server {
         reply(req.send().await.expect("request sent")).await
     }
 
-    pub async fn upload(&self, bytes: Vec<u8>) -> Reply {
-        self.post_raw("/v1/modules", &self.admin, "application/wasm", bytes)
-            .await
-    }
-
-    /// Trusts `key` as publisher `name`.
-    pub async fn trust(&self, name: &str, key: &SigningKey) {
-        let body =
-            json!({ "name": name, "public_key": hex::encode(key.verifying_key().as_bytes()) });
-        let r = self.post("/v1/publishers", &self.admin, body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    }
-
-    /// Signs `component` with its own manifest, uploads it, and returns its digest.
-    pub async fn publish(&self, component: &str, key: &SigningKey) -> String {
-        let r = self
-            .upload(signed(component, &manifest_text(component), key))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.body["digest"].as_str().expect("digest").to_string()
-    }
-
     /// Shares process `id` with `users`, as `token`'s user; it must succeed.
     pub async fn share(&self, id: &str, token: &str, users: &[&str]) {
         let path = format!("/v1/processes/{id}/share");
@@ -221,28 +257,17 @@ impl Server {
         self.post("/v1/processes", token, body).await
     }
 
-    /// Creates a user with `roles` (as the admin) and returns a fresh API token for it.
-    pub async fn user(&self, name: &str, roles: &[&str]) -> String {
+    /// Creates process `body` as the admin (it must succeed); its id.
+    pub async fn process(&self, body: Value) -> String {
         let r = self
-            .post(
-                "/v1/users",
-                &self.admin,
-                json!({ "name": name, "roles": roles }),
+            .expect(
+                Method::POST,
+                "/v1/processes",
+                Some(body),
+                StatusCode::CREATED,
             )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        let r = self
-            .post(&format!("/v1/users/{name}/tokens"), &self.admin, json!({}))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        let enrollment = r.body["token"].as_str().expect("token");
-        self.redeem(name, enrollment).await
-    }
-
-    /// Redeems `name`'s enrollment token (minted by an administrator) for the user's own
-    /// full token, as the user would.
-    pub async fn redeem(&self, name: &str, enrollment: &str) -> String {
-        redeem(&self.client, &self.base, name, enrollment).await
+        r.json::<Created>().id
     }
 
     /// Starts a run of process `id` as `token`'s user; returns the run id.
@@ -255,21 +280,52 @@ impl Server {
             )
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-        r.body["id"].as_str().expect("run id").to_string()
+        r.json::<Created>().id
     }
-    /// Polls run `id` until it is in a terminal state; fails after [`PATIENCE`].
+
+    /// Run `id`'s record, as the admin (it must exist).
+    pub async fn run(&self, id: &str) -> Value {
+        self.admin_get(&format!("/v1/runs/{id}")).await.body
+    }
+
+    /// Polls run `id` until it is in a terminal state; fails after [`Server::patience`].
     pub async fn wait_for_state_or_end(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-            let state = r.body["state"].as_str().unwrap_or("");
-            if !matches!(state, "queued" | "running" | "awaiting-approval") {
-                return r.body;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_while(id, UNFINISHED).await
+    }
+
+    /// Polls run `id` (as the admin, every 50 ms) while its state is one of `states`; the
+    /// first record in another state. Fails after [`Server::patience`] with the last reply.
+    pub async fn wait_while(&self, id: &str, states: &[&str]) -> Value {
+        self.poll_run(id, |run| !states.contains(&run.state.as_str()))
+            .await
+    }
+
+    /// Polls run `id` until its state is `want`; fails after [`Server::patience`].
+    pub async fn wait_for_state(&self, id: &str, want: &str) -> Value {
+        self.poll_run(id, |run| run.state == want).await
+    }
+
+    /// Polls run `id` (as the admin, every 50 ms) until `done` holds for it; its record.
+    async fn poll_run(&self, id: &str, done: impl Fn(&RunState) -> bool) -> Value {
+        let done = &done;
+        let what = format!("run {id} to get there");
+        crate::wait::until(
+            self.patience,
+            Duration::from_millis(50),
+            &what,
+            || async move {
+                let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+                let run: RunState = r.json();
+                assert_eq!(run.id, id, "{}", r.text);
+                if done(&run) {
+                    Ok(r.body)
+                } else {
+                    Err(format!("still {}: {}", run.state, r.text))
+                }
+            },
+        )
+        .await
     }
 
     /// One sample of `/metrics` (it needs no token).
@@ -278,26 +334,22 @@ impl Server {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.text
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{}", r.text))
     }
 
-    /// Polls run `id` until its state is `want`; fails after [`PATIENCE`].
-    pub async fn wait_for_state(&self, id: &str, want: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let r = self.get(&format!("/v1/runs/{id}"), &self.admin).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-            if r.body["state"] == want {
-                return r.body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run never became {want}: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Run `run`'s approval request as `token`'s user sees it (it must be visible).
+    pub async fn approval(&self, run: &str, token: &str) -> Value {
+        self.get(&format!("/v1/runs/{run}/approval"), token)
+            .await
+            .expect(StatusCode::OK)
+            .clone()
+    }
+
+    /// Approves run `run` as `token`'s user; the reply, whatever it is.
+    pub async fn approve(&self, run: &str, token: &str) -> Reply {
+        self.post(&format!("/v1/runs/{run}/approve"), token, json!({}))
+            .await
     }
 
     /// Audit records matching `query` (e.g. `action=module.upload`), as the admin.
@@ -305,46 +357,6 @@ impl Server {
         let r = self.get(&format!("/v1/audit?{query}"), &self.admin).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.body.as_array().expect("audit array").clone()
-    }
-
-    /// Reads `path`'s server-sent events until a `state` event; returns (event, data) pairs.
-    pub async fn events_until_state(&self, path: &str, token: &str) -> Vec<(String, String)> {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("events request");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-        assert_eq!(
-            content_type.as_ref().and_then(|v| v.to_str().ok()),
-            Some("text/event-stream")
-        );
-        let mut stream = resp.bytes_stream();
-        let mut buffer = String::new();
-        let mut events = Vec::new();
-        let read = async {
-            while let Some(chunk) = stream.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if let Some(event) = parse_sse_block(&block) {
-                        let done = event.0 == "state";
-                        events.push(event);
-                        if done {
-                            return;
-                        }
-                    }
-                }
-            }
-            panic!("event stream ended without a state event");
-        };
-        tokio::time::timeout(PATIENCE, read)
-            .await
-            .expect("state event in time");
-        events
     }
 }
 
@@ -360,62 +372,4 @@ pub fn pinned_client(pin: Fingerprint) -> reqwest::Client {
         .expect("pinned client")
         .build()
         .expect("http client")
-}
-
-pub async fn reply(resp: reqwest::Response) -> Reply {
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("response body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
-}
-
-/// One SSE block's (event, data); `None` for a comment-only block (keep-alive).
-pub fn parse_sse_block(block: &str) -> Option<(String, String)> {
-    let mut event = None;
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            event = Some(v.trim_start().to_string());
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-        }
-    }
-    if event.is_none() && data.is_empty() {
-        return None;
-    }
-    Some((event.unwrap_or_else(|| "message".into()), data.join("\n")))
-}
-
-/// Creates the first Privileged Administrator `admin` directly in the store; its token.
-pub fn bootstrap_admin(users: &UserStore) -> String {
-    let roles = BTreeSet::from(["privileged-administrator".to_string()]);
-    users.create_user("admin", roles).expect("create admin");
-    let issued = users
-        .issue_token("admin", "bootstrap")
-        .expect("issue token");
-    issued.token.expose_secret().to_string()
-}
-
-pub fn new_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
-}
-
-pub fn component_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(guests::component(name)).expect("guest component built")
-}
-
-pub fn manifest_text(name: &str) -> String {
-    std::fs::read_to_string(guests::manifest(name)).expect("guest manifest")
-}
-
-/// `component` signed with `manifest` (TOML text) by `key`.
-pub fn signed(component: &str, manifest: &str, key: &SigningKey) -> Vec<u8> {
-    let manifest = Manifest::parse(manifest).expect("manifest parses");
-    signing::sign(&component_bytes(component), &manifest, key).expect("sign")
 }

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod postgres;
 pub mod scan;
 pub mod sshd;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,6 +23,17 @@ pub fn repo_root() -> PathBuf {
 
 /// Runs the `warden` binary with `args`, feeding `stdin`; returns its output.
 pub fn warden(bin: &str, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    warden_with_env(bin, args, &[], stdin)
+}
+
+/// [`warden`] with `envs` set (and `WARDEN_DATA` removed, as always). The pipe to its stdin
+/// is closed once `stdin` is written, or at once when there is none.
+pub fn warden_with_env(
+    bin: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<Output> {
     use std::io::Write;
     let mut child = Command::new(bin)
         .args(args)
@@ -29,6 +41,7 @@ pub fn warden(bin: &str, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("WARDEN_DATA")
+        .envs(envs.iter().copied())
         .spawn()?;
     if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
         pipe.write_all(bytes)?;

@@ -101,6 +101,13 @@ impl TestUser {
         )
     }
 
+    /// Makes bash the user's login shell (so `~/.bashrc` is read for commands over SSH, as
+    /// on an admin account's usual setup).
+    pub fn with_bash(self) -> Result<TestUser> {
+        run(Command::new("usermod").args(["-s", "/bin/bash", &self.name]))?;
+        Ok(self)
+    }
+
     fn with_sudo_rule(mut self, defaults: &str, commands: &str) -> Result<TestUser> {
         let path = PathBuf::from(format!("/etc/sudoers.d/warden-test-{}", self.name));
         let rule = format!(

@@ -129,6 +129,10 @@ pub const CODES: &[(&str, &str)] = &[
         "the bridge enrolment token is unknown, used or expired",
     ),
     ("run_not_held", "the bridge does not hold that run"),
+    (
+        "too_many_events",
+        "a bridge renewal carries more live events than allowed",
+    ),
     ("denied", "refused by the run's grant"),
     (
         "stale_timestamp",

@@ -17,14 +17,9 @@ use super::{delete, hello_server, id_of, process};
 async fn a_token_minted_for_another_user_cannot_run_or_approve_as_them() {
     let (server, digest, _) = hello_server().await;
     let sam = server.user("sam", &["super-administrator"]).await;
-    let r = server
-        .post(
-            "/v1/roles",
-            &server.admin,
-            json!({ "name": "approvers", "privileges": ["ApproveRun"] }),
-        )
+    server
+        .role(json!({ "name": "approvers", "privileges": ["ApproveRun"] }))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = server
         .post(
             "/v1/users",
@@ -166,14 +161,9 @@ async fn awaiting_run(server: &Server, process: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_creator_of_a_schedule_cannot_approve_or_reject_the_runs_it_fires() {
     let (server, digest, _) = hello_server().await;
-    let r = server
-        .post(
-            "/v1/roles",
-            &server.admin,
-            json!({ "name": "approvers", "privileges": ["ApproveRun"] }),
-        )
+    server
+        .role(json!({ "name": "approvers", "privileges": ["ApproveRun"] }))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let carol = server.user("carol", &["approvers"]).await;
     let p = process(&server, &server.admin, "nightly", &digest, json!({}), 1).await;
     let pid = id_of(&p);

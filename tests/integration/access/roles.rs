@@ -14,14 +14,9 @@ use super::{audit_text, delete, hello_server, id_of, process};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_managers_and_super_admins_cannot_trust_or_distrust_publishers() {
     let (server, _, _) = hello_server().await;
-    let r = server
-        .post(
-            "/v1/roles",
-            &server.admin,
-            json!({ "name": "builders", "privileges": ["ManagePrivilegedProcess"] }),
-        )
+    server
+        .role(json!({ "name": "builders", "privileges": ["ManagePrivilegedProcess"] }))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let mona = server.user("mona", &["builders"]).await;
     let sam = server.user("sam", &["super-administrator"]).await;
     let own_key = new_key();
@@ -61,8 +56,7 @@ async fn a_grant_may_name_only_credentials_and_targets_granted_to_the_authors_ro
     let (server, digest, _) = hello_server().await;
     let role = json!({ "name": "db-team", "privileges": ["ManagePrivilegedProcess"],
         "credentials": ["db-pw"], "targets": ["db-1"] });
-    let r = server.post("/v1/roles", &server.admin, role).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    server.role(role).await;
     let mona = server.user("mona", &["db-team"]).await;
 
     let granted = json!({ "credentials": ["db-pw"], "targets": ["db-1"] });

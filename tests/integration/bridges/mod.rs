@@ -19,7 +19,7 @@ use warden_tests::http::{ServeChild, Server, Transport, new_key};
 use warden_tests::netns::{Forward, Netns};
 use warden_tests::sshd::{Sshd, TestUser};
 
-use crate::api::init_data_dir;
+use warden_tests::http::init_data_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 

@@ -9,7 +9,7 @@ use warden_host::tls::{ServerTls, TLS_DIR};
 use warden_tests::http::{ServeChild, Transport};
 
 use super::{BIN, Lab, Zone, ended};
-use crate::api::init_data_dir;
+use warden_tests::http::init_data_dir;
 
 /// `pin` with its last hex digit changed.
 fn altered(pin: &str) -> String {

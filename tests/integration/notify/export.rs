@@ -15,15 +15,21 @@ async fn export_until_head(server: &Server, path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-#[tokio::test]
-async fn exported_file_verifies_offline_and_edits_removals_reorders_are_caught() {
+/// A server with a file sink `file` exporting into `DIR/export.jsonl`; (server, DIR, path).
+async fn exporting_server() -> (Server, tempfile::TempDir, std::path::PathBuf) {
     let server = Server::start().await;
-    let st = state(&server);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.jsonl");
     let sink = json!({"name": "file", "kind": "file", "path": path.to_str().unwrap()});
     let r = server.post("/v1/notify/sinks", &server.admin, sink).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    (server, dir, path)
+}
+
+#[tokio::test]
+async fn exported_file_verifies_offline_and_edits_removals_reorders_are_caught() {
+    let (server, dir, path) = exporting_server().await;
+    let st = state(&server);
     denial(st, "run-f", 6).await;
     let text = export_until_head(&server, &path).await;
     let key = st.audit.verifying_key();
@@ -186,13 +192,8 @@ async fn metrics_the_dashboard_uses_exist_and_count_host_calls() {
 
 #[tokio::test]
 async fn a_stopped_notifier_resumes_at_its_cursor_without_a_gap() {
-    let server = Server::start().await;
+    let (server, _dir, path) = exporting_server().await;
     let st = state(&server);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("export.jsonl");
-    let sink = json!({"name": "file", "kind": "file", "path": path.to_str().unwrap()});
-    let r = server.post("/v1/notify/sinks", &server.admin, sink).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     denial(st, "run-r", 3).await;
     export_until_head(&server, &path).await;
     // The server's sinks stop (as in a restart); records keep committing meanwhile.

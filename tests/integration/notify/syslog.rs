@@ -28,18 +28,7 @@ fn pki(dir: &Path, name: &str) -> Pki {
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(&d, args);
     let ec = [
         "-newkey",
         "ec",
@@ -286,23 +275,26 @@ async fn syslog_over_tls_verifies_the_collector_certificate() {
     r.expect_error(StatusCode::BAD_REQUEST, "invalid");
 }
 
+/// Runs `openssl ARGS` in `dir`; it must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A client certificate for `name`, signed by `ca`'s CA key (openssl CLI); (cert, key PEM).
 fn client_cert(dir: &Path, ca: &Pki, name: &str) -> (PathBuf, Vec<u8>) {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     let ca_dir = ca.ca.parent().unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(&d, args);
     run(&[
         "req",
         "-newkey",

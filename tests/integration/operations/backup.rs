@@ -25,12 +25,8 @@ use warden_host::vault::{MasterKeySource, Vault};
 use warden_tests::http::Server;
 use warden_tests::random_secret;
 
-use super::{Serve, probe_process, run, warden};
-use crate::api::init_data_dir;
-
-fn arg(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
+use super::{arg, audit_verify, probe_process, run, start_serve, warden};
+use warden_tests::http::init_data_dir;
 
 /// `warden backup --data DATA -o OUT` (in `cwd`); stdout, or a panic with the output.
 fn backup(cwd: &Path, data: &Path, out: &Path) -> String {
@@ -90,7 +86,7 @@ async fn a_backup_of_a_busy_server_restores_every_record_and_credential_with_the
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
-    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
+    let serve = start_serve(tmp.path(), &["--data", &arg(&data)], &[]).await;
     let (server, process) = probe_process(&serve, &admin).await;
     let server = Arc::new(server);
 
@@ -177,16 +173,7 @@ async fn a_backup_of_a_busy_server_restores_every_record_and_credential_with_the
         );
         assert!(ok, "{out}");
 
-        let mut verify = warden(tmp.path());
-        verify.args([
-            "audit",
-            "verify",
-            "--data",
-            &arg(&restored),
-            "--master-key-file",
-            &arg(&key),
-        ]);
-        let (status, stdout, stderr) = run(verify);
+        let (status, stdout, stderr) = audit_verify(tmp.path(), &restored, &key);
         assert!(status.status.success(), "{stdout}{stderr}");
         assert!(stdout.contains(&format!("{snapshot} records")), "{stdout}");
 
@@ -253,7 +240,7 @@ async fn a_backup_of_a_busy_server_restores_every_record_and_credential_with_the
 
     // The restored directory serves: its audit log answers queries by run.
     let restored = tmp.path().join("restored-1");
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &["--data", &arg(&restored), "--master-key-file", &arg(&key)],
         &[],
@@ -293,28 +280,34 @@ fn forge(file: &Path, out: &Path, edit: impl FnOnce(&mut Vec<Value>)) {
     std::fs::write(out, body).expect("write");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_edited_reordered_or_newer_backup_or_a_wrong_key_restores_nothing() {
-    let tmp = TempDir::new().expect("temp dir");
-    let data = tmp.path().join("data");
-    let admin = init_data_dir(&data);
-    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
-    let (server, process) = probe_process(&serve, &admin).await;
-    let body = json!({"name": "db-root", "username": "root", "secret": random_secret(24)});
+/// Serves `data`, adds credential `db-root` holding `secret`, lets a probe run end, then
+/// backs the directory up into `file` while it is served; the server is stopped after.
+async fn back_up_after_a_run(cwd: &Path, data: &Path, admin: &str, secret: &str, file: &Path) {
+    let serve = start_serve(cwd, &["--data", &arg(data)], &[]).await;
+    let (server, process) = probe_process(&serve, admin).await;
+    let body = json!({"name": "db-root", "username": "root", "secret": secret});
     assert!(
         server
-            .post("/v1/credentials", &admin, body)
+            .post("/v1/credentials", admin, body)
             .await
             .status
             .is_success()
     );
     let id = server
-        .start_run(&process, &admin, json!({"mode": "calls", "n": 4}))
+        .start_run(&process, admin, json!({"mode": "calls", "n": 4}))
         .await;
     server.wait_for_state_or_end(&id).await;
-    let good = tmp.path().join("good.jsonl");
-    backup(tmp.path(), &data, &good);
+    backup(cwd, data, file);
     drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_edited_reordered_or_newer_backup_or_a_wrong_key_restores_nothing() {
+    let tmp = TempDir::new().expect("temp dir");
+    let data = tmp.path().join("data");
+    let admin = init_data_dir(&data);
+    let good = tmp.path().join("good.jsonl");
+    back_up_after_a_run(tmp.path(), &data, &admin, &random_secret(24), &good).await;
     let key = data.join("master.key");
     let with_key = ["--master-key-file", &arg(&key)];
     let bytes = std::fs::read(&good).expect("backup");
@@ -458,7 +451,7 @@ async fn only_the_data_directorys_owner_gets_a_backup_even_through_a_loosened_so
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     init_data_dir(&data);
-    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
+    let serve = start_serve(tmp.path(), &["--data", &arg(&data)], &[]).await;
     let socket = data.join("control.sock");
     let mode = |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode(&socket), 0o600);
@@ -519,24 +512,9 @@ async fn a_backup_restores_into_an_empty_postgres_database_and_never_into_a_used
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
-    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
-    let (server, process) = probe_process(&serve, &admin).await;
     let secret = random_secret(24);
-    let body = json!({"name": "db-root", "username": "root", "secret": secret});
-    assert!(
-        server
-            .post("/v1/credentials", &admin, body)
-            .await
-            .status
-            .is_success()
-    );
-    let id = server
-        .start_run(&process, &admin, json!({"mode": "calls", "n": 4}))
-        .await;
-    server.wait_for_state_or_end(&id).await;
     let file = tmp.path().join("backup.jsonl");
-    backup(tmp.path(), &data, &file);
-    drop(serve);
+    back_up_after_a_run(tmp.path(), &data, &admin, &secret, &file).await;
     let snapshot = header(&file)["audit_records"].as_u64().expect("count");
     let key = data.join("master.key");
     let url = warden_tests::postgres::fresh_database();
@@ -568,16 +546,7 @@ async fn a_backup_restores_into_an_empty_postgres_database_and_never_into_a_used
         secret.as_bytes()
     );
     // Without --database the restored directory says where its state is.
-    let mut plain = warden(tmp.path());
-    plain.args([
-        "audit",
-        "verify",
-        "--data",
-        &arg(&keys),
-        "--master-key-file",
-        &arg(&key),
-    ]);
-    let (status, _, stderr) = run(plain);
+    let (status, _, stderr) = audit_verify(tmp.path(), &keys, &key);
     assert!(
         !status.status.success() && stderr.contains("--database"),
         "{stderr}"

@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use warden_tests::random_secret;
 
-use super::{Serve, run, warden};
+use super::{run, start_serve, warden};
 
 /// Writes `text` as a configuration file with mode 0600.
 fn config_file(dir: &Path, text: &str) -> PathBuf {
@@ -203,7 +203,7 @@ async fn a_master_key_file_kept_apart_opens_the_data_directory_and_a_loose_one_i
     let file_arg = file.to_string_lossy().into_owned();
     // Plain HTTP on loopback: the subject is the key file, not the certificate `warden init`
     // made (tests/integration/tls.rs covers that).
-    let serve = Serve::start(tmp.path(), &["--config", &file_arg, "--insecure-http"], &[]).await;
+    let serve = start_serve(tmp.path(), &["--config", &file_arg, "--insecure-http"], &[]).await;
     assert!(
         serve.stderr().contains("listening on"),
         "{}",

@@ -5,19 +5,15 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use super::{Serve, run, warden};
-use crate::api::init_data_dir;
-
-fn arg(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
+use super::{arg, audit_verify, run, start_serve, warden};
+use warden_tests::http::init_data_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_in_use_and_a_missing_master_key_are_one_sentence_each() {
     let tmp = TempDir::new().expect("temp dir");
     let data = tmp.path().join("data");
     init_data_dir(&data);
-    let serve = Serve::start(tmp.path(), &["--data", &arg(&data)], &[]).await;
+    let serve = start_serve(tmp.path(), &["--data", &arg(&data)], &[]).await;
     for args in [
         vec!["serve", "--listen", "127.0.0.1:0", "--data", &arg(&data)],
         vec!["audit", "verify", "--data", &arg(&data)],
@@ -91,15 +87,6 @@ async fn a_data_directory_in_use_and_a_missing_master_key_are_one_sentence_each(
         "{stderr}"
     );
     // With the key named, the same command works.
-    let mut command = warden(tmp.path());
-    command.args([
-        "audit",
-        "verify",
-        "--data",
-        &arg(&data),
-        "--master-key-file",
-        &arg(&moved),
-    ]);
-    let (out, stdout, stderr) = run(command);
+    let (out, stdout, stderr) = audit_verify(tmp.path(), &data, &moved);
     assert!(out.status.success(), "{stdout}{stderr}");
 }

@@ -8,8 +8,8 @@ use tempfile::TempDir;
 use warden_tests::http::Server;
 use warden_tests::random_secret;
 
-use super::{Serve, probe_process, wait_for};
-use crate::api::init_data_dir;
+use super::{Serve, probe_process, start_serve, wait_for};
+use warden_tests::http::init_data_dir;
 
 /// Every line of `log` that is a JSON request line.
 fn request_lines(log: &str) -> Vec<Value> {
@@ -25,7 +25,7 @@ async fn json_request_lines_carry_route_status_and_caller_but_never_a_token_or_r
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
     let data_arg = data.to_string_lossy().into_owned();
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &["--data", &data_arg, "--log-format", "json"],
         &[],
@@ -80,15 +80,22 @@ async fn json_request_lines_carry_route_status_and_caller_but_never_a_token_or_r
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero() {
-    let tmp = TempDir::new().expect("temp dir");
+/// A new data directory under `tmp` served with `--shutdown-grace SECS`, with the probe
+/// published and a process of it: (data argument, admin token, child, harness, process id).
+async fn serve_with_grace(tmp: &TempDir, secs: &str) -> (String, String, Serve, Server, String) {
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
     let data_arg = data.to_string_lossy().into_owned();
-    let args = ["--data", &data_arg, "--shutdown-grace", "30"];
-    let mut serve = Serve::start(tmp.path(), &args, &[]).await;
+    let args = ["--data", &data_arg, "--shutdown-grace", secs];
+    let serve = start_serve(tmp.path(), &args, &[]).await;
     let (server, process) = probe_process(&serve, &admin).await;
+    (data_arg, admin, serve, server, process)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero() {
+    let tmp = TempDir::new().expect("temp dir");
+    let (data_arg, admin, mut serve, server, process) = serve_with_grace(&tmp, "30").await;
     let run = server
         .start_run(&process, &admin, json!({ "mode": "sleep", "n": 8000 }))
         .await;
@@ -135,7 +142,7 @@ async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero()
     assert_eq!(serve.exit_code().await, 0, "{}", serve.stderr());
 
     // It succeeded, and nothing started after the signal: the one run is all there is.
-    let restarted = Serve::start(tmp.path(), &["--data", &data_arg], &[]).await;
+    let restarted = start_serve(tmp.path(), &["--data", &data_arg], &[]).await;
     let server = Server::remote(restarted.base.clone(), admin.clone());
     let r = server.get(&format!("/v1/runs/{run}"), &admin).await;
     assert_eq!(r.body["state"], "succeeded", "{}", r.text);
@@ -147,12 +154,7 @@ async fn sigterm_refuses_new_runs_lets_the_run_in_flight_finish_and_exits_zero()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_past_the_grace_period_end_interrupted_audited_and_the_exit_code_says_so() {
     let tmp = TempDir::new().expect("temp dir");
-    let data = tmp.path().join("data");
-    let admin = init_data_dir(&data);
-    let data_arg = data.to_string_lossy().into_owned();
-    let args = ["--data", &data_arg, "--shutdown-grace", "1"];
-    let mut serve = Serve::start(tmp.path(), &args, &[]).await;
-    let (server, process) = probe_process(&serve, &admin).await;
+    let (data_arg, admin, mut serve, server, process) = serve_with_grace(&tmp, "1").await;
     // One run that never ends by itself, and one that would need far longer than the grace.
     let spinning = server
         .start_run(&process, &admin, json!({ "mode": "loop" }))
@@ -166,7 +168,7 @@ async fn runs_past_the_grace_period_end_interrupted_audited_and_the_exit_code_sa
     serve.signal("TERM");
     assert_eq!(serve.exit_code().await, 3, "{}", serve.stderr());
 
-    let restarted = Serve::start(tmp.path(), &["--data", &data_arg], &[]).await;
+    let restarted = start_serve(tmp.path(), &["--data", &data_arg], &[]).await;
     let server = Server::remote(restarted.base.clone(), admin.clone());
     for run in [&spinning, &sleeping] {
         let r = server.get(&format!("/v1/runs/{run}"), &admin).await;

@@ -8,7 +8,7 @@
 //! log shipper that would happily forward a bearer token.
 //!
 //! Layout: this file holds the helpers (the `warden` command without the caller's
-//! `WARDEN_*` settings, a `warden serve` child that can be signalled); `policies` the
+//! `WARDEN_*` settings, the shared `warden serve` child started in a directory of its own); `policies` the
 //! built-in set, its export and override, syntax errors, the port in use, completions and
 //! man pages; `config` the configuration file and `config check`; `lifecycle` request log
 //! lines and graceful shutdown; `backup` backup and restore (of a running server, into sled
@@ -21,12 +21,12 @@ mod errors;
 mod lifecycle;
 mod policies;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use warden_tests::http::{Server, client, new_key};
+use warden_tests::http::{ServeCommand, Server, new_key};
 
 pub(super) const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 
@@ -60,79 +60,38 @@ pub(super) fn free_port() -> u16 {
 }
 
 /// A `warden serve` child with its stderr in a file; SIGKILLed on drop if still running.
-pub(super) struct Serve {
-    child: Child,
-    log: PathBuf,
-    pub(super) base: String,
+pub(super) use warden_tests::http::ServeChild as Serve;
+
+/// Starts `warden serve --listen <free port> ARGS` in `cwd` (no `--data` or `--policies`
+/// unless `args` has them) and waits (up to [`PATIENCE`]) until `/healthz` answers.
+pub(super) async fn start_serve(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
+    let log = cwd.join(format!("serve-{}.log", uuid::Uuid::new_v4()));
+    ServeCommand::bare(BIN, log)
+        .cwd(cwd)
+        .args(args)
+        .envs(envs)
+        .patience(PATIENCE)
+        .start()
+        .await
 }
 
-impl Serve {
-    /// Starts `warden serve --listen <free port> ARGS` in `cwd` (no `--policies` unless
-    /// `args` has one) and waits until `/healthz` answers.
-    pub(super) async fn start(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Serve {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let log = cwd.join(format!("serve-{}.log", uuid::Uuid::new_v4()));
-        let mut command = warden(cwd);
-        command
-            .args(["serve", "--listen", &listen])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        let child = command.spawn().expect("warden serve starts");
-        let mut serve = Serve {
-            child,
-            log,
-            base: format!("http://{listen}"),
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let reply = client().get(format!("{}/healthz", serve.base)).send().await;
-            if reply.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return serve;
-            }
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("warden serve exited with {status}: {}", serve.stderr());
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{}", serve.stderr());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub(super) fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(super) fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// Waits (bounded) for the process to exit; its exit code.
-    pub(super) async fn exit_code(&mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "still running: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// A path as a command-line argument.
+pub(super) fn arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `warden audit verify --data DATA --master-key-file KEY` in `cwd`.
+pub(super) fn audit_verify(cwd: &Path, data: &Path, key: &Path) -> (Output, String, String) {
+    let mut verify = warden(cwd);
+    verify.args([
+        "audit",
+        "verify",
+        "--data",
+        &arg(data),
+        "--master-key-file",
+        &arg(key),
+    ]);
+    run(verify)
 }
 
 /// The `sha256=` digest on the log line `what` ("policies loaded", "policies reloaded").

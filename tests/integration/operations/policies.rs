@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{PATIENCE, Serve, export, logged_digest, run, warden};
-use crate::api::init_data_dir;
+use super::{PATIENCE, export, logged_digest, run, start_serve, warden};
+use warden_tests::http::init_data_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_from_any_directory_with_the_built_in_policies_and_logs_their_digest() {
@@ -38,7 +38,7 @@ async fn serves_from_any_directory_with_the_built_in_policies_and_logs_their_dig
 
     let exported = export(tmp.path(), &tmp.path().join("exported"));
     let data_arg = data.to_string_lossy().into_owned();
-    let builtin = Serve::start(&cwd, &["--data", &data_arg], &[]).await;
+    let builtin = start_serve(&cwd, &["--data", &data_arg], &[]).await;
     let log = builtin.stderr();
     assert!(log.contains("built-in policy set"), "{log}");
     let digest = logged_digest(&log, "policies loaded").expect("digest logged");
@@ -49,7 +49,7 @@ async fn serves_from_any_directory_with_the_built_in_policies_and_logs_their_dig
 
     let stray_arg = stray.to_string_lossy().into_owned();
     let args = ["--data", &data_arg, "--policies", &stray_arg];
-    let explicit = Serve::start(&cwd, &args, &[]).await;
+    let explicit = start_serve(&cwd, &args, &[]).await;
     let log = explicit.stderr();
     assert!(log.contains(&format!("directory {stray_arg}")), "{log}");
     let other = logged_digest(&log, "policies loaded").expect("digest logged");

@@ -10,7 +10,7 @@ use warden_host::tls::Fingerprint;
 use warden_tests::http::{ServeChild, Transport};
 
 use super::{BIN, cert_of, impostor, init, list_processes, warden};
-use crate::api::init_data_dir;
+use warden_tests::http::init_data_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_with_the_right_pin_or_the_certificate_as_ca_works() {

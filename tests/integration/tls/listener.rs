@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use warden_tests::http::{ServeChild, Transport};
 
 use super::{BIN, impostor, init, list_processes, warden};
-use crate::api::init_data_dir;
+use warden_tests::http::init_data_dir;
 
 #[test]
 fn a_non_loopback_address_needs_tls_or_insecure_http() {

@@ -30,16 +30,7 @@ async fn two_servers() -> (TempDir, Server, Server) {
         let state = AppState::open_with(data, &repo_root().join("policies"), &Default::default())
             .await
             .expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(warden_host::api::serve(
-            listener,
-            state,
-            std::future::pending(),
-        ));
-        servers.push(Server::remote(base, admin.clone()));
+        servers.push(Server::serve_state(state, admin.clone()).await);
     }
     let b = servers.pop().expect("b");
     let a = servers.pop().expect("a");

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use warden_tests::http::{ServeChild, Transport};
 
 use super::*;
-use crate::api::init_data_dir;
+use warden_tests::http::init_data_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden-e2e");
 

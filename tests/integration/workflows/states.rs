@@ -390,8 +390,7 @@ async fn definitions_are_validated_at_create_and_update_naming_the_state() {
     // `db-pw` only, naming `root-pw` in the second step (and in a map's iterator).
     let role = json!({ "name": "db-team", "privileges": ["ManagePrivilegedProcess"],
         "credentials": ["db-pw"], "targets": ["db-1"] });
-    let r = lab.server.post("/v1/roles", &lab.server.admin, role).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    lab.server.role(role).await;
     let mona = lab.server.user("mona", &["db-team"]).await;
     let fine = json!({ "credentials": ["db-pw"], "targets": ["db-1"] });
     let wide = json!({ "credentials": ["root-pw"], "targets": ["db-1"] });

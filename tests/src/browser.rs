@@ -143,6 +143,84 @@ impl Browser {
         Ok(())
     }
 
+    /// Chooses the file at `path` in the file input matching `css`.
+    pub async fn attach(&self, css: &str, path: &std::path::Path) -> Result<()> {
+        let field = self.wait_for(css).await?;
+        field
+            .send_keys(&path.display().to_string())
+            .await
+            .context("choosing the file")?;
+        Ok(())
+    }
+
+    /// Adds to the current page a form posting `fields` to `action` (urlencoded, or
+    /// `multipart/form-data` with a file input `#forged-file` named `file_field` when that is
+    /// set) and returns without submitting it: what a signed-in user who builds a form the
+    /// console does not offer them (in the developer tools) can post. The CSRF token of the
+    /// page is included when `with_csrf`.
+    pub async fn forge_form(
+        &self,
+        action: &str,
+        fields: &[(&str, &str)],
+        file_field: Option<&str>,
+        with_csrf: bool,
+    ) -> Result<()> {
+        let script = r#"
+            const [action, fields, fileField, withCsrf] = arguments;
+            const form = document.createElement('form');
+            form.method = 'post';
+            form.action = action;
+            form.id = 'forged';
+            if (fileField) { form.enctype = 'multipart/form-data'; }
+            const csrf = document.querySelector('input[name=_csrf]');
+            const all = withCsrf && csrf ? [['_csrf', csrf.value], ...fields] : fields;
+            for (const [name, value] of all) {
+                const input = document.createElement('input');
+                input.type = 'hidden'; input.name = name; input.value = value;
+                form.appendChild(input);
+            }
+            if (fileField) {
+                const file = document.createElement('input');
+                file.type = 'file'; file.name = fileField; file.id = 'forged-file';
+                form.appendChild(file);
+            }
+            const button = document.createElement('button');
+            button.type = 'submit'; button.id = 'forged-submit'; button.textContent = 'forged';
+            form.appendChild(button);
+            document.body.appendChild(form);
+        "#;
+        let fields: Vec<[&str; 2]> = fields.iter().map(|(k, v)| [*k, *v]).collect();
+        self.client
+            .execute(
+                script,
+                vec![
+                    json!(action),
+                    json!(fields),
+                    json!(file_field),
+                    json!(with_csrf),
+                ],
+            )
+            .await
+            .context("adding the form")?;
+        Ok(())
+    }
+
+    /// Submits the form [`Browser::forge_form`] added and returns the HTML of the answer.
+    pub async fn submit_forged(&self) -> Result<String> {
+        self.click("#forged-submit").await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let html = self.html().await?;
+            if !html.contains("forged-submit") {
+                return Ok(html);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the forged form's answer never loaded");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Clicks the element matching `css`.
     pub async fn click(&self, css: &str) -> Result<()> {
         self.wait_for(css).await?.click().await?;

@@ -16,6 +16,10 @@ pub struct RunFilter {
     pub process_id: Option<String>,
     pub actor: Option<String>,
     pub state: Option<RunState>,
+    /// Only runs created at or after this time (Unix ms). Bounds the walk: the time index
+    /// is read from `before` (or now) down to here and no further.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
     /// Only runs older than this one (the last run of the previous page).
     #[serde(default)]
     pub before: Option<RunCursor>,
@@ -94,6 +98,7 @@ impl RunStore {
             .before
             .as_ref()
             .map(|c| time_key(c.created_ms, &c.id));
+        page.from = filter.since_ms.map(|since| time_key(since, ""));
         loop {
             let entries = self.by_time.scan(&page)?;
             for (_, id) in &entries {
@@ -138,6 +143,9 @@ fn select_of(filter: &RunFilter, limit: usize) -> Select {
                 c.id.as_bytes().to_vec(),
             )
         }),
+        since: filter
+            .since_ms
+            .map(|ms| ColumnValue::Int(i64::try_from(ms).unwrap_or(i64::MAX))),
         limit,
     }
 }

@@ -692,6 +692,66 @@ async fn lists_newest_first_with_filters_and_a_capped_limit() {
 }
 
 #[tokio::test]
+async fn lists_runs_since_a_time_with_until_as_a_cursor_and_the_other_filters() {
+    let f = Fixture::new();
+    for run in [
+        at("a", "p1", "alice", 10),
+        at("b", "p1", "bob", 20),
+        at("c", "p1", "alice", 30),
+        at("e", "p1", "alice", 40),
+        at("d", "p1", "alice", 40),
+    ] {
+        f.store.create(run).await.unwrap();
+    }
+    let ids = |filter: RunFilter| -> Vec<String> {
+        let runs = f.store.list(&filter).unwrap();
+        runs.into_iter().map(|r| r.id).collect()
+    };
+    let since = |ms| RunFilter {
+        since_ms: Some(ms),
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(since(20)), ["e", "d", "c", "b"], "inclusive");
+    assert_eq!(ids(since(21)), ["e", "d", "c"]);
+    assert_eq!(ids(since(41)), Vec::<String>::new());
+    // `until` is a cursor with an empty id: before every run of that millisecond.
+    let until_40 = Some(RunCursor {
+        created_ms: 40,
+        id: String::new(),
+    });
+    assert_eq!(
+        ids(RunFilter {
+            before: until_40.clone(),
+            ..since(20)
+        }),
+        ["c", "b"]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            actor: Some("alice".into()),
+            before: until_40,
+            ..since(0)
+        }),
+        ["c", "a"]
+    );
+    // Paging inside the window.
+    let first = RunFilter {
+        limit: Some(2),
+        ..since(20)
+    };
+    let page = f.store.list(&first).unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["e", "d"]
+    );
+    let next = RunFilter {
+        before: page.last().map(RunCursor::after),
+        ..first
+    };
+    assert_eq!(ids(next), ["c", "b"]);
+}
+
+#[tokio::test]
 async fn list_never_returns_more_than_the_cap() {
     let f = Fixture::new();
     for i in 0..MAX_LIST_RUNS + 3 {

@@ -239,6 +239,8 @@ pub struct Select {
     pub order_by: &'static str,
     /// Only rows ordered before `(value of order_by, key)`: the previous page's last row.
     pub before: Option<(ColumnValue, Vec<u8>)>,
+    /// Only rows whose `order_by` value is at least this.
+    pub since: Option<ColumnValue>,
     pub limit: usize,
 }
 

@@ -6,14 +6,18 @@
 //! its own besides its sessions.
 //!
 //! Threat: a console page that shows or does more than the API would let the same user.
-//! Limits: replies are read up to [`MAX_REPLY`] bytes.
+//! Limits: replies are read up to [`MAX_REPLY`] bytes. A reply carrying a secret (a token
+//! minted for the page that answers the post) is read through [`Api::post_secret`], which
+//! keeps the secret out of the parsed reply; the router's own response buffer is not wiped.
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::Response;
+use secrecy::SecretString;
 use serde_json::Value;
 use tower::ServiceExt;
+use zeroize::Zeroizing;
 
 use crate::api::auth::{Caller, InProcessCaller};
 
@@ -74,11 +78,24 @@ impl Api {
         body: Option<&Value>,
     ) -> Response {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(caller, method, uri, "application/json", Body::from(bytes))
+            .await
+    }
+
+    /// The raw response of `method uri` as `caller`, with `body` of `content_type`.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: Body,
+    ) -> Response {
         let request = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(bytes));
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body);
         let mut request = match request {
             Ok(request) => request,
             Err(_) => {
@@ -105,19 +122,71 @@ impl Api {
         body: Option<&Value>,
     ) -> Reply {
         let response = self.raw(caller, method, uri, body).await;
+        read_reply(response).await
+    }
+
+    /// `POST uri` of `bytes` (as `content_type`) as `caller`, its reply read and parsed.
+    pub async fn post_bytes(
+        &self,
+        caller: &Caller,
+        uri: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Reply {
+        let body = Body::from(bytes);
+        let response = self
+            .send(caller, Method::POST, uri, content_type, body)
+            .await;
+        read_reply(response).await
+    }
+
+    /// `POST uri` as `caller` of an API call that answers a secret once (a minted token): the
+    /// reply without its `field`, and that field as a secret. The reply's bytes are wiped
+    /// once parsed; the secret leaves only through `ExposeSecret`.
+    pub async fn post_secret(
+        &self,
+        caller: &Caller,
+        uri: &str,
+        body: &Value,
+        field: &str,
+    ) -> (Reply, Option<SecretString>) {
+        let response = self.raw(caller, Method::POST, uri, Some(body)).await;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match axum::body::to_bytes(response.into_body(), MAX_REPLY).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            Err(_) => Value::Null,
+        let bytes = match axum::body::to_bytes(response.into_body(), MAX_REPLY).await {
+            Ok(bytes) => Zeroizing::new(bytes.to_vec()),
+            Err(_) => Zeroizing::new(Vec::new()),
         };
-        Reply {
+        let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let secret = match body.get_mut(field).map(Value::take) {
+            Some(Value::String(secret)) => Some(SecretString::from(secret)),
+            _ => None,
+        };
+        let reply = Reply {
             status,
             headers,
             body,
-        }
+        };
+        (reply, secret)
     }
+}
 
+/// `response` read (at most [`MAX_REPLY`] bytes) and parsed.
+async fn read_reply(response: Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = match axum::body::to_bytes(response.into_body(), MAX_REPLY).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Api {
     pub async fn get(&self, caller: &Caller, uri: &str) -> Reply {
         self.call(caller, Method::GET, uri, None).await
     }

@@ -102,7 +102,11 @@ impl FromRequestParts<UiState> for Console {
 impl UiState {
     /// Audits a refused form post of a signed-in user (`console.refused`): a forged or
     /// cross-site post is worth knowing about.
-    async fn audit_refused(&self, console: &Console, refused: &Refused) -> Result<(), Refused> {
+    pub(super) async fn audit_refused(
+        &self,
+        console: &Console,
+        refused: &Refused,
+    ) -> Result<(), Refused> {
         let Refused::Forbidden(why) = refused else {
             return Ok(());
         };
@@ -184,6 +188,15 @@ impl Form {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name` (a group of checkboxes), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The first value of `name`, or empty.

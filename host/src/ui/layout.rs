@@ -62,6 +62,7 @@ fn nav(ui: &UiState, console: &Console) -> Vec<NavItem> {
     }
     if ui.may(console, Action::ManageUsers) {
         items.push(item("/ui/users", "Users"));
+        items.push(item("/ui/roles", "Roles"));
     }
     items
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`session`] (sessions and CSRF tokens in the store), [`auth`] (the signed-in
 //! request extractors), [`api`] (the in-process API client every page reads and acts
-//! through), [`layout`] (the page shell, times, tables), `pages/` (one file per page) and
+//! through), [`layout`] (the page shell, times, tables), [`multipart`] (the module upload
+//! form's body), `pages/` (one file per page) and
 //! `static/` (htmx, vendored with its licence, and the console's own script and style,
 //! embedded in the binary).
 //!
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod layout;
+pub mod multipart;
 mod pages;
 pub mod session;
 

@@ -6,9 +6,13 @@
 //!
 //! Screenshots of the main pages go to `target/console-screenshots/` (not committed).
 
+mod access_actions;
 mod admin;
 mod approvals;
+mod minting;
+mod module_actions;
 mod pages;
+mod run_filters;
 mod runs;
 mod session;
 mod visibility;

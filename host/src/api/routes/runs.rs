@@ -37,6 +37,15 @@ struct RunQuery {
     process: Option<String>,
     /// Only runs in this state.
     state: Option<RunState>,
+    /// Only runs started by this user (a user name).
+    #[param(pattern = r"^[a-z0-9._-]{1,64}$")]
+    user: Option<String>,
+    /// Only runs created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only runs created before this time (RFC 3339).
+    #[param(format = DateTime)]
+    until: Option<String>,
     /// Only runs older than this cursor (`created_ms:id`, the `x-warden-next-before` of the
     /// previous page).
     #[param(pattern = r"^[0-9]{1,19}:[A-Za-z0-9._-]{1,64}$")]
@@ -83,7 +92,7 @@ impl AppState {
     responses(
         (status = 200, description = "runs the caller may see, newest first, at most `limit` (capped at 100)", body = Vec<RunRecord>,
             headers(("x-warden-next-before" = String, description = "cursor of the next page (`created_ms:id`); absent on the last page"))),
-        (status = 400, description = "`invalid`: `before` is not `created_ms:id`; `invalid_query`: a query parameter does not parse"),
+        (status = 400, description = "`invalid`: `before` is not `created_ms:id`, `since` or `until` is not an RFC 3339 time, or `user` is not a user name; `invalid_query`: a query parameter does not parse"),
         (status = 401, description = "missing or invalid token"),
         (status = 503, description = "`database-unavailable`: nothing was read; retry", headers(("Retry-After" = u64, description = "seconds to wait"))),
     ))]
@@ -93,39 +102,119 @@ async fn list_runs(
     Params(q): Params<RunQuery>,
 ) -> Result<(HeaderMap, Json<Vec<RunRecord>>), ApiError> {
     let limit = q.limit.unwrap_or(MAX_LIST_RUNS).min(MAX_LIST_RUNS);
-    let before = q
+    let mut filter = list_filter(q)?;
+    // Walk pages of the matching runs until `limit` visible ones (or the scan budget): the
+    // cursor is then the last visible run, so a filter naming another user's runs yields no
+    // position of a run the caller may not see unless the budget ran out on them.
+    let (mut visible, mut scanned, mut next) = (Vec::new(), 0, None);
+    while visible.len() < limit {
+        // The first read asks for `limit` (all visible is the common case), later ones more.
+        let want = match scanned {
+            0 => limit,
+            _ => MAX_LIST_RUNS,
+        }
+        .min(LIST_SCAN_BUDGET - scanned);
+        filter.limit = Some(want);
+        let page = state.runs.list(&filter)?;
+        let full = page.len() >= want;
+        scanned += page.len();
+        for run in page {
+            if visible.len() >= limit {
+                break;
+            }
+            next = Some(RunCursor::after(&run));
+            if state.may_see_run(&caller, &run)? {
+                visible.push(run);
+            }
+        }
+        if visible.len() >= limit || scanned >= LIST_SCAN_BUDGET {
+            break;
+        }
+        if !full {
+            // The history is exhausted.
+            next = None;
+            break;
+        }
+        filter.before = next.clone();
+    }
+    let next = next.map(|c| c.to_string());
+    Ok((next_page_header(NEXT_BEFORE_HEADER, next), Json(visible)))
+}
+
+/// Runs read from the store for one page of `GET /v1/runs`, visible or not. Bounds the work
+/// of a page whose filter matches mostly runs the caller may not see.
+const LIST_SCAN_BUDGET: usize = 10 * MAX_LIST_RUNS;
+
+/// The store filter of a run-list query, its values validated (400 `invalid` otherwise).
+fn list_filter(q: RunQuery) -> Result<RunFilter, ApiError> {
+    if let Some(user) = &q.user
+        && !crate::users::is_valid_name(user)
+    {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "user must be 1 to 64 characters of a-z 0-9 . _ -",
+        ));
+    }
+    let since_ms = q
+        .since
+        .as_deref()
+        .map(|t| rfc3339_ms("since", t))
+        .transpose()?;
+    let until_ms = q
+        .until
+        .as_deref()
+        .map(|t| rfc3339_ms("until", t))
+        .transpose()?;
+    let mut before = q
         .before
         .as_deref()
         .map(str::parse::<RunCursor>)
         .transpose()?;
-    let filter = RunFilter {
+    // `until` is a cursor before every run of that millisecond.
+    if let Some(until_ms) = until_ms
+        && before.as_ref().is_none_or(|b| b.created_ms >= until_ms)
+    {
+        before = Some(RunCursor {
+            created_ms: until_ms,
+            id: String::new(),
+        });
+    }
+    Ok(RunFilter {
         process_id: q.process,
-        actor: None,
+        actor: q.user,
         state: q.state,
+        since_ms,
         before,
-        limit: Some(limit),
-    };
-    let page = state.runs.list(&filter)?;
-    // The cursor is the last run listed, visible or not, so runs the caller may not see never
-    // end the pagination early.
-    let next = match page.last() {
-        Some(last) if page.len() >= limit => Some(RunCursor::after(last).to_string()),
-        _ => None,
-    };
-    let mut visible = Vec::new();
-    for run in page {
+        limit: None,
+    })
+}
+
+/// `text` (RFC 3339) in Unix milliseconds; 400 `invalid` naming `field` otherwise, and for
+/// a time before 1970.
+fn rfc3339_ms(field: &str, text: &str) -> Result<u64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid",
+                format!("{field} must be an RFC 3339 time such as 2026-12-01T19:45:00Z"),
+            )
+        })
+}
+
+impl AppState {
+    /// Whether `caller` may see `run` in a list: its own, or one of a process it may view
+    /// (a run whose process is gone is not listed).
+    fn may_see_run(&self, caller: &Caller, run: &RunRecord) -> Result<bool, ApiError> {
         if run.actor == caller.user.name {
-            visible.push(run);
-            continue;
+            return Ok(true);
         }
-        let Ok(process) = state.load_process(&run.process_id) else {
-            continue;
-        };
-        if state.may_view(&caller, &process)? {
-            visible.push(run);
+        match self.load_process(&run.process_id) {
+            Ok(process) => self.may_view(caller, &process),
+            Err(_) => Ok(false),
         }
     }
-    Ok((next_page_header(NEXT_BEFORE_HEADER, next), Json(visible)))
 }
 
 /// A run: state, result, events and output.

@@ -453,6 +453,10 @@ pub(crate) async fn select(
         conditions.push(format!("({order}, key) < (${}, ${})", n + 1, n + 2));
         n += 2;
     }
+    if select.since.is_some() {
+        conditions.push(format!("{order} >= ${}", n + 1));
+        n += 1;
+    }
     let filter = if conditions.is_empty() {
         String::new()
     } else {
@@ -467,6 +471,7 @@ pub(crate) async fn select(
         .before
         .as_ref()
         .map(|(value, key)| (Column::new(value), key.clone()));
+    let since = select.since.as_ref().map(Column::new);
     let limit = i64::try_from(select.limit).unwrap_or(i64::MAX);
     with_retries(true, || async {
         let client = pool.get().await?;
@@ -478,6 +483,9 @@ pub(crate) async fn select(
         if let Some((value, key)) = &before {
             params.push(value);
             params.push(key);
+        }
+        if let Some(since) = &since {
+            params.push(since);
         }
         params.push(&limit);
         let rows = client.query(&statement, &params).await?;

@@ -9,13 +9,17 @@
 mod admin;
 mod approvals;
 mod audit;
+mod bridges;
 mod credentials;
+mod modules;
 mod overview;
 mod process_admin;
 mod processes;
+mod roles;
 mod runs;
 mod steps;
 mod targets;
+mod tokens;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -43,6 +47,10 @@ pub fn routes() -> Router<UiState> {
         .merge(credentials::routes())
         .merge(targets::routes())
         .merge(admin::routes())
+        .merge(modules::routes())
+        .merge(tokens::routes())
+        .merge(bridges::routes())
+        .merge(roles::routes())
         .merge(process_admin::routes())
 }
 

@@ -55,8 +55,26 @@ pub struct Filter {
     process: String,
     #[serde(default)]
     user: String,
+    /// A time, UTC: RFC 3339 or the `datetime-local` field's `YYYY-MM-DDTHH:MM[:SS]`.
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
     #[serde(default)]
     before: String,
+}
+
+/// A time field as RFC 3339 for the API: a `datetime-local` value (no zone) is read as UTC,
+/// anything else is passed on for the API to accept or refuse.
+fn rfc3339(field: &str) -> String {
+    let field = field.trim();
+    let local = |format| chrono::NaiveDateTime::parse_from_str(field, format).ok();
+    match local("%Y-%m-%dT%H:%M").or_else(|| local("%Y-%m-%dT%H:%M:%S")) {
+        Some(t) => t
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        None => field.to_string(),
+    }
 }
 
 /// `id → name` of the processes the user may view (from the API's list).
@@ -99,13 +117,17 @@ pub fn table(runs: &[Value], names: &BTreeMap<String, String>) -> Markup {
 
 async fn list(State(ui): State<UiState>, console: Console, Query(f): Query<Filter>) -> Response {
     let mut uri = format!("/v1/runs?limit={PAGE}");
+    let (since, until) = (rfc3339(&f.since), rfc3339(&f.until));
     for (name, value) in [
         ("state", &f.state),
         ("process", &f.process),
+        ("user", &f.user),
+        ("since", &since),
+        ("until", &until),
         ("before", &f.before),
     ] {
         if !value.is_empty() {
-            uri.push_str(&format!("&{name}={}", enc(value)));
+            uri.push_str(&format!("&{name}={}", enc(value.trim())));
         }
     }
     let reply = ui.api.get(&console.caller, &uri).await;
@@ -113,21 +135,16 @@ async fn list(State(ui): State<UiState>, console: Console, Query(f): Query<Filte
         return api_error(&ui, &console, &reply);
     }
     let names = process_names(&ui, &console).await;
-    // The API filters by state and process; the user filter narrows the page it returned.
-    let runs: Vec<Value> = reply
-        .body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| f.user.is_empty() || r["actor"].as_str() == Some(f.user.as_str()))
-        .cloned()
-        .collect();
+    // The API filters by state, process, user and time, and pages through what it may show.
+    let runs: Vec<Value> = reply.body.as_array().cloned().unwrap_or_default();
     let next = reply.header("x-warden-next-before").map(|cursor| {
         format!(
-            "/ui/runs?state={}&process={}&user={}&before={}",
+            "/ui/runs?state={}&process={}&user={}&since={}&until={}&before={}",
             enc(&f.state),
             enc(&f.process),
             enc(&f.user),
+            enc(&f.since),
+            enc(&f.until),
             enc(cursor)
         )
     });
@@ -152,6 +169,10 @@ async fn list(State(ui): State<UiState>, console: Console, Query(f): Query<Filte
             }
             label for="f-user" { "Started by" }
             input id="f-user" name="user" value=(f.user) size="12";
+            label for="f-since" { "Since (UTC)" }
+            input id="f-since" name="since" type="datetime-local" step="1" value=(f.since);
+            label for="f-until" { "Until (UTC)" }
+            input id="f-until" name="until" type="datetime-local" step="1" value=(f.until);
             button type="submit" { "Filter" }
         }
         (table(&runs, &names))

@@ -10,18 +10,17 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 use serde_json::Value;
 use warden_tests::browser::Browser;
-use warden_tests::http::{Server, new_key};
+use warden_tests::http::{ServeChild, init_data_dir, new_key};
 
-use super::{Console, csrf_of, http_sign_in, raw_client};
-use crate::api::{ServeProcess, init_data_dir};
+use super::{BIN, Console, csrf_of, http_sign_in, raw_client};
 
 /// A console over a `warden serve` child whose stderr goes to the returned log file.
-async fn console_over_process(tmp: &tempfile::TempDir) -> (ServeProcess, Console, PathBuf) {
+async fn console_over_process(tmp: &tempfile::TempDir) -> (ServeChild, Console, PathBuf) {
     let data = tmp.path().join("data");
     let admin = init_data_dir(&data);
     let log = tmp.path().join("serve.log");
-    let (process, base) = ServeProcess::start(&data, log.clone()).await;
-    let server = Server::remote(base, admin);
+    let process = ServeChild::plain(BIN, &data, log.clone()).await;
+    let server = process.server(&admin);
     let key = new_key();
     server.trust("console-tests", &key).await;
     let probe = server.publish("probe", &key).await;

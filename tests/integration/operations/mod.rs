@@ -52,13 +52,6 @@ pub(super) fn run(mut command: Command) -> (Output, String, String) {
     (out, stdout, stderr)
 }
 
-pub(super) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A `warden serve` child with its stderr in a file; SIGKILLed on drop if still running.
 pub(super) use warden_tests::http::ServeChild as Serve;
 

@@ -255,7 +255,7 @@ fn bad_components_params_and_credentials_give_clear_errors_and_change_nothing() 
                 "--param".into(),
                 "nmae=x".into(),
             ],
-            "unknown input 'nmae'",
+            "'nmae': unknown input",
         ),
         (
             vec![
@@ -266,7 +266,7 @@ fn bad_components_params_and_credentials_give_clear_errors_and_change_nothing() 
                 "--param".into(),
                 "times=lots".into(),
             ],
-            "input 'times' must be an integer",
+            "'times' must be an integer",
         ),
         (
             vec![

@@ -176,8 +176,17 @@ async fn refuses_bad_filter_values_with_400() {
 #[tokio::test]
 async fn the_user_filter_never_shows_runs_the_caller_could_not_see() {
     let (s, shared) = setup().await;
+    // Bob may view the processes shared with him (and their runs): Execute Privileged Process.
+    let r = s
+        .post(
+            "/v1/roles",
+            &s.admin,
+            json!({ "name": "executors", "privileges": ["ExecutePrivilegedProcess"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let alice = s.user("alice", &[]).await;
-    let bob = s.user("bob", &[]).await;
+    let bob = s.user("bob", &["executors"]).await;
     s.share(&shared, &s.admin, &["alice", "bob"]).await;
     // Alice's runs of the process shared with both, and of one shared with her only.
     let probe = s
@@ -223,6 +232,9 @@ async fn the_user_filter_never_shows_runs_the_caller_could_not_see() {
         }
         assert!(!r.text.contains(&private), "{q}");
     }
+    // Bob may read alice's run of the process shared with him, by id and in the list.
+    let one = s.get(&format!("/v1/runs/{seen}"), &bob).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
     let r = s.get("/v1/runs?user=alice", &bob).await;
     assert_eq!(
         ids(&r.body),

@@ -245,7 +245,8 @@ async fn a_failed_run_resumes_from_the_step_that_failed_without_rerunning_the_re
             json!({}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "conflict", "{}", r.text);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -239,8 +239,10 @@ async fn run_events(
     // Subscribe before reading the stored state, so no event falls between the two.
     let live = state.dispatcher.control(&id).map(|c| c.subscribe());
     // A run not executing here may be on a remote bridge that renews through this server.
+    // (An ended run has no live events: no channel is opened for it.)
     let remote = match live {
         Some(_) => None,
+        None if run.state.is_terminal() => None,
         None => state.hub.live.subscribe(&id),
     };
     let stream = async_stream(state, run, live, remote);
